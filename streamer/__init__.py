@@ -1,0 +1,1 @@
+"""skygrade.streamer."""
