@@ -1,0 +1,308 @@
+"""The ``skygrade`` command line.
+
+Every subcommand is a pair of functions: ``_add_<name>(parser)`` declares its arguments (with
+an example in its epilog) and ``_cmd_<name>(args) -> int`` runs it. Heavy modules are imported
+inside the command that needs them, so ``skygrade --help`` stays fast.
+
+Exit codes: 0 success, 1 failure while running, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ops.config import Config, ConfigError, load_config
+
+log = logging.getLogger("skygrade")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line value that is wrong; reported with exit code 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_nights(text: str) -> list[str]:
+    """Parse ``2026-11-01``, ``2026-11-01..2026-11-07`` or a comma list of either.
+
+    Examples
+    --------
+    >>> parse_nights("2026-11-01..2026-11-03")
+    ['2026-11-01', '2026-11-02', '2026-11-03']
+    """
+    nights: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, sep, last = part.partition("..")
+        try:
+            start = dt.date.fromisoformat(first)
+            end = dt.date.fromisoformat(last) if sep else start
+        except ValueError:
+            raise UsageError(
+                f"--nights: {part!r} is not a date or range (YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD)"
+            ) from None
+        if end < start:
+            raise UsageError(f"--nights: range {part!r} ends before it starts")
+        nights += [
+            (start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)
+        ]
+    if not nights:
+        raise UsageError("--nights: no night given")
+    return sorted(set(nights))
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """Parse ``WIDTHxHEIGHT`` (FITS NAXIS1 x NAXIS2), e.g. ``2048x4612``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(
+            f"--ccd-shape: expected WIDTHxHEIGHT like 2048x4612, got {text!r}"
+        ) from None
+    if width < 64 or height < 64:
+        raise UsageError(f"--ccd-shape: each side must be >= 64 pixels, got {text!r}")
+    return width, height
+
+
+def _setup_logging(args: argparse.Namespace, cfg: Config | None) -> None:
+    level = cfg.logging.level if cfg is not None else "INFO"
+    if args.verbose:
+        level = "DEBUG"
+    elif args.quiet:
+        level = "WARNING"
+    # apache_beam configures the root logger on import: force our format and level.
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _add_simulate(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="write an archive of labelled exposures here")
+    where.add_argument(
+        "--drop", type=Path, help="act as the telescope: write exposures into this drop directory"
+    )
+    p.add_argument(
+        "--nights",
+        default=None,
+        help="archive mode: nights as YYYY-MM-DD, a range A..B or a comma list (default: tonight)",
+    )
+    p.add_argument(
+        "--exposures",
+        type=int,
+        default=None,
+        help="exposures per night (archive) or in total (drop mode; default: until interrupted)",
+    )
+    p.add_argument(
+        "--geometry",
+        choices=("full", "small"),
+        default=None,
+        help="CCD layout preset: full = 36 x 2048x4612, small = 4 x 512x1152",
+    )
+    p.add_argument("--n-ccd", type=int, default=None, help="override the number of CCDs")
+    p.add_argument("--ccd-shape", default=None, help="override the CCD size, WIDTHxHEIGHT")
+    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same bytes)")
+    p.add_argument(
+        "--cadence", type=float, default=None, help="drop mode: seconds between exposures"
+    )
+    p.add_argument(
+        "--transfer",
+        type=float,
+        default=None,
+        help="drop mode: seconds over which each file is written progressively",
+    )
+
+
+def _cmd_simulate(args: argparse.Namespace, cfg: Config) -> int:
+    from streamer import telescope
+    from streamer.progress import Progress
+
+    tc = cfg.telescope
+    shape = parse_shape(args.ccd_shape) if args.ccd_shape else tc.ccd_shape
+    n_ccd = args.n_ccd if args.n_ccd is not None else tc.n_ccd
+    if n_ccd is not None and n_ccd < 1:
+        raise UsageError(f"--n-ccd: must be >= 1, got {n_ccd}")
+    if args.exposures is not None and args.exposures < 1:
+        raise UsageError(f"--exposures: must be >= 1, got {args.exposures}")
+    geometry = telescope.resolve_geometry(args.geometry or tc.geometry, n_ccd, shape)
+    seed = tc.seed if args.seed is None else args.seed
+    mix = dict(tc.class_mix)
+
+    if args.out is not None:
+        nights = parse_nights(args.nights) if args.nights else [_tonight()]
+        per_night = args.exposures or tc.exposures_per_night
+        bar = Progress(len(nights) * per_night, "exposures")
+        paths = telescope.simulate_archive(
+            args.out,
+            nights,
+            per_night,
+            geometry,
+            seed,
+            mix,
+            progress=lambda done, total, path: bar.update(note=path.name),
+        )
+        bar.close()
+        print(
+            f"wrote {len(paths)} exposures ({geometry.n_ccd} CCDs of "
+            f"{geometry.width}x{geometry.height}) for {len(nights)} night(s) under {args.out}/, "
+            f"labels in {args.out / 'labels.csv'}"
+        )
+        return EXIT_OK
+
+    if args.nights and len(parse_nights(args.nights)) != 1:
+        raise UsageError("--nights: drop mode writes one night; give a single date")
+    night = parse_nights(args.nights)[0] if args.nights else _tonight()
+    cadence = tc.cadence_s if args.cadence is None else args.cadence
+    transfer = tc.transfer_s if args.transfer is None else args.transfer
+    if cadence <= 0 or transfer < 0:
+        raise UsageError("--cadence must be > 0 and --transfer >= 0")
+    log.info(
+        "telescope: writing into %s every %.1f s (transfer %.1f s); Ctrl-C to stop",
+        args.drop,
+        cadence,
+        transfer,
+    )
+    try:
+        paths = telescope.run_telescope(
+            args.drop,
+            args.exposures,
+            geometry,
+            seed,
+            mix,
+            cadence,
+            transfer,
+            tc.transfer_chunks,
+            night,
+            progress=lambda done, total, path: log.info("exposure %d: %s", done, path),
+        )
+    except KeyboardInterrupt:
+        print("telescope stopped")
+        return EXIT_OK
+    print(f"wrote {len(paths)} exposures into {args.drop}/")
+    return EXIT_OK
+
+
+def _tonight() -> str:
+    """The current observing night at CFHT (HST = UTC-10, rolls over at local noon)."""
+    now = dt.datetime.now(dt.UTC)
+    return (now - dt.timedelta(hours=22)).date().isoformat()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="config_cmd", required=True, metavar="{show,check}")
+    show = sub.add_parser(
+        "show", help="print the effective configuration with every field documented"
+    )
+    show.add_argument(
+        "file", nargs="?", type=Path, help="config file (default: --config or built-in defaults)"
+    )
+    check = sub.add_parser("check", help="validate a configuration file")
+    check.add_argument("file", type=Path, help="the YAML file to validate")
+
+
+def _cmd_config(args: argparse.Namespace, cfg: Config) -> int:
+    from ops.config import config_digest, render_yaml
+
+    if args.file is not None:
+        cfg = load_config(args.file)
+    if args.config_cmd == "show":
+        sys.stdout.write(render_yaml(cfg))
+    else:
+        print(f"{args.file}: ok (config digest {config_digest(cfg)})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- main
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
+
+COMMANDS: list[Command] = [
+    (
+        "simulate",
+        "render labelled MegaCam-like exposures: an archive, or a live telescope at a drop dir",
+        _add_simulate,
+        _cmd_simulate,
+    ),
+    ("config", "show or check the configuration", _add_config, _cmd_config),
+]
+
+EXAMPLES = {
+    "simulate": (
+        "examples:\n"
+        "  skygrade simulate --out archive --nights 2026-11-01..2026-11-03 --exposures 20\n"
+        "  skygrade simulate --out small --geometry small --exposures 5 --seed 7\n"
+        "  skygrade simulate --drop /data/drop --cadence 60 --transfer 10"
+    ),
+    "config": (
+        "examples:\n  skygrade config show > skygrade.yaml\n  skygrade config check skygrade.yaml"
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every implemented subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="skygrade",
+        description="Grade the image quality of CFHT MegaCam exposures (SOM + CNN).",
+        epilog="Run 'skygrade COMMAND --help' for a command's options and an example.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="YAML configuration file")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add, _ in COMMANDS:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``skygrade`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        _setup_logging(args, None)
+        print(f"skygrade: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(args, cfg)
+    run = {name: cmd for name, _, _, cmd in COMMANDS}[args.command]
+    try:
+        return run(args, cfg)
+    except (UsageError, ConfigError) as exc:
+        print(f"skygrade {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # the command failed: say what, keep the traceback for -v
+        log.debug("traceback", exc_info=True)
+        print(f"skygrade {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
