@@ -668,6 +668,58 @@ class TelescopeConfig:
 
 
 @config_section
+class ExtractConfig:
+    """Source extraction per CCD (SExtractor semantics; defaults are SExtractor's)."""
+
+    backend: Literal["sep", "sextractor", "catalog"] = setting(
+        "sep",
+        "Who measures the sources: 'sep' (in process, fast), 'sextractor' (Debian's "
+        "source-extractor binary per CCD) or 'catalog' (inputs are existing SExtractor catalogs, "
+        "FITS_1.0 or FITS_LDAC, instead of images).",
+    )
+    thresh: float = setting(
+        1.5, "DETECT_THRESH: detection threshold in units of the local background RMS.", gt=0
+    )
+    minarea: int = setting(5, "DETECT_MINAREA: minimum number of pixels above threshold.", ge=1)
+    deblend_nthresh: int = setting(32, "DEBLEND_NTHRESH: deblending sub-thresholds.", ge=1)
+    deblend_cont: float = setting(
+        0.005, "DEBLEND_MINCONT: minimum contrast for deblending (1 disables it).", ge=0, le=1
+    )
+    back_size: int = setting(64, "BACK_SIZE: background mesh size in pixels.", ge=8)
+    back_filtersize: int = setting(3, "BACK_FILTERSIZE: background median filter size.", ge=1)
+    sextractor_binary: str = setting(
+        "source-extractor", "SExtractor executable for the 'sextractor' backend."
+    )
+    catalog_exptime: float | None = setting(
+        None,
+        "EXPTIME (s) for catalogs whose image header lacks it ('catalog' backend); unset means "
+        "such a catalog is refused.",
+        gt=0,
+    )
+
+
+@config_section
+class SomConfig:
+    """The self-organizing map over source features (fitted by ``skygrade train``)."""
+
+    grid: tuple[int, int] = setting((16, 16), "[rows, columns] of the SOM's neuron grid.", ge=2)
+    sigma: float = setting(2.0, "Initial neighbourhood radius (neurons); decays in training.", gt=0)
+    learning_rate: float = setting(0.5, "Initial learning rate; decays in training.", gt=0, le=1)
+    iterations: int = setting(
+        100_000, "Online training updates, each on one randomly drawn source.", ge=100
+    )
+    n_clusters: int = setting(
+        20, "Clusters the neurons are grouped into (the method uses 20).", ge=2
+    )
+    max_train_sources: int = setting(
+        3_000_000,
+        "Clean sources sampled (evenly over exposures and classes) to fit the scaling and SOM.",
+        ge=1000,
+    )
+    seed: int = setting(0, "Seed of the SOM initialisation and of the sample order.", ge=0)
+
+
+@config_section
 class LoggingConfig:
     """Logging of every skygrade command."""
 
@@ -683,6 +735,10 @@ class Config:
     telescope: TelescopeConfig = section(
         TelescopeConfig, "The simulated MegaCam telescope (`skygrade simulate`)."
     )
+    extract: ExtractConfig = section(
+        ExtractConfig, "Source extraction per CCD (SExtractor semantics)."
+    )
+    som: SomConfig = section(SomConfig, "The self-organizing map over source features.")
     logging: LoggingConfig = section(LoggingConfig, "Logging of every skygrade command.")
 
 
