@@ -1,0 +1,89 @@
+"""SOM hit counting (Input-2 of the CNN): each clean source -> its cluster -> counts per cluster.
+
+The SOM is loaded once per worker process (:func:`load_som`, cached by path and file stamp)
+in ``DoFn.setup``, never per element and never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import numpy as np
+
+from models.som import SourceSom, feature_matrix
+from transforms.extract import CcdFeatures
+
+log = logging.getLogger(__name__)
+
+_CACHE: dict[tuple[str, int, int], SourceSom] = {}
+_LOCK = threading.Lock()
+
+
+def load_som(path: str | os.PathLike) -> SourceSom:
+    """The SOM at ``path``, loaded once per process (reloaded if the file changes)."""
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        som = _CACHE.get(key)
+        if som is None:
+            som = SourceSom.load(path)
+            _CACHE[key] = som
+            log.info("loaded SOM %s (%dx%d, %d clusters)", path, som.rows, som.cols, som.n_clusters)
+    return som
+
+
+@dataclass(frozen=True)
+class CcdHits:
+    """A CCD's hit vector and the cluster of each clean source (for the cutouts)."""
+
+    features: CcdFeatures = field(repr=False)
+    hits: np.ndarray  # int32 (n_clusters,)
+    labels: np.ndarray = field(repr=False)  # int16 cluster of each clean source
+    index: np.ndarray = field(repr=False)  # position of each clean source in the feature table
+    reason: str | None = None
+
+
+def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
+    """Map one CCD's clean sources onto the SOM's clusters.
+
+    A CCD with no clean source gets a zero hit vector and a reason.
+    """
+    rows, index = feature_matrix(
+        features.sources, features.exptime, features.width, features.height
+    )
+    labels = som.cluster_of(rows)
+    hits = np.bincount(labels, minlength=som.n_clusters).astype(np.int32)
+    reason = None
+    if len(index) == 0:
+        reason = (
+            "no_sources: no source detected"
+            if features.n_sources == 0
+            else f"no_clean_sources: all {features.n_sources} sources flagged"
+        )
+    return CcdHits(features, hits, labels, index, reason)
+
+
+class _HitsFn(beam.DoFn):
+    def __init__(self, som_path: str) -> None:
+        self.som_path = som_path
+
+    def setup(self) -> None:
+        self.som = load_som(self.som_path)
+
+    def process(self, features: CcdFeatures):
+        yield ccd_hits(features, self.som)
+
+
+class SomHits(beam.PTransform):
+    """:class:`CcdFeatures` -> :class:`CcdHits` with the SOM at ``som_path``."""
+
+    def __init__(self, som_path: str | os.PathLike) -> None:
+        super().__init__()
+        self.som_path = os.fspath(som_path)
+
+    def expand(self, features):
+        return features | "MapToClusters" >> beam.ParDo(_HitsFn(self.som_path))
