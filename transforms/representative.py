@@ -19,19 +19,8 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 
+from models.mosaic import tile_grid
 from transforms.som_hits import CcdHits
-
-
-def tile_grid(n_clusters: int) -> tuple[int, int]:
-    """Rows and columns of the tile mosaic: as square as possible, wider than tall."""
-    rows = int(np.floor(np.sqrt(n_clusters)))
-    while n_clusters % rows:
-        rows -= 1
-    cols = n_clusters // rows
-    if rows == 1 and n_clusters > 3:  # a prime count: near-square with blanks at the end
-        rows = int(np.floor(np.sqrt(n_clusters)))
-        cols = int(np.ceil(n_clusters / rows))
-    return rows, cols
 
 
 def representative_seed(exposure_id: str, ccd: int) -> np.random.Generator:

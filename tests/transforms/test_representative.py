@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from models.mosaic import split_tiles, tile_grid
 from models.som import SOM_FEATURES, train_som
 from transforms.extract import CcdFeatures, empty_sources
 from transforms.representative import (
@@ -9,7 +10,6 @@ from transforms.representative import (
     representative_image,
     representative_seed,
     scale_stamp,
-    tile_grid,
 )
 from transforms.som_hits import ccd_hits
 
@@ -39,6 +39,17 @@ def test_tile_grid():
     assert tile_grid(20) == (4, 5)
     assert tile_grid(16) == (4, 4)
     assert tile_grid(7) == (2, 4)
+
+
+def test_split_tiles_inverts_the_mosaic():
+    tiles = np.arange(20 * 4 * 4, dtype=np.float32).reshape(1, 20, 4, 4)
+    mosaic = np.zeros((1, 16, 20), np.float32)
+    for k in range(20):
+        r, c = divmod(k, 5)
+        mosaic[0, r * 4 : (r + 1) * 4, c * 4 : (c + 1) * 4] = tiles[0, k]
+    np.testing.assert_array_equal(split_tiles(mosaic, 20, 4), tiles)
+    with pytest.raises(ValueError, match="does not match"):
+        split_tiles(mosaic, 20, 5)
 
 
 def test_cutout_centre_and_padding():
