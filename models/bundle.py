@@ -1,0 +1,150 @@
+"""Versioned model bundle: everything grading needs, in one directory.
+
+::
+
+    bundle/
+      manifest.json   format, version, created, training-data digest, classes, SOM features +
+                      shape, CNN shapes + aux features, cutout size, metrics
+      som.npz         SOM codebook, scaling, cluster map (no pickle)
+      cnn.pt          CNN state_dict, loaded with ``torch.load(weights_only=True)``
+
+A bundle whose manifest does not match this code (format, classes, SOM features, CNN inputs) is
+refused with a message saying what differs: grading with a mismatched model would be silently
+wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.classes import CLASSES
+from models.cnn import AUX_FEATURES, CnnShape, DualInputNet
+from models.som import SOM_FEATURES, SourceSom
+
+FORMAT = "skygrade-bundle/1"
+MANIFEST, SOM_FILE, CNN_FILE = "manifest.json", "som.npz", "cnn.pt"
+
+
+class BundleError(ValueError):
+    """A model bundle that is missing, incomplete or does not match this code."""
+
+
+@dataclass
+class ModelBundle:
+    """A loaded bundle: SOM, CNN (in eval mode) and manifest."""
+
+    som: SourceSom
+    cnn: DualInputNet
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "unknown"))
+
+    @property
+    def tile(self) -> int:
+        return int(self.manifest["cnn"]["shape"]["tile"])
+
+    def save(self, path: str | os.PathLike, metrics: dict | None = None) -> Path:
+        """Write the bundle to directory ``path`` atomically (built aside, then renamed)."""
+        path = Path(path)
+        manifest = dict(self.manifest)
+        manifest.update(
+            format=FORMAT,
+            classes=list(CLASSES),
+            som={
+                "file": SOM_FILE,
+                "features": list(self.som.features),
+                "grid": [self.som.rows, self.som.cols],
+                "n_clusters": self.som.n_clusters,
+                **{k: v for k, v in self.som.meta.items() if k != "features"},
+            },
+            cnn={
+                "file": CNN_FILE,
+                "shape": self.cnn.shape.as_dict(),
+                "aux_features": list(AUX_FEATURES),
+            },
+        )
+        manifest.setdefault("version", dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
+        manifest.setdefault("created", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        if metrics is not None:
+            manifest["metrics"] = metrics
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.som.save(tmp / SOM_FILE)
+            torch.save(self.cnn.state_dict(), tmp / CNN_FILE)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.manifest = manifest
+        return path
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of the bundle at ``path``, checked against this code."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{file}: not valid JSON: {exc}") from None
+    problems = []
+
+    def expect(key: str, got, want) -> None:
+        if got != want:
+            problems.append(f"{key} is {got!r}, this code needs {want!r}")
+
+    expect("format", manifest.get("format"), FORMAT)
+    expect("classes", manifest.get("classes"), list(CLASSES))
+    som, cnn = manifest.get("som", {}), manifest.get("cnn", {})
+    expect("som.features", som.get("features"), list(SOM_FEATURES))
+    expect("cnn.aux_features", cnn.get("aux_features"), list(AUX_FEATURES))
+    shape = cnn.get("shape", {})
+    expect("cnn.shape.n_clusters", shape.get("n_clusters"), som.get("n_clusters"))
+    expect("cnn.shape.n_classes", shape.get("n_classes"), len(CLASSES))
+    expect("cnn.shape.n_aux", shape.get("n_aux"), len(AUX_FEATURES))
+    if problems:
+        raise BundleError(
+            f"{path}: model bundle does not match this skygrade: " + "; ".join(problems)
+        )
+    return manifest
+
+
+def load_bundle(path: str | os.PathLike) -> ModelBundle:
+    """Load and check the bundle at ``path`` (weights with ``weights_only=True``)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    try:
+        som = SourceSom.load(path / manifest["som"]["file"])
+        shape = CnnShape(**manifest["cnn"]["shape"])
+        cnn = DualInputNet(shape)
+        state = torch.load(path / manifest["cnn"]["file"], map_location="cpu", weights_only=True)
+        cnn.load_state_dict(state)
+    except (OSError, KeyError, TypeError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise BundleError(f"{path}: cannot load model bundle: {exc}") from exc
+    if som.n_clusters != shape.n_clusters:
+        raise BundleError(
+            f"{path}: SOM has {som.n_clusters} clusters but the CNN expects {shape.n_clusters}"
+        )
+    cnn.eval()
+    return ModelBundle(som, cnn, manifest)
+
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
+"""The shipped pretrained bundle."""

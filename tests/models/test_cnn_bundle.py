@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import BundleError, ModelBundle, load_bundle, read_manifest
+from models.classes import CLASSES
+from models.cnn import AUX_FEATURES, CnnShape, DualInputNet, hit_vector, predict_proba
+from models.som import SOM_FEATURES, train_som
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
+    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
+    torch.manual_seed(0)
+    return ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "test-1"})
+
+
+SMALL = CnnShape(tile=16)
+
+
+def batch(n, shape=SMALL):
+    rng = np.random.default_rng(1)
+    image = rng.random((n, 4 * shape.tile, 5 * shape.tile), dtype=np.float32)
+    hits = rng.integers(0, 50, (n, shape.n_clusters))
+    vector = hit_vector(hits, hits.sum(1) + 10, np.full(n, 60.0), np.full(n, 0.4))
+    return image, vector
+
+
+def test_hit_vector_normalises_by_clean_count():
+    v = hit_vector(
+        np.array([[2, 2, 0], [0, 0, 0]]), np.array([8, 0]), np.array([100, 1]), [0.5, np.nan]
+    )
+    assert v.shape == (2, 3 + len(AUX_FEATURES))
+    np.testing.assert_allclose(v[0, :3], [0.5, 0.5, 0.0])
+    assert not v[1, :3].any()
+    assert np.isfinite(v).all()
+    assert v[0, 3 + AUX_FEATURES.index("clean_fraction")] == pytest.approx(0.5)
+
+
+def test_forward_shapes_and_probabilities(bundle):
+    image, vector = batch(3)
+    p = predict_proba(bundle.cnn, image, vector, np.ones(3))
+    assert p.shape == (3, len(CLASSES))
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
+
+
+def test_catalog_mode_ignores_the_image(bundle):
+    image, vector = batch(2)
+    a = predict_proba(bundle.cnn, image, vector, np.zeros(2))
+    b = predict_proba(bundle.cnn, np.zeros_like(image), vector, np.zeros(2))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_modality_dropout_only_in_training():
+    net = DualInputNet(CnnShape(tile=16), modality_dropout=0.5)
+    image, vector = batch(64)
+    net.eval()
+    with torch.no_grad():
+        x = [torch.as_tensor(image), torch.as_tensor(vector), torch.ones(64)]
+        assert torch.equal(net(*x), net(*x))
+    with pytest.raises(ValueError, match="modality_dropout"):
+        DualInputNet(modality_dropout=1.0)
+
+
+def test_bundle_round_trip(bundle, tmp_path):
+    path = bundle.save(tmp_path / "b", metrics={"accuracy": 0.5})
+    back = load_bundle(path)
+    assert back.version == "test-1" and back.manifest["metrics"] == {"accuracy": 0.5}
+    assert back.tile == 16
+    image, vector = batch(4)
+    np.testing.assert_array_equal(
+        predict_proba(bundle.cnn, image, vector, np.ones(4)),
+        predict_proba(back.cnn, image, vector, np.ones(4)),
+    )
+    np.testing.assert_array_equal(back.som.codebook, bundle.som.codebook)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(classes=["GOOD", "BAD"]), "classes is"),
+        (lambda m: m["som"].update(features=["X"]), "som.features is"),
+        (lambda m: m["cnn"]["shape"].update(n_clusters=12), "cnn.shape.n_clusters is 12"),
+        (lambda m: m.update(format="other/9"), "format is 'other/9'"),
+    ],
+)
+def test_mismatched_manifest_is_refused(bundle, tmp_path, edit, message):
+    path = bundle.save(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
+
+
+def test_missing_bundle_and_pickled_weights_are_refused(bundle, tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        read_manifest(tmp_path)
+    path = bundle.save(tmp_path / "b")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, path / "cnn.pt")
+    with pytest.raises(BundleError, match="cannot load model bundle"):
+        load_bundle(path)
