@@ -1,0 +1,149 @@
+"""CCD class probabilities -> one grade per exposure, with a confidence and a human reason.
+
+Aggregation: the exposure's class probabilities are the normalised geometric mean of its graded
+CCDs' probabilities (the mean of log-probabilities, then softmax). Every CCD is a witness of
+the same telescope state; a product of experts lets a clear majority of CCDs win while one
+confident CCD can still tip a close call, and unlike a vote it keeps a usable confidence.
+
+Rules:
+
+- CCDs that were quarantined (dead, unreadable) or had no clean source do not vote; they are
+  counted in ``n_ccd`` but not in ``n_ccd_graded``, and named in the reason.
+- An exposure with no graded CCD is not graded: status ``quarantined``, reason
+  ``no_usable_ccds``.
+- Exact ties between classes go to the more severe class (order RBT, BT, BGP, B_SEEING, GOOD):
+  an observer would rather look at a doubtful exposure than miss a bad one.
+- ``confidence`` is the winning class's exposure probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.classes import CLASSES
+
+SEVERITY = ("RBT", "BT", "BGP", "B_SEEING", "GOOD")
+"""Tie-break order, most severe first."""
+
+_VERB = {
+    "GOOD": "good",
+    "B_SEEING": "with bad seeing",
+    "BGP": "with a background problem",
+    "BT": "trailed",
+    "RBT": "badly trailed",
+}
+
+
+@dataclass(frozen=True)
+class CcdScore:
+    """One scored CCD (or one that could not be scored: ``probs`` is None)."""
+
+    exposure_id: str
+    ccd: int
+    probs: np.ndarray | None = field(repr=False)
+    n_sources: int = 0
+    median_elongation: float = float("nan")
+    median_iso0: float = float("nan")
+    median_background: float = float("nan")
+    reason: str | None = None
+
+    @property
+    def grade(self) -> str | None:
+        return None if self.probs is None else pick_class(self.probs)
+
+
+@dataclass(frozen=True)
+class ExposureGrade:
+    exposure_id: str
+    grade: str | None
+    probs: np.ndarray | None = field(repr=False)
+    confidence: float
+    n_ccd: int
+    n_ccd_graded: int
+    n_sources: int
+    median_elongation: float
+    median_iso0: float
+    median_background: float
+    status: str
+    """``graded`` or ``quarantined``."""
+    reason: str
+
+
+def pick_class(probs: np.ndarray) -> str:
+    """The most probable class; exact ties go to the more severe class."""
+    probs = np.asarray(probs)
+    best = probs.max()
+    tied = {CLASSES[i] for i in np.flatnonzero(probs == best)}
+    return next(c for c in SEVERITY if c in tied)
+
+
+def combine(probs: np.ndarray) -> np.ndarray:
+    """Normalised geometric mean of rows of class probabilities."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
+    mean = logp.mean(axis=0)
+    out = np.exp(mean - mean.max())
+    return out / out.sum()
+
+
+def _nanmedian(values) -> float:
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> ExposureGrade:
+    """Aggregate the CCDs of one exposure (see the module docstring for the rules).
+
+    Parameters
+    ----------
+    exposure_id : str
+        The exposure.
+    n_ccd : int
+        CCDs the exposure has (graded or not).
+    ccds : list of CcdScore
+        Scored CCDs and CCDs that could not be scored (``probs is None`` with a reason).
+    """
+    graded = [c for c in ccds if c.probs is not None]
+    skipped = sorted((c for c in ccds if c.probs is None), key=lambda c: c.ccd)
+    stats = {
+        "n_sources": int(sum(c.n_sources for c in ccds)),
+        "median_elongation": _nanmedian(c.median_elongation for c in graded),
+        "median_iso0": _nanmedian(c.median_iso0 for c in graded),
+        "median_background": _nanmedian(c.median_background for c in graded),
+    }
+    skipped_text = ""
+    if skipped:
+        reasons = sorted({(c.reason or "unknown").split(":", 1)[0] for c in skipped})
+        skipped_text = f"; {len(skipped)} CCD(s) not graded ({', '.join(reasons)})"
+    if not graded:
+        return ExposureGrade(
+            exposure_id,
+            None,
+            None,
+            0.0,
+            n_ccd,
+            0,
+            **stats,
+            status="quarantined",
+            reason=f"no_usable_ccds: none of {n_ccd} CCDs could be graded{skipped_text}",
+        )
+    probs = combine(np.stack([c.probs for c in graded]))
+    grade = pick_class(probs)
+    votes = sum(c.grade == grade for c in graded)
+    reason = (
+        f"{grade}: {votes}/{len(graded)} CCDs {_VERB[grade]}, median elongation "
+        f"{stats['median_elongation']:.2f}, median ISO0 {stats['median_iso0']:.0f}"
+        f"{skipped_text}"
+    )
+    return ExposureGrade(
+        exposure_id,
+        grade,
+        probs,
+        float(probs.max()),
+        n_ccd,
+        len(graded),
+        **stats,
+        status="graded",
+        reason=reason,
+    )
