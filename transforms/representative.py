@@ -143,6 +143,8 @@ class CcdInputs:
     median_background: float = float("nan")
     blended_fraction: float = float("nan")
     padded_tiles: int = 0
+    has_image: bool = True
+    """False in catalog mode (no pixels): the CNN then grades from the hits alone."""
     reason: str | None = None
     """Why this CCD's inputs are degenerate (e.g. no clean source), else None."""
 
@@ -189,6 +191,7 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         median_background=med("BACKGROUND"),
         blended_fraction=blended,
         padded_tiles=padded,
+        has_image=f.pixels is not None,
         reason=hits.reason,
     )
 

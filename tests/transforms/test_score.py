@@ -1,0 +1,58 @@
+import apache_beam as beam
+import numpy as np
+import pytest
+import torch
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that
+
+from models.bundle import ModelBundle
+from models.cnn import CnnShape, DualInputNet
+from models.som import SOM_FEATURES, train_som
+from transforms.representative import CcdInputs
+from transforms.score import ScoreCcds, load_bundle_cached, score_batch
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    rows = np.random.default_rng(0).normal(size=(2000, len(SOM_FEATURES))).astype(np.float32)
+    som = train_som(rows, grid=(5, 5), iterations=500, n_clusters=20, seed=0)
+    torch.manual_seed(0)
+    bundle = ModelBundle(som, DualInputNet(CnnShape(tile=8)), {"version": "t1"})
+    return bundle.save(tmp_path_factory.mktemp("b") / "bundle")
+
+
+def inputs(ccd, reason=None, has_image=True):
+    rng = np.random.default_rng(ccd)
+    return CcdInputs(
+        "7",
+        ccd,
+        3,
+        60.0,
+        rng.integers(0, 9, 20).astype(np.int32),
+        rng.random((32, 40), dtype=np.float32),
+        n_sources=50,
+        n_clean=40,
+        blended_fraction=0.3,
+        has_image=has_image,
+        reason=reason,
+    )
+
+
+def test_bundle_loads_once_per_process(bundle_dir):
+    assert load_bundle_cached(bundle_dir) is load_bundle_cached(bundle_dir)
+
+
+def test_score_ccds_through_run_inference(bundle_dir):
+    items = [inputs(0), inputs(1, has_image=False), inputs(2, reason="no_clean_sources: x")]
+    expected = score_batch(load_bundle_cached(bundle_dir), items[:2])
+
+    def check(scores):
+        by_ccd = {s.ccd: s for s in scores}
+        assert sorted(by_ccd) == [0, 1, 2]
+        np.testing.assert_allclose(by_ccd[0].probs, expected[0], rtol=1e-5)
+        np.testing.assert_allclose(by_ccd[1].probs, expected[1], rtol=1e-5)
+        assert by_ccd[2].probs is None and by_ccd[2].reason.startswith("no_clean_sources")
+
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
+        scores = p | beam.Create(items) | ScoreCcds(bundle_dir)
+        assert_that(scores, check)

@@ -1,0 +1,144 @@
+"""CNN scoring of CCDs through Beam's RunInference.
+
+:class:`BundleModelHandler` loads the model bundle through a process-level cache
+(:func:`load_bundle_cached`): RunInference calls ``load_model`` once per DoFn instance and,
+without the cache, again on every pipeline run of a long-lived daemon (REFERENCE.md). With it
+a worker process loads the bundle once, and again only if the bundle's manifest changes on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from models.bundle import MANIFEST, ModelBundle, load_bundle
+from models.cnn import hit_vector, predict_proba
+from transforms.grade import CcdScore
+from transforms.representative import CcdInputs
+
+log = logging.getLogger(__name__)
+
+_BUNDLES: dict[tuple[str, int], ModelBundle] = {}
+_LOCK = threading.Lock()
+
+
+def load_bundle_cached(path: str | os.PathLike) -> ModelBundle:
+    """The bundle at ``path``, loaded once per process (reloaded if its manifest changes)."""
+    path = Path(path).resolve()
+    key = (str(path), (path / MANIFEST).stat().st_mtime_ns)
+    with _LOCK:
+        bundle = _BUNDLES.get(key)
+        if bundle is None:
+            bundle = load_bundle(path)
+            _BUNDLES.clear()
+            _BUNDLES[key] = bundle
+            log.info("loaded model bundle %s (version %s)", path, bundle.version)
+    return bundle
+
+
+def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> np.ndarray:
+    """Class probabilities (len(batch), n_classes) of CCD inputs."""
+    image = np.stack([x.image for x in batch])
+    vector = hit_vector(
+        np.stack([x.hits for x in batch]),
+        np.array([x.n_sources for x in batch]),
+        np.array([x.exptime for x in batch]),
+        np.array([x.blended_fraction for x in batch]),
+    )
+    present = np.array([1.0 if x.has_image else 0.0 for x in batch], dtype=np.float32)
+    return predict_proba(bundle.cnn, image, vector, present)
+
+
+def to_score(inputs: CcdInputs, probs: np.ndarray | None) -> CcdScore:
+    """A :class:`CcdScore` row from a CCD's inputs and its probabilities."""
+    return CcdScore(
+        exposure_id=inputs.exposure_id,
+        ccd=inputs.ccd,
+        probs=probs,
+        n_sources=inputs.n_sources,
+        median_elongation=inputs.median_elongation,
+        median_iso0=inputs.median_iso0,
+        median_background=inputs.median_background,
+        reason=inputs.reason,
+    )
+
+
+class BundleModelHandler(ModelHandler[CcdInputs, PredictionResult, ModelBundle]):
+    """RunInference handler for skygrade bundles: batches of :class:`CcdInputs` in, class
+    probabilities out.
+
+    Parameters
+    ----------
+    bundle_path : path-like
+        The model bundle directory.
+    max_batch_size : int
+        CCDs scored together (36 = one MegaCam exposure).
+    torch_threads : int or None
+        ``torch.set_num_threads`` in the worker; 1 avoids oversubscribing cores that other
+        worker processes already use.
+    """
+
+    def __init__(
+        self,
+        bundle_path: str | os.PathLike,
+        max_batch_size: int = 40,
+        torch_threads: int | None = 1,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size)
+        self.bundle_path = os.fspath(bundle_path)
+        self._max_batch_size = max_batch_size
+        self.torch_threads = torch_threads
+
+    def load_model(self) -> ModelBundle:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        return load_bundle_cached(self.bundle_path)
+
+    def run_inference(
+        self,
+        batch: Sequence[CcdInputs],
+        model: ModelBundle,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        probs = score_batch(model, batch)
+        return [PredictionResult(x, p, model.version) for x, p in zip(batch, probs, strict=True)]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return "skygrade_score"
+
+
+class ScoreCcds(beam.PTransform):
+    """:class:`CcdInputs` -> :class:`CcdScore`.
+
+    CCDs with no clean source are not sent to the network (there is nothing to grade): they
+    come out with ``probs=None`` and their reason, and do not vote in the exposure grade.
+    """
+
+    def __init__(self, bundle_path: str | os.PathLike, torch_threads: int | None = 1) -> None:
+        super().__init__()
+        self.handler = BundleModelHandler(bundle_path, torch_threads=torch_threads)
+
+    def expand(self, inputs):
+        split = inputs | "SplitScorable" >> beam.Partition(
+            lambda x, _: 0 if x.reason is None else 1, 2
+        )
+        scored = (
+            split[0]
+            | "RunInference" >> RunInference(self.handler)
+            | "ToScore" >> beam.Map(lambda r: to_score(r.example, r.inference))
+        )
+        unscored = split[1] | "NoSources" >> beam.Map(to_score, None)
+        return (scored, unscored) | "AllScores" >> beam.Flatten()
