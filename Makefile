@@ -6,7 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv sysdeps clean
+
+# Debian packages the tests run for real: SExtractor (sextractor backend, parity tests).
+APT_PACKAGES := source-extractor
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
@@ -20,7 +24,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv lint
+sysdeps:
+	@command -v source-extractor >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
+
+test: venv sysdeps lint
 	$(BIN)/pytest -q
 
 demo: venv

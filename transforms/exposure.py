@@ -141,7 +141,7 @@ _SIMPLE_START = b"SIMPLE  =                    T"
 _XTENSION = b"XTENSION"
 _END_CARD = b"END" + b" " * 77
 _PRINTABLE = bytes(range(0x20, 0x7F))
-_FITS_SUFFIXES = (".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".fz")
+_FITS_SUFFIXES = (".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".fz", ".ldac", ".cat")
 
 
 # --------------------------------------------------------------------------------------- errors

@@ -61,6 +61,9 @@ COLUMN_DTYPES: dict[str, type] = {c: np.float32 for c in FEATURE_COLUMNS} | {
 # SExtractor FLAGS bits.
 FLAG_NEIGHBOURS, FLAG_BLENDED, FLAG_SATURATED, FLAG_TRUNCATED = 1, 2, 4, 8
 FLAG_APER_CORRUPT, FLAG_ISO_CORRUPT, FLAG_DEBLEND_OVERFLOW, FLAG_EXTRACT_OVERFLOW = 16, 32, 64, 128
+SATURATION_MARGIN = 0.98
+"""A source is flagged saturated when its peak + background reaches this fraction of SATURATE
+(pixels clipped exactly at SATURATE read a hair below it after background arithmetic)."""
 BAD_FLAGS = ~(FLAG_NEIGHBOURS | FLAG_BLENDED)
 """Bits that make a detection unusable. Blended sources are kept: on trailed CCDs nearly all
 sources are blended and the blended fraction is itself a signal (REFERENCE.md)."""
@@ -205,7 +208,9 @@ def sep_features(
     )
     flags = _sextractor_flags(objects["flag"])
     if saturate is not None:
-        flags[objects["peak"] + background >= 0.98 * saturate] |= FLAG_SATURATED
+        flags[objects["peak"] + background >= SATURATION_MARGIN * saturate] |= FLAG_SATURATED
+    # SExtractor's bit 16 (aperture data incomplete): the flux_radius aperture left the image.
+    flags[(rflag & sep.APER_TRUNC) != 0] |= FLAG_APER_CORRUPT
     snr = flux / (rms[iy, ix] * np.sqrt(np.maximum(objects["tnpix"], 1)))
     columns = {
         "X_IMAGE": x + 1.0,
@@ -273,7 +278,7 @@ def stellarity(radius: np.ndarray, snr: np.ndarray, flags: np.ndarray) -> np.nda
         bright = good & (snr > np.nanpercentile(snr[good], 50)) if good.sum() >= 5 else good
     if bright.sum() < 3:
         return out
-    r0, spread = _stellar_locus(radius[bright])
+    r0, spread = stellar_locus(radius[bright])
     sigma = np.sqrt(spread**2 + (r0 * 1.5 / np.maximum(snr, 1.0)) ** 2)
     dev = radius - r0
     z = np.where(dev > 0, dev / sigma, -dev / (2.0 * sigma))
@@ -282,7 +287,7 @@ def stellarity(radius: np.ndarray, snr: np.ndarray, flags: np.ndarray) -> np.nda
     return result.astype(np.float32)
 
 
-def _stellar_locus(r: np.ndarray) -> tuple[float, float]:
+def stellar_locus(r: np.ndarray) -> tuple[float, float]:
     """Robust mode and width of the densest low ridge of half-light radii."""
     logr = np.log(r)
     lo, hi = np.percentile(logr, [2, 80])
@@ -376,8 +381,13 @@ class SepBackend(PixelBackend):
         return table
 
 
-BACKENDS: dict[str, type] = {"sep": SepBackend}
-"""Extraction backends by name (the ``extract.backend`` setting)."""
+BACKENDS: dict[str, str] = {
+    "sep": "transforms.extract:SepBackend",
+    "sextractor": "transforms.sextractor:SextractorBackend",
+    "catalog": "transforms.sextractor:CatalogBackend",
+}
+"""Extraction backends by name (the ``extract.backend`` setting), as ``module:class`` so the
+SExtractor module (which builds on this one) is imported only when chosen."""
 
 
 def make_backend(name: str, params: SepParams | None = None):
@@ -388,13 +398,15 @@ def make_backend(name: str, params: SepParams | None = None):
     ValueError
         For an unknown name; the message lists the valid ones.
     """
+    import importlib
+
     try:
-        cls = BACKENDS[name]
+        module, _, cls = BACKENDS[name].partition(":")
     except KeyError:
         raise ValueError(
             f"unknown extraction backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}"
         ) from None
-    return cls(params)
+    return getattr(importlib.import_module(module), cls)(params)
 
 
 # --------------------------------------------------------------------------- Beam

@@ -205,3 +205,8 @@ def test_backend_keeps_pixels_only_when_asked(archive):
     kept = backend.features(meta, 0, keep_pixels=True)
     assert kept.pixels.shape == (300, 256)
     assert abs(float(np.median(kept.pixels))) < 5  # background subtracted
+
+
+@pytest.mark.parametrize("name", ["sep", "sextractor", "catalog"])
+def test_every_configured_backend_is_registered(name):
+    assert make_backend(name, ExtractConfig()).name == name

@@ -1,0 +1,870 @@
+"""SExtractor as an extraction backend, and SExtractor catalogs as input.
+
+Two backends that give the same feature table as :mod:`transforms.extract` (SExtractor's names and
+semantics, :data:`~transforms.extract.FEATURE_COLUMNS`):
+
+:class:`SextractorBackend` (``"sextractor"``)
+    Runs the ``source-extractor`` executable on one CCD at a time: the CCD is written to a
+    temporary FITS file with a generated configuration (pixel scale, a seeing FWHM measured on the
+    CCD, gain, saturation and the detection settings of :class:`~transforms.extract.SepParams`),
+    and the FITS_1.0 catalog it writes is read back. The reference implementation the sep backend
+    is checked against; slower (a process, two files per CCD).
+:class:`CatalogBackend` (``"catalog"``)
+    Reads archived SExtractor catalogs, for nights whose pixels are gone: FITS_1.0 (an empty
+    PRIMARY + one ``OBJECTS`` table per CCD) or FITS_LDAC (``LDAC_IMHEAD`` + ``LDAC_OBJECTS``
+    pairs, the image header kept as a character array). :func:`read_catalog` reads a whole file.
+
+Catalog columns
+---------------
+Required: ``X_IMAGE Y_IMAGE ISO0 ELONGATION ELLIPTICITY CLASS_STAR BACKGROUND FLAGS`` (the
+method's features); ``ELONGATION`` / ``ELLIPTICITY`` may instead be derived from ``A_IMAGE`` and
+``B_IMAGE``. Optional, NaN when absent: ``FLUX_ISO`` (-> ``FLUX``), ``FLUX_MAX``, ``FLUX_RADIUS``,
+``A_IMAGE``, ``B_IMAGE``, ``THETA_IMAGE``.
+
+``CLASS_STAR`` in real archived catalogs is ~3e-4 for every source (SExtractor was run with a wrong
+``SEEING_FWHM``; see REFERENCE.md). When every ``CLASS_STAR`` of a CCD is below
+:data:`CLASS_STAR_FLOOR` and ``FLUX_RADIUS`` and ``FLUX_ISO`` are present, it is recomputed with
+:func:`transforms.extract.stellarity`, as the sep backend does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+
+from transforms.exposure import (
+    ExposureError,
+    ExposureMeta,
+    exposure_id_from_path,
+    observing_night,
+)
+from transforms.extract import (
+    SATURATION_MARGIN,
+    CcdFeatures,
+    CcdRejected,
+    PixelBackend,
+    SepParams,
+    as_feature_table,
+    empty_sources,
+    stellar_locus,
+    stellarity,
+)
+
+__all__ = [
+    "CATALOG_PARAMETERS",
+    "CLASS_STAR_FLOOR",
+    "OPTIONAL_COLUMNS",
+    "PIXEL_SCALE",
+    "REQUIRED_COLUMNS",
+    "Catalog",
+    "CatalogBackend",
+    "SextractorBackend",
+    "SextractorError",
+    "catalog_columns_to_features",
+    "estimate_seeing",
+    "read_catalog",
+    "run_sextractor",
+]
+
+log = logging.getLogger(__name__)
+
+#: MegaCam pixel scale (arcsec / pixel).
+PIXEL_SCALE = 0.187
+#: SEEING_FWHM (arcsec) given to SExtractor when the CCD has too few usable stars to measure it.
+DEFAULT_SEEING = 0.8
+#: Wall-clock limit of one SExtractor run on one CCD (seconds; a full CCD takes ~1 s).
+SEXTRACTOR_TIMEOUT_S = 300.0
+#: A CCD whose every CLASS_STAR is below this has a meaningless CLASS_STAR (recomputed).
+CLASS_STAR_FLOOR = 0.01
+
+#: Columns a catalog must have (ELONGATION / ELLIPTICITY may come from A_IMAGE / B_IMAGE).
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "X_IMAGE",
+    "Y_IMAGE",
+    "ISO0",
+    "ELONGATION",
+    "ELLIPTICITY",
+    "CLASS_STAR",
+    "BACKGROUND",
+    "FLAGS",
+)
+#: Optional SExtractor column -> feature column; NaN when the catalog lacks it.
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "FLUX_ISO": "FLUX",
+    "FLUX_MAX": "FLUX_MAX",
+    "FLUX_RADIUS": "FLUX_RADIUS",
+    "A_IMAGE": "A_IMAGE",
+    "B_IMAGE": "B_IMAGE",
+    "THETA_IMAGE": "THETA_IMAGE",
+}
+#: The parameter file of :class:`SextractorBackend` (FLUXERR_ISO feeds the S/N of stellarity).
+CATALOG_PARAMETERS: tuple[str, ...] = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "FLUXERR_ISO")
+
+# The 3x3 "all-ground" pyramid of SExtractor's default.conv (FWHM = 2 pixels), normalised.
+_DEFAULT_CONV = (
+    "CONV NORM\n# 3x3 all-ground convolution mask with FWHM = 2 pixels.\n1 2 1\n2 4 2\n1 2 1\n"
+)
+_NNW = "/usr/share/source-extractor/default.nnw"
+
+
+class SextractorError(RuntimeError):
+    """SExtractor could not be run on a CCD, or failed on it (names binary, CCD and stderr)."""
+
+
+# --------------------------------------------------------------------------- column mapping
+
+
+def catalog_columns_to_features(table, *, where: str = "catalog") -> dict[str, np.ndarray]:
+    """Map SExtractor catalog columns onto the feature table.
+
+    Parameters
+    ----------
+    table : mapping or numpy structured array or astropy table / FITS_rec
+        Columns by SExtractor name (``table[name]`` and ``name in columns``).
+    where : str, optional
+        Where the table comes from (``"path: HDU n"``), used in error messages.
+
+    Returns
+    -------
+    dict of np.ndarray
+        The columns of :data:`~transforms.extract.FEATURE_COLUMNS`, cast by
+        :func:`~transforms.extract.as_feature_table`.
+
+    Raises
+    ------
+    KeyError
+        A required column is missing; the message names it and ``where``.
+
+    Examples
+    --------
+    >>> cols = {c: np.ones(3) for c in REQUIRED_COLUMNS}
+    >>> catalog_columns_to_features(cols)["FLUX"]
+    array([nan, nan, nan], dtype=float32)
+    """
+    names = _column_names(table)
+    n = len(table[next(iter(names))]) if names else 0
+    has_axes = "A_IMAGE" in names and "B_IMAGE" in names
+    for name in REQUIRED_COLUMNS:
+        if name in names:
+            continue
+        if name in ("ELONGATION", "ELLIPTICITY") and has_axes:
+            continue
+        raise KeyError(f"{where}: required column {name} is missing (has: {', '.join(names)})")
+
+    def col(name: str) -> np.ndarray:
+        # Native byte order float64 (FITS tables are big-endian).
+        return np.asarray(table[name], dtype=np.float64).reshape(n)
+
+    out = {c: col(c) for c in ("X_IMAGE", "Y_IMAGE", "ISO0", "CLASS_STAR", "BACKGROUND")}
+    out["FLAGS"] = np.asarray(table["FLAGS"]).astype(np.int32).reshape(n)
+    for src, dst in OPTIONAL_COLUMNS.items():
+        out[dst] = col(src) if src in names else np.full(n, np.nan)
+    if has_axes:
+        a = np.maximum(out["A_IMAGE"], 1e-3)
+        b = np.maximum(out["B_IMAGE"], 1e-3)
+    out["ELONGATION"] = col("ELONGATION") if "ELONGATION" in names else a / b
+    out["ELLIPTICITY"] = col("ELLIPTICITY") if "ELLIPTICITY" in names else 1.0 - b / a
+    return as_feature_table(out)
+
+
+def _column_names(table) -> list[str]:
+    if isinstance(table, dict):
+        return list(table)
+    dtype_names = getattr(getattr(table, "dtype", None), "names", None)
+    if dtype_names is not None:
+        return list(dtype_names)
+    return list(table.colnames)
+
+
+def _recompute_class_star(
+    features: dict[str, np.ndarray], fluxerr: np.ndarray | None
+) -> dict[str, np.ndarray] | None:
+    """CLASS_STAR from the stellar locus when the catalog's is meaningless, else ``None``.
+
+    Meaningless: every value below :data:`CLASS_STAR_FLOOR`. Needs FLUX_RADIUS and FLUX; the
+    signal-to-noise is FLUX / FLUXERR_ISO when the catalog has it, else a proxy: FLUX over
+    ``sigma * sqrt(ISO0)`` with the pixel noise ``sigma`` estimated from the faintest detections,
+    whose mean isophotal surface brightness sits just above the detection threshold (~1.5 sigma
+    at SExtractor's default DETECT_THRESH): ``sigma ~ 5th percentile of FLUX / ISO0 / 2``.
+    """
+    cs = features["CLASS_STAR"]
+    if len(cs) == 0 or np.nanmax(cs) >= CLASS_STAR_FLOOR:
+        return None
+    radius, flux = features["FLUX_RADIUS"], features["FLUX"].astype(np.float64)
+    if not np.isfinite(radius).any() or not np.isfinite(flux).any():
+        return None
+    iso = np.maximum(features["ISO0"], 1).astype(np.float64)
+    if fluxerr is not None and np.isfinite(fluxerr).any():
+        snr = flux / np.where(fluxerr > 0, fluxerr, np.inf)
+    else:
+        sb = flux / iso
+        sb = sb[np.isfinite(sb) & (sb > 0)]
+        sigma = 0.5 * float(np.percentile(sb, 5)) if len(sb) else 1.0
+        snr = flux / (max(sigma, 1e-12) * np.sqrt(iso))
+    snr = np.nan_to_num(snr, nan=0.0, posinf=0.0, neginf=0.0)
+    return features | {"CLASS_STAR": stellarity(radius, snr, features["FLAGS"])}
+
+
+# --------------------------------------------------------------------------- catalog files
+
+
+@dataclass(frozen=True)
+class _CcdTable:
+    """Where one CCD lives in a catalog file."""
+
+    objects_hdu: int
+    imhead_hdu: int | None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A whole SExtractor catalog file read by :func:`read_catalog`.
+
+    Attributes
+    ----------
+    meta : ExposureMeta
+        As :meth:`CatalogBackend.open` returns it.
+    format : str
+        ``"FITS_1.0"`` or ``"FITS_LDAC"``.
+    sources : list of dict of np.ndarray
+        One feature table per CCD, in CCD order.
+    shapes : list of tuple of int
+        ``(height, width)`` of each CCD (see :meth:`CatalogBackend.features`).
+    """
+
+    meta: ExposureMeta
+    format: str
+    sources: list[dict[str, np.ndarray]]
+    shapes: list[tuple[int, int]]
+
+
+def _layout(path: str, hdul: fits.HDUList) -> tuple[str, list[_CcdTable]]:
+    """Catalog format and the HDUs of each CCD."""
+    names = [(h.name or "").upper() for h in hdul]
+    if "LDAC_OBJECTS" in names:
+        ccds = []
+        for i, name in enumerate(names):
+            if name != "LDAC_OBJECTS":
+                continue
+            imhead = i - 1 if i > 0 and names[i - 1] == "LDAC_IMHEAD" else None
+            ccds.append(_CcdTable(i, imhead))
+        return "FITS_LDAC", ccds
+    tables = [i for i, h in enumerate(hdul) if i > 0 and isinstance(h, fits.BinTableHDU)]
+    if not tables:
+        raise ExposureError(
+            path, None, "no_ccds", "no OBJECTS or LDAC_OBJECTS table: not a SExtractor catalog"
+        )
+    return "FITS_1.0", [_CcdTable(i, None) for i in tables]
+
+
+def _image_header(hdul: fits.HDUList, hdu: int | None) -> fits.Header | None:
+    """The image header kept in an LDAC_IMHEAD table, or ``None``."""
+    if hdu is None:
+        return None
+    data = hdul[hdu].data
+    if data is None or len(data) == 0:
+        return None
+    cards = np.asarray(data.field(0)[0]).ravel()
+    text = "".join(str(c).ljust(80)[:80] for c in cards)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        return fits.Header.fromstring(text)
+
+
+# Header access for catalog metadata. (transforms.exposure has private equivalents working on the
+# raw header bytes of an image; these are the small subset catalogs need.)
+def _get(header: fits.Header, key: str):
+    """Value of ``key``, or None when absent, undefined or unparsable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        try:
+            value = header.get(key)
+        except (ValueError, fits.VerifyError):
+            return None
+    return None if value is None or isinstance(value, fits.card.Undefined) else value
+
+
+def _get_float(header: fits.Header, key: str) -> float | None:
+    value = _get(header, key)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _get_str(header: fits.Header, key: str) -> str | None:
+    value = _get(header, key)
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def _parse_date_obs(path: str, header: fits.Header) -> datetime | None:
+    """DATE-OBS (with UTC-OBS / TIME-OBS when it holds only a date) as aware UTC."""
+    text = _get_str(header, "DATE-OBS")
+    if text is None:
+        return None
+    if "T" not in text and (clock := _get_str(header, "UTC-OBS") or _get_str(header, "TIME-OBS")):
+        text = f"{text}T{clock}"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ExposureError(
+            path, None, "bad_date_obs", f"DATE-OBS {text!r} is not an ISO date/time"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _first(headers: list[fits.Header], key: str):
+    for header in headers:
+        if _get(header, key) is not None:
+            return header
+    return None
+
+
+def _catalog_meta(
+    path: str, hdul: fits.HDUList, layout: list[_CcdTable], exptime: float | None
+) -> ExposureMeta:
+    """Exposure metadata from the image headers (LDAC), the catalog's PRIMARY, the fallback."""
+    image_headers = [h for t in layout if (h := _image_header(hdul, t.imhead_hdu)) is not None]
+    headers = [*image_headers, hdul[0].header]
+
+    def lookup(key: str):
+        header = _first(headers, key)
+        return header, (None if header is None else _get(header, key))
+
+    header, raw_exptime = lookup("EXPTIME")
+    if raw_exptime is not None:
+        value = _get_float(header, "EXPTIME")
+        if value is None or value <= 0:
+            raise ExposureError(
+                path, None, "bad_exptime", f"EXPTIME must be a number > 0, got {raw_exptime!r}"
+            )
+    elif exptime is not None:
+        value = float(exptime)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"exptime must be a number > 0, got {exptime!r}")
+    else:
+        raise ExposureError(
+            path,
+            None,
+            "missing_exptime",
+            "catalog carries no EXPTIME (no image header with one) and no fallback exptime was "
+            "given (extract.catalog_exptime)",
+        )
+
+    _, raw_expnum = lookup("EXPNUM")
+    expnum = None
+    if raw_expnum is not None:
+        try:
+            as_float = float(raw_expnum)
+            if isinstance(raw_expnum, bool) or not as_float.is_integer():
+                raise ValueError
+            expnum = int(as_float)
+        except (TypeError, ValueError):
+            raise ExposureError(
+                path, None, "bad_expnum", f"EXPNUM {raw_expnum!r} is not an integer"
+            ) from None
+
+    date_header, _ = lookup("DATE-OBS")
+    date_obs = _parse_date_obs(path, date_header) if date_header is not None else None
+    filter_header, object_header = _first(headers, "FILTER"), _first(headers, "OBJECT")
+    airmass_header = _first(headers, "AIRMASS")
+    names = []
+    for i, table in enumerate(layout):
+        head = _image_header(hdul, table.imhead_hdu)
+        name = None
+        if head is not None:
+            name = _get_str(head, "EXTNAME") or _get_str(head, "CCDNAME")
+        names.append(name or f"ccd{i:02d}")
+    shape: tuple[int, ...] = ()
+    if image_headers:
+        nx, ny = _get(image_headers[0], "NAXIS1"), _get(image_headers[0], "NAXIS2")
+        if isinstance(nx, int) and isinstance(ny, int):
+            shape = (ny, nx)
+    return ExposureMeta(
+        path=path,
+        exposure_id=str(expnum) if expnum is not None else exposure_id_from_path(path),
+        expnum=expnum,
+        exptime=value,
+        date_obs=date_obs,
+        night=observing_night(date_obs) if date_obs is not None else None,
+        filter=_get_str(filter_header, "FILTER") if filter_header is not None else None,
+        object=_get_str(object_header, "OBJECT") if object_header is not None else None,
+        airmass=_get_float(airmass_header, "AIRMASS") if airmass_header is not None else None,
+        n_ccd=len(layout),
+        ccd_names=tuple(names),
+        ccd_shape=shape,
+    )
+
+
+def _check_columns(path: str, hdul: fits.HDUList, table: _CcdTable) -> None:
+    """Raise ``missing_column`` naming the column, file and HDU (reads the header only)."""
+    names = set(hdul[table.objects_hdu].columns.names)
+    for name in REQUIRED_COLUMNS:
+        if name in names:
+            continue
+        if name in ("ELONGATION", "ELLIPTICITY") and {"A_IMAGE", "B_IMAGE"} <= names:
+            continue
+        raise ExposureError(
+            path,
+            table.objects_hdu,
+            "missing_column",
+            f"required column {name} is missing from the {hdul[table.objects_hdu].name} table",
+        )
+
+
+def _ccd_features(
+    path: str, hdul: fits.HDUList, table: _CcdTable
+) -> tuple[dict[str, np.ndarray], tuple[int, int], bool]:
+    """Feature table, ``(height, width)`` and whether CLASS_STAR was recomputed, for one CCD."""
+    _check_columns(path, hdul, table)
+    data = hdul[table.objects_hdu].data
+    if data is None or len(data) == 0:
+        features = empty_sources()
+        fluxerr = None
+    else:
+        features = catalog_columns_to_features(data, where=f"{path}: HDU {table.objects_hdu}")
+        names = data.dtype.names
+        fluxerr = np.asarray(data["FLUXERR_ISO"], np.float64) if "FLUXERR_ISO" in names else None
+    recomputed = _recompute_class_star(features, fluxerr)
+    if recomputed is not None:
+        features = recomputed
+    head = _image_header(hdul, table.imhead_hdu)
+    nx = _get(head, "NAXIS1") if head is not None else None
+    ny = _get(head, "NAXIS2") if head is not None else None
+    if not (isinstance(nx, int) and isinstance(ny, int)):
+        nx = int(math.ceil(float(features["X_IMAGE"].max()))) if features["X_IMAGE"].size else 0
+        ny = int(math.ceil(float(features["Y_IMAGE"].max()))) if features["Y_IMAGE"].size else 0
+    return features, (int(ny), int(nx)), recomputed is not None
+
+
+def _open_catalog(path: str | os.PathLike[str]) -> fits.HDUList:
+    spath = os.fspath(path)
+    try:
+        return fits.open(spath, memmap=False)
+    except OSError as exc:
+        raise ExposureError(spath, None, "unreadable", f"cannot read catalog: {exc}") from exc
+
+
+def read_catalog(path: str | os.PathLike[str], exptime: float | None = None) -> Catalog:
+    """Read a whole SExtractor catalog (FITS_1.0 or FITS_LDAC) into feature tables.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The catalog: FITS_1.0 (PRIMARY + one ``OBJECTS`` table per CCD) or FITS_LDAC
+        (``LDAC_IMHEAD`` + ``LDAC_OBJECTS`` per CCD). Any number of CCDs >= 1 (36 or 40 for
+        MegaCam).
+    exptime : float, optional
+        EXPTIME (s) to use when no header of the catalog has one.
+
+    Returns
+    -------
+    Catalog
+
+    Raises
+    ------
+    ExposureError
+        ``missing_exptime`` (no EXPTIME anywhere and no ``exptime``), ``bad_exptime``,
+        ``bad_expnum``, ``bad_date_obs``, ``no_ccds`` (no object table), ``missing_column``
+        (names the column and the HDU), ``unreadable``. ``str(err)`` starts with the path.
+
+    Examples
+    --------
+    >>> cat = read_catalog("2345678p.ldac")  # doctest: +SKIP
+    >>> cat.meta.n_ccd, cat.sources[0]["ELONGATION"][:2]
+    (36, array([1.12, 1.31], dtype=float32))
+    """
+    spath = os.fspath(path)
+    with _open_catalog(spath) as hdul:
+        fmt, layout = _layout(spath, hdul)
+        meta = _catalog_meta(spath, hdul, layout, exptime)
+        sources, shapes, recomputed = [], [], []
+        for i, table in enumerate(layout):
+            features, shape, redone = _ccd_features(spath, hdul, table)
+            sources.append(features)
+            shapes.append(shape)
+            if redone:
+                recomputed.append(i)
+    if recomputed:
+        log.info(
+            "%s: CLASS_STAR < %g for every source of %d CCD(s): recomputed from FLUX_RADIUS",
+            spath,
+            CLASS_STAR_FLOOR,
+            len(recomputed),
+        )
+    return Catalog(meta=meta, format=fmt, sources=sources, shapes=shapes)
+
+
+class CatalogBackend:
+    """Features from archived SExtractor catalogs (no pixels): the ``catalog`` backend.
+
+    Parameters
+    ----------
+    params : SepParams, optional
+        Only ``catalog_exptime`` is used: the EXPTIME of catalogs whose headers lack one.
+
+    Notes
+    -----
+    CCD width and height come from the image header (``NAXIS1`` / ``NAXIS2`` in
+    ``LDAC_IMHEAD``) when the catalog keeps it; FITS_1.0 catalogs do not, and then they are the
+    largest ``X_IMAGE`` / ``Y_IMAGE`` of the CCD rounded up (a lower bound of the true size;
+    0 for a CCD without sources).
+    """
+
+    name = "catalog"
+
+    def __init__(self, params: SepParams | None = None) -> None:
+        self.params = params or SepParams()
+        self._logged: set[str] = set()
+
+    def open(self, path: str | os.PathLike[str]) -> ExposureMeta:
+        """Read the catalog's metadata and check every table's columns (headers only).
+
+        Raises
+        ------
+        ExposureError
+            As :func:`read_catalog`.
+        """
+        spath = os.fspath(path)
+        with _open_catalog(spath) as hdul:
+            _, layout = _layout(spath, hdul)
+            meta = _catalog_meta(spath, hdul, layout, self.params.catalog_exptime)
+            for table in layout:
+                _check_columns(spath, hdul, table)
+        return meta
+
+    def features(self, meta: ExposureMeta, ccd: int) -> CcdFeatures:
+        """The feature table of CCD ``ccd`` (0-based) of the catalog ``meta.path``.
+
+        Raises
+        ------
+        CcdRejected
+            The table cannot be read or lacks a required column.
+        """
+        try:
+            with _open_catalog(meta.path) as hdul:
+                _, layout = _layout(meta.path, hdul)
+                if not 0 <= ccd < len(layout):
+                    raise ExposureError(
+                        meta.path, None, "bad_ccd", f"CCD {ccd} not in [0, {len(layout)})"
+                    )
+                table, (height, width), redone = _ccd_features(meta.path, hdul, layout[ccd])
+        except ExposureError as exc:
+            raise CcdRejected(exc.reason, f"CCD {ccd}: {exc}") from exc
+        if redone and meta.path not in self._logged:
+            self._logged.add(meta.path)
+            log.info(
+                "%s: CLASS_STAR < %g for every source (CCD %d): recomputed from FLUX_RADIUS",
+                meta.path,
+                CLASS_STAR_FLOOR,
+                ccd,
+            )
+        return CcdFeatures(
+            exposure_id=meta.exposure_id,
+            ccd=ccd,
+            n_ccd=meta.n_ccd,
+            exptime=float(meta.exptime),
+            width=width,
+            height=height,
+            sources=table,
+            backend=self.name,
+        )
+
+
+# --------------------------------------------------------------------------- SExtractor runs
+
+
+def estimate_seeing(
+    data: np.ndarray, saturate: float | None = None, *, size: int = 1024
+) -> float | None:
+    """Seeing FWHM (arcsec) of a CCD from its bright, unsaturated, isolated stars.
+
+    A quick sep pass at 10 sigma on a central ``size`` x ``size`` sub-image; for each compact
+    unflagged source peaking between 50 sigma and half the saturation level, the FWHM is
+    ``2 sqrt(A / pi)`` with ``A`` the pixels above half the peak (SExtractor's FWHM_IMAGE
+    definition, independent of the profile shape); the seeing is the stellar locus (robust mode)
+    of those FWHMs.
+
+    Parameters
+    ----------
+    data : np.ndarray
+        2-D image (not modified).
+    saturate : float, optional
+        Saturation level (ADU).
+    size : int, optional
+        Side of the central sub-image.
+
+    Returns
+    -------
+    float or None
+        FWHM in arcsec, or ``None`` with fewer than 5 usable stars.
+
+    Examples
+    --------
+    >>> estimate_seeing(np.zeros((64, 64), np.float32)) is None
+    True
+    """
+    import sep
+
+    height, width = data.shape
+    y0, x0 = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    sub = np.array(data[y0 : y0 + size, x0 : x0 + size], dtype=np.float32, order="C")
+    finite = np.isfinite(sub)
+    if min(sub.shape) < 64 or finite.mean() < 0.5:
+        return None
+    if not finite.all():
+        sub[~finite] = np.median(sub[finite])
+    bkg = sep.Background(sub, bw=64, bh=64)
+    sub -= bkg.back()
+    sigma = float(bkg.globalrms)
+    if not sigma > 0:
+        return None
+    try:
+        objects = sep.extract(sub, 10.0, err=sigma, minarea=5)
+    except Exception as exc:  # sep raises plain Exception on buffer overflows
+        log.debug("seeing estimate: sep failed: %s", exc)
+        return None
+    top = np.inf if saturate is None else 0.5 * (saturate - float(bkg.globalback))
+    keep = (objects["flag"] == 0) & (objects["peak"] > 50 * sigma) & (objects["peak"] < top)
+    keep &= objects["a"] / np.maximum(objects["b"], 1e-3) < 1.5
+    fwhm = []
+    for obj in objects[keep][:400]:
+        iy, ix = int(round(obj["y"])), int(round(obj["x"]))
+        cut = sub[max(0, iy - 12) : iy + 13, max(0, ix - 12) : ix + 13]
+        peak = float(cut.max())
+        area = int(np.count_nonzero(cut > 0.5 * peak))
+        fwhm.append(2.0 * math.sqrt(area / math.pi))
+    fwhm_px = np.asarray(fwhm)
+    fwhm_px = fwhm_px[fwhm_px > 1.5]  # cosmic rays and hot pixels
+    if len(fwhm_px) < 5:
+        return None
+    r0, _ = stellar_locus(fwhm_px)
+    return float(r0 * PIXEL_SCALE)
+
+
+def _config_text(
+    params: SepParams, catalog: str, seeing: float, gain: float | None, saturate: float | None
+) -> str:
+    settings = {
+        "CATALOG_NAME": catalog,
+        "CATALOG_TYPE": "FITS_1.0",
+        "PARAMETERS_NAME": "skygrade.param",
+        "DETECT_TYPE": "CCD",
+        "DETECT_MINAREA": str(int(params.minarea)),
+        "THRESH_TYPE": "RELATIVE",
+        "DETECT_THRESH": repr(float(params.thresh)),
+        "ANALYSIS_THRESH": repr(float(params.thresh)),
+        "FILTER": "Y",
+        "FILTER_NAME": "skygrade.conv",
+        "DEBLEND_NTHRESH": str(int(params.deblend_nthresh)),
+        "DEBLEND_MINCONT": repr(float(params.deblend_cont)),
+        "CLEAN": "Y",
+        "CLEAN_PARAM": "1.0",
+        "MASK_TYPE": "CORRECT",
+        "PHOT_FLUXFRAC": "0.5",
+        # Keep the default SATUR_KEY / GAIN_KEY (SATURATE / GAIN): SExtractor 2.25 takes a
+        # garbage level (~4e88) when SATUR_KEY names a keyword the header lacks. The temporary
+        # image carries the same values in its header.
+        "SATUR_LEVEL": repr(SATURATION_MARGIN * saturate) if saturate is not None else "1e30",
+        "SATUR_KEY": "SATURATE",
+        "GAIN": repr(float(gain)) if gain else "0.0",
+        "GAIN_KEY": "GAIN",
+        "PIXEL_SCALE": repr(PIXEL_SCALE),
+        "SEEING_FWHM": f"{seeing:.4f}",
+        "STARNNW_NAME": _NNW,
+        "BACK_TYPE": "AUTO",
+        "BACK_SIZE": str(int(params.back_size)),
+        "BACK_FILTERSIZE": str(int(params.back_filtersize)),
+        "BACKPHOTO_TYPE": "GLOBAL",
+        "CHECKIMAGE_TYPE": "NONE",
+        # sep is configured the same way (extract._configure_sep): trailed CCDs need the room.
+        "MEMORY_OBJSTACK": "50000",
+        "MEMORY_PIXSTACK": "5000000",
+        "MEMORY_BUFSIZE": "1024",
+        "VERBOSE_TYPE": "QUIET",
+        "WRITE_XML": "N",
+        "NTHREADS": "1",
+    }
+    return "".join(f"{key:<18}{value}\n" for key, value in settings.items())
+
+
+def run_sextractor(
+    data: np.ndarray,
+    *,
+    params: SepParams | None = None,
+    gain: float | None = None,
+    saturate: float | None = None,
+    seeing: float | None = None,
+    label: str = "CCD",
+    timeout: float = SEXTRACTOR_TIMEOUT_S,
+) -> dict[str, np.ndarray]:
+    """Run SExtractor on one 2-D image and return its FITS_1.0 catalog's columns.
+
+    Parameters
+    ----------
+    data : np.ndarray
+        The CCD (written as float32; not modified).
+    params : SepParams, optional
+        Detection settings and ``sextractor_binary``.
+    gain, saturate : float, optional
+        GAIN (e-/ADU; 0 or None = infinite) and the saturation level (ADU); SATUR_LEVEL is
+        :data:`SATURATION_MARGIN` times it.
+    seeing : float, optional
+        SEEING_FWHM (arcsec); measured with :func:`estimate_seeing` when not given, else
+        :data:`DEFAULT_SEEING`.
+    label : str, optional
+        What the image is, for error messages (``"path CCD 3 (ccd03)"``).
+    timeout : float, optional
+        Seconds before the run is killed.
+
+    Returns
+    -------
+    dict of np.ndarray
+        The columns of :data:`CATALOG_PARAMETERS` by name, native byte order.
+
+    Raises
+    ------
+    SextractorError
+        The binary is missing, exits non-zero, times out or writes no catalog; the message
+        names the binary, ``label`` and SExtractor's stderr.
+
+    Examples
+    --------
+    >>> cat = run_sextractor(img, saturate=65535.0)  # doctest: +SKIP
+    >>> cat["ISO0"][:3]
+    array([12, 40, 7], dtype=int32)
+    """
+    params = params or SepParams()
+    binary = shutil.which(params.sextractor_binary)
+    if binary is None:
+        raise SextractorError(
+            f"{label}: SExtractor binary {params.sextractor_binary!r} not found on PATH "
+            "(apt-get install source-extractor, or set extract.sextractor_binary)"
+        )
+    if data.ndim != 2:
+        raise ValueError(f"data must be a 2-D image, got shape {data.shape}")
+    if seeing is None:
+        seeing = estimate_seeing(data, saturate)
+        if seeing is None:
+            log.debug('%s: too few stars to measure the seeing, using %g"', label, DEFAULT_SEEING)
+            seeing = DEFAULT_SEEING
+    with tempfile.TemporaryDirectory(prefix="skygrade-sex-") as tmp:
+        work = Path(tmp)
+        image, catalog = work / "ccd.fits", work / "ccd.cat"
+        header = fits.Header()
+        if saturate is not None:
+            header["SATURATE"] = SATURATION_MARGIN * float(saturate)
+        if gain:
+            header["GAIN"] = float(gain)
+        fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header).writeto(image)
+        (work / "skygrade.param").write_text("\n".join(CATALOG_PARAMETERS) + "\n")
+        (work / "skygrade.conv").write_text(_DEFAULT_CONV)
+        (work / "skygrade.sex").write_text(
+            _config_text(params, catalog.name, seeing, gain, saturate)
+        )
+        cmd = [binary, image.name, "-c", "skygrade.sex"]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=work, capture_output=True, text=True, timeout=timeout, check=True
+            )
+        except subprocess.CalledProcessError as exc:
+            raise SextractorError(
+                f"{label}: {binary} exited with status {exc.returncode}: "
+                f"{(exc.stderr or '').strip()[-2000:]}"
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise SextractorError(
+                f"{label}: {binary} ran past {timeout:g} s: {_text(exc.stderr).strip()[-2000:]}"
+            ) from exc
+        if not catalog.exists():
+            raise SextractorError(
+                f"{label}: {binary} wrote no catalog: {proc.stderr.strip()[-2000:]}"
+            )
+        with fits.open(catalog, memmap=False) as hdul:
+            table = hdul[-1].data
+            if table is None or len(table) == 0:
+                return _empty_catalog()
+            return {
+                name: np.array(table[name], dtype=table[name].dtype.newbyteorder("="))
+                for name in table.dtype.names
+            }
+
+
+def _text(raw) -> str:
+    if raw is None:
+        return ""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _empty_catalog() -> dict[str, np.ndarray]:
+    return {
+        c: np.zeros(0, np.int32 if c in ("ISO0", "FLAGS") else np.float32)
+        for c in CATALOG_PARAMETERS
+    }
+
+
+class SextractorBackend(PixelBackend):
+    """The ``sextractor`` backend: SExtractor itself, one process per CCD.
+
+    Parameters
+    ----------
+    params : SepParams, optional
+        The same detection settings as the sep backend, and ``sextractor_binary``.
+
+    Notes
+    -----
+    The seeing FWHM passed to SExtractor (it drives CLASS_STAR) is measured on each CCD by
+    :func:`estimate_seeing`, falling back to :data:`DEFAULT_SEEING`. FLAGS bit 4 (saturated)
+    is set from ``pixels.saturate`` (SATUR_LEVEL = :data:`SATURATION_MARGIN` x it, as sep).
+    """
+
+    name = "sextractor"
+
+    def __init__(self, params: SepParams | None = None) -> None:
+        self.params = params or SepParams()
+
+    def measure(self, pixels, meta) -> dict[str, np.ndarray]:
+        """Run SExtractor on ``pixels.data`` and return the feature table.
+
+        Raises
+        ------
+        SextractorError
+            As :func:`run_sextractor`.
+        """
+        label = f"{meta.path}: CCD {pixels.index} ({pixels.name})"
+        start = time.perf_counter()
+        table = run_sextractor(
+            pixels.data,
+            params=self.params,
+            gain=pixels.gain,
+            saturate=pixels.saturate,
+            label=label,
+        )
+        log.debug(
+            "%s: SExtractor found %d sources in %.2f s", label, len(table["X_IMAGE"]), _since(start)
+        )
+        if len(table["X_IMAGE"]) == 0:
+            log.info("%s: SExtractor found no source", label)
+            return empty_sources()
+        return catalog_columns_to_features(table, where=label)
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
