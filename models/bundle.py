@@ -80,6 +80,7 @@ class ModelBundle:
             manifest["metrics"] = metrics
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp.chmod(0o755)
         try:
             self.som.save(tmp / SOM_FILE)
             torch.save(self.cnn.state_dict(), tmp / CNN_FILE)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ops.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 SOM_FEATURES: tuple[str, ...] = (
@@ -276,8 +278,7 @@ class SourceSom:
             "features": list(self.features),
             "meta": self.meta,
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(
                 fh,
                 codebook=self.codebook,
@@ -286,7 +287,6 @@ class SourceSom:
                 scale=self.scaling.scale,
                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
             )
-        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -84,12 +84,11 @@ class _WriteQuarantine(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, record):
-        folder = Path(self.out_dir) / "_quarantine"
-        folder.mkdir(parents=True, exist_ok=True)
+        from ops.files import atomic_write_text
+
         name = record.exposure_id + ("" if record.ccd is None else f".ccd{record.ccd:02d}")
-        tmp = folder / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(record._asdict(), indent=1))
-        os.replace(tmp, folder / f"{name}.json")
+        path = Path(self.out_dir) / "_quarantine" / f"{name}.json"
+        atomic_write_text(path, json.dumps(record._asdict(), indent=1))
         yield record
 
 

@@ -29,7 +29,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 from astropy.io import fits
 
 from models.classes import CLASSES
+from ops.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -1191,18 +1191,6 @@ def exposure_bytes(plan: ExposurePlan, geometry: Geometry) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_exposure(plan: ExposurePlan, geometry: Geometry, path: str | os.PathLike) -> Path:
     """Render an exposure and write it atomically (temporary name, then ``os.replace``).
 
@@ -1227,7 +1215,7 @@ def write_exposure(plan: ExposurePlan, geometry: Geometry, path: str | os.PathLi
     True
     """
     path = Path(path)
-    _atomic_write_bytes(exposure_bytes(plan, geometry), path)
+    atomic_write_bytes(path, exposure_bytes(plan, geometry))
     return path
 
 
@@ -1249,7 +1237,7 @@ def _merge_labels(labels_path: Path, new: Mapping[str, str]) -> None:
     writer.writerow(LABELS_HEADER)
     for eid in sorted(rows, key=key):
         writer.writerow([eid, rows[eid]])
-    _atomic_write_bytes(buf.getvalue().encode(), labels_path)
+    atomic_write_text(labels_path, buf.getvalue())
 
 
 def simulate_archive(

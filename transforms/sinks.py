@@ -7,11 +7,12 @@ with ``os.replace``, so a reader (or a crash) never sees half a file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ops.files import atomic_path
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
@@ -29,14 +30,6 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     Path
         The final path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -1,0 +1,90 @@
+import csv
+
+import pytest
+from astropy.io import fits
+
+from streamer.cli import build_parser, main, parse_nights, parse_shape
+
+
+def test_parse_nights_ranges_and_lists():
+    assert parse_nights("2026-11-30..2026-12-02,2026-11-01") == [
+        "2026-11-01",
+        "2026-11-30",
+        "2026-12-01",
+        "2026-12-02",
+    ]
+    with pytest.raises(Exception, match="ends before it starts"):
+        parse_nights("2026-11-03..2026-11-01")
+    with pytest.raises(Exception, match="not a date or range"):
+        parse_nights("yesterday")
+
+
+def test_parse_shape():
+    assert parse_shape("2048x4612") == (2048, 4612)
+    with pytest.raises(Exception, match="WIDTHxHEIGHT"):
+        parse_shape("big")
+
+
+def test_every_command_has_help_with_an_example(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"simulate", "config"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "example" in capsys.readouterr().out
+
+
+def test_simulate_archive_writes_labelled_files(tmp_path, capsys):
+    out = tmp_path / "archive"
+    code = main(
+        [
+            "-q",
+            "simulate",
+            "--out",
+            str(out),
+            "--nights",
+            "2026-11-01..2026-11-02",
+            "--exposures",
+            "2",
+            "--n-ccd",
+            "2",
+            "--ccd-shape",
+            "128x160",
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    assert "wrote 4 exposures" in capsys.readouterr().out
+    files = sorted(out.glob("*/*.fits"))
+    assert len(files) == 4
+    with open(out / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    with fits.open(files[0]) as hdul:
+        assert len(hdul) == 3 and hdul[1].data.shape == (160, 128)
+
+
+def test_usage_and_config_errors_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("telescope:\n  cadance_s: 3\n")
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "telescope.cadance_s" in err and "did you mean 'cadence_s'" in err
+    assert main(["--config", str(bad), "config", "show"]) == 2
+    assert main(["simulate", "--out", str(tmp_path), "--nights", "tomorrow"]) == 2
+    assert "--nights" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate"])  # neither --out nor --drop
+    assert exit_info.value.code == 2
+
+
+def test_config_show_round_trips_through_check(tmp_path, capsys):
+    assert main(["config", "show"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "skygrade.yaml"
+    path.write_text(text)
+    assert main(["config", "check", str(path)]) == 0
+    assert "ok (config digest" in capsys.readouterr().out

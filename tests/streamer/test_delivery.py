@@ -1,0 +1,26 @@
+"""The telescope's progressive writes against the extraction's integrity walk."""
+
+import pytest
+
+from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from transforms.exposure import IncompleteFileError, check_integrity, read_meta
+
+
+def test_progressively_written_file_is_valid_only_once_complete(tmp_path):
+    plan = plan_night("2026-11-24", 1, seed=5, class_mix={"GOOD": 1})[0]
+    data = exposure_bytes(plan, Geometry(3, 128, 192))
+    path = tmp_path / plan.filename
+    verdicts = []
+
+    def on_chunk(i, n):
+        if i < n:
+            with pytest.raises(IncompleteFileError):
+                check_integrity(path)
+            verdicts.append("incomplete")
+        else:
+            check_integrity(path)
+            verdicts.append("complete")
+
+    write_progressively(data, path, chunks=7, duration_s=0.0, on_chunk=on_chunk)
+    assert verdicts == ["incomplete"] * 6 + ["complete"]
+    assert read_meta(path).exposure_id == plan.exposure_id
