@@ -83,6 +83,13 @@ def _setup_logging(args: argparse.Namespace, cfg: Config | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    # Beam logs every worker start and bundle at INFO, relays worker start-up warnings and
+    # warns about Google Cloud clients we do not use: keep all of it for -v.
+    if not args.verbose:
+        logging.getLogger("apache_beam").setLevel("WARNING")
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel("ERROR")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: "apitools not found" not in r.getMessage())
 
 
 # --------------------------------------------------------------------------- simulate
@@ -200,6 +207,61 @@ def _tonight() -> str:
     return (now - dt.timedelta(hours=22)).date().isoformat()
 
 
+# --------------------------------------------------------------------------- extract
+
+
+def _add_runner_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes (Beam multi_processing); default 1",
+    )
+    p.add_argument(
+        "--runner",
+        default="FnApiRunner",
+        help="Beam runner (FnApiRunner, DirectRunner, DaskRunner...); default FnApiRunner",
+    )
+
+
+def _add_extract(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", type=Path, help="exposures (.fits, .fits.fz) or catalogs")
+    p.add_argument("--out", type=Path, required=True, help="directory for <exposure>.parquet")
+    p.add_argument(
+        "--backend",
+        choices=("sep", "sextractor", "catalog"),
+        default=None,
+        help="extraction backend (default: extract.backend of the config, sep)",
+    )
+    _add_runner_options(p)
+
+
+def _cmd_extract(args: argparse.Namespace, cfg: Config) -> int:
+    import dataclasses
+
+    from streamer.pipelines import pipeline_options, run_extract
+
+    missing = [str(f) for f in args.files if not f.exists()]
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)}")
+    params = cfg.extract
+    if args.backend:
+        params = dataclasses.replace(params, backend=args.backend)
+    options = pipeline_options(args.runner, args.workers)
+    summary = run_extract([str(f) for f in args.files], args.out, params.backend, params, options)
+    for q in summary["quarantined"]:
+        print(
+            f"quarantined {q.exposure_id}"
+            + ("" if q.ccd is None else f" CCD {q.ccd}")
+            + f": {q.reason}: {q.detail}"
+        )
+    print(
+        f"features of {len(summary['written'])} exposure(s) in {args.out}/ "
+        f"({len(summary['quarantined'])} quarantine record(s) in {args.out}/_quarantine/)"
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -238,6 +300,12 @@ COMMANDS: list[Command] = [
         _add_simulate,
         _cmd_simulate,
     ),
+    (
+        "extract",
+        "measure the sources of exposures into parquet feature tables (one per exposure)",
+        _add_extract,
+        _cmd_extract,
+    ),
     ("config", "show or check the configuration", _add_config, _cmd_config),
 ]
 
@@ -247,6 +315,12 @@ EXAMPLES = {
         "  skygrade simulate --out archive --nights 2026-11-01..2026-11-03 --exposures 20\n"
         "  skygrade simulate --out small --geometry small --exposures 5 --seed 7\n"
         "  skygrade simulate --drop /data/drop --cadence 60 --transfer 10"
+    ),
+    "extract": (
+        "examples:\n"
+        "  skygrade extract archive/2026-11-24/*.fits --out features\n"
+        "  skygrade extract night/*.fits.fz --out features --backend sextractor --workers 2\n"
+        "  skygrade extract catalogs/*.ldac --out features --backend catalog"
     ),
     "config": (
         "examples:\n  skygrade config show > skygrade.yaml\n  skygrade config check skygrade.yaml"

@@ -46,6 +46,23 @@ def pipeline_options(
     return PipelineOptions(args)
 
 
+def _worker_provision():
+    """Provision info for local worker subprocesses: they log every start-up step at INFO to
+    our stderr unless their pipeline options (empty by default) set a level."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+    from google.protobuf import struct_pb2
+
+    level = "INFO" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"
+    options = struct_pb2.Struct()
+    options.update({"default_sdk_harness_log_level": level})
+    return ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(
+            retrieval_token="unused-retrieval-token", pipeline_options=options
+        )
+    )
+
+
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A pipeline on the runner named in ``options`` (FnApiRunner built directly)."""
     from apache_beam.options.pipeline_options import StandardOptions
@@ -54,7 +71,9 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     if runner == "FnApiRunner":
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
+        return beam.Pipeline(
+            runner=FnApiRunner(provision_info=_worker_provision()), options=options
+        )
     return beam.Pipeline(options=options)
 
 

@@ -88,3 +88,36 @@ def test_config_show_round_trips_through_check(tmp_path, capsys):
     path.write_text(text)
     assert main(["config", "check", str(path)]) == 0
     assert "ok (config digest" in capsys.readouterr().out
+
+
+def test_extract_writes_features_and_reports_quarantine(tmp_path, capsys):
+    out = tmp_path / "archive"
+    assert (
+        main(
+            [
+                "-q",
+                "simulate",
+                "--out",
+                str(out),
+                "--nights",
+                "2026-11-01",
+                "--exposures",
+                "1",
+                "--n-ccd",
+                "2",
+                "--ccd-shape",
+                "256x320",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    bad = tmp_path / "9999999o.fits"
+    bad.write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    files = [str(p) for p in out.glob("*/*.fits")] + [str(bad)]
+    assert main(["-q", "extract", *files, "--out", str(tmp_path / "feat")]) == 0
+    text = capsys.readouterr().out
+    assert "quarantined 9999999: truncated" in text
+    assert "features of 1 exposure(s)" in text
+    assert len(list((tmp_path / "feat").glob("*.parquet"))) == 1
