@@ -720,6 +720,37 @@ class SomConfig:
 
 
 @config_section
+class TrainConfig:
+    """Training the CNN and assembling the model bundle (``skygrade train``)."""
+
+    tile: int = setting(
+        32, "Side in pixels of each source cutout in the representative image.", ge=8, le=128
+    )
+    val_fraction: float = setting(
+        0.15, "Share of the training exposures held out for early stopping.", ge=0, lt=1
+    )
+    test_fraction: float = setting(
+        0.2,
+        "Share held out for the bundle's reported metrics: whole nights when the archive has "
+        "at least 5 nights, else whole exposures (never CCDs of one exposure on both sides).",
+        ge=0,
+        lt=1,
+    )
+    epochs: int = setting(40, "Maximum training epochs.", ge=1)
+    batch_size: int = setting(64, "CCDs per optimisation step.", ge=1)
+    learning_rate: float = setting(2e-3, "AdamW learning rate (cosine decay).", gt=0)
+    patience: int = setting(6, "Epochs without validation improvement before stopping.", ge=1)
+    modality_dropout: float = setting(
+        0.3,
+        "Share of training CCDs whose image is hidden, so the network also grades from hits "
+        "alone (catalog mode).",
+        ge=0,
+        lt=1,
+    )
+    seed: int = setting(0, "Seed of the split, the weights' initialisation and batch order.", ge=0)
+
+
+@config_section
 class LoggingConfig:
     """Logging of every skygrade command."""
 
@@ -739,6 +770,7 @@ class Config:
         ExtractConfig, "Source extraction per CCD (SExtractor semantics)."
     )
     som: SomConfig = section(SomConfig, "The self-organizing map over source features.")
+    train: TrainConfig = section(TrainConfig, "Training the CNN (``skygrade train``).")
     logging: LoggingConfig = section(LoggingConfig, "Logging of every skygrade command.")
 
 

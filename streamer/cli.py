@@ -262,6 +262,38 @@ def _cmd_extract(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- train
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive", type=Path, help="labelled archive (exposures + labels.csv)")
+    p.add_argument("--out", type=Path, required=True, help="model bundle directory to write")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="feature cache and shards (default: <out>.work; reused by a retrain)",
+    )
+    _add_runner_options(p)
+
+
+def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    from streamer.pipelines import pipeline_options, run_train
+
+    if not args.archive.is_dir():
+        raise UsageError(f"archive {args.archive} is not a directory")
+    summary = run_train(
+        args.archive,
+        args.out,
+        cfg,
+        pipeline_options(args.runner, args.workers),
+        args.work,
+        progress=print,
+    )
+    print(f"model bundle: {summary['bundle']}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -306,6 +338,12 @@ COMMANDS: list[Command] = [
         _add_extract,
         _cmd_extract,
     ),
+    (
+        "train",
+        "fit the SOM and the CNN on a labelled archive and write a versioned model bundle",
+        _add_train,
+        _cmd_train,
+    ),
     ("config", "show or check the configuration", _add_config, _cmd_config),
 ]
 
@@ -321,6 +359,11 @@ EXAMPLES = {
         "  skygrade extract archive/2026-11-24/*.fits --out features\n"
         "  skygrade extract night/*.fits.fz --out features --backend sextractor --workers 2\n"
         "  skygrade extract catalogs/*.ldac --out features --backend catalog"
+    ),
+    "train": (
+        "examples:\n"
+        "  skygrade simulate --out archive --nights 2026-10-01..2026-10-08 --exposures 30\n"
+        "  skygrade train archive --out bundles/2026-11 --workers 2"
     ),
     "config": (
         "examples:\n  skygrade config show > skygrade.yaml\n  skygrade config check skygrade.yaml"

@@ -155,3 +155,235 @@ def summarize_extract(out_dir: str | os.PathLike) -> dict:
         Quarantined(**json.loads(p.read_text())) for p in sorted(out.glob("_quarantine/*.json"))
     ]
     return {"written": sorted(out.glob("*.parquet")), "quarantined": quarantined}
+
+
+# --------------------------------------------------------------------------- train
+
+
+def sample_som_rows(features_dir: Path, exposure_ids, max_sources: int, seed: int):
+    """Clean-source SOM rows from the cached features of ``exposure_ids``, at most
+    ``max_sources`` in total, spread evenly over exposures (so every class and night counts)."""
+    import numpy as np
+
+    from models.som import feature_matrix
+    from transforms.extract import features_from_arrow
+
+    ids = [e for e in exposure_ids if (features_dir / f"{e}.parquet").exists()]
+    if not ids:
+        raise ValueError("no training exposure has features: nothing to fit the SOM on")
+    per_exposure = max(1, max_sources // len(ids))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for exposure_id in ids:
+        import pyarrow.parquet as pq
+
+        rows = [
+            feature_matrix(c.sources, c.exptime, c.width, c.height)[0]
+            for c in features_from_arrow(pq.read_table(features_dir / f"{exposure_id}.parquet"))
+        ]
+        rows = np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
+        if len(rows) > per_exposure:
+            rows = rows[rng.choice(len(rows), per_exposure, replace=False)]
+        parts.append(rows)
+    return np.concatenate(parts)
+
+
+def training_digest(features_dir: Path, items) -> str:
+    """sha256 (16 hex) over every training exposure's id, label and cached feature bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in sorted(items):
+        path = features_dir / f"{item.exposure_id}.parquet"
+        h.update(f"{item.exposure_id},{item.label},".encode())
+        if path.exists():
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def run_train(
+    archive: str | os.PathLike,
+    bundle_out: str | os.PathLike,
+    cfg,
+    options: PipelineOptions | None = None,
+    work_dir: str | os.PathLike | None = None,
+    progress=None,
+) -> dict:
+    """Train a model bundle on a labelled archive (see README "Training").
+
+    Stages: (1) features of every exposure, cached as parquet under ``work_dir/features`` (a
+    retrain extracts only new exposures) - a Beam job; (2) leakage-free split; SOM fit on a
+    sample of the training exposures' clean sources; (3) hits + representative images of every
+    CCD as per-exposure shards - a Beam job; (4) CNN training with early stopping, metrics on
+    the held-out part, bundle written atomically.
+
+    Returns a summary dict (split sizes, metrics, bundle path).
+    """
+    import dataclasses
+    import datetime as dt
+    import shutil
+
+    import numpy as np
+
+    from models.bundle import ModelBundle
+    from models.classes import CLASSES
+    from models.cnn import CnnShape
+    from models.som import train_som
+    from models.train import (
+        Dataset,
+        TrainSettings,
+        classification_metrics,
+        exposure_probabilities,
+        predict,
+        split_exposures,
+        train_cnn,
+    )
+    from ops.config import config_digest
+    from transforms.dataset import BuildShards, find_archive, read_shard
+
+    say = progress or (lambda text: log.info("%s", text))
+    bundle_out = Path(bundle_out)
+    work = Path(work_dir) if work_dir else bundle_out.with_name(bundle_out.name + ".work")
+    features_dir, shard_dir = work / "features", work / "shards"
+    options = options or pipeline_options()
+
+    items = find_archive(archive)
+    if not items:
+        raise ValueError(f"{archive}: no labelled exposure found")
+    counts = {c: sum(i.label == c for i in items) for c in CLASSES}
+    say(f"archive: {len(items)} labelled exposures {counts}")
+
+    # 1. features (cached)
+    quarantined = {p.stem for p in (features_dir / "_quarantine").glob("*.json")}
+    todo = [
+        i.path
+        for i in items
+        if not (features_dir / f"{i.exposure_id}.parquet").exists()
+        and i.exposure_id not in quarantined
+    ]
+    say(f"stage 1/4 features: {len(items) - len(todo)} cached, extracting {len(todo)}")
+    if todo:
+        run_extract(todo, features_dir, cfg.extract.backend, cfg.extract, options)
+
+    # 2. split + SOM
+    tc = cfg.train
+    split = split_exposures(
+        [(i.exposure_id, i.night, i.label) for i in items],
+        tc.val_fraction,
+        tc.test_fraction,
+        tc.seed,
+    )
+    say(
+        f"stage 2/4 split by {split.by}: train {len(split.train)}, val {len(split.val)}, "
+        f"test {len(split.test)} exposures; fitting the SOM"
+    )
+    sc = cfg.som
+    rows = sample_som_rows(features_dir, split.train, sc.max_train_sources, sc.seed)
+    som = train_som(
+        rows,
+        grid=tuple(sc.grid),
+        sigma=sc.sigma,
+        learning_rate=sc.learning_rate,
+        iterations=sc.iterations,
+        n_clusters=sc.n_clusters,
+        seed=sc.seed,
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    som_path = som.save(work / "som.npz")
+    say(
+        f"  SOM {som.rows}x{som.cols} on {len(rows)} sources: "
+        f"QE {som.meta['quantization_error']:.3f}, TE {som.meta['topographic_error']:.3f}"
+    )
+
+    # 3. shards (rebuilt: they depend on the SOM)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    say("stage 3/4 hits and representative images of every CCD")
+    with make_pipeline(options) as p:
+        _ = (
+            p
+            | "ArchiveItems" >> beam.Create(items)
+            | "BuildShards" >> BuildShards(features_dir, shard_dir, som_path, tc.tile)
+        )
+    parts = []
+    for item in items:
+        path = shard_dir / f"{item.exposure_id}.npz"
+        if not path.exists():
+            continue
+        s = read_shard(path)
+        n = len(s["label"])
+        if n:
+            parts.append(
+                Dataset(
+                    s["image"].astype(np.float32),
+                    s["vector"],
+                    np.ones(n, np.float32),
+                    s["label"],
+                    np.full(n, item.exposure_id, dtype=object),
+                )
+            )
+    if not parts:
+        raise ValueError(f"{archive}: no exposure yielded a usable CCD: nothing to train on")
+    data = Dataset.concat(parts)
+    say(f"  {len(data)} CCD samples from {len(parts)} exposures")
+
+    # 4. CNN
+    shape = CnnShape(n_clusters=som.n_clusters, tile=tc.tile)
+    settings = TrainSettings(
+        epochs=tc.epochs,
+        batch_size=tc.batch_size,
+        learning_rate=tc.learning_rate,
+        patience=tc.patience,
+        modality_dropout=tc.modality_dropout,
+        seed=tc.seed,
+    )
+    say(f"stage 4/4 training the CNN (up to {tc.epochs} epochs)")
+    model, history = train_cnn(
+        data.subset(split.train),
+        data.subset(split.val),
+        shape,
+        settings,
+        progress=lambda e: say(
+            f"  epoch {e['epoch']:3d}: train loss {e['train_loss']:.3f}"
+            + (
+                f", val loss {e['val_loss']:.3f}, val acc {e['val_accuracy']:.3f}"
+                if "val_loss" in e
+                else ""
+            )
+        ),
+    )
+    metrics = {"history": history}
+    held_out = data.subset(split.test) if split.test else data.subset(split.val)
+    for mode, flags in (("full", None), ("catalog", np.zeros(len(held_out), np.float32))):
+        probs = predict(model, held_out, flags)
+        _, truth, exp_probs = exposure_probabilities(held_out, probs)
+        metrics[mode] = {
+            "ccd": classification_metrics(held_out.label, probs),
+            "exposure": classification_metrics(truth, exp_probs),
+        }
+    full = metrics["full"]["exposure"]
+    say(
+        f"held-out ({'test' if split.test else 'val'}) exposures: accuracy "
+        f"{full['accuracy']:.3f}, macro-F1 {full['macro_f1']:.3f}; catalog mode accuracy "
+        f"{metrics['catalog']['exposure']['accuracy']:.3f}"
+    )
+    manifest = {
+        "version": dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S"),
+        "training": {
+            "archive": str(archive),
+            "data_digest": training_digest(features_dir, items),
+            "n_exposures": len(items),
+            "n_ccd_samples": len(data),
+            "class_counts": counts,
+            "split": {
+                "by": split.by,
+                "train": list(split.train),
+                "val": list(split.val),
+                "test": list(split.test),
+            },
+            "settings": dataclasses.asdict(settings),
+            "config_digest": config_digest(cfg),
+        },
+    }
+    path = ModelBundle(som, model, manifest).save(bundle_out, metrics=metrics)
+    say(f"bundle written: {path}")
+    return {"bundle": path, "split": split, "metrics": metrics, "n_samples": len(data)}

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from models.aggregate import combine
 from models.classes import CLASSES
-from transforms.grade import CcdScore, combine, grade_exposure, pick_class
+from transforms.grade import CcdScore, grade_exposure, pick_class
 
 
 def p(**kw):

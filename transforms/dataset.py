@@ -1,0 +1,179 @@
+"""Training data for the CNN: labelled archives, cached features, per-exposure training shards.
+
+An archive is a directory tree of exposures plus a ``labels.csv`` (``exposure_id,label``) at
+its top, as ``skygrade simulate --out`` writes it and as a manual grading campaign would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+
+from models.classes import CLASSES
+from models.cnn import hit_vector
+from ops.files import atomic_write_bytes
+from transforms.exposure import ExposureError, exposure_id_from_path, read_ccd, read_meta
+from transforms.extract import CcdFeatures, features_from_arrow
+from transforms.representative import ccd_inputs
+from transforms.som_hits import ccd_hits, load_som
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.csv"
+EXPOSURE_PATTERNS = ("*.fits", "*.fits.fz", "*.fz")
+_NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class ArchiveItem(NamedTuple):
+    exposure_id: str
+    path: str
+    night: str
+    label: str
+
+
+def read_labels(archive: str | os.PathLike) -> dict[str, str]:
+    """``labels.csv`` of an archive as {exposure_id: label}; bad rows are errors naming the line."""
+    path = Path(archive) / LABELS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no labels file (expected columns exposure_id,label)")
+    labels: dict[str, str] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"exposure_id", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: header must contain exposure_id,label")
+        for line, row in enumerate(reader, start=2):
+            label = (row["label"] or "").strip()
+            if label not in CLASSES:
+                raise ValueError(
+                    f"{path}: line {line}: label {label!r} is not one of {', '.join(CLASSES)}"
+                )
+            labels[row["exposure_id"].strip()] = label
+    return labels
+
+
+def find_archive(archive: str | os.PathLike) -> list[ArchiveItem]:
+    """The labelled exposures of an archive, sorted by exposure id.
+
+    The night is the ``YYYY-MM-DD`` directory an exposure sits in, else its DATE-OBS. Files
+    without a label are ignored (counted in the log); labels without a file are reported.
+    """
+    root = Path(archive)
+    labels = read_labels(root)
+    items, unlabelled = {}, 0
+    files = sorted({p for pattern in EXPOSURE_PATTERNS for p in root.rglob(pattern)})
+    for path in files:
+        if path.name.startswith("."):
+            continue
+        exposure_id = exposure_id_from_path(path)
+        if exposure_id not in labels:
+            unlabelled += 1
+            continue
+        night = path.parent.name if _NIGHT_DIR.match(path.parent.name) else None
+        if night is None:
+            try:
+                night = read_meta(path).night or "unknown"
+            except (ExposureError, OSError):
+                night = "unknown"
+        items[exposure_id] = ArchiveItem(exposure_id, str(path), night, labels[exposure_id])
+    missing = sorted(set(labels) - set(items))
+    if unlabelled:
+        log.info("%s: %d exposure file(s) without a label ignored", root, unlabelled)
+    if missing:
+        log.warning(
+            "%s: %d labelled exposure(s) have no file, e.g. %s",
+            root,
+            len(missing),
+            ", ".join(missing[:5]),
+        )
+    return [items[k] for k in sorted(items)]
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def exposure_shard(
+    item: ArchiveItem, features_path: str, som_path: str, tile: int
+) -> dict[str, np.ndarray]:
+    """CNN inputs of every CCD of one exposure, pixels re-read once per CCD for the cutouts."""
+    ccds: list[CcdFeatures] = features_from_arrow(pq.read_table(features_path))
+    som = load_som(som_path)
+    images, hits, n_sources, exptime, blended, ccd_index = [], [], [], [], [], []
+    for f in ccds:
+        pixels = read_ccd(item.path, f.ccd).data
+        inputs = ccd_inputs(ccd_hits(_with_pixels(f, pixels), som), size=tile)
+        if inputs.reason is not None:
+            continue  # a CCD with no clean source is not graded, so not trained on either
+        images.append(inputs.image.astype(np.float16))
+        hits.append(inputs.hits)
+        n_sources.append(inputs.n_sources)
+        exptime.append(inputs.exptime)
+        blended.append(inputs.blended_fraction)
+        ccd_index.append(f.ccd)
+    n = len(images)
+    return {
+        "image": np.stack(images) if n else np.zeros((0, 1, 1), np.float16),
+        "vector": hit_vector(np.array(hits).reshape(n, -1), n_sources, exptime, blended)
+        if n
+        else np.zeros((0, 0), np.float32),
+        "ccd": np.array(ccd_index, dtype=np.int16),
+        "label": np.full(n, CLASSES.index(item.label), dtype=np.int64),
+    }
+
+
+def _with_pixels(f: CcdFeatures, pixels: np.ndarray) -> CcdFeatures:
+    from dataclasses import replace
+
+    return replace(f, pixels=pixels)
+
+
+def write_shard(path: str | os.PathLike, shard: dict[str, np.ndarray]) -> Path:
+    """Write a shard atomically as an uncompressed ``.npz`` (no pickle)."""
+    buf = io.BytesIO()
+    np.savez(buf, **shard)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+class _ShardFn(beam.DoFn):
+    def __init__(self, cache_dir: str, shard_dir: str, som_path: str, tile: int) -> None:
+        self.cache_dir, self.shard_dir, self.som_path, self.tile = (
+            cache_dir,
+            shard_dir,
+            som_path,
+            tile,
+        )
+        self.done = beam.metrics.Metrics.counter("train", "shards_written")
+
+    def process(self, item: ArchiveItem):
+        features = Path(self.cache_dir) / f"{item.exposure_id}.parquet"
+        if features.exists():  # else quarantined at extraction: nothing to learn from
+            shard = exposure_shard(item, str(features), self.som_path, self.tile)
+            path = write_shard(Path(self.shard_dir) / f"{item.exposure_id}.npz", shard)
+            self.done.inc()
+            yield str(path)
+
+
+class BuildShards(beam.PTransform):
+    """:class:`ArchiveItem` -> one training shard per exposure (path of the written ``.npz``)."""
+
+    def __init__(self, cache_dir: str, shard_dir: str, som_path: str, tile: int) -> None:
+        super().__init__()
+        self.args = (str(cache_dir), str(shard_dir), str(som_path), tile)
+
+    def expand(self, items):
+        return (
+            items | "Spread" >> beam.Reshuffle() | "WriteShards" >> beam.ParDo(_ShardFn(*self.args))
+        )
