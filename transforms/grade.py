@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.aggregate import combine
 from models.classes import CLASSES
 
 SEVERITY = ("RBT", "BT", "BGP", "B_SEEING", "GOOD")
@@ -77,14 +78,6 @@ def pick_class(probs: np.ndarray) -> str:
     best = probs.max()
     tied = {CLASSES[i] for i in np.flatnonzero(probs == best)}
     return next(c for c in SEVERITY if c in tied)
-
-
-def combine(probs: np.ndarray) -> np.ndarray:
-    """Normalised geometric mean of rows of class probabilities."""
-    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
-    mean = logp.mean(axis=0)
-    out = np.exp(mean - mean.max())
-    return out / out.sum()
 
 
 def _nanmedian(values) -> float:
