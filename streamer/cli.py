@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from models.bundle import BundleError
 from ops.config import Config, ConfigError, load_config
 
 log = logging.getLogger("skygrade")
@@ -262,6 +263,87 @@ def _cmd_extract(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- grade
+
+
+def _add_bundle_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="model bundle directory (default: the shipped models/default)",
+    )
+
+
+def _bundle(args: argparse.Namespace) -> Path:
+    from models.bundle import DEFAULT_BUNDLE, read_manifest
+
+    bundle = args.bundle or DEFAULT_BUNDLE
+    read_manifest(bundle)  # a missing or mismatched bundle is a usage error, said up front
+    return bundle
+
+
+def _add_grade(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", type=Path, help="exposures (.fits, .fits.fz) or catalogs")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="grades dataset (exposures/ and ccds/ partitioned by night)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("sep", "sextractor", "catalog"),
+        default=None,
+        help="extraction backend (default: extract.backend of the config)",
+    )
+    _add_bundle_option(p)
+    _add_runner_options(p)
+
+
+def format_grade_table(rows: list[dict]) -> str:
+    """A fixed-width table of exposure rows for the terminal."""
+    lines = [f"{'exposure':>10}  {'night':10}  {'grade':8}  {'conf':>5}  {'CCDs':>5}  reason"]
+    for r in rows:
+        ccds = f"{r['n_ccd_graded']}/{r['n_ccd']}"
+        grade = r["grade"] or "-"
+        reason = (r["reason"] or "")[:70]
+        lines.append(
+            f"{r['exposure_id']:>10}  {r['night']:10}  {grade:8}  {r['confidence']:5.2f}  "
+            f"{ccds:>5}  {reason}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_grade(args: argparse.Namespace, cfg: Config) -> int:
+    import dataclasses
+
+    from streamer.pipelines import pipeline_options, run_grade
+
+    missing = [str(f) for f in args.files if not f.exists()]
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)}")
+    bundle = _bundle(args)
+    if args.backend:
+        cfg = dataclasses.replace(
+            cfg, extract=dataclasses.replace(cfg.extract, backend=args.backend)
+        )
+    rows = run_grade(
+        [str(f) for f in args.files],
+        args.out,
+        bundle,
+        cfg,
+        pipeline_options(args.runner, args.workers),
+    )
+    print(format_grade_table(rows))
+    graded = sum(r["status"] == "graded" for r in rows)
+    print(
+        f"{graded} graded, {len(rows) - graded} quarantined; rows in {args.out}/exposures/ "
+        f"and {args.out}/ccds/ (model {rows[0]['model_version'] if rows else '-'})"
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -339,6 +421,12 @@ COMMANDS: list[Command] = [
         _cmd_extract,
     ),
     (
+        "grade",
+        "grade exposures once with a model bundle and print a table (rows go to parquet)",
+        _add_grade,
+        _cmd_grade,
+    ),
+    (
         "train",
         "fit the SOM and the CNN on a labelled archive and write a versioned model bundle",
         _add_train,
@@ -359,6 +447,11 @@ EXAMPLES = {
         "  skygrade extract archive/2026-11-24/*.fits --out features\n"
         "  skygrade extract night/*.fits.fz --out features --backend sextractor --workers 2\n"
         "  skygrade extract catalogs/*.ldac --out features --backend catalog"
+    ),
+    "grade": (
+        "examples:\n"
+        "  skygrade grade /data/drop/2026-11-24/2817001o.fits --out grades\n"
+        "  skygrade grade archive/*/*.fits --out grades --bundle bundles/2026-11 --workers 2"
     ),
     "train": (
         "examples:\n"
@@ -409,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {name: cmd for name, _, _, cmd in COMMANDS}[args.command]
     try:
         return run(args, cfg)
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, BundleError) as exc:
         print(f"skygrade {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

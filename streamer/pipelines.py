@@ -387,3 +387,35 @@ def run_train(
     path = ModelBundle(som, model, manifest).save(bundle_out, metrics=metrics)
     say(f"bundle written: {path}")
     return {"bundle": path, "split": split, "metrics": metrics, "n_samples": len(data)}
+
+
+# --------------------------------------------------------------------------- grade
+
+
+def run_grade(
+    paths: Sequence[str],
+    out_dir: str | os.PathLike,
+    bundle: str | os.PathLike,
+    cfg,
+    options: PipelineOptions | None = None,
+    arrivals=None,
+) -> list[dict]:
+    """Grade ``paths`` with the model ``bundle`` into the parquet dataset at ``out_dir``.
+
+    Returns the exposure rows written (graded and quarantined), sorted by exposure id.
+    """
+    from ops.config import config_digest
+    from transforms.grading import GradeExposures
+    from transforms.sinks import read_grades, write_grade_rows
+
+    paths = [str(p) for p in paths]
+    with make_pipeline(options or pipeline_options()) as p:
+        _ = (
+            p
+            | "ExposurePaths" >> beam.Create(paths)
+            | "GradeExposures" >> GradeExposures(bundle, cfg.extract, config_digest(cfg), arrivals)
+            | "Write" >> beam.Map(lambda item: write_grade_rows(out_dir, *item))
+        )
+    table = read_grades(out_dir).to_pylist()
+    wanted = set(paths)
+    return sorted((r for r in table if r["path"] in wanted), key=lambda r: r["exposure_id"])

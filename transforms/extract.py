@@ -22,7 +22,9 @@ Backends are chosen by name from :data:`BACKENDS` (``sep`` default, ``sextractor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -84,6 +86,8 @@ class CcdFeatures:
     height: int
     sources: dict[str, np.ndarray] = field(repr=False)
     backend: str = "sep"
+    extract_s: float = 0.0
+    """Seconds spent reading and measuring this CCD."""
     pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
     """The background-subtracted CCD image, kept only when asked (``keep_pixels``) so that the
     representative-image step cuts its stamps without reading the file again. Drop it before
@@ -420,8 +424,13 @@ class CcdTask(NamedTuple):
     ccd: int
 
 
+EXPOSURES = "exposures"
+"""Tagged output of :class:`ExtractSources` with the metadata of every opened exposure."""
+
+
 class _OpenExposure(beam.DoFn):
-    """Exposure path -> one :class:`CcdTask` per CCD, or an exposure quarantine record."""
+    """Exposure path -> its metadata (tagged ``exposures``) and one :class:`CcdTask` per CCD,
+    or an exposure quarantine record."""
 
     def __init__(self, backend: str, params: SepParams | None) -> None:
         self._backend_name, self._params = backend, params
@@ -442,6 +451,7 @@ class _OpenExposure(beam.DoFn):
                 exposure_id_from_path(path), path, None, "unreadable", f"{path}: {exc}"
             )
             return
+        yield beam.pvalue.TaggedOutput(EXPOSURES, meta)
         for ccd in range(meta.n_ccd):
             yield CcdTask(meta, ccd)
 
@@ -459,6 +469,7 @@ class _ExtractCcd(beam.DoFn):
 
     def process(self, task: CcdTask):
         meta = task.meta
+        start = time.perf_counter()
         try:
             features = self.backend.features(meta, task.ccd, keep_pixels=self.keep_pixels)
         except CcdRejected as exc:
@@ -475,7 +486,7 @@ class _ExtractCcd(beam.DoFn):
             )
             return
         self.n_sources.update(features.n_sources)
-        yield features
+        yield dataclasses.replace(features, extract_s=time.perf_counter() - start)
 
 
 def _quarantine(exposure_id, path, ccd, reason, detail) -> beam.pvalue.TaggedOutput:
@@ -490,8 +501,9 @@ class ExtractSources(beam.PTransform):
     workers measures the CCDs of one exposure in parallel. With ``keep_pixels`` each record
     carries its background-subtracted image for the fused representative-image step.
 
-    Returns a dict with ``"features"`` (:class:`CcdFeatures`) and ``"quarantine"``
-    (:class:`~transforms.quarantine.Quarantined`).
+    Returns a dict with ``"features"`` (:class:`CcdFeatures`), ``"quarantine"``
+    (:class:`~transforms.quarantine.Quarantined`) and ``"exposures"`` (the
+    :class:`~transforms.exposure.ExposureMeta` of every exposure that opened).
 
     Examples
     --------
@@ -510,7 +522,7 @@ class ExtractSources(beam.PTransform):
     def expand(self, paths):
         opened = paths | "OpenExposures" >> beam.ParDo(
             _OpenExposure(self.backend, self.params)
-        ).with_outputs(QUARANTINE, main="ccds")
+        ).with_outputs(QUARANTINE, EXPOSURES, main="ccds")
         extracted = (
             opened.ccds
             | "SpreadCcds" >> beam.Reshuffle()
@@ -522,7 +534,11 @@ class ExtractSources(beam.PTransform):
         quarantined = (opened[QUARANTINE], extracted[QUARANTINE]) | "MergeQuarantine" >> (
             beam.Flatten()
         )
-        return {"features": extracted.features, QUARANTINE: quarantined}
+        return {
+            "features": extracted.features,
+            QUARANTINE: quarantined,
+            EXPOSURES: opened[EXPOSURES],
+        }
 
 
 # --------------------------------------------------------------------------- parquet

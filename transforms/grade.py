@@ -49,6 +49,9 @@ class CcdScore:
     median_iso0: float = float("nan")
     median_background: float = float("nan")
     reason: str | None = None
+    n_ccd: int = 0
+    stage_s: dict = field(default_factory=dict, repr=False, compare=False)
+    hits: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def grade(self) -> str | None:

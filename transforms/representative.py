@@ -12,6 +12,7 @@ With the defaults (20 clusters, 32x32 cutouts, 4 rows of 5 tiles) a 2048x4612 CC
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -146,11 +147,14 @@ class CcdInputs:
     has_image: bool = True
     """False in catalog mode (no pixels): the CNN then grades from the hits alone."""
     reason: str | None = None
+    stage_s: dict = field(default_factory=dict, repr=False)
+    """Seconds per stage spent on this CCD so far (extract, som, representative)."""
     """Why this CCD's inputs are degenerate (e.g. no clean source), else None."""
 
 
 def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
     """Representative image + hits + summary statistics of one CCD."""
+    start = time.perf_counter()
     f = hits.features
     t = f.sources
     image_shape = tuple(s * size for s in tile_grid(len(hits.hits)))
@@ -193,6 +197,11 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         padded_tiles=padded,
         has_image=f.pixels is not None,
         reason=hits.reason,
+        stage_s={
+            "extract": f.extract_s,
+            "som": hits.som_s,
+            "representative": time.perf_counter() - start,
+        },
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> np.ndarray:
     return predict_proba(bundle.cnn, image, vector, present)
 
 
-def to_score(inputs: CcdInputs, probs: np.ndarray | None) -> CcdScore:
+def to_score(inputs: CcdInputs, probs: np.ndarray | None, score_s: float = 0.0) -> CcdScore:
     """A :class:`CcdScore` row from a CCD's inputs and its probabilities."""
     return CcdScore(
         exposure_id=inputs.exposure_id,
@@ -68,6 +69,9 @@ def to_score(inputs: CcdInputs, probs: np.ndarray | None) -> CcdScore:
         median_iso0=inputs.median_iso0,
         median_background=inputs.median_background,
         reason=inputs.reason,
+        n_ccd=inputs.n_ccd,
+        stage_s={**inputs.stage_s, "score": score_s},
+        hits=inputs.hits,
     )
 
 
@@ -110,8 +114,13 @@ class BundleModelHandler(ModelHandler[CcdInputs, PredictionResult, ModelBundle])
         model: ModelBundle,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
+        start = time.perf_counter()
         probs = score_batch(model, batch)
-        return [PredictionResult(x, p, model.version) for x, p in zip(batch, probs, strict=True)]
+        share = (time.perf_counter() - start) / max(len(batch), 1)
+        return [
+            PredictionResult(x, (p, share), model.version)
+            for x, p in zip(batch, probs, strict=True)
+        ]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
@@ -138,7 +147,7 @@ class ScoreCcds(beam.PTransform):
         scored = (
             split[0]
             | "RunInference" >> RunInference(self.handler)
-            | "ToScore" >> beam.Map(lambda r: to_score(r.example, r.inference))
+            | "ToScore" >> beam.Map(lambda r: to_score(r.example, *r.inference))
         )
         unscored = split[1] | "NoSources" >> beam.Map(to_score, None)
         return (scored, unscored) | "AllScores" >> beam.Flatten()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.classes import CLASSES
 from ops.files import atomic_path
 
 
@@ -33,3 +35,120 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(path)
+
+
+EXPOSURE_SCHEMA = pa.schema(
+    [
+        ("exposure_id", pa.string()),
+        ("night", pa.string()),
+        ("path", pa.string()),
+        ("grade", pa.string()),
+        *[(f"p_{c}", pa.float64()) for c in CLASSES],
+        ("confidence", pa.float64()),
+        ("n_ccd", pa.int32()),
+        ("n_ccd_graded", pa.int32()),
+        ("n_sources", pa.int64()),
+        ("median_elongation", pa.float64()),
+        ("median_iso0", pa.float64()),
+        ("median_background", pa.float64()),
+        ("exptime", pa.float64()),
+        ("filter", pa.string()),
+        ("object", pa.string()),
+        ("date_obs", pa.string()),
+        ("model_version", pa.string()),
+        ("config_digest", pa.string()),
+        ("arrived_at", pa.timestamp("ms", tz="UTC")),
+        ("graded_at", pa.timestamp("ms", tz="UTC")),
+        ("latency_s", pa.float64()),
+        *[(f"{stage}_s", pa.float64()) for stage in ("extract", "som", "representative", "score")],
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+"""One row per exposure: ``exposures/night=YYYY-MM-DD/<exposure_id>.parquet``. The ``*_s``
+columns are seconds of work per stage summed over the CCDs (CPU time, not wall time)."""
+
+CCD_SCHEMA = pa.schema(
+    [
+        ("exposure_id", pa.string()),
+        ("night", pa.string()),
+        ("ccd", pa.int16()),
+        ("grade", pa.string()),
+        *[(f"p_{c}", pa.float64()) for c in CLASSES],
+        ("hits", pa.list_(pa.int32())),
+        ("n_sources", pa.int32()),
+        ("median_elongation", pa.float64()),
+        ("median_iso0", pa.float64()),
+        ("median_background", pa.float64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("model_version", pa.string()),
+    ]
+)
+"""One row per CCD: ``ccds/night=YYYY-MM-DD/<exposure_id>.parquet``."""
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    columns = {}
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        if pa.types.is_timestamp(f.type):
+            values = [None if v is None else int(v * 1000) for v in values]
+        columns[f.name] = pa.array(values, type=f.type)
+    # the night is the partition key (a directory), not a column of the files
+    return pa.table(columns, schema=schema).drop_columns(["night"])
+
+
+def grade_paths(out_dir: str | os.PathLike, night: str, exposure_id: str) -> tuple[Path, Path]:
+    """Where an exposure's rows go: (exposures file, ccds file)."""
+    out = Path(out_dir)
+    name = f"{exposure_id}.parquet"
+    return (
+        out / "exposures" / f"night={night}" / name,
+        out / "ccds" / f"night={night}" / name,
+    )
+
+
+def write_grade_rows(out_dir: str | os.PathLike, row: dict, ccd_rows: list[dict]) -> Path:
+    """Write one exposure's rows: the CCD file first, then the exposure file, each atomically.
+
+    The exposure file is the commit mark: its presence means the exposure is done. Writing the
+    same exposure again (a regrade after a crash) replaces both files, so the dataset holds
+    each exposure exactly once.
+    """
+    exp_path, ccd_path = grade_paths(out_dir, row["night"], row["exposure_id"])
+    write_parquet_atomic(_table(ccd_rows, CCD_SCHEMA), ccd_path)
+    return write_parquet_atomic(_table([row], EXPOSURE_SCHEMA), exp_path)
+
+
+def read_grades(out_dir: str | os.PathLike, which: str = "exposures") -> pa.Table:
+    """The whole hive-partitioned ``exposures`` or ``ccds`` dataset as one table."""
+    import pyarrow.dataset as ds
+
+    root = Path(out_dir) / which
+    schema = EXPOSURE_SCHEMA if which == "exposures" else CCD_SCHEMA
+    if not root.exists():
+        return schema.empty_table()
+    dataset = ds.dataset(root, format="parquet", partitioning="hive", exclude_invalid_files=True)
+    return dataset.to_table()
+
+
+class _WriteGrades(beam.DoFn):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def process(self, item):
+        row, ccd_rows = item
+        write_grade_rows(self.out_dir, row, ccd_rows)
+        yield row
+
+
+class WriteGrades(beam.PTransform):
+    """``(exposure_row, ccd_rows)`` -> parquet files under ``out_dir``; yields the rows written."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self.out_dir = os.fspath(out_dir)
+
+    def expand(self, graded):
+        return graded | "WriteParquet" >> beam.ParDo(_WriteGrades(self.out_dir))

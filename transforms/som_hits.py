@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -45,6 +46,7 @@ class CcdHits:
     labels: np.ndarray = field(repr=False)  # int16 cluster of each clean source
     index: np.ndarray = field(repr=False)  # position of each clean source in the feature table
     reason: str | None = None
+    som_s: float = 0.0
 
 
 def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
@@ -52,6 +54,7 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
 
     A CCD with no clean source gets a zero hit vector and a reason.
     """
+    start = time.perf_counter()
     rows, index = feature_matrix(
         features.sources, features.exptime, features.width, features.height
     )
@@ -64,7 +67,7 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
             if features.n_sources == 0
             else f"no_clean_sources: all {features.n_sources} sources flagged"
         )
-    return CcdHits(features, hits, labels, index, reason)
+    return CcdHits(features, hits, labels, index, reason, time.perf_counter() - start)
 
 
 class _HitsFn(beam.DoFn):

@@ -1,0 +1,112 @@
+"""GradeExposures end to end on small simulated exposures, and the parquet dataset it writes."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import ModelBundle
+from models.classes import CLASSES
+from models.cnn import CnnShape, DualInputNet
+from models.som import SOM_FEATURES, train_som
+from ops.config import Config, config_digest
+from streamer.pipelines import run_grade
+from streamer.telescope import Geometry, plan_night, write_exposure
+from transforms.sinks import read_grades
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
+    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
+    torch.manual_seed(0)
+    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "test-7"})
+    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def exposures(tmp_path_factory, synth_mef):
+    root = tmp_path_factory.mktemp("drop")
+    plans = plan_night("2026-11-24", 2, seed=3, class_mix={"GOOD": 1, "BT": 1})
+    paths = [
+        str(write_exposure(p, Geometry(2, 256, 320), root / "2026-11-24" / p.filename))
+        for p in plans
+    ]
+    bad = root / "2026-11-24" / "2817999o.fits"
+    bad.write_bytes(b"not a fits file" * 300)
+    dead = synth_mef(root / "2026-11-24" / "2817998o.fits")
+    return paths, str(bad), dead
+
+
+@pytest.fixture(scope="module")
+def synth_mef():
+    from astropy.io import fits
+
+    def make(path):
+        rng = np.random.default_rng(0)
+        live = rng.normal(1000, 20, (320, 256))
+        for _ in range(40):
+            y, x = rng.integers(20, 300), rng.integers(20, 236)
+            live[y - 2 : y + 3, x - 2 : x + 3] += 3000
+        hdus = [fits.PrimaryHDU()]
+        hdus[0].header.update(
+            EXPNUM=2817998, EXPTIME=60.0, NEXTEND=2, **{"DATE-OBS": "2026-11-25T08:00:00"}
+        )
+        for i, data in enumerate([live, np.zeros((320, 256))]):
+            hdus.append(fits.ImageHDU(data.astype(np.uint16), name=f"ccd{i:02d}"))
+        fits.HDUList(hdus).writeto(path)
+        return str(path)
+
+    return make
+
+
+def test_grade_rows_for_good_bad_and_dead_inputs(bundle, exposures, tmp_path):
+    paths, bad, dead = exposures
+    cfg = Config()
+    rows = run_grade([*paths, bad, dead], tmp_path, bundle, cfg)
+    by_id = {r["exposure_id"]: r for r in rows}
+    assert len(rows) == 4
+    for p in paths:
+        r = by_id[p.rsplit("/", 1)[1][:-6]]
+        assert r["status"] == "graded" and r["grade"] in CLASSES
+        assert r["n_ccd"] == 2 and r["n_ccd_graded"] == 2
+        assert sum(r[f"p_{c}"] for c in CLASSES) == pytest.approx(1.0)
+        assert r["night"] == "2026-11-24" and r["extract_s"] > 0
+    assert by_id["2817999"]["status"] == "quarantined"
+    assert by_id["2817999"]["reason"].startswith("not_fits")
+    d = by_id["2817998"]
+    assert d["status"] == "graded" and d["n_ccd_graded"] == 1
+    assert "all_zero" in d["reason"]
+    assert {r["model_version"] for r in rows} == {"test-7"}
+    assert {r["config_digest"] for r in rows} == {config_digest(cfg)}
+
+    ccds = read_grades(tmp_path, "ccds").to_pylist()
+    dead_ccd = [c for c in ccds if c["exposure_id"] == "2817998" and c["ccd"] == 1][0]
+    assert dead_ccd["status"] == "quarantined" and dead_ccd["grade"] is None
+    live = [c for c in ccds if c["status"] == "graded"]
+    assert all(len(c["hits"]) == 20 for c in live)
+
+
+def test_dataset_reads_as_one_table_everywhere_and_regrading_does_not_duplicate(
+    bundle, exposures, tmp_path
+):
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    paths, bad, _ = exposures
+    run_grade([*paths, bad], tmp_path, bundle, Config())
+    run_grade(paths, tmp_path, bundle, Config())  # regrade: same files replaced
+    table = ds.dataset(tmp_path / "exposures", partitioning="hive").to_table()
+    assert table.num_rows == 3
+    frame = pd.read_parquet(tmp_path / "exposures")
+    assert sorted(frame["exposure_id"]) == sorted(table.column("exposure_id").to_pylist())
+    con = duckdb.connect()
+    n, nights = con.execute(
+        f"select count(*), count(distinct night) from "
+        f"read_parquet('{tmp_path}/exposures/*/*.parquet', hive_partitioning=true)"
+    ).fetchone()
+    assert (n, nights) == (3, 1)
+    n_ccd = con.execute(
+        f"select count(*) from read_parquet('{tmp_path}/ccds/*/*.parquet', hive_partitioning=1)"
+    ).fetchone()[0]
+    assert n_ccd == 4

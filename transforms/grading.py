@@ -1,0 +1,246 @@
+"""``GradeExposures``: exposure paths in, exposure and CCD grade rows out (and quarantine).
+
+The one composite transform that the daemon, ``skygrade grade`` and the backfill share::
+
+    paths ─ ExtractSources(keep pixels) ─ SomHits ─ Representatives ─ ScoreCcds ─┐
+              │ exposures (metadata)                                              │ CCD scores
+              │ quarantine (files, CCDs)                                          ▼
+              └──────────────────────────────── CoGroupByKey(exposure) ─ GradeExposure ─ rows
+
+Extraction, hits and cutouts of a CCD are fused in one stage (no shuffle between them), so the
+pixels read for extraction are reused for the cutouts and dropped before anything is
+serialised. Rows are plain dicts with the parquet schema of :mod:`transforms.sinks`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import apache_beam as beam
+
+from models.bundle import read_manifest
+from models.classes import CLASSES
+from transforms.exposure import observing_night
+from transforms.extract import EXPOSURES, ExtractSources
+from transforms.grade import CcdScore, grade_exposure
+from transforms.quarantine import QUARANTINE, Quarantined
+from transforms.representative import BuildRepresentatives
+from transforms.score import ScoreCcds
+from transforms.som_hits import SomHits
+
+STAGES = ("extract", "som", "representative", "score")
+_NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _night_of(path: str, fallback_time: float | None) -> str:
+    """Night of a file whose header could not be read: its YYYY-MM-DD folder, else the
+    observing night of its arrival (or of now)."""
+    parent = Path(path).parent.name
+    if _NIGHT_DIR.match(parent):
+        return parent
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(fallback_time or time.time(), dt.UTC)
+    return observing_night(when)
+
+
+def exposure_row(
+    exposure_id: str,
+    meta,
+    scores: list[CcdScore],
+    bad: list[Quarantined],
+    model_version: str,
+    config_digest: str,
+    arrived_at: float | None,
+) -> tuple[dict, list[dict]]:
+    """The exposure row and its CCD rows (see ARCHITECTURE.md "Contracts")."""
+    now = time.time()
+    if meta is None:  # refused when opened: the first (exposure-level) quarantine record
+        q = next(b for b in bad if b.ccd is None)
+        row = _base_row(
+            exposure_id,
+            q.path,
+            _night_of(q.path, arrived_at),
+            model_version,
+            config_digest,
+            arrived_at,
+            now,
+        )
+        row.update(status="quarantined", reason=f"{q.reason}: {q.detail}", n_ccd=0)
+        return row, []
+    ccd_bad = {b.ccd: b for b in bad if b.ccd is not None}
+    unscored = [
+        CcdScore(exposure_id, b.ccd, None, reason=f"{b.reason}: {b.detail}", n_ccd=meta.n_ccd)
+        for b in ccd_bad.values()
+    ]
+    all_ccds = sorted(scores + unscored, key=lambda c: c.ccd)
+    g = grade_exposure(exposure_id, meta.n_ccd, all_ccds)
+    row = _base_row(
+        exposure_id,
+        meta.path,
+        meta.night or _night_of(meta.path, arrived_at),
+        model_version,
+        config_digest,
+        arrived_at,
+        now,
+    )
+    row.update(
+        grade=g.grade,
+        confidence=g.confidence,
+        n_ccd=g.n_ccd,
+        n_ccd_graded=g.n_ccd_graded,
+        n_sources=g.n_sources,
+        median_elongation=g.median_elongation,
+        median_iso0=g.median_iso0,
+        median_background=g.median_background,
+        status=g.status,
+        reason=g.reason,
+        exptime=float(meta.exptime),
+        filter=meta.filter,
+        object=meta.object,
+        date_obs=meta.date_obs.isoformat() if meta.date_obs else None,
+    )
+    for i, c in enumerate(CLASSES):
+        row[f"p_{c}"] = None if g.probs is None else float(g.probs[i])
+    for stage in STAGES:
+        row[f"{stage}_s"] = float(sum(s.stage_s.get(stage, 0.0) for s in scores))
+    ccd_rows = [_ccd_row(row, s, ccd_bad.get(s.ccd)) for s in all_ccds]
+    return row, ccd_rows
+
+
+def _base_row(exposure_id, path, night, model_version, config_digest, arrived_at, now) -> dict:
+    row = {
+        "exposure_id": exposure_id,
+        "night": night,
+        "path": str(path),
+        "grade": None,
+        "confidence": 0.0,
+        "n_ccd": 0,
+        "n_ccd_graded": 0,
+        "n_sources": 0,
+        "median_elongation": float("nan"),
+        "median_iso0": float("nan"),
+        "median_background": float("nan"),
+        "model_version": model_version,
+        "config_digest": config_digest,
+        "arrived_at": arrived_at,
+        "graded_at": now,
+        "latency_s": None if arrived_at is None else now - arrived_at,
+        "status": "quarantined",
+        "reason": "",
+        "exptime": None,
+        "filter": None,
+        "object": None,
+        "date_obs": None,
+    }
+    row.update({f"p_{c}": None for c in CLASSES})
+    row.update({f"{stage}_s": 0.0 for stage in STAGES})
+    return row
+
+
+def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
+    status = "graded" if s.probs is not None else ("quarantined" if bad else "not_graded")
+    row = {
+        "exposure_id": exposure["exposure_id"],
+        "night": exposure["night"],
+        "ccd": int(s.ccd),
+        "grade": s.grade,
+        "hits": None if s.hits is None else [int(h) for h in s.hits],
+        "n_sources": int(s.n_sources),
+        "median_elongation": float(s.median_elongation),
+        "median_iso0": float(s.median_iso0),
+        "median_background": float(s.median_background),
+        "status": status,
+        "reason": s.reason,
+        "model_version": exposure["model_version"],
+    }
+    for i, c in enumerate(CLASSES):
+        row[f"p_{c}"] = None if s.probs is None else float(s.probs[i])
+    return row
+
+
+class _GradeFn(beam.DoFn):
+    def __init__(self, model_version, config_digest, arrivals) -> None:
+        self.model_version, self.config_digest = model_version, config_digest
+        self.arrivals = dict(arrivals or {})
+
+    def process(self, item):
+        exposure_id, groups = item
+        metas = list(groups["meta"])
+        meta = metas[0] if metas else None
+        bad = list(groups["bad"])
+        if meta is None and not any(b.ccd is None for b in bad):
+            return  # CCD records without an opened exposure cannot happen; be safe
+        path = meta.path if meta else next(b.path for b in bad if b.ccd is None)
+        yield exposure_row(
+            exposure_id,
+            meta,
+            list(groups["scores"]),
+            bad,
+            self.model_version,
+            self.config_digest,
+            self.arrivals.get(path),
+        )
+
+
+class GradeExposures(beam.PTransform):
+    """Exposure paths -> ``(exposure_row, [ccd_rows])`` per exposure, graded or quarantined.
+
+    Parameters
+    ----------
+    bundle_path : path-like
+        Model bundle (SOM + CNN + manifest).
+    extract : ExtractConfig
+        Extraction settings (backend, thresholds).
+    config_digest : str
+        Digest of the configuration, recorded on every row.
+    arrivals : mapping of path -> epoch seconds, optional
+        When each file was complete at the drop (the daemon knows); gives ``latency_s``.
+    torch_threads : int or None
+        Torch threads per worker process.
+    """
+
+    def __init__(
+        self,
+        bundle_path: str | os.PathLike,
+        extract,
+        config_digest: str = "",
+        arrivals: Mapping[str, float] | None = None,
+        torch_threads: int | None = 1,
+    ) -> None:
+        super().__init__()
+        self.bundle_path = os.fspath(bundle_path)
+        manifest = read_manifest(self.bundle_path)  # refuse a mismatched bundle at build time
+        self.model_version = str(manifest["version"])
+        self.som_path = os.path.join(self.bundle_path, manifest["som"]["file"])
+        self.tile = int(manifest["cnn"]["shape"]["tile"])
+        self.extract, self.config_digest = extract, config_digest
+        self.arrivals = dict(arrivals or {})
+        self.torch_threads = torch_threads
+
+    def expand(self, paths):
+        pixels = self.extract.backend != "catalog"
+        out = paths | "ExtractSources" >> ExtractSources(
+            self.extract.backend, self.extract, keep_pixels=pixels
+        )
+        scores = (
+            out["features"]
+            | "SomHits" >> SomHits(self.som_path)
+            | "Representatives" >> BuildRepresentatives(self.tile)
+            | "ScoreCcds" >> ScoreCcds(self.bundle_path, self.torch_threads)
+        )
+        keyed = {
+            "meta": out[EXPOSURES] | "KeyMeta" >> beam.Map(lambda m: (m.exposure_id, m)),
+            "scores": scores | "KeyScores" >> beam.Map(lambda s: (s.exposure_id, s)),
+            "bad": out[QUARANTINE] | "KeyBad" >> beam.Map(lambda q: (q.exposure_id, q)),
+        }
+        return (
+            keyed
+            | "ByExposure" >> beam.CoGroupByKey()
+            | "GradeExposure"
+            >> beam.ParDo(_GradeFn(self.model_version, self.config_digest, self.arrivals))
+        )
