@@ -26,12 +26,16 @@ from torch import nn
 from models.mosaic import tile_grid
 
 AUX_FEATURES: tuple[str, ...] = (
-    "log_n_clean",
+    "log_clean_density",
     "log_exptime",
-    "blended_fraction",
     "clean_fraction",
 )
-"""Per-CCD scalars beside the hit fractions (all robust to CCD size and sky level)."""
+"""Per-CCD scalars beside the hit fractions, chosen to transfer from the simulator and from
+smaller training CCDs to real 2048x4612 CCDs: a source *density* (per megapixel, not a count
+that depends on the CCD size), the exposure time, and the share of detections that are not
+saturated / truncated. The blended fraction is deliberately left out: it is ~50% on real GOOD
+exposures (REFERENCE.md) and depends on crowding and deblending settings far more than on
+image quality."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class DualInputNet(nn.Module):
 
 
 def hit_vector(
-    hits: np.ndarray, n_sources: np.ndarray, exptime: np.ndarray, blended_fraction: np.ndarray
+    hits: np.ndarray, n_sources: np.ndarray, exptime: np.ndarray, area_mpx: np.ndarray
 ) -> np.ndarray:
     """Input-2 of a batch of CCDs: hit fractions + :data:`AUX_FEATURES`.
 
@@ -149,8 +153,8 @@ def hit_vector(
         (B,) all detections of each CCD (clean or not).
     exptime : np.ndarray
         (B,) seconds.
-    blended_fraction : np.ndarray
-        (B,) fraction of detections flagged blended (NaN when none).
+    area_mpx : np.ndarray
+        (B,) CCD area in megapixels (a full MegaCam CCD is 9.45).
 
     Returns
     -------
@@ -161,11 +165,11 @@ def hit_vector(
     n_clean = hits.sum(axis=1)
     frac = hits / np.maximum(n_clean, 1.0)[:, None]
     n_sources = np.asarray(n_sources, dtype=np.float64)
+    area = np.maximum(np.asarray(area_mpx, dtype=np.float64), 1e-3)
     aux = np.column_stack(
         [
-            np.log10(n_clean + 1.0) / 4.0,
+            np.log10(n_clean / area + 1.0) / 3.0,
             np.log10(np.maximum(np.asarray(exptime, dtype=np.float64), 1.0)) / 3.0,
-            np.nan_to_num(np.asarray(blended_fraction, dtype=np.float64), nan=0.0),
             n_clean / np.maximum(n_sources, 1.0),
         ]
     )

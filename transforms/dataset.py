@@ -106,7 +106,7 @@ def exposure_shard(
     """CNN inputs of every CCD of one exposure, pixels re-read once per CCD for the cutouts."""
     ccds: list[CcdFeatures] = features_from_arrow(pq.read_table(features_path))
     som = load_som(som_path)
-    images, hits, n_sources, exptime, blended, ccd_index = [], [], [], [], [], []
+    images, hits, n_sources, exptime, area, ccd_index = [], [], [], [], [], []
     for f in ccds:
         pixels = read_ccd(item.path, f.ccd).data
         inputs = ccd_inputs(ccd_hits(_with_pixels(f, pixels), som), size=tile)
@@ -116,12 +116,12 @@ def exposure_shard(
         hits.append(inputs.hits)
         n_sources.append(inputs.n_sources)
         exptime.append(inputs.exptime)
-        blended.append(inputs.blended_fraction)
+        area.append(inputs.area_mpx)
         ccd_index.append(f.ccd)
     n = len(images)
     return {
         "image": np.stack(images) if n else np.zeros((0, 1, 1), np.float16),
-        "vector": hit_vector(np.array(hits).reshape(n, -1), n_sources, exptime, blended)
+        "vector": hit_vector(np.array(hits).reshape(n, -1), n_sources, exptime, area)
         if n
         else np.zeros((0, 0), np.float32),
         "ccd": np.array(ccd_index, dtype=np.int16),

@@ -143,6 +143,8 @@ class CcdInputs:
     median_iso0: float = float("nan")
     median_background: float = float("nan")
     blended_fraction: float = float("nan")
+    area_mpx: float = float("nan")
+    """CCD area in megapixels."""
     padded_tiles: int = 0
     has_image: bool = True
     """False in catalog mode (no pixels): the CNN then grades from the hits alone."""
@@ -194,6 +196,7 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         median_iso0=med("ISO0"),
         median_background=med("BACKGROUND"),
         blended_fraction=blended,
+        area_mpx=f.width * f.height / 1e6,
         padded_tiles=padded,
         has_image=f.pixels is not None,
         reason=hits.reason,

@@ -52,7 +52,7 @@ def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> np.ndarray:
         np.stack([x.hits for x in batch]),
         np.array([x.n_sources for x in batch]),
         np.array([x.exptime for x in batch]),
-        np.array([x.blended_fraction for x in batch]),
+        np.array([x.area_mpx for x in batch]),
     )
     present = np.array([1.0 if x.has_image else 0.0 for x in batch], dtype=np.float32)
     return predict_proba(bundle.cnn, image, vector, present)

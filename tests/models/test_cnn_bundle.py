@@ -25,19 +25,25 @@ def batch(n, shape=SMALL):
     rng = np.random.default_rng(1)
     image = rng.random((n, 4 * shape.tile, 5 * shape.tile), dtype=np.float32)
     hits = rng.integers(0, 50, (n, shape.n_clusters))
-    vector = hit_vector(hits, hits.sum(1) + 10, np.full(n, 60.0), np.full(n, 0.4))
+    vector = hit_vector(hits, hits.sum(1) + 10, np.full(n, 60.0), np.full(n, 9.45))
     return image, vector
 
 
 def test_hit_vector_normalises_by_clean_count():
     v = hit_vector(
-        np.array([[2, 2, 0], [0, 0, 0]]), np.array([8, 0]), np.array([100, 1]), [0.5, np.nan]
+        np.array([[2, 2, 0], [0, 0, 0]]), np.array([8, 0]), np.array([100, 1]), [0.5, 0.0]
     )
     assert v.shape == (2, 3 + len(AUX_FEATURES))
     np.testing.assert_allclose(v[0, :3], [0.5, 0.5, 0.0])
     assert not v[1, :3].any()
     assert np.isfinite(v).all()
     assert v[0, 3 + AUX_FEATURES.index("clean_fraction")] == pytest.approx(0.5)
+
+
+def test_source_density_not_count_so_ccd_size_does_not_matter():
+    quarter = hit_vector(np.array([[300, 100]]), [450], [100.0], [2.36])
+    full = hit_vector(np.array([[1200, 400]]), [1800], [100.0], [9.45])
+    np.testing.assert_allclose(quarter, full, atol=2e-3)
 
 
 def test_forward_shapes_and_probabilities(bundle):

@@ -33,6 +33,7 @@ def inputs(ccd, reason=None, has_image=True):
         n_sources=50,
         n_clean=40,
         blended_fraction=0.3,
+        area_mpx=0.0128,
         has_image=has_image,
         reason=reason,
     )
