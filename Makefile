@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 
-.PHONY: demo test lint bench venv sysdeps clean
+.PHONY: demo test lint bench venv sysdeps model clean
 
 # Debian packages the tests run for real: SExtractor (sextractor backend, parity tests).
 APT_PACKAGES := source-extractor
@@ -35,8 +35,17 @@ test: venv sysdeps lint
 demo: venv
 	@bash ops/demo.sh $(BIN) $(DEMO)
 
+# The shipped bundle: simulate 10 nights x 30 exposures (8 CCDs of 1024x2306), train on them.
+# ~40 min on 2 cores. Features are cached in build/, so a retrain with new settings is faster.
+MODEL_ARCHIVE := build/model-archive
+model: venv
+	$(BIN)/skygrade -q --config models/training.yaml simulate --out $(MODEL_ARCHIVE) \
+	  --nights 2026-09-01..2026-09-10 --exposures 30 --n-ccd 8 --ccd-shape 1024x2306 --seed 2026
+	$(BIN)/skygrade --config models/training.yaml train $(MODEL_ARCHIVE) --out models/default \
+	  --work build/model-work --workers 2
+
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache .ruff_cache
