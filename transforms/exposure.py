@@ -785,8 +785,10 @@ def _parse_header(raw: bytes) -> fits.Header:
         return fits.Header.fromstring(raw.decode("ascii"))
 
 
-def _get(header: fits.Header, key: str):
-    """Header value, or None when absent, undefined or unparsable (quietly: we validate)."""
+def header_value(header: fits.Header, key: str):
+    """Header value, or None when absent, undefined or unparsable (quietly: callers validate).
+
+    Shared by the image reader here and the catalog reader (transforms.sextractor)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)
         try:
@@ -798,8 +800,8 @@ def _get(header: fits.Header, key: str):
     return value
 
 
-def _get_float(header: fits.Header, key: str) -> float | None:
-    value = _get(header, key)
+def header_float(header: fits.Header, key: str) -> float | None:
+    value = header_value(header, key)
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -809,27 +811,27 @@ def _get_float(header: fits.Header, key: str) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _get_str(header: fits.Header, key: str) -> str | None:
-    value = _get(header, key)
+def header_str(header: fits.Header, key: str) -> str | None:
+    value = header_value(header, key)
     if value is None:
         return None
     text = str(value).strip()
     return text or None
 
 
-def _parse_date_obs(path: str, header: fits.Header) -> datetime | None:
+def parse_date_obs(path: str, header: fits.Header) -> datetime | None:
     """DATE-OBS as aware UTC; a date-only value takes its time from UTC-OBS or TIME-OBS.
 
     A date-only DATE-OBS with neither is taken as 00:00 UTC of that date: its night is the
     previous local date, which is right for every exposure taken between local 14:00 and 12:00.
     """
-    raw = _get(header, "DATE-OBS")
+    raw = header_value(header, "DATE-OBS")
     if raw is None or not str(raw).strip():
         log.warning("%s: no DATE-OBS in the PRIMARY header: date_obs and night are None", path)
         return None
     text = str(raw).strip()
     if "T" not in text:
-        clock = _get(header, "UTC-OBS") or _get(header, "TIME-OBS")
+        clock = header_value(header, "UTC-OBS") or header_value(header, "TIME-OBS")
         if clock is not None and str(clock).strip():
             text = f"{text}T{str(clock).strip()}"
     try:
@@ -925,7 +927,7 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
     ccds = _ccd_hdus(spath, layout)
     primary = _parse_header(headers[0])
 
-    raw_expnum = _get(primary, "EXPNUM")
+    raw_expnum = header_value(primary, "EXPNUM")
     expnum: int | None = None
     if raw_expnum is not None:
         try:
@@ -938,16 +940,16 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
                 spath, 0, "bad_expnum", f"EXPNUM {raw_expnum!r} is not an integer"
             ) from None
 
-    raw_exptime = _get(primary, "EXPTIME")
+    raw_exptime = header_value(primary, "EXPTIME")
     if raw_exptime is None:
         raise ExposureError(spath, 0, "missing_exptime", "PRIMARY header has no EXPTIME")
-    exptime = _get_float(primary, "EXPTIME")
+    exptime = header_float(primary, "EXPTIME")
     if exptime is None or exptime <= 0:
         raise ExposureError(
             spath, 0, "bad_exptime", f"EXPTIME must be a number > 0, got {raw_exptime!r}"
         )
 
-    date_obs = _parse_date_obs(spath, primary)
+    date_obs = parse_date_obs(spath, primary)
     return ExposureMeta(
         path=spath,
         exposure_id=str(expnum) if expnum is not None else exposure_id_from_path(spath),
@@ -955,9 +957,9 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
         exptime=exptime,
         date_obs=date_obs,
         night=observing_night(date_obs) if date_obs is not None else None,
-        filter=_get_str(primary, "FILTER"),
-        object=_get_str(primary, "OBJECT"),
-        airmass=_get_float(primary, "AIRMASS"),
+        filter=header_str(primary, "FILTER"),
+        object=header_str(primary, "OBJECT"),
+        airmass=header_float(primary, "AIRMASS"),
         n_ccd=len(ccds),
         ccd_names=tuple(_ccd_name(h, headers[h.index]) for h in ccds),
         ccd_shape=ccds[0].shape,
@@ -1030,9 +1032,9 @@ class CcdPixels:
 
 
 def _scaling(header: fits.Header) -> tuple[float, float, int | None]:
-    bscale = _get_float(header, "BSCALE")
-    bzero = _get_float(header, "BZERO")
-    blank = _get(header, "BLANK")
+    bscale = header_float(header, "BSCALE")
+    bzero = header_float(header, "BZERO")
+    blank = header_value(header, "BLANK")
     blank = blank if isinstance(blank, int) and not isinstance(blank, bool) else None
     return (1.0 if bscale is None else bscale), (0.0 if bzero is None else bzero), blank
 
@@ -1149,15 +1151,15 @@ def _read_ccd(layout: FileLayout, headers: list[bytes], index: int) -> CcdPixels
         data = _read_compressed(path, hdu)
     else:
         data = _read_plain(path, hdu, bscale, bzero, blank)
-    saturate = _get_float(header, "SATURATE")
+    saturate = header_float(header, "SATURATE")
     if saturate is None:
         saturate = _default_saturate(hdu.bitpix, bscale, bzero)
     return CcdPixels(
         index=index,
         name=_ccd_name(hdu, raw_header),
         data=data,
-        gain=_get_float(header, "GAIN"),
-        rdnoise=_get_float(header, "RDNOISE"),
+        gain=header_float(header, "GAIN"),
+        rdnoise=header_float(header, "RDNOISE"),
         saturate=saturate,
     )
 

@@ -38,7 +38,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,11 @@ from transforms.exposure import (
     ExposureError,
     ExposureMeta,
     exposure_id_from_path,
+    header_float,
+    header_str,
+    header_value,
     observing_night,
+    parse_date_obs,
 )
 from transforms.extract import (
     SATURATION_MARGIN,
@@ -284,55 +287,9 @@ def _image_header(hdul: fits.HDUList, hdu: int | None) -> fits.Header | None:
         return fits.Header.fromstring(text)
 
 
-# Header access for catalog metadata. (transforms.exposure has private equivalents working on the
-# raw header bytes of an image; these are the small subset catalogs need.)
-def _get(header: fits.Header, key: str):
-    """Value of ``key``, or None when absent, undefined or unparsable."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VerifyWarning)
-        try:
-            value = header.get(key)
-        except (ValueError, fits.VerifyError):
-            return None
-    return None if value is None or isinstance(value, fits.card.Undefined) else value
-
-
-def _get_float(header: fits.Header, key: str) -> float | None:
-    value = _get(header, key)
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
-def _get_str(header: fits.Header, key: str) -> str | None:
-    value = _get(header, key)
-    text = "" if value is None else str(value).strip()
-    return text or None
-
-
-def _parse_date_obs(path: str, header: fits.Header) -> datetime | None:
-    """DATE-OBS (with UTC-OBS / TIME-OBS when it holds only a date) as aware UTC."""
-    text = _get_str(header, "DATE-OBS")
-    if text is None:
-        return None
-    if "T" not in text and (clock := _get_str(header, "UTC-OBS") or _get_str(header, "TIME-OBS")):
-        text = f"{text}T{clock}"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ExposureError(
-            path, None, "bad_date_obs", f"DATE-OBS {text!r} is not an ISO date/time"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
 def _first(headers: list[fits.Header], key: str):
     for header in headers:
-        if _get(header, key) is not None:
+        if header_value(header, key) is not None:
             return header
     return None
 
@@ -346,11 +303,11 @@ def _catalog_meta(
 
     def lookup(key: str):
         header = _first(headers, key)
-        return header, (None if header is None else _get(header, key))
+        return header, (None if header is None else header_value(header, key))
 
     header, raw_exptime = lookup("EXPTIME")
     if raw_exptime is not None:
-        value = _get_float(header, "EXPTIME")
+        value = header_float(header, "EXPTIME")
         if value is None or value <= 0:
             raise ExposureError(
                 path, None, "bad_exptime", f"EXPTIME must be a number > 0, got {raw_exptime!r}"
@@ -382,7 +339,7 @@ def _catalog_meta(
             ) from None
 
     date_header, _ = lookup("DATE-OBS")
-    date_obs = _parse_date_obs(path, date_header) if date_header is not None else None
+    date_obs = parse_date_obs(path, date_header) if date_header is not None else None
     filter_header, object_header = _first(headers, "FILTER"), _first(headers, "OBJECT")
     airmass_header = _first(headers, "AIRMASS")
     names = []
@@ -390,11 +347,11 @@ def _catalog_meta(
         head = _image_header(hdul, table.imhead_hdu)
         name = None
         if head is not None:
-            name = _get_str(head, "EXTNAME") or _get_str(head, "CCDNAME")
+            name = header_str(head, "EXTNAME") or header_str(head, "CCDNAME")
         names.append(name or f"ccd{i:02d}")
     shape: tuple[int, ...] = ()
     if image_headers:
-        nx, ny = _get(image_headers[0], "NAXIS1"), _get(image_headers[0], "NAXIS2")
+        nx, ny = header_value(image_headers[0], "NAXIS1"), header_value(image_headers[0], "NAXIS2")
         if isinstance(nx, int) and isinstance(ny, int):
             shape = (ny, nx)
     return ExposureMeta(
@@ -404,9 +361,9 @@ def _catalog_meta(
         exptime=value,
         date_obs=date_obs,
         night=observing_night(date_obs) if date_obs is not None else None,
-        filter=_get_str(filter_header, "FILTER") if filter_header is not None else None,
-        object=_get_str(object_header, "OBJECT") if object_header is not None else None,
-        airmass=_get_float(airmass_header, "AIRMASS") if airmass_header is not None else None,
+        filter=header_str(filter_header, "FILTER") if filter_header is not None else None,
+        object=header_str(object_header, "OBJECT") if object_header is not None else None,
+        airmass=header_float(airmass_header, "AIRMASS") if airmass_header is not None else None,
         n_ccd=len(layout),
         ccd_names=tuple(names),
         ccd_shape=shape,
@@ -446,8 +403,8 @@ def _ccd_features(
     if recomputed is not None:
         features = recomputed
     head = _image_header(hdul, table.imhead_hdu)
-    nx = _get(head, "NAXIS1") if head is not None else None
-    ny = _get(head, "NAXIS2") if head is not None else None
+    nx = header_value(head, "NAXIS1") if head is not None else None
+    ny = header_value(head, "NAXIS2") if head is not None else None
     if not (isinstance(nx, int) and isinstance(ny, int)):
         nx = int(math.ceil(float(features["X_IMAGE"].max()))) if features["X_IMAGE"].size else 0
         ny = int(math.ceil(float(features["Y_IMAGE"].max()))) if features["Y_IMAGE"].size else 0
