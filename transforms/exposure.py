@@ -1228,25 +1228,30 @@ def ccd_problem(ccd: CcdPixels) -> str | None:
     if data.ndim != 2 or min(data.shape) < MIN_CCD_SIDE:
         return f"bad_shape: CCD data has shape {data.shape}; need 2-D with sides >= {MIN_CCD_SIDE}"
     n = data.size
-    finite = np.isfinite(data)
-    n_finite = int(np.count_nonzero(finite))
-    if n_finite == 0:
-        return f"all_nan: none of the {n} pixels is finite"
-    bad_fraction = 1.0 - n_finite / n
-    if bad_fraction > MAX_NAN_FRACTION:
-        return (
-            f"nan_fraction>{MAX_NAN_FRACTION:g}: {bad_fraction:.1%} of the pixels are NaN or "
-            "infinite"
-        )
-    values = data if n_finite == n else data[finite]
-    lo, hi = float(values.min()), float(values.max())
+    with np.errstate(invalid="ignore"):
+        lo, hi = float(data.min()), float(data.max())
+    values = data
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        # min/max propagate NaN and show infinities: only then pay for a finite mask.
+        finite = np.isfinite(data)
+        n_finite = int(np.count_nonzero(finite))
+        if n_finite == 0:
+            return f"all_nan: none of the {n} pixels is finite"
+        bad_fraction = 1.0 - n_finite / n
+        if bad_fraction > MAX_NAN_FRACTION:
+            return (
+                f"nan_fraction>{MAX_NAN_FRACTION:g}: {bad_fraction:.1%} of the pixels are NaN "
+                "or infinite"
+            )
+        values = data[finite]
+        lo, hi = float(values.min()), float(values.max())
     if lo == hi:
         if lo == 0.0:
             return "all_zero: every pixel is 0 (dead CCD or no readout?)"
         return f"constant: every pixel is {lo!r} (dead CCD?)"
     if ccd.saturate is not None and hi >= ccd.saturate:
         n_sat = int(np.count_nonzero(values >= ccd.saturate))
-        sat_fraction = n_sat / n_finite
+        sat_fraction = n_sat / values.size
         if sat_fraction > MAX_SATURATED_FRACTION:
             return (
                 f"saturated: {sat_fraction:.1%} of the pixels are at or above "
