@@ -47,12 +47,15 @@ import yaml
 
 __all__ = [
     "CLASSES",
+    "AlertsConfig",
     "Config",
     "ConfigError",
     "FrozenMap",
     "LoggingConfig",
+    "MetricsConfig",
     "Problem",
     "TelescopeConfig",
+    "check_http_url",
     "config_digest",
     "config_section",
     "documented_fields",
@@ -759,6 +762,122 @@ class LoggingConfig:
     )
 
 
+def check_http_url(url: str) -> str | None:
+    """Check that ``url`` is an http:// or https:// URL with a host.
+
+    Parameters
+    ----------
+    url : str
+        The URL (e.g. a webhook endpoint).
+
+    Returns
+    -------
+    str or None
+        None when it is valid, else the error text (used as a field ``check``).
+
+    Examples
+    --------
+    >>> check_http_url("file:///etc/passwd")
+    "expected an http:// or https:// URL, got 'file:///etc/passwd'"
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("http", "https") and rest and not rest.startswith("/"):
+        return None
+    return f"expected an http:// or https:// URL, got {_show(url)}"
+
+
+@config_section
+class MetricsConfig:
+    """The daemon's HTTP server for Prometheus metrics (/metrics) and health (/healthz)."""
+
+    host: str = setting(
+        "127.0.0.1",
+        "Address the server binds to; the default serves this machine only, 0.0.0.0 (or ::) "
+        "every interface.",
+    )
+    port: int = setting(9108, "TCP port of the server; 0 picks a free one.", ge=0, le=65535)
+
+
+@config_section
+class AlertsConfig:
+    """WARN / ALARM rules on the graded exposures, and their delivery."""
+
+    consecutive_bad_warn: int = setting(
+        3, "WARN when this many consecutive graded exposures are not GOOD.", ge=1
+    )
+    consecutive_bad_alarm: int = setting(
+        6,
+        "ALARM when this many consecutive graded exposures are not GOOD (>= consecutive_bad_warn).",
+        ge=1,
+    )
+    low_confidence: float = setting(
+        0.5, "WARN when a graded exposure's confidence is below this.", ge=0, le=1
+    )
+    median_iso0_warn: float | None = setting(
+        None,
+        "WARN when an exposure's median ISO0 (pixels above threshold, a seeing proxy) exceeds "
+        "this; unset disables the rule.",
+        gt=0,
+    )
+    median_elongation_warn: float = setting(
+        1.6, "WARN when an exposure's median source elongation (A/B) reaches this.", ge=1
+    )
+    median_elongation_alarm: float = setting(
+        2.2,
+        "ALARM when an exposure's median source elongation reaches this (>= "
+        "median_elongation_warn).",
+        ge=1,
+    )
+    quarantine_warn: int = setting(
+        3, "WARN when this many of the last quarantine_window exposures were quarantined.", ge=1
+    )
+    quarantine_window: int = setting(
+        10, "Number of most recent exposures the quarantine rule looks at.", ge=1
+    )
+    webhook_url: str | None = setting(
+        None,
+        "Alertmanager-compatible endpoint (e.g. http://localhost:9093/api/v2/alerts) that "
+        "alerts are POSTed to; unset means alerts are only logged.",
+        check=check_http_url,
+    )
+    webhook_timeout_s: float = setting(2.0, "Seconds one webhook request may take.", gt=0)
+    webhook_retries: int = setting(
+        3, "Further attempts after a failed webhook request, with exponential backoff.", ge=0
+    )
+    webhook_queue: int = setting(
+        100, "Alerts waiting for delivery at most; when full the oldest is dropped.", ge=1
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.consecutive_bad_alarm < self.consecutive_bad_warn:
+            problems.append(
+                Problem(
+                    "consecutive_bad_alarm",
+                    f"expected >= consecutive_bad_warn ({self.consecutive_bad_warn}), "
+                    f"got {self.consecutive_bad_alarm}",
+                )
+            )
+        if self.median_elongation_alarm < self.median_elongation_warn:
+            problems.append(
+                Problem(
+                    "median_elongation_alarm",
+                    f"expected >= median_elongation_warn ({self.median_elongation_warn}), "
+                    f"got {self.median_elongation_alarm}",
+                )
+            )
+        if self.quarantine_warn > self.quarantine_window:
+            problems.append(
+                Problem(
+                    "quarantine_warn",
+                    f"expected <= quarantine_window ({self.quarantine_window}), "
+                    f"got {self.quarantine_warn}",
+                )
+            )
+        if problems:
+            raise ConfigError(problems, f"{type(self).__name__}(...)")
+
+
 @config_section
 class Config:
     """The whole skygrade configuration: one attribute per section."""
@@ -772,6 +891,10 @@ class Config:
     som: SomConfig = section(SomConfig, "The self-organizing map over source features.")
     train: TrainConfig = section(TrainConfig, "Training the CNN (``skygrade train``).")
     logging: LoggingConfig = section(LoggingConfig, "Logging of every skygrade command.")
+    metrics: MetricsConfig = section(
+        MetricsConfig, "The daemon's /metrics and /healthz HTTP server (`skygrade watch`)."
+    )
+    alerts: AlertsConfig = section(AlertsConfig, "WARN / ALARM rules and their delivery.")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,343 @@
+"""The daemon's small HTTP server: Prometheus metrics, health, and a few registered pages.
+
+:class:`HttpServer` serves ``GET /metrics`` (the exposition of a registry), ``GET /healthz``
+(a JSON health document) and any exact paths registered as routes (the observer page of a later
+issue). It answers GET and HEAD only, never serves files from disk, binds 127.0.0.1 unless told
+otherwise, logs requests at DEBUG and can be stopped: :meth:`HttpServer.stop` shuts the server
+down and joins its threads.
+
+This module imports nothing from ``streamer``, ``transforms`` or ``models``.
+"""
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["HttpServer", "Request", "Response"]
+
+logger = logging.getLogger(__name__)
+
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+_BUILTIN = ("/metrics", "/healthz")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A GET or HEAD request, as a route handler sees it.
+
+    Attributes
+    ----------
+    method : str
+        ``"GET"`` or ``"HEAD"`` (a handler answers both the same way; HEAD drops the body).
+    path : str
+        The path without the query string, e.g. ``"/status"``.
+    query : mapping of str to list of str
+        The parsed query string (``parse_qs``), e.g. ``{"night": ["2024-03-01"]}``.
+    headers : mapping of str to str
+        The request headers.
+    """
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Response(NamedTuple):
+    """What a route handler returns; a plain ``(status, content_type, body)`` tuple works too.
+
+    Attributes
+    ----------
+    status : int
+        HTTP status code.
+    content_type : str
+        The Content-Type header, e.g. ``"text/html; charset=utf-8"``.
+    body : bytes
+        The response body.
+    """
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+Handler = Callable[[Request], "Response | tuple[int, str, bytes]"]
+
+
+class _Server(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that tracks its request threads so that stop() can join them."""
+
+    daemon_threads = True
+    block_on_close = False  # HttpServer.stop joins the request threads, with a deadline
+
+    def __init__(self, address: tuple[str, int], owner: "HttpServer") -> None:
+        self.owner = owner
+        self.request_threads: dict[threading.Thread, socket.socket] = {}
+        self.threads_lock = threading.Lock()
+        super().__init__(address, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve_one,
+            args=(request, client_address),
+            name=f"skygrade-http-request-{client_address[1]}",
+            daemon=True,
+        )
+        with self.threads_lock:
+            self.request_threads[thread] = request
+        thread.start()
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self.threads_lock:
+                self.request_threads.pop(threading.current_thread(), None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("error while serving %s", client_address, exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "skygrade"
+    sys_version = ""
+    timeout = 10.0  # seconds a client may stall before its connection is dropped
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def _not_allowed(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, _TEXT, b"only GET and HEAD\n", head=False)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def _answer(self, head: bool) -> None:
+        parts = urlsplit(self.path)
+        request = Request(
+            method="HEAD" if head else "GET",
+            path=parts.path,
+            query=parse_qs(parts.query),
+            headers=dict(self.headers.items()),
+        )
+        try:
+            status, content_type, body = self.server.owner._dispatch(request)
+        except Exception:
+            logger.exception("HTTP handler for %s failed", request.path)
+            status, content_type, body = 500, _TEXT, b"internal error\n"
+        self._send(status, content_type, body, head)
+
+    def _send(self, status: int, content_type: str, body: bytes, head: bool) -> None:
+        self.send_response(int(status))
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET, HEAD")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s - " + format, self.address_string(), *args)
+
+
+class HttpServer:
+    """Serve /metrics, /healthz and registered routes from a background thread.
+
+    Parameters
+    ----------
+    registry : prometheus_client.CollectorRegistry
+        The registry exposed at ``/metrics`` (e.g. ``Metrics().registry``).
+    host : str, optional
+        Address to bind (default ``"127.0.0.1"``: this machine only). An address with a
+        ``':'`` is bound as IPv6.
+    port : int, optional
+        TCP port (default 9108); 0 picks a free one, readable from :attr:`port` after
+        :meth:`start`.
+    health : callable, optional
+        Returns the ``/healthz`` document, a JSON-serialisable dict; the status is 200 when its
+        ``"ok"`` is true, else 503. None serves ``{"ok": true}``. A health callable that raises
+        gives 503 with ``{"ok": false, "error": ...}``.
+    routes : mapping of str to callable, optional
+        Exact path -> handler taking a :class:`Request` and returning a :class:`Response` (or
+        a ``(status, content_type, body)`` tuple). Paths must start with ``'/'`` and may not
+        be ``/metrics`` or ``/healthz``.
+
+    Raises
+    ------
+    ValueError
+        If ``port`` is out of range or a route path is invalid or taken.
+
+    Examples
+    --------
+    >>> from ops.metrics import Metrics
+    >>> with HttpServer(Metrics().registry, port=0) as server:  # doctest: +SKIP
+    ...     print(server.url)
+    http://127.0.0.1:41235
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 9108,
+        health: Callable[[], dict] | None = None,
+        routes: Mapping[str, Handler] | None = None,
+    ) -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        routes = dict(routes or {})
+        for path in routes:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"route paths must start with '/', got {path!r}")
+            if path in _BUILTIN:
+                raise ValueError(f"route {path!r} is served by HttpServer itself")
+        self.registry = registry
+        self.host = host
+        self._port = port
+        self.health = health
+        self.routes: dict[str, Handler] = routes
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- properties
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the real one when 0 was asked for), else the asked one."""
+        return self._server.server_address[1] if self._server is not None else self._port
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the socket is bound to, or None when not started."""
+        return tuple(self._server.server_address[:2]) if self._server is not None else None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server, e.g. ``http://127.0.0.1:9108``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is started and not yet stopped."""
+        return self._server is not None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Bind the socket and serve from a background thread.
+
+        Raises
+        ------
+        RuntimeError
+            If the server is already running.
+        OSError
+            If the address cannot be bound (port in use, unknown host).
+        """
+        if self._server is not None:
+            raise RuntimeError("HttpServer is already running")
+        server_cls = _Server6 if ":" in self.host else _Server
+        server = server_cls((self.host, self._port), self)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"skygrade-http-{server.server_address[1]}",
+            daemon=True,
+        )
+        self._server, self._thread = server, thread
+        thread.start()
+        logger.info("serving /metrics and /healthz on %s", self.url)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving, close the socket and join the server's threads.
+
+        Idempotent; does nothing when the server is not running.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait in all for the threads to end (default 5). Requests in flight get
+            half of it to finish; then the connections still open (stalled clients) are shut
+            down so that their threads end too.
+        """
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            server.shutdown()
+        finally:
+            server.server_close()
+            self._server = self._thread = None
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        grace_end = time.monotonic() + max(0.0, deadline - time.monotonic()) / 2
+        with server.threads_lock:
+            pending = dict(server.request_threads)
+        for t in pending:
+            t.join(max(0.0, grace_end - time.monotonic()))
+        for t, connection in pending.items():
+            if t.is_alive():
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+        for t in pending:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in ([thread] if thread else []) + list(pending) if t.is_alive()]
+        if alive:
+            logger.warning("HTTP server threads still running after %.1f s: %s", timeout, alive)
+
+    def __enter__(self) -> "HttpServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- answering
+
+    def _dispatch(self, request: Request) -> tuple[int, str, bytes]:
+        if request.path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if request.path == "/healthz":
+            return self._health()
+        handler = self.routes.get(request.path)
+        if handler is None:
+            return 404, _TEXT, b"not found\n"
+        status, content_type, body = handler(request)
+        return int(status), str(content_type), bytes(body)
+
+    def _health(self) -> tuple[int, str, bytes]:
+        if self.health is None:
+            doc: dict = {"ok": True}
+        else:
+            try:
+                doc = dict(self.health())
+            except Exception as exc:
+                logger.exception("health check failed")
+                doc = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        status = 200 if doc.get("ok") else 503
+        return status, _JSON, json.dumps(doc, default=str, sort_keys=True).encode("utf-8")

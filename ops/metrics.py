@@ -1,0 +1,361 @@
+"""Prometheus metrics of skygrade, defined on an injected registry.
+
+Every metric lives on the :class:`~prometheus_client.CollectorRegistry` given to :class:`Metrics`
+(a new private one by default, never the process-global registry), so tests and several daemons
+in one process each build their own. Names follow the Prometheus conventions: a ``skygrade_``
+prefix, the unit in the name, no exposure ids as label values, label values drawn from small
+fixed sets (grades, reason slugs, stage names, alert levels) and the model version as an
+``_info`` metric.
+
+This module imports nothing from ``streamer``, ``transforms`` or ``models``.
+"""
+
+import math
+import re
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from ops.config import CLASSES
+
+__all__ = [
+    "CONFIDENCE_BUCKETS",
+    "LATENCY_BUCKETS_S",
+    "STAGE_BUCKETS_S",
+    "Metrics",
+    "label_slug",
+    "reason_slug",
+]
+
+#: Buckets of the grading latency (file complete -> row written), one at each target in seconds.
+LATENCY_BUCKETS_S: tuple[float, ...] = (1, 2.5, 5, 10, 12.5, 15, 20, 30, 60, 120, 300, 600)
+#: Buckets of one pipeline stage's duration for one exposure, in seconds.
+STAGE_BUCKETS_S: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
+#: Buckets of the exposure confidence (the grade's probability), 0.1 to 1.0.
+CONFIDENCE_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+_SLUG = re.compile(r"[a-z_]{1,40}")
+_OTHER = "other"
+_STATUSES = ("graded", "quarantined")
+# Sample-name suffixes each metric type exports (``_created`` left out: see metric_names).
+_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "info": ("_info",),
+}
+
+
+def label_slug(value: object) -> str:
+    """Bound a free-text label value: itself if it matches ``[a-z_]{1,40}``, else ``"other"``.
+
+    Parameters
+    ----------
+    value : object
+        A candidate label value (a stage name, a slug).
+
+    Returns
+    -------
+    str
+        ``value`` when it is a string of 1 to 40 lowercase letters or underscores, else
+        ``"other"``.
+
+    Examples
+    --------
+    >>> label_slug("extract"), label_slug("Extract sources")
+    ('extract', 'other')
+    """
+    if isinstance(value, str) and _SLUG.fullmatch(value):
+        return value
+    return _OTHER
+
+
+def reason_slug(reason: str | None) -> str:
+    """The bounded label value of a quarantine reason: the slug before ``':'``.
+
+    Parameters
+    ----------
+    reason : str or None
+        A reason as written in the ledger and the dead-letter rows, e.g.
+        ``"truncated: expected 37 HDUs, found 12"``.
+
+    Returns
+    -------
+    str
+        The text before the first ``':'`` (stripped) when it matches ``[a-z_]{1,40}``, else
+        ``"other"`` (also for a missing reason).
+
+    Examples
+    --------
+    >>> reason_slug("truncated: expected 37 HDUs, found 12")
+    'truncated'
+    >>> reason_slug("File /data/2817011o.fits is bad")
+    'other'
+    """
+    if not isinstance(reason, str):
+        return _OTHER
+    return label_slug(reason.split(":", 1)[0].strip())
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and isinstance(value, int | float) and math.isfinite(value)
+
+
+class Metrics:
+    """The skygrade metrics, registered on one registry.
+
+    Parameters
+    ----------
+    registry : prometheus_client.CollectorRegistry, optional
+        Where to register the metrics. None (the default) creates a new private registry;
+        the process-global ``prometheus_client.REGISTRY`` is only used when passed explicitly.
+
+    Attributes
+    ----------
+    registry : prometheus_client.CollectorRegistry
+        The registry holding every metric below (serve it with :class:`ops.http.HttpServer`).
+    exposures_graded : Counter
+        ``skygrade_exposures_graded_total{grade}``: exposures graded, by grade.
+    exposures_quarantined : Counter
+        ``skygrade_exposures_quarantined_total{reason}``: exposures quarantined, by reason slug.
+    ccds_graded : Counter
+        ``skygrade_ccds_graded_total``: CCDs graded.
+    ccds_quarantined : Counter
+        ``skygrade_ccds_quarantined_total{reason}``: CCDs quarantined, by reason slug.
+    sources_extracted : Counter
+        ``skygrade_sources_extracted_total``: sources extracted in graded exposures.
+    stage_seconds : Histogram
+        ``skygrade_stage_duration_seconds{stage}``: time spent in each pipeline stage per
+        exposure.
+    latency_seconds : Histogram
+        ``skygrade_grading_latency_seconds``: file complete -> row written, with a bucket at
+        each target (:data:`LATENCY_BUCKETS_S`).
+    confidence : Histogram
+        ``skygrade_exposure_confidence``: confidence of each graded exposure.
+    backlog : Gauge
+        ``skygrade_backlog_exposures``: exposures ready but not yet graded.
+    last_graded : Gauge
+        ``skygrade_last_graded_timestamp_seconds``: Unix time of the last graded exposure.
+    alerts : Counter
+        ``skygrade_alerts_total{level}``: alerts fired, by level (WARN, ALARM).
+    alerts_dropped : Counter
+        ``skygrade_alerts_dropped_total``: alerts dropped undelivered because the delivery
+        queue was full or the daemon stopped.
+    webhook_failures : Counter
+        ``skygrade_alert_webhook_failures_total``: alerts the webhook did not accept after
+        every retry.
+    model_info : Info
+        ``skygrade_model_info{version, ...}``: the model bundle in use.
+
+    Examples
+    --------
+    >>> m = Metrics()
+    >>> m.observe_exposure("GOOD", "graded", None, 12.0, 0.9, 36, 5000, {"extract": 3.1})
+    >>> m.registry.get_sample_value("skygrade_exposures_graded_total", {"grade": "GOOD"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        reg = self.registry
+        self.exposures_graded = Counter(
+            "skygrade_exposures_graded",
+            "Exposures graded, by grade.",
+            ["grade"],
+            registry=reg,
+        )
+        self.exposures_quarantined = Counter(
+            "skygrade_exposures_quarantined",
+            "Exposures quarantined (unreadable or invalid), by reason slug.",
+            ["reason"],
+            registry=reg,
+        )
+        self.ccds_graded = Counter("skygrade_ccds_graded", "CCDs graded.", registry=reg)
+        self.ccds_quarantined = Counter(
+            "skygrade_ccds_quarantined",
+            "CCDs quarantined, by reason slug.",
+            ["reason"],
+            registry=reg,
+        )
+        self.sources_extracted = Counter(
+            "skygrade_sources_extracted", "Sources extracted in graded exposures.", registry=reg
+        )
+        self.stage_seconds = Histogram(
+            "skygrade_stage_duration_seconds",
+            "Time spent in one pipeline stage for one exposure.",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=reg,
+        )
+        self.latency_seconds = Histogram(
+            "skygrade_grading_latency_seconds",
+            "Seconds from an exposure's file being complete to its row being written.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self.confidence = Histogram(
+            "skygrade_exposure_confidence",
+            "Confidence (probability of the grade) of each graded exposure.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=reg,
+        )
+        self.backlog = Gauge(
+            "skygrade_backlog_exposures", "Exposures ready but not yet graded.", registry=reg
+        )
+        self.last_graded = Gauge(
+            "skygrade_last_graded_timestamp_seconds",
+            "Unix time at which the last exposure was graded.",
+            registry=reg,
+        )
+        self.alerts = Counter(
+            "skygrade_alerts", "Alerts fired, by level (WARN, ALARM).", ["level"], registry=reg
+        )
+        self.alerts_dropped = Counter(
+            "skygrade_alerts_dropped",
+            "Alerts dropped undelivered (delivery queue full, or left at shutdown).",
+            registry=reg,
+        )
+        self.webhook_failures = Counter(
+            "skygrade_alert_webhook_failures",
+            "Alerts the webhook did not accept after every retry.",
+            registry=reg,
+        )
+        self.model_info = Info(
+            "skygrade_model", "The model bundle grading exposures.", registry=reg
+        )
+        self._collectors = (
+            self.exposures_graded,
+            self.exposures_quarantined,
+            self.ccds_graded,
+            self.ccds_quarantined,
+            self.sources_extracted,
+            self.stage_seconds,
+            self.latency_seconds,
+            self.confidence,
+            self.backlog,
+            self.last_graded,
+            self.alerts,
+            self.alerts_dropped,
+            self.webhook_failures,
+            self.model_info,
+        )
+
+    def observe_exposure(
+        self,
+        grade: str | None,
+        status: str,
+        reason: str | None,
+        latency_s: float | None,
+        confidence: float | None,
+        n_ccd_graded: int,
+        n_sources: int,
+        stage_seconds: Mapping[str, float],
+    ) -> None:
+        """Record one exposure row (call once per row written).
+
+        Parameters
+        ----------
+        grade : str or None
+            The exposure grade (one of ``ops.config.CLASSES``; anything else is counted as
+            ``"other"``). Ignored for a quarantined exposure.
+        status : {"graded", "quarantined"}
+            What happened to the exposure.
+        reason : str or None
+            Quarantine reason; counted under its slug (:func:`reason_slug`).
+        latency_s : float or None
+            Seconds from file complete to row written; None or NaN is not observed.
+        confidence : float or None
+            Confidence of the grade; None or NaN is not observed (nor for quarantined rows).
+        n_ccd_graded : int
+            CCDs of the exposure that were graded.
+        n_sources : int
+            Sources extracted from the exposure.
+        stage_seconds : mapping of str to float
+            Seconds spent per pipeline stage; stage names outside ``[a-z_]{1,40}`` are counted
+            as ``"other"``, non-finite durations skipped.
+
+        Raises
+        ------
+        ValueError
+            If ``status`` is not ``"graded"`` or ``"quarantined"``.
+        """
+        if status not in _STATUSES:
+            raise ValueError(f"status must be one of {_STATUSES}, got {status!r}")
+        if status == "graded":
+            self.exposures_graded.labels(grade if grade in CLASSES else _OTHER).inc()
+            self.last_graded.set_to_current_time()
+            if _finite(confidence):
+                self.confidence.observe(confidence)
+        else:
+            self.exposures_quarantined.labels(reason_slug(reason)).inc()
+        if n_ccd_graded > 0:
+            self.ccds_graded.inc(n_ccd_graded)
+        if n_sources > 0:
+            self.sources_extracted.inc(n_sources)
+        if _finite(latency_s):
+            self.latency_seconds.observe(latency_s)
+        for stage, seconds in stage_seconds.items():
+            if _finite(seconds):
+                self.stage_seconds.labels(label_slug(stage)).observe(seconds)
+
+    def observe_ccd_quarantined(self, reason: str | None, n: int = 1) -> None:
+        """Count ``n`` quarantined CCDs under the slug of ``reason``.
+
+        Parameters
+        ----------
+        reason : str or None
+            Quarantine reason, e.g. ``"bad_shape: NAXIS2 is 10"``.
+        n : int, optional
+            How many CCDs (default 1).
+        """
+        if n > 0:
+            self.ccds_quarantined.labels(reason_slug(reason)).inc(n)
+
+    def set_model(self, version: str, **labels: str) -> None:
+        """Publish the model bundle in use as ``skygrade_model_info``.
+
+        Parameters
+        ----------
+        version : str
+            The bundle's version.
+        **labels : str
+            Further fields of the bundle (e.g. ``created``, ``digest``); keep them few.
+        """
+        self.model_info.info({"version": str(version), **{k: str(v) for k, v in labels.items()}})
+
+    def metric_names(self) -> set[str]:
+        """Every sample name these metrics export, as queried in PromQL.
+
+        Histograms give ``_bucket``, ``_count`` and ``_sum``; counters ``_total``; the info
+        metric ``skygrade_model_info``. The ``_created`` timestamps are left out: a dashboard
+        or alert rule should not depend on them.
+
+        Returns
+        -------
+        set of str
+            E.g. ``{"skygrade_exposures_graded_total", "skygrade_backlog_exposures", ...}``.
+
+        Examples
+        --------
+        >>> "skygrade_grading_latency_seconds_bucket" in Metrics().metric_names()
+        True
+        """
+        names = set()
+        for collector in self._collectors:
+            for family in collector.describe():
+                names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+        return names
