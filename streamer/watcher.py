@@ -1,0 +1,528 @@
+"""Watch the data-drop directory and report each exposure once it is completely written.
+
+MegaCam files (~680 MB) arrive progressively: the file exists, then grows in chunks for tens of
+seconds. A file is *ready* when
+
+1. its ``(st_size, st_mtime_ns)`` has not changed for ``settle_s`` seconds (debounce), and
+2. :func:`transforms.exposure.check_integrity` proves, from the headers alone, that every HDU the
+   headers announce is wholly present.
+
+Either check alone is not enough: a stalled transfer is stable but incomplete, and a copy into a
+preallocated file can be structurally complete while its last data unit is still filling.
+
+Threads
+-------
+The watchdog observer's handler (:class:`_EnqueueHandler`) only puts the path on a queue: no
+I/O, no stat, nothing that can block or raise. One worker thread owns all the state: it drains
+the queue, keeps the candidates, re-checks them every ``poll_s``, and calls the callbacks. The
+callbacks therefore run on the worker thread, one at a time, and an exception in one is logged
+without killing the worker. :meth:`DropWatcher.stop` stops and joins the observer (and its
+emitter threads) and the worker.
+
+Outcomes
+--------
+``on_ready(path)``
+    Once per file identity ``(size, mtime_ns)``. A file rewritten later is a new identity and is
+    reported again. If ``on_ready`` raises, the file stays a candidate and is offered again after
+    another ``settle_s`` (an exposure must not vanish because, say, the ledger disk was full).
+``on_reject(path, reason, message)``, also once per identity:
+
+- ``outside_drop``: the real path (symlinks followed) lies outside the real drop directory. The
+  file is never opened.
+- ``truncated``: still incomplete (or still changing) ``incomplete_timeout_s`` after it was
+  first seen. If it changes later it becomes a candidate again.
+- ``unreadable``: ``stat`` / ``open`` failed (permissions, I/O error) or it is not a regular file
+  (a FIFO named ``*.fits`` would block a reader forever).
+- any :class:`~transforms.exposure.CorruptFileError` / ``ExposureError`` reason (``not_fits``,
+  ``bad_header``, ``trailing_data``...): at once.
+
+Ignored: directories, names that do not match ``patterns``, hidden names (any path component
+below the drop directory that starts with ``.``, so rsync's ``.name.XXXXXX`` temporaries and
+hidden staging folders are skipped) and temporary names (``*.tmp``, ``*.part``, ``*~``,
+``*.swp``). A file renamed from a temporary name to a real one is picked up by its moved-to
+event. A directory created or moved into the drop directory is scanned, so a night folder moved
+in whole is not missed.
+
+Events can be lost (inotify queue overflow, a file created in a new sub-folder before
+watchdog watches it) and a watchdog thread can die of an exception. Every ``rescan_s`` the
+worker therefore restarts the observer if one of its threads is dead and rescans the drop
+directory: a lost event delays a file, it does not lose it.
+
+After a restart the watcher knows nothing: :meth:`DropWatcher.start` scans the drop directory
+and every complete file is reported ready again. Telling the ones already graded apart is the
+ledger's job (``Ledger.observe`` returns ``is_new=False`` for a known identity).
+
+Examples
+--------
+>>> with DropWatcher("/data/drop", on_ready=ready.put, on_reject=quarantine):  # doctest: +SKIP
+...     stop_event.wait()
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from transforms.exposure import (
+    CorruptFileError,
+    ExposureError,
+    IncompleteFileError,
+    check_integrity,
+)
+
+__all__ = ["DEFAULT_PATTERNS", "TEMPORARY_PATTERNS", "DropWatcher"]
+
+log = logging.getLogger(__name__)
+
+#: File names the watcher considers exposures.
+DEFAULT_PATTERNS = ("*.fits", "*.fits.fz")
+#: Names of files still being written by a transfer tool; never considered.
+TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
+
+# Events worth a look. Opened / closed-without-write events are left out on purpose: the
+# worker's own integrity check opens the file and would otherwise feed itself.
+_FILE_EVENTS = (FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent)
+_DIR_EVENTS = (DirCreatedEvent,)
+_MOVE_EVENTS = (FileMovedEvent, DirMovedEvent)
+
+#: Least delay before a file whose callback raised is offered again.
+_MIN_RETRY_S = 1.0
+
+Identity = tuple[int, int]
+
+
+class _EnqueueHandler(FileSystemEventHandler):
+    """Watchdog handler that puts the path of each interesting event on a queue, nothing else."""
+
+    def __init__(self, sink: queue.SimpleQueue) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, _MOVE_EVENTS):
+            self._sink.put(os.fsdecode(event.src_path))  # so that the worker forgets it
+            self._sink.put(os.fsdecode(event.dest_path))
+        elif isinstance(event, _FILE_EVENTS + _DIR_EVENTS):
+            self._sink.put(os.fsdecode(event.src_path))
+
+
+@dataclass
+class _Candidate:
+    """A file being watched until it is ready or rejected."""
+
+    first_seen: float  # monotonic
+    identity: Identity | None = None
+    stable_since: float = 0.0  # monotonic time identity was last seen to change
+    not_before: float = 0.0  # monotonic time before which it is not looked at (callback retry)
+    incomplete: tuple[Identity, IncompleteFileError] | None = None  # last walk's verdict
+
+
+class DropWatcher:
+    """Report the exposures in a drop directory once each is completely written.
+
+    Parameters
+    ----------
+    drop_dir : str or os.PathLike
+        The directory to watch, recursively (night sub-folders work). Must exist at
+        :meth:`start`.
+    on_ready : callable
+        ``on_ready(path)`` with a :class:`~pathlib.Path`, once per identity of a complete file.
+    on_reject : callable
+        ``on_reject(path, reason, message)`` for a file that will not become gradable as it is.
+    settle_s : float, default 2.0
+        How long size and mtime must stay unchanged before the integrity walk (>= 0).
+    incomplete_timeout_s : float, default 900.0
+        A file still incomplete this long after it was first seen is rejected as
+        ``"truncated"`` (> 0).
+    poll_s : float, default 0.5
+        How often candidates are re-checked (> 0).
+    patterns : iterable of str, default ("*.fits", "*.fits.fz")
+        ``fnmatch`` patterns of the file names to consider (case-sensitive).
+    use_polling : bool, default False
+        Use watchdog's polling observer instead of the native one (inotify), e.g. on NFS, where
+        the native events of writes made on another host never arrive.
+    rescan_s : float or None, default 60.0
+        Every ``rescan_s`` the worker checks that the watchdog threads are alive (restarting
+        the observer if one died) and rescans the drop directory, so that an event lost to an
+        inotify queue overflow or a watchdog race delays a file instead of losing it. ``None``
+        turns both off.
+
+    Raises
+    ------
+    ValueError
+        On a negative ``settle_s``, a non-positive ``poll_s`` or ``incomplete_timeout_s``, or
+        no pattern.
+
+    Examples
+    --------
+    >>> watcher = DropWatcher("/data/drop", print, print, settle_s=2.0)  # doctest: +SKIP
+    >>> watcher.start()  # doctest: +SKIP
+    >>> watcher.stop()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        drop_dir: str | os.PathLike,
+        on_ready: Callable[[Path], None],
+        on_reject: Callable[[Path, str, str], None],
+        *,
+        settle_s: float = 2.0,
+        incomplete_timeout_s: float = 900.0,
+        poll_s: float = 0.5,
+        patterns: Iterable[str] = DEFAULT_PATTERNS,
+        use_polling: bool = False,
+        rescan_s: float | None = 60.0,
+    ) -> None:
+        if not settle_s >= 0:
+            raise ValueError(f"settle_s must be >= 0, got {settle_s!r}")
+        if not incomplete_timeout_s > 0:
+            raise ValueError(f"incomplete_timeout_s must be > 0, got {incomplete_timeout_s!r}")
+        if not poll_s > 0:
+            raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
+        if rescan_s is not None and not rescan_s > 0:
+            raise ValueError(f"rescan_s must be > 0 or None, got {rescan_s!r}")
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        if not patterns:
+            raise ValueError("patterns must name at least one pattern, got none")
+        # Absolute, so that scanned paths and event paths are the same strings; not resolved,
+        # so that the names reported are the names in the drop directory.
+        self.drop_dir = Path(drop_dir).absolute()
+        self.on_ready = on_ready
+        self.on_reject = on_reject
+        self.settle_s = float(settle_s)
+        self.incomplete_timeout_s = float(incomplete_timeout_s)
+        self.poll_s = float(poll_s)
+        self.patterns = patterns
+        self.use_polling = use_polling
+        self.rescan_s = None if rescan_s is None else float(rescan_s)
+        self._observer_lock = threading.Lock()  # start/stop vs the worker's health check
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._observer = None
+        self._worker: threading.Thread | None = None
+        self._root = ""  # real path of drop_dir, set by start()
+        # Worker-thread state: touched by the worker only.
+        self._candidates: dict[str, _Candidate] = {}
+        self._reported: dict[str, Identity] = {}
+
+    # ------------------------------------------------------------------------------ control
+    def start(self) -> None:
+        """Start the observer and the worker, then enqueue the files already there.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``drop_dir`` is not an existing directory.
+        RuntimeError
+            If the watcher is already running.
+        """
+        if self._worker is not None:
+            raise RuntimeError("DropWatcher is already running")
+        if not self.drop_dir.is_dir():
+            raise FileNotFoundError(f"drop_dir is not an existing directory: {self.drop_dir}")
+        self._root = os.path.realpath(self.drop_dir)
+        self._stopping.clear()
+        worker = threading.Thread(target=self._run, name="DropWatcher-worker", daemon=True)
+        try:
+            with self._observer_lock:
+                self._observer = self._start_observer()
+            worker.start()
+            self._worker = worker
+            n = self.scan()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("watching %s (%d file(s) already there)", self.drop_dir, n)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the observer and the worker and join them (idempotent).
+
+        Parameters
+        ----------
+        timeout : float, default 5.0
+            Seconds to wait for each thread. A thread still alive after that (a callback that
+            does not return) is logged; it is a daemon thread and cannot hold up exit.
+        """
+        self._stopping.set()
+        with self._observer_lock:
+            observer, self._observer = self._observer, None
+        worker, self._worker = self._worker, None
+        try:
+            if observer is not None:
+                observer.stop()
+        finally:
+            if worker is not None:
+                self._queue.put(None)  # wake the worker
+                # From a callback stop() runs on the worker itself, which ends once it returns.
+                if worker is not threading.current_thread():
+                    worker.join(timeout)
+                    if worker.is_alive():
+                        log.error("watcher worker did not stop within %.1f s", timeout)
+            if observer is not None:
+                observer.join(timeout)
+                if observer.is_alive():
+                    log.error("watchdog observer did not stop within %.1f s", timeout)
+
+    def _start_observer(self):
+        observer = PollingObserver(timeout=self.poll_s) if self.use_polling else Observer()
+        observer.schedule(_EnqueueHandler(self._queue), os.fspath(self.drop_dir), recursive=True)
+        observer.start()
+        return observer
+
+    def _check_observer(self) -> None:
+        """Restart the observer if a watchdog thread has died (worker thread)."""
+        with self._observer_lock:
+            observer = self._observer
+            if self._stopping.is_set() or observer is None:
+                return
+            if observer.is_alive() and all(e.is_alive() for e in observer.emitters):
+                return
+            log.error("a watchdog thread died: restarting the observer and rescanning")
+            observer.stop()
+            observer.join(5.0)
+            self._observer = self._start_observer()
+
+    def __enter__(self) -> DropWatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive."""
+        return self._worker is not None and self._worker.is_alive()
+
+    def scan(self) -> int:
+        """Enqueue every file under the drop directory whose name the watcher would consider.
+
+        Returns
+        -------
+        int
+            The number of paths enqueued (the worker still checks each one).
+        """
+        return self._scan_dir(os.fspath(self.drop_dir))
+
+    def _scan_dir(self, top: str) -> int:
+        n = 0
+        for dirpath, dirnames, filenames in os.walk(top, onerror=self._walk_error):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if self._wanted(path):
+                    self._queue.put(path)
+                    n += 1
+        return n
+
+    @staticmethod
+    def _walk_error(exc: OSError) -> None:
+        log.error("cannot list %s: %s", exc.filename, exc)
+
+    # ------------------------------------------------------------------------------- worker
+    def _wanted(self, path: str) -> bool:
+        """Whether a name deserves a look: matching, not hidden, not temporary."""
+        name = os.path.basename(path)
+        try:
+            parts = Path(os.path.relpath(path, self.drop_dir)).parts
+        except ValueError:
+            parts = (name,)
+        if any(part.startswith(".") and part not in (".", "..") for part in parts):
+            return False
+        if any(fnmatch.fnmatchcase(name, p) for p in TEMPORARY_PATTERNS):
+            return False
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def _run(self) -> None:
+        log.debug("watcher worker started")
+        next_poll = time.monotonic()
+        next_rescan = next_poll + (self.rescan_s or 0.0)
+        while not self._stopping.is_set():
+            try:
+                path = self._queue.get(timeout=max(next_poll - time.monotonic(), 0.0))
+            except queue.Empty:
+                path = ""
+            try:
+                if path:
+                    self._take(path)
+                if time.monotonic() >= next_poll:
+                    self._poll()
+                    next_poll = time.monotonic() + self.poll_s
+                if self.rescan_s is not None and time.monotonic() >= next_rescan:
+                    next_rescan = time.monotonic() + self.rescan_s
+                    self._check_observer()
+                    self.scan()  # the safety net for events lost (queue overflow, races)
+            except Exception:  # a bug here must not stop the watching: log and go on
+                log.exception("watcher worker error")
+                next_poll = time.monotonic() + self.poll_s
+        log.debug("watcher worker stopped")
+
+    def _take(self, path: str) -> None:
+        """A path from the queue: start watching it (or scan it, if a directory came in)."""
+        if path in self._candidates:
+            return
+        if os.path.isdir(path) and not os.path.islink(path):
+            if self._wanted_dir(path):
+                self._scan_dir(path)
+            return
+        if self._wanted(path):
+            now = time.monotonic()
+            self._candidates[path] = _Candidate(first_seen=now, stable_since=now)
+
+    def _wanted_dir(self, path: str) -> bool:
+        try:
+            parts = Path(os.path.relpath(path, self.drop_dir)).parts
+        except ValueError:
+            return False
+        return not any(part.startswith(".") and part not in (".", "..") for part in parts)
+
+    def _poll(self) -> None:
+        for path, cand in list(self._candidates.items()):
+            if self._stopping.is_set():
+                return
+            if time.monotonic() >= cand.not_before:
+                self._check(path)
+
+    def _inside(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == self._root or os.path.commonpath([real, self._root]) == self._root
+
+    def _check(self, path: str) -> None:
+        """One look at a candidate: drop it, keep waiting, or report it."""
+        cand = self._candidates[path]
+        now = time.monotonic()
+        if not self._inside(path):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self._forget(path)
+                return
+            except OSError:
+                st = None
+            identity = (st.st_size, st.st_mtime_ns) if st is not None else (0, 0)
+            if self._reported.get(path) == identity:
+                del self._candidates[path]
+                return
+            real = os.path.realpath(path)
+            self._reject(
+                path, identity, "outside_drop", f"{path} resolves to {real}, outside {self._root}"
+            )
+            return
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._forget(path)  # deleted or moved away (a move-to event brings the new name)
+            return
+        except OSError as exc:
+            if self._reported.get(path) == (0, 0):
+                del self._candidates[path]  # rejected already, and still cannot be stat-ed
+            else:
+                self._reject(path, (0, 0), "unreadable", f"{path}: cannot stat: {exc}")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            del self._candidates[path]
+            return
+        identity = (st.st_size, st.st_mtime_ns)
+        if self._reported.get(path) == identity:
+            del self._candidates[path]  # an event for a file already reported as it is
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self._reject(path, identity, "unreadable", f"{path}: not a regular file")
+            return
+        if identity != cand.identity:
+            cand.identity = identity
+            cand.stable_since = now
+        timed_out = now - cand.first_seen >= self.incomplete_timeout_s
+        if now - cand.stable_since < self.settle_s:
+            if timed_out:
+                self._reject(
+                    path,
+                    identity,
+                    "truncated",
+                    f"{path}: still being written {now - cand.first_seen:.0f} s after it appeared",
+                )
+            return
+        if cand.incomplete is None or cand.incomplete[0] != identity:
+            # A new identity since the last walk (an unchanged one gives the same verdict).
+            try:
+                check_integrity(path)
+            except IncompleteFileError as exc:
+                cand.incomplete = (identity, exc)
+            except (CorruptFileError, ExposureError) as exc:
+                self._reject(path, identity, exc.reason, str(exc))
+                return
+            except FileNotFoundError:
+                self._forget(path)
+                return
+            except OSError as exc:
+                self._reject(path, identity, "unreadable", f"{path}: {exc}")
+                return
+            else:
+                cand.incomplete = None
+        if cand.incomplete is not None:
+            if timed_out:
+                waited = now - cand.first_seen
+                message = (
+                    f"{cand.incomplete[1]} (still incomplete {waited:.0f} s after it appeared)"
+                )
+                self._reject(path, identity, "truncated", message)
+            return
+        try:
+            after = os.stat(path)
+        except OSError:
+            return  # gone or unreadable since: the next look decides
+        if (after.st_size, after.st_mtime_ns) != identity:
+            return  # changed during the walk: not settled after all
+        self._report(path, identity)
+
+    def _forget(self, path: str) -> None:
+        self._candidates.pop(path, None)
+        self._reported.pop(path, None)
+
+    def _report(self, path: str, identity: Identity) -> None:
+        cand = self._candidates.pop(path)
+        self._reported[path] = identity
+        log.info("ready: %s (%d bytes)", path, identity[0])
+        try:
+            self.on_ready(Path(path))
+        except Exception:
+            self._retry_later(path, cand, f"on_ready({path}) failed")
+
+    def _reject(self, path: str, identity: Identity, reason: str, message: str) -> None:
+        cand = self._candidates.pop(path)
+        self._reported[path] = identity
+        log.warning("rejected %s: %s: %s", path, reason, message)
+        try:
+            self.on_reject(Path(path), reason, message)
+        except Exception:
+            self._retry_later(path, cand, f"on_reject({path}, {reason!r}) failed")
+
+    def _retry_later(self, path: str, cand: _Candidate, what: str) -> None:
+        """A callback raised: the file must not vanish, so look at it again a little later."""
+        delay = max(self.settle_s, self.poll_s, _MIN_RETRY_S)
+        log.exception("%s; offering it again in %.1f s", what, delay)
+        self._reported.pop(path, None)
+        cand.not_before = time.monotonic() + delay
+        self._candidates[path] = cand

@@ -1,0 +1,457 @@
+"""Tests of the drop-directory watcher: real files, real threads, bounded in time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import streamer.watcher as watcher_mod
+import transforms.exposure as exposure_mod
+from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from streamer.watcher import DropWatcher
+from transforms.exposure import check_integrity
+
+pytestmark = [
+    pytest.mark.usefixtures("no_thread_leak"),
+    # watchdog warns (from its inotify thread) when a `mkdir -p` races its recursive watches;
+    # with filterwarnings=error the warning would kill that thread. Harmless: ignore it.
+    pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning"),
+]
+
+SETTLE_S = 0.2
+POLL_S = 0.05
+#: How long to keep watching after the expected reports, to catch duplicates.
+QUIET_S = 0.6
+NIGHT = "2026-11-24"
+
+
+@cache
+def exposure(seed: int = 0) -> bytes:
+    """The bytes of one tiny, valid MegaCam exposure (95 kB)."""
+    plan = plan_night(NIGHT, 1, seed=seed, class_mix={"GOOD": 1.0})[0]
+    return exposure_bytes(plan, Geometry(2, 128, 160))
+
+
+class Recorder:
+    """Callbacks that record what the watcher reports, and let a test wait for it."""
+
+    def __init__(self, check_ready=None):
+        self._cond = threading.Condition()
+        self._check_ready = check_ready
+        self.ready: list[tuple[Path, float]] = []
+        self.rejected: list[tuple[Path, str, str]] = []
+        self.failures: list[BaseException] = []
+
+    def on_ready(self, path: Path) -> None:
+        try:
+            if self._check_ready is not None:
+                self._check_ready(path)
+        except BaseException as exc:  # surfaced by the test, not lost in the worker's log
+            self.failures.append(exc)
+        with self._cond:
+            self.ready.append((path, time.monotonic()))
+            self._cond.notify_all()
+
+    def on_reject(self, path: Path, reason: str, message: str) -> None:
+        with self._cond:
+            self.rejected.append((path, reason, message))
+            self._cond.notify_all()
+
+    @property
+    def ready_paths(self) -> list[Path]:
+        with self._cond:
+            return [p for p, _ in self.ready]
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        with self._cond:
+            return {p.name: reason for p, reason, _ in self.rejected}
+
+    def wait(self, predicate, timeout: float = 5.0) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: predicate(self), timeout)
+        assert ok, f"timed out: ready={self.ready_paths}, rejected={self.rejected}"
+        assert not self.failures, self.failures
+
+    def wait_ready(self, n: int, timeout: float = 5.0) -> None:
+        self.wait(lambda r: len(r.ready) >= n, timeout)
+
+
+@pytest.fixture
+def drop(tmp_path):
+    path = tmp_path / "drop"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start_watcher(drop):
+    """Start a DropWatcher on ``drop`` with short timings; every one is stopped at teardown."""
+    started = []
+
+    def start(recorder: Recorder, **kwargs) -> DropWatcher:
+        options = {"settle_s": SETTLE_S, "poll_s": POLL_S, "incomplete_timeout_s": 5.0}
+        watcher = DropWatcher(drop, recorder.on_ready, recorder.on_reject, **options | kwargs)
+        watcher.start()
+        started.append(watcher)
+        return watcher
+
+    yield start
+    for watcher in started:
+        watcher.stop()
+
+
+def _complete(path: Path) -> None:
+    layout = check_integrity(path)
+    assert layout.size == len(exposure())
+
+
+# ---------------------------------------------------------------------------------- arrivals
+@pytest.mark.parametrize("use_polling", [False, True], ids=["inotify", "polling"])
+def test_progressive_write_reported_once_after_completion(drop, start_watcher, use_polling):
+    rec = Recorder(check_ready=_complete)
+    start_watcher(rec, use_polling=use_polling)
+    path = drop / "2817001o.fits"
+    chunks = []
+    write_progressively(
+        exposure(), path, chunks=5, duration_s=1.0, on_chunk=lambda i, n: chunks.append(i)
+    )
+    written_at = time.monotonic()
+    assert chunks == [1, 2, 3, 4, 5]
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    assert rec.ready_paths == [path]
+    assert rec.ready[0][1] >= written_at
+    assert rec.rejected == []
+
+
+def test_burst_of_files_each_reported_once(drop, start_watcher):
+    rec = Recorder(check_ready=_complete)
+    start_watcher(rec)
+    paths = [drop / f"{2817100 + i}o.fits" for i in range(30)]
+    for path in paths:
+        path.write_bytes(exposure())
+    rec.wait_ready(30)
+    time.sleep(QUIET_S)
+    assert sorted(rec.ready_paths) == sorted(paths)
+    assert rec.rejected == []
+
+
+def test_files_in_night_subfolders(drop, start_watcher):
+    rec = Recorder(check_ready=_complete)
+    (drop / "2026-11-23").mkdir()
+    start_watcher(rec)
+    old = drop / "2026-11-23" / "2817001o.fits"
+    old.write_bytes(exposure())
+    night = drop / "2026-11-24" / "deeper"  # created while watching
+    night.mkdir(parents=True)
+    new = night / "2817002o.fits.fz"
+    new.write_bytes(exposure())
+    rec.wait_ready(2)
+    time.sleep(QUIET_S)
+    assert sorted(rec.ready_paths) == sorted([old, new])
+
+
+def test_folder_moved_in_whole_is_scanned(drop, start_watcher, tmp_path):
+    rec = Recorder(check_ready=_complete)
+    start_watcher(rec)
+    outside = tmp_path / "staging" / NIGHT
+    outside.mkdir(parents=True)
+    for i in range(3):
+        (outside / f"28171{i}o.fits").write_bytes(exposure())
+    os.rename(outside, drop / NIGHT)
+    rec.wait_ready(3)
+    time.sleep(QUIET_S)
+    assert sorted(p.name for p in rec.ready_paths) == [f"28171{i}o.fits" for i in range(3)]
+
+
+def test_existing_files_found_by_startup_scan(drop, start_watcher):
+    rec = Recorder(check_ready=_complete)
+    paths = [drop / "2817001o.fits", drop / NIGHT / "2817002o.fits"]
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(exposure())
+    (drop / "notes.txt").write_text("not an exposure")
+    watcher = start_watcher(rec)
+    rec.wait_ready(2)
+    assert sorted(rec.ready_paths) == sorted(paths)
+    # A second scan re-offers them; nothing is reported twice for an unchanged identity.
+    assert watcher.scan() == 2
+    time.sleep(QUIET_S)
+    assert len(rec.ready) == 2
+
+
+def test_rewritten_file_is_reported_again(drop, start_watcher):
+    rec = Recorder()
+    start_watcher(rec)
+    path = drop / "2817001o.fits"
+    path.write_bytes(exposure(0))
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    write_progressively(exposure(1), path, chunks=3, duration_s=0.4)
+    rec.wait_ready(2)
+    time.sleep(QUIET_S)
+    assert rec.ready_paths == [path, path]
+    assert path.read_bytes() == exposure(1)
+
+
+def test_temporary_name_renamed_into_place(drop, start_watcher):
+    rec = Recorder(check_ready=_complete)
+    start_watcher(rec)
+    part = drop / "2817001o.fits.part"
+    write_progressively(exposure(), part, chunks=3, duration_s=0.3)
+    time.sleep(SETTLE_S + 0.2)
+    assert rec.ready == []
+    final = drop / "2817001o.fits"
+    os.rename(part, final)
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    assert rec.ready_paths == [final]
+
+
+def test_hidden_temporary_and_foreign_names_are_ignored(drop, start_watcher):
+    rec = Recorder()
+    watcher = start_watcher(rec)
+    ignored = [
+        ".2817001o.fits",
+        "2817001o.fits.tmp",
+        "2817001o.fits.part",
+        "2817001o.fits~",
+        ".2817001o.fits.swp",
+        "2817001o.fits.swp",
+        ".staging/2817001o.fits",
+        "notes.txt",
+        "2817001o.FITS.gz",
+    ]
+    for name in ignored:
+        (drop / name).parent.mkdir(exist_ok=True)
+        (drop / name).write_bytes(b"garbage, would be rejected if looked at")
+    (drop / "folder.fits").mkdir()  # a directory with a matching name
+    sentinel = drop / "2817009o.fits"
+    sentinel.write_bytes(exposure())
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    assert rec.ready_paths == [sentinel]
+    assert rec.rejected == []
+    assert watcher.scan() == 1  # only the sentinel is worth a look
+
+
+# ------------------------------------------------------------------------------ rejections
+def test_truncated_forever_is_rejected_after_timeout(drop, start_watcher):
+    rec = Recorder()
+    start_watcher(rec, incomplete_timeout_s=0.8)
+    path = drop / "2817001o.fits"
+    started = time.monotonic()
+    path.write_bytes(exposure()[: len(exposure()) // 2])
+    rec.wait(lambda r: r.rejected)
+    waited = time.monotonic() - started
+    time.sleep(QUIET_S)
+    assert [(p, reason) for p, reason, _ in rec.rejected] == [(path, "truncated")]
+    assert "still incomplete" in rec.rejected[0][2]
+    assert 0.8 <= waited < 3.0
+    assert rec.ready == []
+
+
+def test_truncated_file_completed_after_rejection_is_reported(drop, start_watcher):
+    rec = Recorder()
+    start_watcher(rec, incomplete_timeout_s=0.5)
+    path = drop / "2817001o.fits"
+    half = len(exposure()) // 2
+    path.write_bytes(exposure()[:half])
+    rec.wait(lambda r: r.rejected)
+    with path.open("ab") as fh:
+        fh.write(exposure()[half:])
+    rec.wait_ready(1)
+    assert rec.ready_paths == [path]
+
+
+def test_not_fits_rejected_at_once(drop, start_watcher):
+    rec = Recorder()
+    start_watcher(rec)
+    path = drop / "2817001o.fits"
+    path.write_bytes(b"this is not a FITS file\n" * 200)
+    rec.wait(lambda r: r.rejected, timeout=2.0)
+    time.sleep(QUIET_S)
+    assert [(p, reason) for p, reason, _ in rec.rejected] == [(path, "not_fits")]
+    assert rec.ready == []
+
+
+def test_corrupt_file_rejected_with_its_reason(drop, start_watcher):
+    rec = Recorder()
+    start_watcher(rec)
+    path = drop / "2817001o.fits"
+    path.write_bytes(exposure() + b"\0" * 2880)  # a block after the last HDU
+    rec.wait(lambda r: r.rejected, timeout=2.0)
+    assert rec.reasons == {"2817001o.fits": "trailing_data"}
+
+
+def test_symlink_outside_drop_refused_without_opening(drop, start_watcher, tmp_path, monkeypatch):
+    opened = []
+    real_check = watcher_mod.check_integrity
+
+    def spy(path):
+        opened.append(os.fspath(path))
+        return real_check(path)
+
+    monkeypatch.setattr(watcher_mod, "check_integrity", spy)
+    outside = tmp_path / "secret" / "2817001o.fits"
+    outside.parent.mkdir()
+    outside.write_bytes(exposure())
+    rec = Recorder()
+    start_watcher(rec)
+    (drop / "2817001o.fits").symlink_to(outside)
+    (drop / "store").mkdir()
+    inside = drop / "store" / "2817002o.fits"
+    inside.write_bytes(exposure())
+    (drop / "2817002o.fits").symlink_to(inside)  # a link that stays inside is fine
+    rec.wait(lambda r: r.rejected and len(r.ready) >= 2)
+    time.sleep(QUIET_S)
+    assert rec.reasons == {"2817001o.fits": "outside_drop"}
+    assert "outside" in rec.rejected[0][2]
+    assert sorted(rec.ready_paths) == sorted([drop / "2817002o.fits", inside])
+    assert not any(p.endswith("/drop/2817001o.fits") for p in opened)
+
+
+def test_unreadable_file_rejected(drop, start_watcher, monkeypatch):
+    real_open = open
+
+    def guarded_open(file, *args, **kwargs):
+        if os.fspath(file).endswith("locked.fits"):
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    # Tests run as root, so chmod 000 would not stop a read: refuse the open instead.
+    monkeypatch.setattr(exposure_mod, "open", guarded_open, raising=False)
+    real_check = watcher_mod.check_integrity
+
+    def flaky_disk(path):
+        if os.fspath(path).endswith("eio.fits"):
+            raise OSError(5, "Input/output error", os.fspath(path))
+        return real_check(path)
+
+    monkeypatch.setattr(watcher_mod, "check_integrity", flaky_disk)
+    rec = Recorder()
+    start_watcher(rec)
+    (drop / "locked.fits").write_bytes(exposure())
+    (drop / "eio.fits").write_bytes(exposure())
+    os.mkfifo(drop / "pipe.fits")  # would block a reader forever
+    rec.wait(lambda r: len(r.rejected) >= 3)
+    time.sleep(QUIET_S)
+    assert rec.reasons == {
+        "locked.fits": "unreadable",
+        "eio.fits": "unreadable",
+        "pipe.fits": "unreadable",
+    }
+    assert "Permission denied" in dict((p.name, m) for p, _, m in rec.rejected)["locked.fits"]
+    assert rec.ready == []
+
+
+def test_deleted_while_waiting_is_forgotten(drop, start_watcher):
+    rec = Recorder()
+    start_watcher(rec, incomplete_timeout_s=0.5)
+    path = drop / "2817001o.fits"
+    path.write_bytes(exposure()[:5760])
+    time.sleep(SETTLE_S)
+    path.unlink()
+    time.sleep(1.0)
+    assert rec.ready == [] and rec.rejected == []
+
+
+# -------------------------------------------------------------------------- robustness
+def test_callback_exception_does_not_kill_the_worker(drop, start_watcher, caplog):
+    calls = []
+
+    class Flaky(Recorder):
+        def on_ready(self, path):
+            calls.append(path)
+            if len(calls) == 1:
+                raise RuntimeError("ledger disk full")
+            super().on_ready(path)
+
+    rec = Flaky()
+    watcher = start_watcher(rec)
+    first = drop / "2817001o.fits"
+    first.write_bytes(exposure())
+    second = drop / "2817002o.fits"
+    time.sleep(SETTLE_S + 0.2)
+    second.write_bytes(exposure())
+    # The failed report is offered again (after ~1 s), and the worker goes on with the rest.
+    rec.wait_ready(2, timeout=5.0)
+    assert watcher.running
+    assert sorted(rec.ready_paths) == sorted([first, second])
+    assert calls.count(first) == 2
+    assert "ledger disk full" in caplog.text
+
+
+def test_stop_joins_every_thread(drop):
+    before = set(threading.enumerate())
+    rec = Recorder()
+    watcher = DropWatcher(drop, rec.on_ready, rec.on_reject, settle_s=SETTLE_S, poll_s=POLL_S)
+    with watcher:
+        assert watcher.running
+        assert len(set(threading.enumerate()) - before) >= 2  # observer (+ emitter) and worker
+        with pytest.raises(RuntimeError, match="already running"):
+            watcher.start()
+    assert not watcher.running
+    assert set(threading.enumerate()) - before == set()
+    watcher.stop()  # idempotent
+    # It can start again, and finds the file written while it was down.
+    (drop / "2817001o.fits").write_bytes(exposure())
+    with watcher:
+        rec.wait_ready(1)
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_lost_events_are_caught_by_the_periodic_rescan(drop, start_watcher, monkeypatch):
+    monkeypatch.setattr(watcher_mod._EnqueueHandler, "on_any_event", lambda self, event: None)
+    rec = Recorder(check_ready=_complete)
+    start_watcher(rec, rescan_s=0.3)
+    path = drop / "2817001o.fits"
+    path.write_bytes(exposure())
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    assert rec.ready_paths == [path]
+
+
+def test_dead_watchdog_thread_is_restarted(drop, start_watcher):
+    rec = Recorder()
+    watcher = start_watcher(rec, rescan_s=0.3)
+    old = watcher._observer
+    for emitter in list(old.emitters):
+        emitter.stop()
+        emitter.join(2.0)
+    time.sleep(0.6)
+    new = watcher._observer
+    assert new is not old and new.is_alive()
+    assert all(e.is_alive() for e in new.emitters)
+    path = drop / "2817001o.fits"
+    path.write_bytes(exposure())
+    rec.wait_ready(1)
+    assert rec.ready_paths == [path]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"settle_s": -1}, "settle_s"),
+        ({"poll_s": 0}, "poll_s"),
+        ({"incomplete_timeout_s": 0}, "incomplete_timeout_s"),
+        ({"patterns": ()}, "patterns"),
+        ({"rescan_s": 0}, "rescan_s"),
+    ],
+)
+def test_invalid_settings(drop, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DropWatcher(drop, print, print, **kwargs)
+
+
+def test_missing_drop_dir(tmp_path):
+    watcher = DropWatcher(tmp_path / "nope", print, print)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        watcher.start()
+    assert not watcher.running
