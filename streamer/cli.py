@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models.bundle import BundleError
 from ops.config import Config, ConfigError, load_config
+from streamer import evaluate as evaluation
 
 log = logging.getLogger("skygrade")
 
@@ -432,6 +433,13 @@ COMMANDS: list[Command] = [
         _add_train,
         _cmd_train,
     ),
+    (
+        "evaluate",
+        "score a model bundle on a labelled archive (held-out split or independent archive) "
+        "beside a threshold baseline; writes a markdown + JSON + PNG report",
+        evaluation.add_arguments,
+        evaluation.command,
+    ),
     ("config", "show or check the configuration", _add_config, _cmd_config),
 ]
 
@@ -457,6 +465,11 @@ EXAMPLES = {
         "examples:\n"
         "  skygrade simulate --out archive --nights 2026-10-01..2026-10-08 --exposures 30\n"
         "  skygrade train archive --out bundles/2026-11 --workers 2"
+    ),
+    "evaluate": (
+        "examples:\n"
+        "  skygrade evaluate build/model-archive --out report          # the shipped bundle\n"
+        "  skygrade evaluate other-nights/ --bundle bundles/mine --out report"
     ),
     "config": (
         "examples:\n  skygrade config show > skygrade.yaml\n  skygrade config check skygrade.yaml"

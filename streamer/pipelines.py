@@ -12,9 +12,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+
+if TYPE_CHECKING:
+    from models.train import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +205,76 @@ def training_digest(features_dir: Path, items) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say=None) -> list:
+    """Extract the features of the :class:`~transforms.dataset.ArchiveItem` s not yet cached
+    under ``features_dir`` (one parquet file per exposure; quarantined ones are not retried).
+
+    ``say`` gets one line ("N cached, extracting M") before the Beam job runs. Returns the
+    paths that were extracted.
+    """
+    features_dir = Path(features_dir)
+    quarantined = {p.stem for p in (features_dir / "_quarantine").glob("*.json")}
+    todo = [
+        i.path
+        for i in items
+        if not (features_dir / f"{i.exposure_id}.parquet").exists()
+        and i.exposure_id not in quarantined
+    ]
+    if say is not None:
+        say(f"features: {len(items) - len(todo)} cached, extracting {len(todo)}")
+    if todo:
+        run_extract(todo, features_dir, cfg.extract.backend, cfg.extract, options)
+    return todo
+
+
+def build_dataset(
+    items, features_dir: Path, shard_dir: Path, som_path, tile: int, options: PipelineOptions
+) -> Dataset | None:
+    """CNN inputs of every usable CCD of ``items``, built with the SOM at ``som_path``.
+
+    Runs :class:`~transforms.dataset.BuildShards` as a Beam job into ``shard_dir`` (emptied
+    first: shards depend on the SOM) and reads the shards back in ``items`` order.
+
+    Returns
+    -------
+    models.train.Dataset or None
+        Image flags all 1; None when no exposure yielded a usable CCD.
+    """
+    import shutil
+
+    import numpy as np
+
+    from models.train import Dataset
+    from transforms.dataset import BuildShards, read_shard
+
+    shard_dir = Path(shard_dir)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    with make_pipeline(options) as p:
+        _ = (
+            p
+            | "ArchiveItems" >> beam.Create(list(items))
+            | "BuildShards" >> BuildShards(features_dir, shard_dir, som_path, tile)
+        )
+    parts = []
+    for item in items:
+        path = shard_dir / f"{item.exposure_id}.npz"
+        if not path.exists():
+            continue
+        s = read_shard(path)
+        n = len(s["label"])
+        if n:
+            parts.append(
+                Dataset(
+                    s["image"].astype(np.float32),
+                    s["vector"],
+                    np.ones(n, np.float32),
+                    s["label"],
+                    np.full(n, item.exposure_id, dtype=object),
+                )
+            )
+    return Dataset.concat(parts) if parts else None
+
+
 def run_train(
     archive: str | os.PathLike,
     bundle_out: str | os.PathLike,
@@ -221,25 +295,17 @@ def run_train(
     """
     import dataclasses
     import datetime as dt
-    import shutil
 
     import numpy as np
 
     from models.bundle import ModelBundle
     from models.classes import CLASSES
     from models.cnn import CnnShape
+    from models.evaluate import mode_metrics
     from models.som import train_som
-    from models.train import (
-        Dataset,
-        TrainSettings,
-        classification_metrics,
-        exposure_probabilities,
-        predict,
-        split_exposures,
-        train_cnn,
-    )
+    from models.train import TrainSettings, predict, split_exposures, train_cnn
     from ops.config import config_digest
-    from transforms.dataset import BuildShards, find_archive, read_shard
+    from transforms.dataset import find_archive
 
     say = progress or (lambda text: log.info("%s", text))
     bundle_out = Path(bundle_out)
@@ -254,16 +320,7 @@ def run_train(
     say(f"archive: {len(items)} labelled exposures {counts}")
 
     # 1. features (cached)
-    quarantined = {p.stem for p in (features_dir / "_quarantine").glob("*.json")}
-    todo = [
-        i.path
-        for i in items
-        if not (features_dir / f"{i.exposure_id}.parquet").exists()
-        and i.exposure_id not in quarantined
-    ]
-    say(f"stage 1/4 features: {len(items) - len(todo)} cached, extracting {len(todo)}")
-    if todo:
-        run_extract(todo, features_dir, cfg.extract.backend, cfg.extract, options)
+    cache_features(items, features_dir, cfg, options, lambda text: say(f"stage 1/4 {text}"))
 
     # 2. split + SOM
     tc = cfg.train
@@ -296,35 +353,11 @@ def run_train(
     )
 
     # 3. shards (rebuilt: they depend on the SOM)
-    shutil.rmtree(shard_dir, ignore_errors=True)
     say("stage 3/4 hits and representative images of every CCD")
-    with make_pipeline(options) as p:
-        _ = (
-            p
-            | "ArchiveItems" >> beam.Create(items)
-            | "BuildShards" >> BuildShards(features_dir, shard_dir, som_path, tc.tile)
-        )
-    parts = []
-    for item in items:
-        path = shard_dir / f"{item.exposure_id}.npz"
-        if not path.exists():
-            continue
-        s = read_shard(path)
-        n = len(s["label"])
-        if n:
-            parts.append(
-                Dataset(
-                    s["image"].astype(np.float32),
-                    s["vector"],
-                    np.ones(n, np.float32),
-                    s["label"],
-                    np.full(n, item.exposure_id, dtype=object),
-                )
-            )
-    if not parts:
+    data = build_dataset(items, features_dir, shard_dir, som_path, tc.tile, options)
+    if data is None:
         raise ValueError(f"{archive}: no exposure yielded a usable CCD: nothing to train on")
-    data = Dataset.concat(parts)
-    say(f"  {len(data)} CCD samples from {len(parts)} exposures")
+    say(f"  {len(data)} CCD samples from {len(set(data.exposure.tolist()))} exposures")
 
     # 4. CNN
     shape = CnnShape(n_clusters=som.n_clusters, tile=tc.tile)
@@ -354,12 +387,7 @@ def run_train(
     metrics = {"history": history}
     held_out = data.subset(split.test) if split.test else data.subset(split.val)
     for mode, flags in (("full", None), ("catalog", np.zeros(len(held_out), np.float32))):
-        probs = predict(model, held_out, flags)
-        _, truth, exp_probs = exposure_probabilities(held_out, probs)
-        metrics[mode] = {
-            "ccd": classification_metrics(held_out.label, probs),
-            "exposure": classification_metrics(truth, exp_probs),
-        }
+        metrics[mode] = mode_metrics(held_out, predict(model, held_out, flags))
     full = metrics["full"]["exposure"]
     say(
         f"held-out ({'test' if split.test else 'val'}) exposures: accuracy "

@@ -1,0 +1,147 @@
+"""`skygrade evaluate` end to end on tiny archives: a bundle trained on one, scored on it (test
+exposures only) and on an independent archive (all exposures)."""
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from models.bundle import load_bundle
+from ops.config import Config, SomConfig, TrainConfig
+from streamer.evaluate import add_arguments, command, mean_hits_vector, run_evaluate
+from streamer.pipelines import run_train
+from streamer.telescope import Geometry, simulate_archive
+from transforms.dataset import find_archive, read_shard
+from transforms.extract import features_from_arrow
+
+MIX = {"GOOD": 1.0, "B_SEEING": 1.0, "RBT": 1.0}
+GEOMETRY = Geometry(2, 512, 1152)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return dataclasses.replace(
+        Config(),
+        som=SomConfig(grid=(4, 4), iterations=500, n_clusters=6),
+        train=TrainConfig(
+            tile=8, epochs=2, patience=2, batch_size=8, val_fraction=0.2, test_fraction=0.3
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cfg):
+    root = tmp_path_factory.mktemp("evaluate")
+    simulate_archive(root / "train", ["2026-10-01", "2026-10-02"], 6, GEOMETRY, 4, MIX)
+    summary = run_train(root / "train", root / "bundle", cfg, work_dir=root / "work")
+    return root, summary
+
+
+@pytest.fixture(scope="module")
+def independent(trained, cfg):
+    """An archive of other nights and another seed, evaluated through the command line with
+    the training's work directory (so the baseline finds the training exposures' features)."""
+    root, _ = trained
+    simulate_archive(root / "other", ["2026-12-01"], 6, GEOMETRY, 9, MIX)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [str(root / "other"), "--out", str(root / "report2"), "--bundle", str(root / "bundle")]
+        + ["--work", str(root / "work")]
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = command(args, cfg)
+    return root, code, printed.getvalue()
+
+
+def test_training_archive_is_evaluated_on_held_out_test_exposures_only(trained, cfg):
+    root, summary = trained
+    split = summary["split"]
+    lines = []
+    out = run_evaluate(
+        root / "bundle",
+        root / "train",
+        root / "report",
+        cfg,
+        work_dir=root / "work",
+        progress=lines.append,
+    )
+    assert out["evaluated"] == sorted(split.test)
+    assert not set(out["evaluated"]) & (set(split.train) | set(split.val))
+    assert "stage 1/5 features: " in lines[1] and "extracting 0" in lines[1]  # cache reused
+    assert [line[:9] for line in lines if line.startswith("stage")] == [
+        f"stage {i}/5" for i in range(1, 6)
+    ]
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert report["scope"]["kind"] == "held_out_test"
+    assert report["scope"]["n_excluded_train"] == len(split.train)
+    # the same test exposures, SOM and network as at training time: the same numbers
+    recorded = summary["metrics"]["full"]["exposure"]
+    assert report["cnn"]["full"]["exposure"]["accuracy"] == pytest.approx(recorded["accuracy"])
+    assert report["cnn"]["full"]["exposure"]["n"] == len(split.test)
+    assert report["baseline"]["fit_ids"] == sorted(split.train)
+    for mode in ("full", "catalog", "image_only", "hits_only"):
+        for level in ("ccd", "exposure"):
+            m = report["cnn"][mode][level]
+            assert {"accuracy", "macro_f1", "recall", "precision", "ece", "confusion", "n"} <= set(
+                m
+            )
+    assert {"accuracy", "macro_f1", "ece"} <= set(report["baseline"]["metrics"])
+    text = (root / "report" / "report.md").read_text()
+    assert "only its" in text and "never reported on" in text
+    assert "| threshold tree on catalog statistics |" in text
+    assert "| CNN catalog mode (image flag 0: hits only) |" in text
+    assert "not retrained models" in text
+    assert all(f"`{rule}`" in text for rule in report["baseline"]["rules"])
+    assert (root / "report" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # the features-only hits vectors (image-only ablation) are the shards' vectors
+    som = load_bundle(root / "bundle").som
+    ccds = [
+        c
+        for e in split.test
+        for c in features_from_arrow(pq.read_table(root / "work" / "features" / f"{e}.parquet"))
+    ]
+    shards = np.concatenate(
+        [read_shard(root / "work" / "shards" / f"{e}.npz")["vector"] for e in split.test]
+    )
+    np.testing.assert_allclose(mean_hits_vector(ccds, som), shards.mean(0), rtol=1e-5)
+
+
+def test_independent_archive_is_evaluated_entirely(independent):
+    root, code, printed = independent
+    assert code == 0
+    report = json.loads((root / "report2" / "report.json").read_text())
+    ids = sorted(i.exposure_id for i in find_archive(root / "other"))
+    assert report["scope"]["kind"] == "independent"
+    assert report["scope"]["exposure_ids"] == ids
+    assert report["comparison"]["exposure_ids"] == ids
+    assert "training exposures" in report["baseline"]["fit_on"]
+    assert not set(report["baseline"]["fit_ids"]) & set(ids)
+    assert "threshold tree on catalog statistics" in printed and "report.md" in printed
+
+
+def test_independent_archive_without_training_features_fits_the_baseline_on_a_half(
+    independent, cfg
+):
+    root, _, _ = independent
+    ids = sorted(i.exposure_id for i in find_archive(root / "other"))
+    fresh = root / "fresh" / "features"
+    fresh.mkdir(parents=True)
+    for e in ids:  # this archive's features only: the bundle's training ones are not there
+        shutil.copy(root / "work" / "features" / f"{e}.parquet", fresh)
+    out = run_evaluate(
+        root / "bundle", root / "other", root / "report3", cfg, work_dir=root / "fresh"
+    )
+    report = out["report"]
+    assert out["evaluated"] == ids
+    assert "seeded half" in report["baseline"]["fit_on"]
+    fit, compared = set(report["baseline"]["fit_ids"]), set(report["comparison"]["exposure_ids"])
+    assert fit and compared and not fit & compared and fit | compared == set(ids)
+    assert all(r["n_exposures"] == len(compared) for r in report["comparison"]["rows"])
