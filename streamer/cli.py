@@ -19,6 +19,7 @@ from pathlib import Path
 from models.bundle import BundleError
 from ops.config import Config, ConfigError, load_config
 from streamer import evaluate as evaluation
+from streamer import inspect as inspection
 
 log = logging.getLogger("skygrade")
 
@@ -440,6 +441,7 @@ COMMANDS: list[Command] = [
         evaluation.add_arguments,
         evaluation.command,
     ),
+    ("inspect", inspection.HELP, inspection.add_arguments, inspection.command),
     ("config", "show or check the configuration", _add_config, _cmd_config),
 ]
 

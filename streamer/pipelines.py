@@ -427,8 +427,12 @@ def run_grade(
     cfg,
     options: PipelineOptions | None = None,
     arrivals=None,
+    ccd_workers: int = 0,
 ) -> list[dict]:
     """Grade ``paths`` with the model ``bundle`` into the parquet dataset at ``out_dir``.
+
+    ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives this
+    call (see :mod:`transforms.ccd_pool`); 0 lets the runner spread them.
 
     Returns the exposure rows written (graded and quarantined), sorted by exposure id.
     """
@@ -441,7 +445,10 @@ def run_grade(
         _ = (
             p
             | "ExposurePaths" >> beam.Create(paths)
-            | "GradeExposures" >> GradeExposures(bundle, cfg.extract, config_digest(cfg), arrivals)
+            | "GradeExposures"
+            >> GradeExposures(
+                bundle, cfg.extract, config_digest(cfg), arrivals, ccd_workers=ccd_workers
+            )
             | "Write" >> beam.Map(lambda item: write_grade_rows(out_dir, *item))
         )
     table = read_grades(out_dir).to_pylist()

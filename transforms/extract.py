@@ -194,6 +194,13 @@ def sep_features(
         # detected thousands of noise peaks).
         filter_type="conv",
     )
+    # On bright, structured skies sep can return objects with zero flux whose moments are NaN
+    # (seen on simulated BGP CCDs): they have no position, so they are not sources.
+    finite = np.isfinite(objects["x"]) & np.isfinite(objects["y"])
+    finite &= np.isfinite(objects["a"]) & np.isfinite(objects["b"])
+    if not finite.all():
+        log.debug("dropping %d detections with undefined moments", int((~finite).sum()))
+        objects = objects[finite]
     if len(objects) == 0:
         warnings.warn("sep found no source on this CCD", RuntimeWarning, stacklevel=2)
         return empty_sources()
@@ -492,6 +499,21 @@ class _ExtractCcd(beam.DoFn):
 def _quarantine(exposure_id, path, ccd, reason, detail) -> beam.pvalue.TaggedOutput:
     record = Quarantined(exposure_id, str(path), ccd, "extract", reason, detail)
     return beam.pvalue.TaggedOutput(QUARANTINE, record)
+
+
+class OpenExposures(beam.PTransform):
+    """Exposure paths -> ``{"exposures": ExposureMeta, "quarantine": Quarantined}``: the
+    integrity walk and metadata only (for callers that measure CCDs their own way)."""
+
+    def __init__(self, params: SepParams) -> None:
+        super().__init__()
+        self.params = params
+
+    def expand(self, paths):
+        opened = paths | "Open" >> beam.ParDo(
+            _OpenExposure(self.params.backend, self.params)
+        ).with_outputs(QUARANTINE, EXPOSURES, main="ccds")
+        return {EXPOSURES: opened[EXPOSURES], QUARANTINE: opened[QUARANTINE]}
 
 
 class ExtractSources(beam.PTransform):

@@ -24,8 +24,9 @@ import apache_beam as beam
 
 from models.bundle import read_manifest
 from models.classes import CLASSES
+from transforms.ccd_pool import PooledCcds
 from transforms.exposure import observing_night
-from transforms.extract import EXPOSURES, ExtractSources
+from transforms.extract import EXPOSURES, ExtractSources, OpenExposures
 from transforms.grade import CcdScore, grade_exposure
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.representative import BuildRepresentatives
@@ -202,6 +203,11 @@ class GradeExposures(beam.PTransform):
         When each file was complete at the drop (the daemon knows); gives ``latency_s``.
     torch_threads : int or None
         Torch threads per worker process.
+    ccd_workers : int
+        0 (default): CCDs are spread by Beam (a Reshuffle), which suits batch runs on any
+        runner. N > 0: each exposure's CCDs run in a pool of N processes that lives as long as
+        this process (:mod:`transforms.ccd_pool`), which suits the daemon's one-exposure
+        pipelines on the in-process runner.
     """
 
     def __init__(
@@ -211,8 +217,12 @@ class GradeExposures(beam.PTransform):
         config_digest: str = "",
         arrivals: Mapping[str, float] | None = None,
         torch_threads: int | None = 1,
+        ccd_workers: int = 0,
     ) -> None:
         super().__init__()
+        if ccd_workers < 0:
+            raise ValueError(f"ccd_workers must be >= 0, got {ccd_workers}")
+        self.ccd_workers = ccd_workers
         self.bundle_path = os.fspath(bundle_path)
         manifest = read_manifest(self.bundle_path)  # refuse a mismatched bundle at build time
         self.model_version = str(manifest["version"])
@@ -223,20 +233,29 @@ class GradeExposures(beam.PTransform):
         self.torch_threads = torch_threads
 
     def expand(self, paths):
-        pixels = self.extract.backend != "catalog"
-        out = paths | "ExtractSources" >> ExtractSources(
-            self.extract.backend, self.extract, keep_pixels=pixels
-        )
-        scores = (
-            out["features"]
-            | "SomHits" >> SomHits(self.som_path)
-            | "Representatives" >> BuildRepresentatives(self.tile)
-            | "ScoreCcds" >> ScoreCcds(self.bundle_path, self.torch_threads)
-        )
+        if self.ccd_workers:
+            opened = paths | "OpenExposures" >> OpenExposures(self.extract)
+            pooled = opened[EXPOSURES] | "PooledCcds" >> PooledCcds(
+                self.ccd_workers, self.extract, self.som_path, self.tile
+            )
+            metas, inputs = opened[EXPOSURES], pooled["ccds"]
+            bad = (opened[QUARANTINE], pooled[QUARANTINE]) | "AllBad" >> beam.Flatten()
+        else:
+            pixels = self.extract.backend != "catalog"
+            out = paths | "ExtractSources" >> ExtractSources(
+                self.extract.backend, self.extract, keep_pixels=pixels
+            )
+            metas, bad = out[EXPOSURES], out[QUARANTINE]
+            inputs = (
+                out["features"]
+                | "SomHits" >> SomHits(self.som_path)
+                | "Representatives" >> BuildRepresentatives(self.tile)
+            )
+        scores = inputs | "ScoreCcds" >> ScoreCcds(self.bundle_path, self.torch_threads)
         keyed = {
-            "meta": out[EXPOSURES] | "KeyMeta" >> beam.Map(lambda m: (m.exposure_id, m)),
+            "meta": metas | "KeyMeta" >> beam.Map(lambda m: (m.exposure_id, m)),
             "scores": scores | "KeyScores" >> beam.Map(lambda s: (s.exposure_id, s)),
-            "bad": out[QUARANTINE] | "KeyBad" >> beam.Map(lambda q: (q.exposure_id, q)),
+            "bad": bad | "KeyBad" >> beam.Map(lambda q: (q.exposure_id, q)),
         }
         return (
             keyed

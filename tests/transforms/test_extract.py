@@ -210,3 +210,14 @@ def test_backend_keeps_pixels_only_when_asked(archive):
 @pytest.mark.parametrize("name", ["sep", "sextractor", "catalog"])
 def test_every_configured_backend_is_registered(name):
     assert make_backend(name, ExtractConfig()).name == name
+
+
+def test_detections_without_defined_moments_are_dropped():
+    # A simulated BGP CCD on which sep returns zero-flux objects with NaN moments.
+    from streamer.telescope import Geometry, plan_night, render_exposure
+
+    plan = plan_night("2024-03-01", 1, seed=2, class_mix={"BGP": 1})[0]
+    with render_exposure(plan, Geometry(2, 512, 1152)) as hdul:
+        data = np.asarray(hdul[2].data, dtype=np.float32)
+    t = sep_features(data, 65535.0)  # no "invalid value" warning (warnings are errors here)
+    assert np.isfinite(t["X_IMAGE"]).all() and np.isfinite(t["ELONGATION"]).all()

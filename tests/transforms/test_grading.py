@@ -110,3 +110,16 @@ def test_dataset_reads_as_one_table_everywhere_and_regrading_does_not_duplicate(
         f"select count(*) from read_parquet('{tmp_path}/ccds/*/*.parquet', hive_partitioning=1)"
     ).fetchone()[0]
     assert n_ccd == 4
+
+
+def test_pooled_ccds_give_the_same_rows_as_beam_spread_ccds(bundle, exposures, tmp_path):
+    paths, bad, dead = exposures
+    spread = run_grade([*paths, bad, dead], tmp_path / "a", bundle, Config())
+    pooled = run_grade([*paths, bad, dead], tmp_path / "b", bundle, Config(), ccd_workers=2)
+    again = run_grade(paths, tmp_path / "c", bundle, Config(), ccd_workers=2)  # pool reused
+    keys = ("exposure_id", "grade", "status", "n_ccd_graded", "n_sources")
+    assert [[r[k] for k in keys] for r in spread] == [[r[k] for k in keys] for r in pooled]
+    for a, b in zip(spread, pooled, strict=True):
+        for c in CLASSES:
+            assert a[f"p_{c}"] == pytest.approx(b[f"p_{c}"])
+    assert [r["grade"] for r in again] == [r["grade"] for r in spread if r["path"] in paths]
