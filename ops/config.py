@@ -754,6 +754,59 @@ class TrainConfig:
 
 
 @config_section
+class WatchConfig:
+    """The daemon at the data drop (``skygrade watch``)."""
+
+    settle_s: float = setting(
+        2.0, "Seconds a file's size and mtime must stay unchanged before it is checked.", gt=0
+    )
+    incomplete_timeout_s: float = setting(
+        900.0,
+        "Seconds a file may stay incomplete (still arriving) before it is quarantined as "
+        "truncated.",
+        gt=0,
+    )
+    poll_s: float = setting(0.5, "Seconds between checks of files still arriving.", gt=0)
+    use_polling: bool = setting(
+        False,
+        "Poll the drop directory instead of inotify events (needed on NFS, where writes made "
+        "on another machine raise no event).",
+    )
+    rescan_s: float | None = setting(
+        60.0,
+        "Seconds between full rescans of the drop directory (a safety net for lost events); "
+        "null disables them.",
+        gt=0,
+    )
+    ccd_workers: int = setting(
+        2,
+        "Processes measuring the CCDs of an exposure in parallel (a pool that lives as long "
+        "as the daemon).",
+        ge=1,
+    )
+    backlog_policy: Literal["fifo", "newest-first"] = setting(
+        "newest-first",
+        "Order in which waiting exposures are graded when they arrive faster than they are "
+        "graded: 'newest-first' shows observers the exposure just taken; nothing is dropped "
+        "either way (every file is in the ledger until it is graded or quarantined).",
+    )
+    max_attempts: int = setting(
+        3,
+        "Times an exposure may be caught mid-grading by a crash before it is quarantined "
+        "(a file that crashes the daemon must not crash it all night).",
+        ge=1,
+    )
+    retry_s: float = setting(
+        10.0,
+        "First back-off (s) after a failed write of the results; doubles up to 300 s.",
+        gt=0,
+    )
+    shutdown_timeout_s: float = setting(
+        60.0, "Seconds a stop waits for the exposure in flight before handing it back.", gt=0
+    )
+
+
+@config_section
 class LoggingConfig:
     """Logging of every skygrade command."""
 
@@ -890,6 +943,7 @@ class Config:
     )
     som: SomConfig = section(SomConfig, "The self-organizing map over source features.")
     train: TrainConfig = section(TrainConfig, "Training the CNN (``skygrade train``).")
+    watch: WatchConfig = section(WatchConfig, "The daemon at the data drop (skygrade watch).")
     logging: LoggingConfig = section(LoggingConfig, "Logging of every skygrade command.")
     metrics: MetricsConfig = section(
         MetricsConfig, "The daemon's /metrics and /healthz HTTP server (`skygrade watch`)."

@@ -346,6 +346,29 @@ def _cmd_grade(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- watch
+
+
+def _add_watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drop", type=Path, required=True, help="the data-drop directory to watch")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="grades dataset + ledger (exposures/, ccds/, ledger.sqlite)",
+    )
+    _add_bundle_option(p)
+
+
+def _cmd_watch(args: argparse.Namespace, cfg: Config) -> int:
+    from streamer.daemon import Daemon
+
+    if not args.drop.is_dir():
+        raise UsageError(f"--drop {args.drop} is not a directory")
+    Daemon(args.drop, args.out, _bundle(args), cfg).run_forever()
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -429,6 +452,12 @@ COMMANDS: list[Command] = [
         _cmd_grade,
     ),
     (
+        "watch",
+        "the daemon: grade every exposure that lands in the drop directory, serve metrics",
+        _add_watch,
+        _cmd_watch,
+    ),
+    (
         "train",
         "fit the SOM and the CNN on a labelled archive and write a versioned model bundle",
         _add_train,
@@ -462,6 +491,11 @@ EXAMPLES = {
         "examples:\n"
         "  skygrade grade /data/drop/2026-11-24/2817001o.fits --out grades\n"
         "  skygrade grade archive/*/*.fits --out grades --bundle bundles/2026-11 --workers 2"
+    ),
+    "watch": (
+        "examples:\n"
+        "  skygrade watch --drop /data/drop --out /data/grades\n"
+        "  skygrade --config /etc/skygrade/skygrade.yaml watch --drop /data/drop --out /data/grades"
     ),
     "train": (
         "examples:\n"

@@ -438,7 +438,7 @@ def run_grade(
     """
     from ops.config import config_digest
     from transforms.grading import GradeExposures
-    from transforms.sinks import read_grades, write_grade_rows
+    from transforms.sinks import write_grade_rows
 
     paths = [str(p) for p in paths]
     with make_pipeline(options or pipeline_options()) as p:
@@ -451,6 +451,25 @@ def run_grade(
             )
             | "Write" >> beam.Map(lambda item: write_grade_rows(out_dir, *item))
         )
-    table = read_grades(out_dir).to_pylist()
-    wanted = set(paths)
-    return sorted((r for r in table if r["path"] in wanted), key=lambda r: r["exposure_id"])
+    return sorted(read_rows(out_dir, paths), key=lambda r: r["exposure_id"])
+
+
+def read_rows(out_dir: str | os.PathLike, paths: Sequence[str]) -> list[dict]:
+    """The exposure rows of ``paths`` in the grades dataset, read by file name (not by scanning
+    the whole dataset, which grows all night)."""
+    import pyarrow.parquet as pq
+
+    from transforms.exposure import ExposureError, exposure_id_from_path, read_meta
+
+    rows = []
+    for path in paths:
+        try:
+            exposure_id = read_meta(path).exposure_id
+        except (ExposureError, OSError, ValueError):
+            exposure_id = exposure_id_from_path(path)
+        for file in sorted(Path(out_dir).glob(f"exposures/night=*/{exposure_id}.parquet")):
+            for row in pq.read_table(file).to_pylist():
+                row["night"] = file.parent.name.removeprefix("night=")
+                if row["path"] == str(path):
+                    rows.append(row)
+    return rows

@@ -188,7 +188,8 @@ MISTAKES = [
     (
         "telescop:\n  seed: 1\n",
         "skygrade.yaml: telescop: unknown key; did you mean 'telescope'? "
-        "valid keys at the top level: alerts, extract, logging, metrics, som, telescope, train",
+        "valid keys at the top level: alerts, extract, logging, metrics, som, telescope, "
+        "train, watch",
     ),
     (
         "telescope:\n  cadance_s: 5\n",

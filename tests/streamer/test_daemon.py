@@ -1,0 +1,102 @@
+"""The daemon end to end, in process, on tiny exposures (bounded in time)."""
+
+import dataclasses
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import ModelBundle
+from models.cnn import CnnShape, DualInputNet
+from models.som import SOM_FEATURES, train_som
+from ops.config import Config, MetricsConfig, WatchConfig
+from streamer.daemon import Daemon
+from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from transforms.sinks import read_grades
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
+    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
+    torch.manual_seed(0)
+    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "daemon-test"})
+    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def config():
+    return dataclasses.replace(
+        Config(),
+        watch=WatchConfig(settle_s=0.2, poll_s=0.05, rescan_s=None, ccd_workers=1, retry_s=0.2),
+        metrics=MetricsConfig(port=0),
+    )
+
+
+def wait_for(predicate, timeout=120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(bundle, tmp_path):
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    (drop / "2026-11-24").mkdir(parents=True)
+    plans = plan_night("2026-11-24", 2, seed=9, class_mix={"GOOD": 1})
+    before = set(threading.enumerate())
+    daemon = Daemon(drop, out, bundle, config())
+    daemon.start()
+    try:
+        for plan in plans:
+            data = exposure_bytes(plan, Geometry(2, 256, 320))
+            write_progressively(data, drop / "2026-11-24" / plan.filename, 5, 0.5)
+        (drop / "2026-11-24" / "2899999o.fits").write_bytes(b"garbage " * 400)
+        assert wait_for(
+            lambda: (
+                daemon.ledger.counts().get("graded", 0) == 2
+                and daemon.ledger.counts().get("quarantined", 0) == 1
+            )
+        )
+        rows = read_grades(out).to_pylist()
+        assert sorted(r["status"] for r in rows) == ["graded", "graded", "quarantined"]
+        graded = [r for r in rows if r["status"] == "graded"]
+        assert all(r["latency_s"] is not None and r["latency_s"] > 0 for r in graded)
+        base = f"http://127.0.0.1:{daemon.server.port}"
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        assert "skygrade_exposures_graded_total" in text
+        assert 'skygrade_exposures_quarantined_total{reason="not_fits"} 1.0' in text
+        health = urllib.request.urlopen(f"{base}/healthz", timeout=5).read().decode()
+        assert '"ok": true' in health.replace("'", '"')
+    finally:
+        daemon.stop(timeout=30)
+    assert wait_for(lambda: set(threading.enumerate()) <= before, timeout=10)
+
+    # restart: the files are known to the ledger, nothing is graded twice
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("exposures/*/*.parquet")}
+    again = Daemon(drop, out, bundle, config())
+    again.start()
+    try:
+        time.sleep(2.0)
+        assert again.ledger.counts().get("graded") == 2
+    finally:
+        again.stop(timeout=30)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("exposures/*/*.parquet")} == stamps
+
+
+def test_files_dropped_while_down_are_graded_at_start(bundle, tmp_path):
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    (drop / "2026-11-25").mkdir(parents=True)
+    plan = plan_night("2026-11-25", 1, seed=2, class_mix={"BT": 1})[0]
+    (drop / "2026-11-25" / plan.filename).write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
+    daemon = Daemon(drop, out, bundle, config())
+    daemon.start()
+    try:
+        assert wait_for(lambda: daemon.ledger.counts().get("graded", 0) == 1)
+    finally:
+        daemon.stop(timeout=30)
+    assert len(read_grades(out)) == 1
