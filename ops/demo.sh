@@ -20,10 +20,11 @@ echo "== 3. grades against the simulator's ground truth"
 "$BIN/python" - "$OUT" <<'PY'
 import csv, sys
 from pathlib import Path
-from transforms.sinks import read_grades
+import pyarrow.dataset as ds
 out = Path(sys.argv[1])
-truth = {r["exposure_id"]: r["label"] for r in csv.DictReader(open(out / "archive" / "labels.csv"))}
-rows = read_grades(out / "grades").to_pylist()
+with open(out / "archive" / "labels.csv") as fh:
+    truth = {r["exposure_id"]: r["label"] for r in csv.DictReader(fh)}
+rows = ds.dataset(out / "grades" / "exposures", partitioning="hive").to_table().to_pylist()
 hits = 0
 print(f"{'exposure':>10}  {'truth':8}  {'grade':8}  conf")
 for r in sorted(rows, key=lambda r: r["exposure_id"]):
