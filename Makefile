@@ -43,6 +43,8 @@ model: venv
 	  --nights 2026-09-01..2026-09-10 --exposures 30 --n-ccd 8 --ccd-shape 1024x2306 --seed 2026
 	$(BIN)/skygrade --config models/training.yaml train $(MODEL_ARCHIVE) --out models/default \
 	  --work build/model-work --workers 2
+	$(BIN)/skygrade --config models/training.yaml evaluate $(MODEL_ARCHIVE) \
+	  --bundle models/default --out models/default-report --work build/model-work --workers 2
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
