@@ -756,6 +756,19 @@ def observing_night(utc: datetime) -> str:
     return (utc + HST_OFFSET - NIGHT_ROLLOVER).date().isoformat()
 
 
+def parse_expnum(path: str, raw, hdu: int | None = None) -> int | None:
+    """EXPNUM as an int (None when absent); a non-integer value is an ``ExposureError``."""
+    if raw is None:
+        return None
+    try:
+        as_float = float(raw)
+        if isinstance(raw, bool) or not as_float.is_integer():
+            raise ValueError
+        return int(as_float)
+    except (TypeError, ValueError):
+        raise ExposureError(path, hdu, "bad_expnum", f"EXPNUM {raw!r} is not an integer") from None
+
+
 def exposure_id_from_path(path: str | os.PathLike[str]) -> str:
     """The exposure id a file name implies, for files whose header cannot be read.
 
@@ -927,18 +940,7 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
     ccds = _ccd_hdus(spath, layout)
     primary = _parse_header(headers[0])
 
-    raw_expnum = header_value(primary, "EXPNUM")
-    expnum: int | None = None
-    if raw_expnum is not None:
-        try:
-            as_float = float(raw_expnum)
-            if isinstance(raw_expnum, bool) or not as_float.is_integer():
-                raise ValueError
-            expnum = int(as_float)
-        except (TypeError, ValueError):
-            raise ExposureError(
-                spath, 0, "bad_expnum", f"EXPNUM {raw_expnum!r} is not an integer"
-            ) from None
+    expnum = parse_expnum(spath, header_value(primary, "EXPNUM"), hdu=0)
 
     raw_exptime = header_value(primary, "EXPTIME")
     if raw_exptime is None:

@@ -53,6 +53,7 @@ from transforms.exposure import (
     header_value,
     observing_night,
     parse_date_obs,
+    parse_expnum,
 )
 from transforms.extract import (
     SATURATION_MARGIN,
@@ -325,18 +326,7 @@ def _catalog_meta(
             "given (extract.catalog_exptime)",
         )
 
-    _, raw_expnum = lookup("EXPNUM")
-    expnum = None
-    if raw_expnum is not None:
-        try:
-            as_float = float(raw_expnum)
-            if isinstance(raw_expnum, bool) or not as_float.is_integer():
-                raise ValueError
-            expnum = int(as_float)
-        except (TypeError, ValueError):
-            raise ExposureError(
-                path, None, "bad_expnum", f"EXPNUM {raw_expnum!r} is not an integer"
-            ) from None
+    expnum = parse_expnum(path, lookup("EXPNUM")[1])
 
     date_header, _ = lookup("DATE-OBS")
     date_obs = parse_date_obs(path, date_header) if date_header is not None else None
