@@ -15,14 +15,21 @@ COPY models ./models
 COPY ops ./ops
 RUN /opt/skygrade/bin/pip install .
 
-# Stage 2: runtime only, non-root.
+# Stage 2: runtime only, non-root. The daemon watches /data/drop and writes /data/grades;
+# mount a config at /etc/skygrade/skygrade.yaml (the documented example is the default).
+# Metrics bind to 127.0.0.1 unless the config says metrics.host: 0.0.0.0 (needed to scrape
+# from outside the container).
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 10001 skygrade \
     && mkdir -p /data/drop /data/grades /etc/skygrade \
     && chown skygrade:skygrade /data/drop /data/grades
 COPY --from=build /opt/skygrade /opt/skygrade
+COPY ops/skygrade.example.yaml /etc/skygrade/skygrade.yaml
 ENV PATH=/opt/skygrade/bin:$PATH PYTHONUNBUFFERED=1
 USER skygrade
 WORKDIR /home/skygrade
+EXPOSE 9108
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
 ENTRYPOINT ["skygrade"]
-CMD ["--help"]
+CMD ["--config", "/etc/skygrade/skygrade.yaml", "watch", "--drop", "/data/drop", "--out", "/data/grades"]
