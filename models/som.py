@@ -125,12 +125,14 @@ class Scaling:
 
 
 def best_matching_units(
-    rows: np.ndarray, codebook: np.ndarray, chunk: int = 8192
-) -> tuple[np.ndarray, np.ndarray]:
+    rows: np.ndarray, codebook: np.ndarray, chunk: int = 2048, distances: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Index of the nearest neuron of every row, and its squared distance.
 
-    ``|x - w|^2 = |x|^2 - 2 x.w + |w|^2``: one small matrix product per chunk of rows into a
-    reused buffer (chunk x n_neurons float32, cache-sized), then an argmin.
+    ``|x - w|^2 = |x|^2 - 2 x.w + |w|^2``: rows are augmented with a 1 so that one matrix
+    product per chunk gives ``-2 x.w + |w|^2`` directly (chunk x n_neurons float32, cache
+    sized, written into a reused buffer), then an argmin. ``|x|^2`` does not change the
+    argmin and is added only when ``distances`` are asked for.
 
     Parameters
     ----------
@@ -140,11 +142,13 @@ def best_matching_units(
         Neuron weights, shape (n_neurons, d).
     chunk : int
         Rows per matrix product.
+    distances : bool
+        Also return the squared distances (else None).
 
     Returns
     -------
     bmu : np.ndarray of int32
-    dist2 : np.ndarray of float32
+    dist2 : np.ndarray of float32 or None
 
     Examples
     --------
@@ -155,19 +159,23 @@ def best_matching_units(
     codebook = np.asarray(codebook, dtype=np.float32)
     n = len(rows)
     bmu = np.empty(n, dtype=np.int32)
-    dist2 = np.empty(n, dtype=np.float32)
+    dist2 = np.empty(n, dtype=np.float32) if distances else None
     w2 = np.einsum("ij,ij->i", codebook, codebook)
-    minus2wt = np.ascontiguousarray(-2.0 * codebook.T)
-    buf = np.empty((min(chunk, max(n, 1)), len(codebook)), dtype=np.float32)
+    augmented_w = np.ascontiguousarray(np.hstack([-2.0 * codebook, w2[:, None]]).T)
+    x_aug = np.empty((min(chunk, max(n, 1)), rows.shape[1] + 1), dtype=np.float32)
+    x_aug[:, -1] = 1.0
+    buf = np.empty((len(x_aug), len(codebook)), dtype=np.float32)
     for start in range(0, n, chunk):
         x = rows[start : start + chunk]
-        d = buf[: len(x)]
-        np.matmul(x, minus2wt, out=d)
-        d += w2
+        m = len(x)
+        x_aug[:m, :-1] = x
+        d = buf[:m]
+        np.matmul(x_aug[:m], augmented_w, out=d)
         k = d.argmin(axis=1)
-        bmu[start : start + len(x)] = k
-        best = d[np.arange(len(x)), k] + np.einsum("ij,ij->i", x, x)
-        dist2[start : start + len(x)] = np.maximum(best, 0.0)
+        bmu[start : start + m] = k
+        if dist2 is not None:
+            best = d[np.arange(m), k] + np.einsum("ij,ij->i", x, x)
+            dist2[start : start + m] = np.maximum(best, 0.0)
     return bmu, dist2
 
 
@@ -238,7 +246,7 @@ class SourceSom:
 
     def bmu(self, rows: np.ndarray) -> np.ndarray:
         """Best-matching neuron of unscaled feature rows."""
-        return best_matching_units(self.scaling.apply(rows), self.codebook)[0]
+        return best_matching_units(self.scaling.apply(rows), self.codebook, distances=False)[0]
 
     def cluster_of(self, rows: np.ndarray) -> np.ndarray:
         """Cluster label (int16) of unscaled feature rows."""
