@@ -16,10 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from models.bundle import BundleError
 from ops.config import Config, ConfigError, load_config
-from streamer import evaluate as evaluation
-from streamer import inspect as inspection
 
 log = logging.getLogger("skygrade")
 
@@ -432,6 +429,23 @@ def _cmd_config(args: argparse.Namespace, cfg: Config) -> int:
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
 
+
+def _module_command(module: str) -> tuple[Callable, Callable]:
+    """(add_arguments, command) of a command that lives in its own module, imported only
+    when that command is used (Beam and torch take seconds to import)."""
+    import importlib
+
+    def add(p: argparse.ArgumentParser) -> None:
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.epilog = p.epilog or getattr(mod, "EXAMPLES", None)
+
+    def run(args: argparse.Namespace, cfg: Config) -> int:
+        return importlib.import_module(module).command(args, cfg)
+
+    return add, run
+
+
 COMMANDS: list[Command] = [
     (
         "simulate",
@@ -467,10 +481,23 @@ COMMANDS: list[Command] = [
         "evaluate",
         "score a model bundle on a labelled archive (held-out split or independent archive) "
         "beside a threshold baseline; writes a markdown + JSON + PNG report",
-        evaluation.add_arguments,
-        evaluation.command,
+        *_module_command("streamer.evaluate"),
     ),
-    ("inspect", inspection.HELP, inspection.add_arguments, inspection.command),
+    (
+        "backfill",
+        "grade an archive of exposures as a Beam batch job (idempotent, resumable)",
+        *_module_command("streamer.backfill"),
+    ),
+    (
+        "report",
+        "summarise a night of grades: grade counts, usable fraction, timeline (text and PNG)",
+        *_module_command("streamer.report"),
+    ),
+    (
+        "inspect",
+        "draw an exposure's representative images and SOM hit counts (per CCD) into a PNG",
+        *_module_command("streamer.inspect"),
+    ),
     ("config", "show or check the configuration", _add_config, _cmd_config),
 ]
 
@@ -513,8 +540,24 @@ EXAMPLES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every implemented subcommand."""
+def _command_name(argv: list[str]) -> str:
+    """The subcommand in ``argv`` (the first word after the global options), or ""."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every implemented subcommand.
+
+    Only the subcommand named in ``argv`` gets its arguments (all of them when ``argv`` is
+    None), so ``skygrade --help`` and light commands do not import Beam and torch.
+    """
+    chosen = None if argv is None else _command_name(argv)
     parser = argparse.ArgumentParser(
         prog="skygrade",
         description="Grade the image quality of CFHT MegaCam exposures (SOM + CNN).",
@@ -533,13 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EXAMPLES.get(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        add(p)
+        if chosen is None or name == chosen:
+            add(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``skygrade`` console script; returns the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # Beam's import warns on the root logger about Google Cloud clients skygrade does not use.
+    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -551,13 +598,17 @@ def main(argv: list[str] | None = None) -> int:
     run = {name: cmd for name, _, _, cmd in COMMANDS}[args.command]
     try:
         return run(args, cfg)
-    except (UsageError, ConfigError, BundleError) as exc:
+    except (UsageError, ConfigError) as exc:
         print(f"skygrade {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # the command failed: say what, keep the traceback for -v
+        bundle = sys.modules.get("models.bundle")  # a bad model bundle is a usage error
+        if bundle is not None and isinstance(exc, bundle.BundleError):
+            print(f"skygrade {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         log.debug("traceback", exc_info=True)
         print(f"skygrade {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -451,15 +451,19 @@ def run_grade(
             )
             | "Write" >> beam.Map(lambda item: write_grade_rows(out_dir, *item))
         )
-    return sorted(read_rows(out_dir, paths), key=lambda r: r["exposure_id"])
+    from models.bundle import read_manifest
+
+    version = str(read_manifest(bundle)["version"])
+    return sorted(read_rows(out_dir, paths, version), key=lambda r: r["exposure_id"])
 
 
-def read_rows(out_dir: str | os.PathLike, paths: Sequence[str]) -> list[dict]:
-    """The exposure rows of ``paths`` in the grades dataset, read by file name (not by scanning
-    the whole dataset, which grows all night)."""
+def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: str) -> list[dict]:
+    """The exposure rows of ``paths`` graded with ``model_version``, read by file name (not by
+    scanning the whole dataset, which grows all night)."""
     import pyarrow.parquet as pq
 
     from transforms.exposure import ExposureError, exposure_id_from_path, read_meta
+    from transforms.sinks import version_tag
 
     rows = []
     for path in paths:
@@ -467,7 +471,8 @@ def read_rows(out_dir: str | os.PathLike, paths: Sequence[str]) -> list[dict]:
             exposure_id = read_meta(path).exposure_id
         except (ExposureError, OSError, ValueError):
             exposure_id = exposure_id_from_path(path)
-        for file in sorted(Path(out_dir).glob(f"exposures/night=*/{exposure_id}.parquet")):
+        name = f"{exposure_id}.{version_tag(model_version)}.parquet"
+        for file in sorted(Path(out_dir).glob(f"exposures/night=*/{name}")):
             for row in pq.read_table(file).to_pylist():
                 row["night"] = file.parent.name.removeprefix("night=")
                 if row["path"] == str(path):

@@ -7,6 +7,7 @@ with ``os.replace``, so a reader (or a crash) never sees half a file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import apache_beam as beam
@@ -88,7 +89,8 @@ CCD_SCHEMA = pa.schema(
 """One row per CCD: ``ccds/night=YYYY-MM-DD/<exposure_id>.parquet``."""
 
 
-def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) as an Arrow table of ``schema``, without the ``night`` partition column."""
     columns = {}
     for f in schema:
         values = [r.get(f.name) for r in rows]
@@ -99,26 +101,60 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema).drop_columns(["night"])
 
 
-def grade_paths(out_dir: str | os.PathLike, night: str, exposure_id: str) -> tuple[Path, Path]:
-    """Where an exposure's rows go: (exposures file, ccds file)."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def version_tag(model_version: str) -> str:
+    """``model_version`` made safe for a file name (characters other than ``A-Za-z0-9._-``
+    become ``_``).
+
+    Examples
+    --------
+    >>> version_tag("2026.11.24-101500")
+    '2026.11.24-101500'
+    >>> version_tag("exp/1 a")
+    'exp_1_a'
+    """
+    if not model_version:
+        raise ValueError(f"model_version must be a non-empty string, got {model_version!r}")
+    return _UNSAFE.sub("_", model_version)
+
+
+def grade_paths(
+    out_dir: str | os.PathLike, night: str, exposure_id: str, model_version: str
+) -> tuple[Path, Path]:
+    """Where an exposure's rows go: (exposures file, ccds file).
+
+    ``<out>/exposures/night=<night>/<exposure_id>.<version_tag>.parquet`` (and the same under
+    ``ccds/``): one file per exposure per model version. Regrading with the same model
+    replaces the file (exactly one row per exposure and version, whatever crashed in
+    between); a new model writes its rows beside the old ones. The exposure id is the part of
+    the file name before the first dot.
+    """
     out = Path(out_dir)
-    name = f"{exposure_id}.parquet"
+    name = f"{exposure_id}.{version_tag(model_version)}.parquet"
     return (
         out / "exposures" / f"night={night}" / name,
         out / "ccds" / f"night={night}" / name,
     )
 
 
-def write_grade_rows(out_dir: str | os.PathLike, row: dict, ccd_rows: list[dict]) -> Path:
+def write_grade_rows(
+    out_dir: str | os.PathLike, row: dict, ccd_rows: list[dict], file_name: str | None = None
+) -> Path:
     """Write one exposure's rows: the CCD file first, then the exposure file, each atomically.
 
     The exposure file is the commit mark: its presence means the exposure is done. Writing the
-    same exposure again (a regrade after a crash) replaces both files, so the dataset holds
-    each exposure exactly once.
+    same exposure with the same model again (a regrade after a crash) replaces both files, so
+    the dataset holds each exposure exactly once per model version.
     """
-    exp_path, ccd_path = grade_paths(out_dir, row["night"], row["exposure_id"])
-    write_parquet_atomic(_table(ccd_rows, CCD_SCHEMA), ccd_path)
-    return write_parquet_atomic(_table([row], EXPOSURE_SCHEMA), exp_path)
+    exp_path, ccd_path = grade_paths(
+        out_dir, row["night"], row["exposure_id"], row["model_version"]
+    )
+    if file_name is not None:  # an existing file holding this version's row (backfill)
+        exp_path, ccd_path = exp_path.with_name(file_name), ccd_path.with_name(file_name)
+    write_parquet_atomic(rows_table(ccd_rows, CCD_SCHEMA), ccd_path)
+    return write_parquet_atomic(rows_table([row], EXPOSURE_SCHEMA), exp_path)
 
 
 def read_grades(out_dir: str | os.PathLike, which: str = "exposures") -> pa.Table:

@@ -121,3 +121,13 @@ def test_extract_writes_features_and_reports_quarantine(tmp_path, capsys):
     assert "quarantined 9999999: truncated" in text
     assert "features of 1 exposure(s)" in text
     assert len(list((tmp_path / "feat").glob("*.parquet"))) == 1
+
+
+def test_only_the_chosen_command_gets_its_arguments_built():
+    from streamer.cli import _command_name
+
+    assert _command_name(["--config", "report", "-q", "watch", "--out", "x"]) == "watch"
+    assert _command_name(["-v"]) == ""
+    parser = build_parser(["--config", "c.yaml", "grade", "f.fits", "--out", "o"])
+    args = parser.parse_args(["--config", "c.yaml", "grade", "f.fits", "--out", "o"])
+    assert args.command == "grade" and args.out.name == "o"
