@@ -22,7 +22,9 @@ the grader claims one entry at a time, runs the pipeline (the parquet sink write
 exposure under a fixed name, atomically), then marks it final. A crash between the two is
 recovered at start-up (the entry goes back to ``seen`` and is regraded, replacing the same
 file), so nothing is lost and nothing appears twice. A failing sink (read-only disk) leaves
-the entry pending; it is retried with back-off.
+the entry pending; it is retried with back-off. A file the watcher refuses is the exception:
+its quarantine row is written before its ledger entry, and a failed write is retried by the
+watcher (a crash between the two rewrites the same row at restart).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from ops.metrics import Metrics
 from streamer.ledger import Ledger
 from streamer.watcher import DropWatcher
 from transforms.exposure import exposure_id_from_path
+from transforms.grading import exposure_row
+from transforms.quarantine import Quarantined
+from transforms.sinks import write_grade_rows
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +177,8 @@ class Daemon:
             self._wake.set()
 
     def _on_reject(self, path: Path, reason: str, detail: str) -> None:
-        from transforms.grading import exposure_row
-        from transforms.quarantine import Quarantined
-        from transforms.sinks import write_grade_rows
-
+        # Runs on the watcher's worker thread: the modules it needs are imported with this one,
+        # not here, or the first rejection would hold the watcher up for seconds of imports.
         try:
             st = path.lstat()
             size, mtime = st.st_size, st.st_mtime_ns
@@ -184,21 +187,30 @@ class Daemon:
         exposure_id = exposure_id_from_path(path)
         if self.ledger.is_done(exposure_id, size, mtime):
             return
-        self.ledger.quarantine(exposure_id, str(path), f"{reason}: {detail}", size, mtime)
         q = Quarantined(exposure_id, str(path), None, "watch", reason, detail)
         row, _ = exposure_row(
             exposure_id, None, [], [q], str(self.manifest.get("version")), "", time.time()
         )
-        try:
-            write_grade_rows(self.out_dir, row, [])
-        except OSError as exc:
-            log.error("cannot write the quarantine row of %s: %s", path, exc)
+        # The row first, the ledger second: a failed write raises, and the watcher offers the
+        # file again later; once the ledger holds it as quarantined it is never written again.
+        write_grade_rows(self.out_dir, row, [])
+        self.ledger.quarantine(exposure_id, str(path), f"{reason}: {detail}", size, mtime)
         self._account(row)
         log.warning("quarantined %s: %s: %s", path, reason, detail)
 
     # ------------------------------------------------------------------ grading
 
     def _grade_loop(self) -> None:
+        """Grade pending exposures until stopped; an unexpected error is logged and the loop
+        goes on after a pause (a grader that dies silently would leave /healthz lying)."""
+        while not self.stopping.is_set():
+            try:
+                self._grade_pending()
+            except Exception:
+                log.exception("grader error; retrying in %.0f s", self.cfg.watch.retry_s)
+                self.stopping.wait(self.cfg.watch.retry_s)
+
+    def _grade_pending(self) -> None:
         from streamer.pipelines import run_grade
 
         wc = self.cfg.watch
@@ -268,8 +280,13 @@ class Daemon:
         """The /healthz document."""
         counts = self.ledger.counts() if self.ledger is not None else {}
         last = self.last_graded
+        watcher = getattr(self, "watcher", None)
+        grading = bool(self._threads) and all(t.is_alive() for t in self._threads)
         return {
-            "ok": not self.stopping.is_set() and self.watcher.running,
+            "ok": not self.stopping.is_set()
+            and watcher is not None
+            and watcher.running
+            and grading,
             "model_version": self.manifest.get("version"),
             "backlog": counts.get("seen", 0),
             "counts": counts,

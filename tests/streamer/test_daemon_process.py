@@ -1,0 +1,355 @@
+"""The daemon as a real process (``python -m streamer.cli watch``): kill -9 and restart, SIGTERM,
+a failing sink, bad inputs. Tiny exposures; every wait is bounded and every daemon started is
+killed, with its whole session, in a ``finally``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import ModelBundle
+from models.cnn import CnnShape, DualInputNet
+from models.som import SOM_FEATURES, train_som
+from streamer.ledger import Ledger
+from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from transforms.exposure import exposure_id_from_path
+from transforms.sinks import read_grades
+
+REPO = Path(__file__).resolve().parents[2]
+NIGHT = "2026-11-24"
+#: Seconds a daemon may take to import Beam and torch and answer on its metrics port.
+START_TIMEOUT_S = 60.0
+#: Seconds for the exposures of one test to reach their final state.
+GRADE_TIMEOUT_S = 60.0
+#: ``watch.shutdown_timeout_s`` given to the daemons; a SIGTERM must end one within it.
+SHUTDOWN_TIMEOUT_S = 20.0
+
+#: One 256x320 CCD: a few hundred kB, graded in about a second.
+SMALL = Geometry(1, 256, 320)
+
+_LISTENING = re.compile(r"metrics on http://([^:/\s]+):(\d+)/metrics")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
+    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
+    torch.manual_seed(0)
+    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "process-test"})
+    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    (drop / NIGHT).mkdir(parents=True)
+    return drop, out
+
+
+def write_config(path: Path, **watch) -> Path:
+    settings = {
+        "settle_s": 0.2,
+        "poll_s": 0.05,
+        "rescan_s": "null",
+        "ccd_workers": 1,
+        "retry_s": 0.3,
+        "shutdown_timeout_s": SHUTDOWN_TIMEOUT_S,
+        **watch,
+    }
+    lines = ["watch:", *(f"  {k}: {v}" for k, v in settings.items()), "metrics:", "  port: 0"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def exposures(n: int, seed: int, geometry: Geometry = SMALL) -> list[tuple[str, bytes]]:
+    """``n`` tiny exposures: (file name, FITS bytes)."""
+    plans = plan_night(NIGHT, n, seed=seed, class_mix={"GOOD": 1})
+    return [(p.filename, exposure_bytes(p, geometry)) for p in plans]
+
+
+def ids_of(files: list[tuple[str, bytes]]) -> list[str]:
+    return [exposure_id_from_path(name) for name, _ in files]
+
+
+def poll_until(predicate, timeout: float) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def wait_for(predicate, timeout: float, what: str, proc: DaemonProcess | None = None) -> None:
+    """Wait for ``predicate()``; fail (with the daemon's log) on a timeout or if it exits."""
+
+    def done() -> bool:
+        if predicate():
+            return True
+        if proc is not None and proc.proc.poll() is not None:
+            pytest.fail(f"the daemon exited ({proc.proc.returncode}) waiting for {what}:\n{proc}")
+        return False
+
+    if not poll_until(done, timeout):
+        log = "" if proc is None else f":\n{proc}"
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{log}")
+
+
+def session_members(sid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every live (not zombie) process in session ``sid``, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, session = fields[0], int(fields[3])
+        if session == sid and state not in ("Z", "X"):
+            members.append((int(entry.name), state))
+    return members
+
+
+class DaemonProcess:
+    """One ``skygrade watch`` process in its own session, logging to a file."""
+
+    def __init__(self, config: Path, drop: Path, out: Path, bundle: Path, log: Path) -> None:
+        self.log = log
+        cmd = [sys.executable, "-m", "streamer.cli", "--config", str(config), "watch"]
+        cmd += ["--drop", str(drop), "--out", str(out), "--bundle", str(bundle)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.pid = self.proc.pid
+        self.url = ""
+
+    def text(self) -> str:
+        """Everything the daemon has logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __str__(self) -> str:
+        return self.text()[-6000:]  # the end of the log, for failure messages
+
+    def wait_ready(self) -> None:
+        """Wait for the start-up log line naming the metrics port, then for /healthz."""
+
+        def listening() -> bool:
+            found = _LISTENING.search(self.text())
+            if found:
+                self.url = f"http://{found[1]}:{found[2]}"
+            return bool(found)
+
+        wait_for(listening, START_TIMEOUT_S, "the metrics port", self)
+        wait_for(lambda: self.get("/healthz") is not None, 10.0, "/healthz", self)
+
+    def get(self, path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    def kill(self) -> bool:
+        """SIGKILL the daemon's process group (it and its CCD workers) and reap the daemon.
+
+        Returns whether the daemon's session is empty (zombies aside) within 10 s.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        return poll_until(lambda: not session_members(self.pid), 10.0)
+
+
+@contextlib.contextmanager
+def daemon(tmp_path: Path, config: Path, drop: Path, out: Path, bundle: Path):
+    """Start a daemon, wait until it serves its metrics; always kill its session at the end."""
+    n = len(list(tmp_path.glob("daemon-*.log"))) + 1
+    proc = DaemonProcess(config, drop, out, bundle, tmp_path / f"daemon-{n}.log")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.kill()
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_kill_9_mid_grading_then_restart_loses_nothing_and_duplicates_nothing(
+    bundle, dirs, tmp_path
+):
+    drop, out = dirs
+    config = write_config(tmp_path / "skygrade.yaml")
+    files = exposures(6, seed=11, geometry=Geometry(2, 256, 320))
+    first, later = files[:4], files[4:]
+    with (
+        daemon(tmp_path, config, drop, out, bundle) as proc,
+        Ledger(out / "ledger.sqlite") as ledger,
+    ):
+        for name, data in first:
+            write_progressively(data, drop / NIGHT / name, chunks=3, duration_s=0.1)
+
+        def frozen_mid_grading() -> bool:
+            """Freeze the daemon; keep it frozen if one exposure is graded and one grading."""
+            os.killpg(proc.pid, signal.SIGSTOP)
+            c = ledger.counts()
+            if c["graded"] >= 1 and c["grading"] == 1:
+                return True
+            os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+            return False
+
+        wait_for(frozen_mid_grading, GRADE_TIMEOUT_S, "one graded, one grading", proc)
+        assert proc.kill(), f"processes left in the killed session: {session_members(proc.pid)}"
+        caught = ledger.counts()
+        (victim,) = [e for e in map(ledger.latest, ids_of(files)) if e and e.state == "grading"]
+    assert caught["graded"] < len(first)
+
+    for name, data in later:  # arrive while the daemon is down
+        (drop / NIGHT / name).write_bytes(data)
+    with (
+        daemon(tmp_path, config, drop, out, bundle) as proc,
+        Ledger(out / "ledger.sqlite") as ledger,
+    ):
+        wait_for(
+            lambda: ledger.counts()["graded"] == len(files),
+            GRADE_TIMEOUT_S,
+            f"{len(files)} graded",
+            proc,
+        )
+        final = ledger.counts()
+        regraded = ledger.get(victim.key)
+        assert "recovered 1 exposure(s) caught mid-grading" in proc.text()
+    assert regraded.state == "graded" and regraded.attempts == 2
+    assert final == {"seen": 0, "grading": 0, "graded": len(files), "quarantined": 0}
+    rows = read_grades(out).to_pylist()
+    ids = [r["exposure_id"] for r in rows]
+    assert len(rows) == len(set(ids)) == len(files)
+    assert {Path(r["path"]).name for r in rows} == {name for name, _ in files}
+    assert all(r["status"] == "graded" for r in rows)
+
+
+def test_sigterm_exits_zero_and_leaves_no_process(bundle, dirs, tmp_path):
+    drop, out = dirs
+    config = write_config(tmp_path / "skygrade.yaml")
+    ((name, data),) = exposures(1, seed=12)
+    with daemon(tmp_path, config, drop, out, bundle) as proc:
+        (drop / NIGHT / name).write_bytes(data)
+        with Ledger(out / "ledger.sqlite") as ledger:
+            wait_for(lambda: ledger.counts()["graded"] == 1, GRADE_TIMEOUT_S, "graded", proc)
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        session = {pid for pid, _ in session_members(proc.pid)}
+        assert children and set(map(int, children)) <= session - {proc.pid}, "no CCD worker?"
+        start = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.proc.wait(SHUTDOWN_TIMEOUT_S + 5)
+        took = time.monotonic() - start
+        assert code == 0, str(proc)
+        assert took < SHUTDOWN_TIMEOUT_S, str(proc)
+        wait_for(lambda: not session_members(proc.pid), 5.0, "the daemon's session to be empty")
+    assert "signal 15: stopping" in proc.text() and proc.text().rstrip().endswith("stopped")
+    assert len(read_grades(out)) == 1
+
+
+def test_failing_sink_keeps_exposures_pending_until_they_can_be_written(bundle, dirs, tmp_path):
+    drop, out = dirs
+    config = write_config(tmp_path / "skygrade.yaml")
+    ((name, data),) = exposures(1, seed=13)
+    garbage = drop / NIGHT / "2890009o.fits"
+    out.mkdir()
+    # A file where the exposures/ directory should be: every exposure row write fails, as root
+    # too (NotADirectoryError), while the ledger beside it stays writable.
+    blocker = out / "exposures"
+    blocker.write_text("not a directory: the exposure files cannot be written under it\n")
+    failed = re.compile(r"grading \S+ failed .*retrying")
+    with daemon(tmp_path, config, drop, out, bundle) as proc:
+        (drop / NIGHT / name).write_bytes(data)
+        garbage.write_bytes(b"garbage " * 400)  # refused by the watcher: its row fails too
+        with Ledger(out / "ledger.sqlite") as ledger:
+            wait_for(lambda: failed.search(proc.text()), GRADE_TIMEOUT_S, "a failed write", proc)
+            wait_for(
+                lambda: len(failed.findall(proc.text())) >= 2, GRADE_TIMEOUT_S, "a retry", proc
+            )
+            refused = f"on_reject({garbage}, 'not_fits') failed"
+            wait_for(lambda: refused in proc.text(), 10.0, "the garbage's row to fail", proc)
+            c = ledger.counts()
+            assert c["graded"] == 0 and c["quarantined"] == 0, c
+            assert c["seen"] + c["grading"] == 1, c
+            assert proc.proc.poll() is None
+            assert '"ok": true' in (proc.get("/healthz") or "")
+            blocker.unlink()
+            wait_for(
+                lambda: ledger.counts()["graded"] == 1 and ledger.counts()["quarantined"] == 1,
+                GRADE_TIMEOUT_S,
+                "the exposure graded and the garbage quarantined",
+                proc,
+            )
+            assert ledger.latest("2890009").reason.startswith("not_fits: ")
+    rows = sorted((r["path"], r["status"]) for r in read_grades(out).to_pylist())
+    assert rows == sorted([(str(drop / NIGHT / name), "graded"), (str(garbage), "quarantined")])
+
+
+def test_bad_inputs_are_quarantined_and_grading_goes_on(bundle, dirs, tmp_path):
+    drop, out = dirs
+    config = write_config(tmp_path / "skygrade.yaml", incomplete_timeout_s=1.0)
+    (good_name, good), (_, other), (no_exptime_name, no_exptime) = exposures(3, seed=14)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "2890004o.fits").write_bytes(other)
+    bad = {
+        "2890001o.fits": ("truncated", good[: len(good) // 2]),
+        "2890002o.fits": ("bad_header", good.replace(b"NAXIS   =", b"NAXIZ   =", 1)),
+        "2890003o.fits": ("not_fits", b"observing log, 2026-11-24: clear, seeing 0.7\n" * 50),
+        "2890004o.fits": ("outside_drop", None),
+        # complete and structurally sound, so refused by the pipeline, not the watcher
+        no_exptime_name: ("missing_exptime", no_exptime.replace(b"EXPTIME =", b"EXPTIMX =", 1)),
+    }
+    with daemon(tmp_path, config, drop, out, bundle) as proc:
+        for name, (_, data) in bad.items():
+            if data is None:
+                (drop / NIGHT / name).symlink_to(outside / name)
+            else:
+                (drop / NIGHT / name).write_bytes(data)
+        with Ledger(out / "ledger.sqlite") as ledger:
+            wait_for(
+                lambda: ledger.counts()["quarantined"] == len(bad),
+                GRADE_TIMEOUT_S,
+                "the bad files quarantined",
+                proc,
+            )
+            (drop / NIGHT / good_name).write_bytes(good)
+            wait_for(lambda: ledger.counts()["graded"] == 1, GRADE_TIMEOUT_S, "graded", proc)
+            reasons = {
+                exposure_id: ledger.latest(exposure_id).reason
+                for exposure_id in (name[:7] for name in bad)
+            }
+        metrics = proc.get("/metrics") or ""
+        assert proc.proc.poll() is None
+    for name, (reason, _) in bad.items():
+        assert reasons[name[:7]].startswith(f"{reason}: "), reasons
+        line = f'skygrade_exposures_quarantined_total{{reason="{reason}"}} 1.0'
+        assert line in metrics
+    rows = {r["exposure_id"]: r for r in read_grades(out).to_pylist()}
+    assert len(rows) == len(bad) + 1
+    for name, (reason, _) in bad.items():
+        assert rows[name[:7]]["status"] == "quarantined"
+        assert rows[name[:7]]["reason"].startswith(f"{reason}: ")
+    assert [r["status"] for r in rows.values() if r["path"].endswith(good_name)] == ["graded"]
