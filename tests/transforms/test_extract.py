@@ -221,3 +221,28 @@ def test_detections_without_defined_moments_are_dropped():
         data = np.asarray(hdul[2].data, dtype=np.float32)
     t = sep_features(data, 65535.0)  # no "invalid value" warning (warnings are errors here)
     assert np.isfinite(t["X_IMAGE"]).all() and np.isfinite(t["ELONGATION"]).all()
+
+
+@pytest.fixture
+def restore_sep_buffer():
+    import sep
+
+    import transforms.extract as extract
+
+    original = extract.PIXSTACK
+    yield
+    sep.set_extract_pixstack(original)  # the process-wide setting, as configured
+
+
+def test_a_ccd_that_overflows_seps_pixel_buffer_is_retried_larger(monkeypatch, restore_sep_buffer):
+    import transforms.extract as extract
+
+    monkeypatch.setattr(extract, "PIXSTACK", 2000)  # a tiny buffer: the blob below overflows it
+    monkeypatch.setattr(extract, "_SEP_READY", False)
+    img = np.random.default_rng(0).normal(100, 5, (256, 256)).astype(np.float32)
+    img[60:200, 60:200] += 400  # ~20k pixels above threshold
+    t = sep_features(img)
+    assert len(t["X_IMAGE"]) >= 1
+    monkeypatch.setattr(extract, "PIXSTACK_MAX", 4000)
+    with pytest.raises(Exception, match="pixel buffer full"):
+        sep_features(img.copy() + 0)
