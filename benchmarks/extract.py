@@ -139,19 +139,24 @@ def _rss_kb(pid: int) -> int:
     return 0  # gone, or a zombie (no VmRSS line)
 
 
-def tree_rss_kb(root: int) -> tuple[int, int]:
-    """(sum of VmRSS in kB, number of processes) over ``root`` and all its descendants."""
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants (pids that vanish while walking are still listed)."""
     children = _children if _HAS_CHILDREN_FILE else _children_by_ppid
-    total, count, todo, seen = 0, 0, [root], set()
+    out, todo, seen = [], [root], set()
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += _rss_kb(pid)
-        count += 1
+        out.append(pid)
         todo.extend(children(pid))
-    return total, count
+    return out
+
+
+def tree_rss_kb(root: int) -> tuple[int, int]:
+    """(sum of VmRSS in kB, number of processes) over ``root`` and all its descendants."""
+    pids = tree_pids(root)
+    return sum(_rss_kb(pid) for pid in pids), len(pids)
 
 
 class TreeRssSampler(threading.Thread):
