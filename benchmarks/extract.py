@@ -527,6 +527,23 @@ def print_report(
         )
 
 
+def finish(args, info: dict, render_s: float, results: dict, goals: list, total: float) -> int:
+    """Write the ``--json`` document (machine, args, results, targets) and return the exit
+    code: 1 under ``--strict`` when a target failed, else 0."""
+    if args.json:
+        doc = {
+            "machine": info,
+            "args": {k: v for k, v in vars(args).items() if k != "child"},
+            "render_s": render_s,
+            **results,
+            "targets": goals,
+            "loadavg_end": os.getloadavg(),
+            "runtime_s": total,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    return 1 if args.strict and any(g["ok"] is False for g in goals) else 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Extraction benchmark: sep and sextractor backends through the Beam "
@@ -610,21 +627,8 @@ def main(argv=None) -> int:
         print_report(info, args, render_s, rows, goals, share, max_load)
         total = time.monotonic() - started
         print(f"benchmark runtime: {total:.0f} s")
-        if args.json:
-            doc = {
-                "machine": info,
-                "args": {k: v for k, v in vars(args).items() if k != "child"},
-                "render_s": render_s,
-                "runs": records,
-                "rows": rows,
-                "targets": goals,
-                "loadavg_end": os.getloadavg(),
-                "runtime_s": total,
-            }
-            Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-        if args.strict and any(g["ok"] is False for g in goals):
-            return 1
-        return 0
+        results = {"runs": records, "rows": rows}
+        return finish(args, info, render_s, results, goals, total)
     finally:
         if args.keep:
             print(f"kept {tmp}")

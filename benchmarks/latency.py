@@ -55,7 +55,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from extract import TreeRssSampler, _rss_kb, machine_info, measure, tree_pids, tree_rss_kb
+from extract import (
+    TreeRssSampler,
+    _rss_kb,
+    finish,
+    machine_info,
+    measure,
+    tree_pids,
+    tree_rss_kb,
+)
 
 NIGHT = "2026-11-24"
 TINY = (1, 64, 64)
@@ -612,22 +620,8 @@ def main(argv=None) -> int:
             print_profiles(tmp)
         total = time.monotonic() - started
         print(f"benchmark runtime: {total:.0f} s")
-        if args.json:
-            doc = {
-                "machine": info,
-                "args": {k: v for k, v in vars(args).items() if k != "child"},
-                "render_s": render_s,
-                "latency": lat,
-                "overhead": ovh,
-                "rss": rss,
-                "targets": goals,
-                "loadavg_end": os.getloadavg(),
-                "runtime_s": total,
-            }
-            Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-        if args.strict and any(g["ok"] is False for g in goals):
-            return 1
-        return 0
+        results = {"latency": lat, "overhead": ovh, "rss": rss}
+        return finish(args, info, render_s, results, goals, total)
     finally:
         for child in children:
             child.close(kill=True)
