@@ -438,7 +438,7 @@ def run_grade(
     """
     from ops.config import config_digest
     from transforms.grading import GradeExposures
-    from transforms.sinks import write_grade_rows
+    from transforms.sinks import WriteGrades
 
     paths = [str(p) for p in paths]
     with make_pipeline(options or pipeline_options()) as p:
@@ -449,7 +449,7 @@ def run_grade(
             >> GradeExposures(
                 bundle, cfg.extract, config_digest(cfg), arrivals, ccd_workers=ccd_workers
             )
-            | "Write" >> beam.Map(lambda item: write_grade_rows(out_dir, *item))
+            | "WriteGrades" >> WriteGrades(out_dir)
         )
     from models.bundle import read_manifest
 
