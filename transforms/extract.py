@@ -93,6 +93,21 @@ class CcdFeatures:
     representative-image step cuts its stamps without reading the file again. Drop it before
     any shuffle: it is ~38 MB for a full CCD."""
 
+    @classmethod
+    def of(cls, meta, ccd: int, width: int, height: int, sources, backend: str, pixels=None):
+        """The record of CCD ``ccd`` of the exposure described by ``meta`` (an ExposureMeta)."""
+        return cls(
+            exposure_id=meta.exposure_id,
+            ccd=ccd,
+            n_ccd=meta.n_ccd,
+            exptime=float(meta.exptime),
+            width=width,
+            height=height,
+            sources=sources,
+            backend=backend,
+            pixels=pixels,
+        )
+
     @property
     def n_sources(self) -> int:
         return int(len(self.sources["X_IMAGE"]))
@@ -385,17 +400,8 @@ class PixelBackend:
             )
         height, width = pixels.data.shape
         table = self.measure(pixels, meta)
-        return CcdFeatures(
-            exposure_id=meta.exposure_id,
-            ccd=ccd,
-            n_ccd=meta.n_ccd,
-            exptime=float(meta.exptime),
-            width=width,
-            height=height,
-            sources=table,
-            backend=self.name,
-            pixels=pixels.data if keep_pixels else None,
-        )
+        pixels_kept = pixels.data if keep_pixels else None
+        return CcdFeatures.of(meta, ccd, width, height, table, self.name, pixels_kept)
 
     def measure(self, pixels, meta) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError

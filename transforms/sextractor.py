@@ -523,16 +523,7 @@ class CatalogBackend:
                 CLASS_STAR_FLOOR,
                 ccd,
             )
-        return CcdFeatures(
-            exposure_id=meta.exposure_id,
-            ccd=ccd,
-            n_ccd=meta.n_ccd,
-            exptime=float(meta.exptime),
-            width=width,
-            height=height,
-            sources=table,
-            backend=self.name,
-        )
+        return CcdFeatures.of(meta, ccd, width, height, table, self.name)
 
 
 # --------------------------------------------------------------------------- SExtractor runs
