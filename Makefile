@@ -8,8 +8,11 @@ DEMO   := demo-output
 
 .PHONY: demo test lint bench venv sysdeps model clean
 
-# Debian packages the tests run for real: SExtractor (sextractor backend, parity tests).
-APT_PACKAGES := source-extractor
+# Debian packages the tests run for real, and the command each one provides:
+# SExtractor (sextractor backend, parity tests), Prometheus + promtool (rules tests, scrape test),
+# Chromium + chromedriver (observer page in a headless browser).
+APT_PACKAGES := source-extractor prometheus chromium chromium-driver
+APT_COMMANDS := source-extractor prometheus promtool chromium chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
@@ -25,9 +28,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 sysdeps:
-	@command -v source-extractor >/dev/null || { \
+	@for c in $(APT_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
 
 test: venv sysdeps lint
 	$(BIN)/pytest -q
