@@ -20,6 +20,11 @@ sep / sextractor
     tasks, extraction, feature table (stellarity included), GroupByKey and the parquet write.
     ``workers=1`` runs in process (``in_memory``); ``workers>1`` in Beam's ``multi_processing``
     mode (worker subprocesses started and stopped by every run).
+sep pool / sextractor pool (``workers > 1`` only)
+    The same ``run_extract`` in process (``in_memory``) with ``ccd_workers=workers``: each
+    exposure's CCDs go to a pool of that many spawned processes that lives as long as the
+    process (what the daemon does; ``skygrade extract --ccd-workers N``). The pool is started
+    inside the timed region, as Beam's worker subprocesses are for the rows above.
 
 Every measurement runs in a fresh child process (``python extract.py --child ...``) so that one
 measurement's heap does not inflate the next one's RSS. The child imports skygrade, Beam, sep and
@@ -276,8 +281,9 @@ def bare_floor(path: str, workers: int) -> dict:
 # --------------------------------------------------------------------------- child: pipeline
 
 
-def pipeline(path: str, out_dir: str, backend: str, workers: int) -> dict:
-    """One ``run_extract`` of ``path`` with ``backend`` on FnApiRunner; timed inside."""
+def pipeline(path: str, out_dir: str, backend: str, workers: int, pool: bool = False) -> dict:
+    """One ``run_extract`` of ``path`` with ``backend`` on FnApiRunner; timed inside. With
+    ``pool`` the pipeline runs in process and the CCDs in a pool of ``workers`` processes."""
     import pyarrow.parquet as pq
 
     # What a long-running process has imported after its first exposure: the in-process
@@ -289,9 +295,15 @@ def pipeline(path: str, out_dir: str, backend: str, workers: int) -> dict:
     from ops.config import ExtractConfig
     from streamer.pipelines import pipeline_options, run_extract
 
-    options = pipeline_options("FnApiRunner", workers)
+    options = pipeline_options("FnApiRunner", 1 if pool else workers)
     c0, t0 = _cpu_s(), time.monotonic()
-    summary = run_extract([path], out_dir, backend, ExtractConfig(), options)
+    summary = run_extract(
+        [path], out_dir, backend, ExtractConfig(), options, ccd_workers=workers if pool else 0
+    )
+    if pool:  # stop the pool inside the timed region, as Beam's workers stop inside theirs
+        from transforms.ccd_pool import shutdown_pool
+
+        shutdown_pool()
     t1 = time.monotonic()
     cpu = _cpu_s() - c0
     sources = sum(pq.read_metadata(p).num_rows for p in summary["written"])
@@ -304,7 +316,8 @@ def child_main(spec: dict) -> None:
     if spec["mode"] == "bare":
         result = bare_floor(spec["path"], spec["workers"])
     else:
-        result = pipeline(spec["path"], spec["out_dir"], spec["mode"], spec["workers"])
+        backend, _, pool = spec["mode"].partition("-")
+        result = pipeline(spec["path"], spec["out_dir"], backend, spec["workers"], bool(pool))
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -397,7 +410,13 @@ def machine_info() -> dict:
     return info
 
 
-LABELS = {"bare": "bare floor", "sep": "sep", "sextractor": "sextractor"}
+LABELS = {
+    "bare": "bare floor",
+    "sep": "sep",
+    "sextractor": "sextractor",
+    "sep-pool": "sep pool",
+    "sextractor-pool": "sextr pool",
+}
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -429,7 +448,7 @@ def summarize(records: list[dict]) -> list[dict]:
         bare = rows.get(("bare", row["workers"]))
         row["x_bare"] = row["wall_s"] / bare["wall_s"] if bare else None
         row["cpu_x_bare"] = row["cpu_s"] / bare["cpu_s"] if bare else None
-    order = {"bare": 0, "sep": 1, "sextractor": 2}
+    order = {mode: i for i, mode in enumerate(LABELS)}
     return sorted(rows.values(), key=lambda r: (order[r["mode"]], r["workers"]))
 
 
@@ -437,11 +456,14 @@ def targets(rows: list[dict], workers: list[int]) -> list[dict]:
     by = {(r["mode"], r["workers"]): r for r in rows}
     out = []
 
-    sep2, bare2 = by.get(("sep", 2)), by.get(("bare", 2))
-    name = f"sep backend <= {TARGET_SEP_VS_BARE}x bare floor (2 processes)"
+    bare2 = by.get(("bare", 2))
+    sep2 = [r for r in (by.get(("sep", 2)), by.get(("sep-pool", 2))) if r]
+    name = f"sep backend <= {TARGET_SEP_VS_BARE}x bare floor (2 processes, best mode)"
     if sep2 and bare2:
-        ratio = sep2["wall_s"] / bare2["wall_s"]
-        out.append({"target": name, "value": f"{ratio:.2f}x", "ok": ratio <= TARGET_SEP_VS_BARE})
+        best = min(sep2, key=lambda r: r["wall_s"])
+        ratio = best["wall_s"] / bare2["wall_s"]
+        value = f"{ratio:.2f}x ({LABELS[best['mode']]})"
+        out.append({"target": name, "value": value, "ok": ratio <= TARGET_SEP_VS_BARE})
     else:
         out.append({"target": name, "value": "not measured", "ok": None})
 
@@ -457,11 +479,12 @@ def targets(rows: list[dict], workers: list[int]) -> list[dict]:
     name = f"sep >= {TARGET_SEP_VS_SEXTRACTOR}x faster than sextractor at the same workers"
     parts, oks = [], []
     for w in workers:
-        s, x = by.get(("sep", w)), by.get(("sextractor", w))
-        if s and x:
-            ratio = x["wall_s"] / s["wall_s"]
-            parts.append(f"{w} w: {ratio:.2f}x")
-            oks.append(ratio >= TARGET_SEP_VS_SEXTRACTOR)
+        for suffix in ("", "-pool"):
+            s, x = by.get(("sep" + suffix, w)), by.get(("sextractor" + suffix, w))
+            if s and x:
+                ratio = x["wall_s"] / s["wall_s"]
+                parts.append(f"{w} w{suffix.replace('-', ' ')}: {ratio:.2f}x")
+                oks.append(ratio >= TARGET_SEP_VS_SEXTRACTOR)
     if oks:
         out.append({"target": name, "value": ", ".join(parts), "ok": all(oks)})
     else:
@@ -560,6 +583,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="sep,sextractor",
         help="comma-separated pipeline backends: sep, sextractor (default both)",
     )
+    ap.add_argument(
+        "--no-pool",
+        action="store_true",
+        help="skip the CCD-pool rows (run_extract with ccd_workers; workers > 1 only)",
+    )
     ap.add_argument("--label", default="GOOD", help="class of the simulated exposure (GOOD)")
     ap.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -602,6 +630,8 @@ def main(argv=None) -> int:
 
         configs = [("bare", w) for w in args.workers]
         configs += [(b, w) for b in args.backends for w in args.workers]
+        if not args.no_pool:
+            configs += [(f"{b}-pool", w) for b in args.backends for w in args.workers if w > 1]
         records = []
         for rep in range(args.repeats):
             for mode, workers in configs:

@@ -233,6 +233,15 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
         default=None,
         help="extraction backend (default: extract.backend of the config, sep)",
     )
+    p.add_argument(
+        "--ccd-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure each exposure's CCDs in a pool of N processes started once for the run "
+        "(cheaper than Beam worker processes for a few exposures; use with --workers 1); "
+        "default 0: CCDs are spread by the Beam runner",
+    )
     _add_runner_options(p)
 
 
@@ -247,8 +256,17 @@ def _cmd_extract(args: argparse.Namespace, cfg: Config) -> int:
     params = cfg.extract
     if args.backend:
         params = dataclasses.replace(params, backend=args.backend)
+    if args.ccd_workers < 0:
+        raise UsageError(f"--ccd-workers must be >= 0, got {args.ccd_workers}")
     options = pipeline_options(args.runner, args.workers)
-    summary = run_extract([str(f) for f in args.files], args.out, params.backend, params, options)
+    summary = run_extract(
+        [str(f) for f in args.files],
+        args.out,
+        params.backend,
+        params,
+        options,
+        ccd_workers=args.ccd_workers,
+    )
     for q in summary["quarantined"]:
         print(
             f"quarantined {q.exposure_id}"
@@ -512,6 +530,7 @@ EXAMPLES = {
         "examples:\n"
         "  skygrade extract archive/2026-11-24/*.fits --out features\n"
         "  skygrade extract night/*.fits.fz --out features --backend sextractor --workers 2\n"
+        "  skygrade extract exposure.fits --out features --ccd-workers 2\n"
         "  skygrade extract catalogs/*.ldac --out features --backend catalog"
     ),
     "grade": (

@@ -121,8 +121,12 @@ def run_extract(
     backend: str = "sep",
     params=None,
     options: PipelineOptions | None = None,
+    ccd_workers: int = 0,
 ) -> dict:
     """Extract features of ``paths`` into ``out_dir`` (one parquet file per exposure).
+
+    ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives the
+    pipeline (see :class:`~transforms.extract.ExtractSources`); 0 spreads them with Beam.
 
     Returns
     -------
@@ -138,7 +142,7 @@ def run_extract(
         out = (
             p
             | "ExposurePaths" >> beam.Create([str(x) for x in paths])
-            | "ExtractSources" >> ExtractSources(backend, params)
+            | "ExtractSources" >> ExtractSources(backend, params, ccd_workers=ccd_workers)
         )
         _ = (
             out["features"]

@@ -47,7 +47,8 @@ def ccd_pool(workers: int) -> ProcessPoolExecutor:
                 _POOL.shutdown(wait=True, cancel_futures=True)
             # spawn, not fork: the parent runs Beam's gRPC threads, which fork does not survive.
             ctx = multiprocessing.get_context("spawn")
-            _POOL = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+            # Workers import only the extraction chain (Beam, astropy, sep; never torch).
+            _POOL = ProcessPoolExecutor(workers, mp_context=ctx)
             _POOL_WORKERS = workers
             log.info("started a pool of %d CCD worker processes", workers)
     return _POOL
@@ -63,12 +64,6 @@ def shutdown_pool() -> None:
 
 
 atexit.register(shutdown_pool)
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):

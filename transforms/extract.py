@@ -551,9 +551,19 @@ class OpenExposures(beam.PTransform):
 class ExtractSources(beam.PTransform):
     """Exposure paths -> per-CCD feature records, with a tagged quarantine output.
 
-    CCDs are spread with a Reshuffle after the exposure is opened, so a runner with several
-    workers measures the CCDs of one exposure in parallel. With ``keep_pixels`` each record
-    carries its background-subtracted image for the fused representative-image step.
+    Two ways to measure the CCDs of an exposure in parallel:
+
+    - ``ccd_workers=0`` (default): CCDs are spread with a Reshuffle after the exposure is
+      opened, so a runner with several workers measures them in parallel. Suits any runner.
+    - ``ccd_workers=N``: each exposure's CCDs run in a pool of N processes that lives as long
+      as this process (:mod:`transforms.ccd_pool`), with the pipeline itself in one process.
+      Beam's ``multi_processing`` workers import and start afresh on every run (~7 CPU-s
+      measured); the pool pays that once per process, which is what a daemon or a short run
+      on a few exposures wants.
+
+    With ``keep_pixels`` each record carries its background-subtracted image for the fused
+    representative-image step (Reshuffle mode only: pixels never cross the pool's process
+    boundary).
 
     Returns a dict with ``"features"`` (:class:`CcdFeatures`), ``"quarantine"``
     (:class:`~transforms.quarantine.Quarantined`) and ``"exposures"`` (the
@@ -567,13 +577,24 @@ class ExtractSources(beam.PTransform):
     """
 
     def __init__(
-        self, backend: str = "sep", params: SepParams | None = None, keep_pixels: bool = False
+        self,
+        backend: str = "sep",
+        params: SepParams | None = None,
+        keep_pixels: bool = False,
+        ccd_workers: int = 0,
     ) -> None:
         super().__init__()
         make_backend(backend, params)  # fail at construction for an unknown name
+        if ccd_workers < 0:
+            raise ValueError(f"ccd_workers must be >= 0, got {ccd_workers}")
+        if ccd_workers and keep_pixels:
+            raise ValueError("keep_pixels needs ccd_workers=0: pixels stay in the pool workers")
         self.backend, self.params, self.keep_pixels = backend, params, keep_pixels
+        self.ccd_workers = ccd_workers
 
     def expand(self, paths):
+        if self.ccd_workers:
+            return self._expand_pooled(paths)
         opened = paths | "OpenExposures" >> beam.ParDo(
             _OpenExposure(self.backend, self.params)
         ).with_outputs(QUARANTINE, EXPOSURES, main="ccds")
@@ -593,6 +614,17 @@ class ExtractSources(beam.PTransform):
             QUARANTINE: quarantined,
             EXPOSURES: opened[EXPOSURES],
         }
+
+    def _expand_pooled(self, paths):
+        from transforms.ccd_pool import PooledCcds
+
+        params = dataclasses.replace(self.params or SepParams(), backend=self.backend)
+        opened = paths | "OpenExposures" >> OpenExposures(params)
+        pooled = opened[EXPOSURES] | "PooledCcds" >> PooledCcds(self.ccd_workers, params)
+        quarantined = (opened[QUARANTINE], pooled[QUARANTINE]) | "MergeQuarantine" >> (
+            beam.Flatten()
+        )
+        return {"features": pooled["ccds"], QUARANTINE: quarantined, EXPOSURES: opened[EXPOSURES]}
 
 
 # --------------------------------------------------------------------------- parquet

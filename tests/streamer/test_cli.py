@@ -121,6 +121,15 @@ def test_extract_writes_features_and_reports_quarantine(tmp_path, capsys):
     assert "quarantined 9999999: truncated" in text
     assert "features of 1 exposure(s)" in text
     assert len(list((tmp_path / "feat").glob("*.parquet"))) == 1
+    # the same with a CCD process pool, and a clear refusal of a negative pool size
+    pooled = tmp_path / "pooled"
+    assert main(["-q", "extract", *files, "--out", str(pooled), "--ccd-workers", "2"]) == 0
+    assert "features of 1 exposure(s)" in capsys.readouterr().out
+    assert [p.name for p in pooled.glob("*.parquet")] == [
+        p.name for p in (tmp_path / "feat").glob("*.parquet")
+    ]
+    assert main(["-q", "extract", *files, "--out", str(pooled), "--ccd-workers", "-1"]) != 0
+    assert "--ccd-workers must be >= 0" in capsys.readouterr().err
 
 
 def test_only_the_chosen_command_gets_its_arguments_built():

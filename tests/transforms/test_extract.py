@@ -196,6 +196,47 @@ def test_run_extract_writes_one_parquet_per_exposure(archive, tmp_path):
     assert record["stage"] == "extract" and record["ccd"] == 1
 
 
+def test_ccd_pool_mode_gives_the_same_features_and_quarantine(archive, tmp_path):
+    """run_extract with a CCD process pool writes what the Beam-spread mode writes."""
+    from streamer.pipelines import run_extract
+
+    spread = run_extract(list(archive.values()), tmp_path / "spread")
+    pooled = run_extract(list(archive.values()), tmp_path / "pooled", ccd_workers=2)
+    assert [p.name for p in pooled["written"]] == [p.name for p in spread["written"]]
+    for a, b in zip(spread["written"], pooled["written"], strict=True):
+        ta, tb = pq.read_table(a), pq.read_table(b)
+        assert ta.column_names == tb.column_names
+        for name in FEATURE_COLUMNS:
+            np.testing.assert_array_equal(ta[name].to_numpy(), tb[name].to_numpy(), err_msg=name)
+    key = lambda q: (q.exposure_id, q.ccd, q.reason)  # noqa: E731
+    assert sorted(map(key, pooled["quarantined"]), key=str) == sorted(
+        map(key, spread["quarantined"]), key=str
+    )
+
+
+def test_ccd_pool_workers_never_import_torch(archive):
+    """Pool workers run the extraction chain only: importing torch would cost each one
+    seconds of start-up and ~200 MB."""
+    from transforms.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
+    from transforms.exposure import read_meta
+
+    pool = ccd_pool(1)
+    try:
+        meta = read_meta(archive["good"])
+        features = pool.submit(measure_ccd, meta, 0, ExtractConfig(), None, 32).result(timeout=120)
+        assert features.n_sources > 5
+        assert pool.submit(eval, "'torch' in __import__('sys').modules").result() is False
+    finally:
+        shutdown_pool()
+
+
+def test_ccd_pool_mode_refuses_to_ship_pixels():
+    with pytest.raises(ValueError, match="keep_pixels"):
+        ExtractSources("sep", keep_pixels=True, ccd_workers=2)
+    with pytest.raises(ValueError, match="ccd_workers"):
+        ExtractSources("sep", ccd_workers=-1)
+
+
 def test_backend_keeps_pixels_only_when_asked(archive):
     from transforms.exposure import read_meta
 
