@@ -7,8 +7,13 @@ Execution design, chosen by measurement (REFERENCE.md, benchmarks/extract.py):
   but its GroupByKey (needed to gather an exposure's CCDs into one grade) emits only at
   shutdown, and the BundleBasedDirectRunner's streaming is broken (apache/beam#26577).
 - A bounded pipeline per ready exposure on the in-process FnApiRunner costs ~0.09 s of
-  overhead per run, and it is the same ``GradeExposures`` that ``skygrade grade`` and the
-  backfill run, so the daemon grades exactly like the batch tools.
+  overhead per run for a trivial graph, and it is the same ``GradeExposures`` that
+  ``skygrade grade`` and the backfill run, so the daemon grades exactly like the batch tools.
+  For the real graph, building it and translating it to the runner's proto cost ~0.85 s per
+  exposure, and a CoGroupByKey split it into 5 stages: the daemon's
+  :class:`~streamer.session.GradingSession` builds graph and proto once and reruns the proto
+  per exposure, and with a CCD pool ``GradeExposures`` is one shuffle-free stage. Measured by
+  benchmarks/latency.py (section 2).
 - sep holds the GIL: CCDs run in parallel only in separate processes. Beam's
   ``multi_processing`` mode restarts its workers every run (~7 CPU-s of fixed cost measured),
   so the daemon uses a pool of CCD worker processes created once and reused by every
@@ -78,6 +83,7 @@ class Daemon:
         self.metrics.set_model(str(self.manifest.get("version", "unknown")))
         self.ledger: Ledger | None = None
         self.last_graded: dict | None = None
+        self.session = None  # the grading pipeline (streamer.session), built on first use
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -211,7 +217,7 @@ class Daemon:
                 self.stopping.wait(self.cfg.watch.retry_s)
 
     def _grade_pending(self) -> None:
-        from streamer.pipelines import run_grade
+        from streamer.session import GradingSession
 
         wc = self.cfg.watch
         backoff = wc.retry_s
@@ -226,13 +232,12 @@ class Daemon:
             if entry is None:
                 continue
             try:
-                rows = run_grade(
-                    [entry.path],
-                    self.out_dir,
-                    self.bundle,
-                    self.cfg,
-                    arrivals={entry.path: entry.ready_at or entry.seen_at},
-                    ccd_workers=wc.ccd_workers,
+                if self.session is None:  # built once, on the grader thread, when first needed
+                    self.session = GradingSession(
+                        self.out_dir, self.bundle, self.cfg, ccd_workers=wc.ccd_workers
+                    )
+                rows = self.session.grade(
+                    [entry.path], {entry.path: entry.ready_at or entry.seen_at}
                 )
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
                 self.ledger.release(entry.key)

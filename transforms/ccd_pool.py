@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 
@@ -121,6 +122,54 @@ class _PooledCcds(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(QUARANTINE, result)
                 else:
                     yield result
+
+
+class ExposureInputs(NamedTuple):
+    """Everything measured on one exposure's CCDs, travelling as one element.
+
+    Attributes
+    ----------
+    meta : ExposureMeta
+        The exposure's metadata.
+    ccds : list of CcdInputs
+        The CCDs ready for scoring, in CCD order.
+    bad : list of Quarantined
+        The CCDs that could not be measured, with their reasons.
+    """
+
+    meta: Any
+    ccds: list
+    bad: list
+
+
+class _PooledExposures(_PooledCcds):
+    """Exposure metadata -> one :class:`ExposureInputs`, its CCDs computed in the pool."""
+
+    def process(self, meta):
+        ccds, bad = [], []
+        for result in super().process(meta):
+            if isinstance(result, beam.pvalue.TaggedOutput):
+                bad.append(result.value)
+            else:
+                ccds.append(result)
+        yield ExposureInputs(
+            meta,
+            sorted(ccds, key=lambda c: c.ccd),
+            sorted(bad, key=lambda b: b.ccd),
+        )
+
+
+class PooledExposures(beam.PTransform):
+    """:class:`ExposureMeta` -> :class:`ExposureInputs`: one element per exposure, so that
+    scoring and grading follow element by element, with no shuffle to gather the CCDs again
+    (a bounded pipeline of one stage, and a chain a streaming pipeline can run)."""
+
+    def __init__(self, workers: int, extract, som_path, tile: int = 32):
+        super().__init__()
+        self.args = (workers, extract, os.fspath(som_path), tile)
+
+    def expand(self, metas):
+        return metas | "MeasureCcdsInPool" >> beam.ParDo(_PooledExposures(*self.args))
 
 
 class PooledCcds(beam.PTransform):

@@ -7,6 +7,13 @@ The one composite transform that the daemon, ``skygrade grade`` and the backfill
               │ quarantine (files, CCDs)                                          ▼
               └──────────────────────────────── CoGroupByKey(exposure) ─ GradeExposure ─ rows
 
+With ``ccd_workers=N`` (the daemon, ``skygrade grade``) the chain runs element by element
+with no shuffle: each exposure's CCDs go to a process pool that outlives the pipeline and come
+back as one element, which is scored as one batch and graded::
+
+    paths ─ OpenExposures ─ PooledExposures ─ ScoreExposures ─ GradeExposure ─┐
+              └ quarantine (files) ─────────────────────────── GradeRefused ──┴─ rows
+
 Extraction, hits and cutouts of a CCD are fused in one stage (no shuffle between them), so the
 pixels read for extraction are reused for the cutouts and dropped before anything is
 serialised. Rows are plain dicts with the parquet schema of :mod:`transforms.sinks`.
@@ -24,13 +31,13 @@ import apache_beam as beam
 
 from models.bundle import read_manifest
 from models.classes import CLASSES
-from transforms.ccd_pool import PooledCcds
+from transforms.ccd_pool import PooledExposures
 from transforms.exposure import observing_night
 from transforms.extract import EXPOSURES, ExtractSources, OpenExposures
 from transforms.grade import CcdScore, grade_exposure
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.representative import BuildRepresentatives
-from transforms.score import ScoreCcds
+from transforms.score import ScoreCcds, ScoreExposures
 from transforms.som_hits import SomHits
 
 STAGES = ("extract", "som", "representative", "score")
@@ -167,7 +174,7 @@ def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
 class _GradeFn(beam.DoFn):
     def __init__(self, model_version, config_digest, arrivals) -> None:
         self.model_version, self.config_digest = model_version, config_digest
-        self.arrivals = dict(arrivals or {})
+        self.arrivals = arrivals
 
     def process(self, item):
         exposure_id, groups = item
@@ -229,17 +236,13 @@ class GradeExposures(beam.PTransform):
         self.som_path = os.path.join(self.bundle_path, manifest["som"]["file"])
         self.tile = int(manifest["cnn"]["shape"]["tile"])
         self.extract, self.config_digest = extract, config_digest
-        self.arrivals = dict(arrivals or {})
+        # Any mapping: a plain dict, or one that reads live values (the daemon's session).
+        self.arrivals = {} if arrivals is None else arrivals
         self.torch_threads = torch_threads
 
     def expand(self, paths):
         if self.ccd_workers:
-            opened = paths | "OpenExposures" >> OpenExposures(self.extract)
-            pooled = opened[EXPOSURES] | "PooledCcds" >> PooledCcds(
-                self.ccd_workers, self.extract, self.som_path, self.tile
-            )
-            metas, inputs = opened[EXPOSURES], pooled["ccds"]
-            bad = (opened[QUARANTINE], pooled[QUARANTINE]) | "AllBad" >> beam.Flatten()
+            return self._expand_pooled(paths)
         else:
             pixels = self.extract.backend != "catalog"
             out = paths | "ExtractSources" >> ExtractSources(
@@ -263,3 +266,33 @@ class GradeExposures(beam.PTransform):
             | "GradeExposure"
             >> beam.ParDo(_GradeFn(self.model_version, self.config_digest, self.arrivals))
         )
+
+    def _expand_pooled(self, paths):
+        """Element by element, no shuffle: open -> the exposure's CCDs in the pool -> score
+        them as one batch -> grade. One fused stage (cheap to start per exposure) and a
+        chain that a streaming pipeline can run."""
+        opened = paths | "OpenExposures" >> OpenExposures(self.extract)
+        scored = (
+            opened[EXPOSURES]
+            | "PooledExposures"
+            >> PooledExposures(self.ccd_workers, self.extract, self.som_path, self.tile)
+            | "ScoreExposures" >> ScoreExposures(self.bundle_path, self.torch_threads)
+        )
+        version, digest, arrivals = self.model_version, self.config_digest, self.arrivals
+        graded = scored | "GradeExposure" >> beam.Map(
+            lambda item: exposure_row(
+                item[0].meta.exposure_id,
+                item[0].meta,
+                item[1],
+                item[0].bad,
+                version,
+                digest,
+                arrivals.get(item[0].meta.path),
+            )
+        )
+        refused = opened[QUARANTINE] | "GradeRefused" >> beam.Map(
+            lambda q: exposure_row(
+                q.exposure_id, None, [], [q], version, digest, arrivals.get(q.path)
+            )
+        )
+        return (graded, refused) | "AllExposures" >> beam.Flatten()

@@ -151,3 +151,47 @@ class ScoreCcds(beam.PTransform):
         )
         unscored = split[1] | "NoSources" >> beam.Map(to_score, None)
         return (scored, unscored) | "AllScores" >> beam.Flatten()
+
+
+def score_ccds(bundle: ModelBundle, inputs: Sequence[CcdInputs]) -> list[CcdScore]:
+    """Scores of one exposure's CCDs: the scorable ones in one batch, the others (no clean
+    source) with ``probs=None`` and their reason, in the order given."""
+    scorable = [x for x in inputs if x.reason is None]
+    start = time.perf_counter()
+    probs = iter(score_batch(bundle, scorable) if scorable else ())
+    share = (time.perf_counter() - start) / max(len(scorable), 1)
+    return [
+        to_score(x, next(probs), share) if x.reason is None else to_score(x, None) for x in inputs
+    ]
+
+
+class ExposureModelHandler(BundleModelHandler):
+    """RunInference handler whose elements are whole exposures
+    (:class:`~transforms.ccd_pool.ExposureInputs`): each exposure's CCDs are scored in one
+    batch, and the inference is the list of their :class:`CcdScore`."""
+
+    def run_inference(
+        self,
+        batch: Sequence[Any],
+        model: ModelBundle,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        return [PredictionResult(e, score_ccds(model, e.ccds), model.version) for e in batch]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+
+class ScoreExposures(beam.PTransform):
+    """:class:`~transforms.ccd_pool.ExposureInputs` -> ``(ExposureInputs, [CcdScore])``."""
+
+    def __init__(self, bundle_path: str | os.PathLike, torch_threads: int | None = 1) -> None:
+        super().__init__()
+        self.handler = ExposureModelHandler(bundle_path, torch_threads=torch_threads)
+
+    def expand(self, exposures):
+        return (
+            exposures
+            | "RunInference" >> RunInference(self.handler)
+            | "Scores" >> beam.Map(lambda r: (r.example, r.inference))
+        )

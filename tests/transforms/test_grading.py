@@ -123,3 +123,44 @@ def test_pooled_ccds_give_the_same_rows_as_beam_spread_ccds(bundle, exposures, t
         for c in CLASSES:
             assert a[f"p_{c}"] == pytest.approx(b[f"p_{c}"])
     assert [r["grade"] for r in again] == [r["grade"] for r in spread if r["path"] in paths]
+
+
+def test_a_session_built_once_grades_like_run_grade(bundle, exposures, tmp_path):
+    """The daemon's session (graph and proto built once, one run per exposure) writes the
+    rows run_grade writes; arrivals reach latency_s; a failed run leaves nothing behind."""
+    from streamer.session import _ARRIVALS, _INBOX, GradingSession
+
+    paths, bad, dead = exposures
+    expected = run_grade([*paths, bad, dead], tmp_path / "a", bundle, Config(), ccd_workers=1)
+    session = GradingSession(tmp_path / "b", bundle, Config(), ccd_workers=1)
+    got = []
+    for i, path in enumerate([*paths, bad, dead]):
+        arrived = 1_700_000_000.0 + i
+        rows = session.grade([path], {path: arrived})
+        assert [r["path"] for r in rows] == [path]
+        assert rows[0]["arrived_at"].timestamp() == pytest.approx(arrived)
+        got += rows
+    assert session.runs == 4 and not _INBOX and not _ARRIVALS
+    keys = ("exposure_id", "grade", "status", "reason", "n_ccd_graded", "n_sources")
+    got.sort(key=lambda r: r["exposure_id"])
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in expected]
+    for a, b in zip(expected, got, strict=True):
+        for c in CLASSES:
+            assert a[f"p_{c}"] == pytest.approx(b[f"p_{c}"])
+    assert len(read_grades(tmp_path / "b")) == 4
+
+    # a sink that fails raises to the caller (first run and proto reruns alike), the inbox
+    # does not keep the paths, and the session grades again once the disk is back
+    import shutil
+
+    out = tmp_path / "c"
+    failing = GradingSession(out, bundle, Config(), ccd_workers=1)
+    for run in range(3):
+        out.write_text("a file where the dataset's directory should be")
+        with pytest.raises(Exception, match="c"):
+            failing.grade([paths[0]], {paths[0]: 1.0})
+        assert not _INBOX and not _ARRIVALS
+        out.unlink()
+        assert [r["path"] for r in failing.grade([paths[0]])] == [paths[0]]
+        assert failing.runs == run + 1
+        shutil.rmtree(out)
