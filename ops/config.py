@@ -762,8 +762,8 @@ class WatchConfig:
     )
     incomplete_timeout_s: float = setting(
         900.0,
-        "Seconds a file may stay incomplete (still arriving) before it is quarantined as "
-        "truncated.",
+        "Seconds an incomplete file may stay unchanged before it is quarantined as "
+        "truncated (a file still growing is waited for).",
         gt=0,
     )
     poll_s: float = setting(0.5, "Seconds between checks of files still arriving.", gt=0)

@@ -29,8 +29,10 @@ Outcomes
 
 - ``outside_drop``: the real path (symlinks followed) lies outside the real drop directory. The
   file is never opened.
-- ``truncated``: still incomplete (or still changing) ``incomplete_timeout_s`` after it was
-  first seen. If it changes later it becomes a candidate again.
+- ``truncated``: incomplete, and unchanged for ``incomplete_timeout_s`` (a copy that stopped
+  half way). A file that keeps growing is waited for, however slow the transfer (a warning is
+  logged once it has been growing for ``incomplete_timeout_s``). A rejected file that changes
+  later becomes a candidate again.
 - ``unreadable``: ``stat`` / ``open`` failed (permissions, I/O error) or it is not a regular file
   (a FIFO named ``*.fits`` would block a reader forever).
 - any :class:`~transforms.exposure.CorruptFileError` / ``ExposureError`` reason (``not_fits``,
@@ -137,6 +139,7 @@ class _Candidate:
     stable_since: float = 0.0  # monotonic time identity was last seen to change
     not_before: float = 0.0  # monotonic time before which it is not looked at (callback retry)
     incomplete: tuple[Identity, IncompleteFileError] | None = None  # last walk's verdict
+    warned_slow: bool = False  # the "still growing" warning was logged
 
 
 class DropWatcher:
@@ -154,8 +157,8 @@ class DropWatcher:
     settle_s : float, default 2.0
         How long size and mtime must stay unchanged before the integrity walk (>= 0).
     incomplete_timeout_s : float, default 900.0
-        A file still incomplete this long after it was first seen is rejected as
-        ``"truncated"`` (> 0).
+        Seconds an incomplete file may stay unchanged before it is rejected as
+        ``"truncated"`` (> 0); a file still growing is waited for.
     poll_s : float, default 0.5
         How often candidates are re-checked (> 0).
     patterns : iterable of str, default ("*.fits", "*.fits.fz")
@@ -454,14 +457,13 @@ class DropWatcher:
         if identity != cand.identity:
             cand.identity = identity
             cand.stable_since = now
-        timed_out = now - cand.first_seen >= self.incomplete_timeout_s
-        if now - cand.stable_since < self.settle_s:
-            if timed_out:
-                self._reject(
+        if now - cand.stable_since < self.settle_s:  # still changing: wait, however long
+            if not cand.warned_slow and now - cand.first_seen >= self.incomplete_timeout_s:
+                cand.warned_slow = True
+                log.warning(
+                    "%s: still being written %.0f s after it appeared; waiting for it",
                     path,
-                    identity,
-                    "truncated",
-                    f"{path}: still being written {now - cand.first_seen:.0f} s after it appeared",
+                    now - cand.first_seen,
                 )
             return
         if cand.incomplete is None or cand.incomplete[0] != identity:
@@ -482,12 +484,10 @@ class DropWatcher:
             else:
                 cand.incomplete = None
         if cand.incomplete is not None:
-            if timed_out:
-                waited = now - cand.first_seen
-                message = (
-                    f"{cand.incomplete[1]} (still incomplete {waited:.0f} s after it appeared)"
-                )
-                self._reject(path, identity, "truncated", message)
+            unchanged = now - cand.stable_since
+            if unchanged >= self.incomplete_timeout_s:
+                detail = f"still incomplete, unchanged for {unchanged:.0f} s"
+                self._reject(path, identity, "truncated", f"{cand.incomplete[1]} ({detail})")
             return
         try:
             after = os.stat(path)

@@ -270,6 +270,25 @@ def test_truncated_file_completed_after_rejection_is_reported(drop, start_watche
     assert rec.ready_paths == [path]
 
 
+def test_a_slow_copy_still_growing_past_the_timeout_is_waited_for(drop, start_watcher, caplog):
+    """The timeout counts from the last change: a transfer slower than it is not truncated."""
+    rec = Recorder()
+    start_watcher(rec, incomplete_timeout_s=0.6)
+    path = drop / "2817001o.fits"
+    data = exposure()
+    chunks = [data[i : i + len(data) // 12] for i in range(0, len(data), len(data) // 12)]
+    with caplog.at_level("WARNING", logger="streamer.watcher"):
+        with path.open("wb") as fh:
+            for chunk in chunks:  # ~1.3 s of growth, > 2x the timeout
+                fh.write(chunk)
+                fh.flush()
+                time.sleep(0.1)
+        rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    assert rec.rejected == [] and rec.ready_paths == [path]
+    assert "still being written" in caplog.text
+
+
 def test_not_fits_rejected_at_once(drop, start_watcher):
     rec = Recorder()
     start_watcher(rec)
