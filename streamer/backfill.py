@@ -55,7 +55,14 @@ EXAMPLES = (
     "  skygrade backfill archive --out grades\n"
     "  skygrade backfill archive --out grades --nights 2026-11-01..2026-11-07 --workers 2\n"
     "  skygrade backfill archive --out grades --bundle bundles/2026-12   # adds new-model rows\n"
-    "  skygrade backfill catalogs --out grades --backend catalog --force"
+    "  skygrade backfill catalogs --out grades --backend catalog --force\n"
+    "  skygrade backfill archive --out grades --runner dask --workers 2   # local Dask cluster\n"
+    "  skygrade backfill archive --out grades --runner dask --dask-scheduler tcp://sched:8786\n"
+    "  skygrade backfill /data/archive --out /data/grades --runner FlinkRunner \\\n"
+    "      --beam-option=--flink_master=flink-jm:8081 \\\n"
+    "      --beam-option=--environment_type=EXTERNAL \\\n"
+    "      --beam-option=--environment_option=external_service_address=localhost:50000\n"
+    "      # Flink, Spark, Dataflow: options and the SDK harness container in docs/runners.md"
 )
 
 CATALOG_PATTERNS = ("*.ldac", "*.cat")
@@ -403,7 +410,10 @@ def run_backfill(
     force : bool
         Regrade exposures already graded with this model version and configuration.
     options : PipelineOptions, optional
-        Beam runner options (default: FnApiRunner in process).
+        Beam runner options (default: FnApiRunner in process). With the Dask runner and no
+        scheduler named (``--dask_client_address`` / ``--dask_scheduler_file``), a local Dask
+        cluster of ``--dask_local_workers`` processes runs all the batches and is closed at
+        the end (``streamer.dask_runner.scheduler_for``).
     batch_size : int
         Exposures per Beam job. The grading job groups by exposure, so a job writes its rows
         only once all its exposures are measured: batches bound what a crash loses and make
@@ -448,7 +458,7 @@ def run_backfill(
     bar = Progress(len(plan.todo), "exposures", stream=stream, min_interval_s=min_interval_s)
     watcher = _OutputWatcher(out, [i.exposure_id for i in plan.todo], bar, poll_s)
     options = options or pipeline_options()
-    with watcher:
+    with watcher, _scheduler(options) as options:
         for first in range(0, len(plan.todo), batch_size):
             batch = plan.todo[first : first + batch_size]
             with make_pipeline(options) as p:
@@ -462,6 +472,22 @@ def run_backfill(
     summary.rows = _read_written(watcher.written, model_version)
     summary.missing = sorted(watcher.remaining)
     return summary
+
+
+def _scheduler(options: PipelineOptions):
+    """A context giving the options to run with: a local Dask cluster for the Dask runner
+    without a scheduler, ``options`` unchanged otherwise."""
+    import contextlib
+
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from streamer.pipelines import DASK_RUNNERS
+
+    if options.view_as(StandardOptions).runner not in DASK_RUNNERS:
+        return contextlib.nullcontext(options)
+    from streamer.dask_runner import scheduler_for
+
+    return scheduler_for(options)
 
 
 def _read_written(files: dict[str, Path], model_version: str) -> list[dict]:
@@ -515,6 +541,21 @@ def add_arguments(parser) -> None:
     )
     _add_bundle_option(parser)
     _add_runner_options(parser)
+    parser.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="with --runner dask: the dask.distributed scheduler to use (tcp://host:8786); "
+        "default: a local cluster of --workers processes for this run",
+    )
+    parser.add_argument(
+        "--beam-option",
+        metavar="FLAG",
+        action="append",
+        default=[],
+        help="one more Beam pipeline option, passed through (repeatable), e.g. "
+        "--beam-option=--flink_master=localhost:8081; see docs/runners.md",
+    )
 
 
 def command(args, cfg) -> int:
@@ -522,7 +563,7 @@ def command(args, cfg) -> int:
     import dataclasses
 
     from streamer.cli import EXIT_FAILURE, EXIT_OK, UsageError, _bundle, parse_nights
-    from streamer.pipelines import pipeline_options
+    from streamer.pipelines import DASK_RUNNERS, pipeline_options
 
     if not args.archive.is_dir():
         raise UsageError(f"archive {args.archive} is not a directory")
@@ -530,6 +571,14 @@ def command(args, cfg) -> int:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     if args.batch < 1:
         raise UsageError(f"--batch: must be >= 1, got {args.batch}")
+    extra = list(args.beam_option)
+    bad = [f for f in extra if not f.startswith("--")]
+    if bad:
+        raise UsageError(f"--beam-option: expected --flag[=value], got {', '.join(bad)}")
+    if args.dask_scheduler:
+        if args.runner not in DASK_RUNNERS:
+            raise UsageError(f"--dask-scheduler needs --runner dask, got --runner {args.runner}")
+        extra.append(f"--dask_client_address={args.dask_scheduler}")
     nights = parse_nights(args.nights) if args.nights else None
     if args.backend:
         cfg = dataclasses.replace(
@@ -542,7 +591,7 @@ def command(args, cfg) -> int:
         cfg,
         nights=nights,
         force=args.force,
-        options=pipeline_options(args.runner, args.workers),
+        options=pipeline_options(args.runner, args.workers, extra),
         batch_size=args.batch,
     )
     if not summary.found:

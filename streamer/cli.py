@@ -220,7 +220,8 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
         default="FnApiRunner",
-        help="Beam runner (FnApiRunner, DirectRunner, DaskRunner...); default FnApiRunner",
+        help="Beam runner (FnApiRunner, DirectRunner, dask, FlinkRunner...; see "
+        "docs/runners.md); default FnApiRunner",
     )
 
 

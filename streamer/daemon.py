@@ -40,12 +40,13 @@ import threading
 import time
 from pathlib import Path
 
-from models.bundle import read_manifest
+from models.bundle import MANIFEST, read_manifest
 from ops.alerts import AlertDispatcher, AlertEngine
 from ops.config import Config
 from ops.http import HttpServer
 from ops.metrics import Metrics
 from streamer.ledger import Ledger
+from streamer.observer import Observer
 from streamer.watcher import DropWatcher
 from transforms.exposure import exposure_id_from_path
 from transforms.grading import exposure_row
@@ -84,6 +85,7 @@ class Daemon:
         self.ledger: Ledger | None = None
         self.last_graded: dict | None = None
         self.session = None  # the grading pipeline (streamer.session), built on first use
+        self._session_key: tuple | None = None  # the bundle the session was built for
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -101,8 +103,13 @@ class Daemon:
         self.dispatcher = AlertDispatcher.from_config(self.cfg.alerts, self.metrics)
         self.dispatcher.start()
         self.alerts = AlertEngine(self.cfg.alerts, sink=self.dispatcher.send, metrics=self.metrics)
+        self.observer = Observer(self.out_dir, status=self.health)
         self.server = HttpServer(
-            self.metrics.registry, self.cfg.metrics.host, self.cfg.metrics.port, self.health
+            self.metrics.registry,
+            self.cfg.metrics.host,
+            self.cfg.metrics.port,
+            self.health,
+            routes=self.observer.routes(),
         )
         self.server.start()
         grader = threading.Thread(target=self._grade_loop, name="skygrade-grader")
@@ -232,10 +239,15 @@ class Daemon:
             if entry is None:
                 continue
             try:
-                if self.session is None:  # built once, on the grader thread, when first needed
+                key = self._bundle_key()
+                if self.session is None or key != self._session_key:
+                    # Built on the grader thread when first needed, and again when the bundle
+                    # changes on disk (a symlink swapped to a new version: no restart needed).
                     self.session = GradingSession(
                         self.out_dir, self.bundle, self.cfg, ccd_workers=wc.ccd_workers
                     )
+                    self._session_key = key
+                    self._use_model(read_manifest(self.bundle))
                 rows = self.session.grade(
                     [entry.path], {entry.path: entry.ready_at or entry.seen_at}
                 )
@@ -261,6 +273,18 @@ class Daemon:
             log.info(
                 "%s %s %.2f %s", row["exposure_id"], row["grade"], row["confidence"], row["reason"]
             )
+
+    def _bundle_key(self) -> tuple[str, int]:
+        """What identifies the bundle on disk: its real path and its manifest's mtime."""
+        real = self.bundle.resolve()
+        return str(real), (real / MANIFEST).stat().st_mtime_ns
+
+    def _use_model(self, manifest: dict) -> None:
+        version = str(manifest.get("version", "unknown"))
+        if version != str(self.manifest.get("version", "unknown")):
+            log.info("model bundle %s: now version %s", self.bundle, version)
+        self.manifest = manifest
+        self.metrics.set_model(version)
 
     def _account(self, row: dict) -> None:
         """Metrics and alerts for one exposure row."""

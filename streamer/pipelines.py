@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner")
+DASK_RUNNERS = ("DaskRunner", "dask")
+"""Names that select :class:`streamer.dask_runner.SkygradeDaskRunner` (imported only then)."""
 
 
 def pipeline_options(
@@ -34,15 +37,25 @@ def pipeline_options(
     ----------
     runner : str
         ``FnApiRunner`` (default, in this process or ``workers`` subprocesses), ``DirectRunner``,
-        or any Beam runner name (``DaskRunner``, ``FlinkRunner``, ``DataflowRunner``...) whose
-        own options go in ``extra``.
+        ``dask`` / ``DaskRunner`` (:class:`streamer.dask_runner.SkygradeDaskRunner`: one
+        ``Create`` element per Dask partition; a local cluster of ``workers`` processes unless
+        ``extra`` names a scheduler, ``--dask_client_address=ADDRESS``), or any Beam runner
+        name (``FlinkRunner``, ``SparkRunner``, ``DataflowRunner``...) whose own options go in
+        ``extra`` (see docs/runners.md).
     workers : int
-        Local worker processes (``direct_num_workers``); 1 runs in process.
+        Local worker processes (``direct_num_workers``, or the local Dask cluster's size);
+        1 runs in process.
     extra : sequence of str
         More ``--flag=value`` pipeline options, passed through.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if runner in DASK_RUNNERS:
+        from streamer.dask_runner import dask_options
+
+        runner = "DaskRunner"
+        sized = any(e.startswith(("--dask_npartitions", "--dask_partition_size")) for e in extra)
+        extra = [*dask_options(workers, partition_size=None if sized else 1), *extra]
     args = [f"--runner={runner}", *extra]
     if runner in LOCAL_RUNNERS:
         mode = "multi_processing" if workers > 1 else "in_memory"
@@ -68,7 +81,8 @@ def _worker_provision():
 
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
-    """A pipeline on the runner named in ``options`` (FnApiRunner built directly)."""
+    """A pipeline on the runner named in ``options`` (FnApiRunner and the Dask runner built
+    directly: Beam does not know ``DaskRunner`` by its short name)."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     runner = options.view_as(StandardOptions).runner
@@ -78,6 +92,10 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
         return beam.Pipeline(
             runner=FnApiRunner(provision_info=_worker_provision()), options=options
         )
+    if runner in DASK_RUNNERS:
+        from streamer.dask_runner import SkygradeDaskRunner
+
+        return beam.Pipeline(runner=SkygradeDaskRunner(), options=options)
     return beam.Pipeline(options=options)
 
 
@@ -217,7 +235,11 @@ def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say
     paths that were extracted.
     """
     features_dir = Path(features_dir)
-    quarantined = {p.stem for p in (features_dir / "_quarantine").glob("*.json")}
+    # Records are <exposure_id>.json or <exposure_id>.ccdNN.json: an exposure whose every CCD
+    # was quarantined has no parquet file and is not extracted again on every retrain.
+    quarantined = {
+        re.sub(r"\.ccd\d+$", "", p.stem) for p in (features_dir / "_quarantine").glob("*.json")
+    }
     todo = [
         i.path
         for i in items

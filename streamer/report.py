@@ -22,6 +22,7 @@ EXAMPLES = (
     "examples:\n"
     "  skygrade report --night 2026-11-24 grades\n"
     "  skygrade report --night 2026-11-24 grades --png night.png\n"
+    "  skygrade report --night 2026-11-24 grades --html night.html   # the observer page, static\n"
     "  skygrade report grades --model-version 2026.11.24-101500   # the latest night"
 )
 
@@ -63,20 +64,31 @@ def night_rows(
     import pyarrow.parquet as pq
 
     folder = Path(out_dir) / "exposures" / f"night={night}"
-    latest: dict[str, dict] = {}
+    rows = []
     for file in sorted(folder.glob("*.parquet")):
         if file.name.startswith((".", "_")):
             continue
         for row in pq.read_table(file).to_pylist():
-            if model_version is not None and row["model_version"] != model_version:
-                continue
             row["night"] = night
-            row["time"] = _time_of(row)
-            seen = latest.get(row["exposure_id"])
-            if seen is None or _stamp(row["graded_at"]) > _stamp(seen["graded_at"]):
-                latest[row["exposure_id"]] = row
-    if not latest:
+            rows.append(row)
+    chosen = latest_per_exposure(rows, model_version)
+    if not chosen:
         log.warning("no exposure row for night %s under %s", night, folder)
+    return chosen
+
+
+def latest_per_exposure(rows, model_version: str | None = None) -> list[dict]:
+    """One row per exposure: ``model_version``'s, else the latest ``graded_at``; each row gets
+    ``time`` (:func:`row_time`); sorted by time, then exposure id."""
+    latest: dict[str, dict] = {}
+    for row in rows:
+        if model_version is not None and row["model_version"] != model_version:
+            continue
+        if "time" not in row:
+            row["time"] = row_time(row)
+        seen = latest.get(row["exposure_id"])
+        if seen is None or _stamp(row["graded_at"]) > _stamp(seen["graded_at"]):
+            latest[row["exposure_id"]] = row
     return sorted(latest.values(), key=lambda r: (_stamp(r["time"]), r["exposure_id"]))
 
 
@@ -84,7 +96,8 @@ def _stamp(when: dt.datetime | None) -> float:
     return when.timestamp() if when is not None else -math.inf
 
 
-def _time_of(row: dict) -> dt.datetime | None:
+def row_time(row: dict) -> dt.datetime | None:
+    """When an exposure was taken: ``date_obs`` (UTC when naive), else ``graded_at``."""
     if row.get("date_obs"):
         try:
             when = dt.datetime.fromisoformat(row["date_obs"])
@@ -243,6 +256,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--png", type=Path, default=None, help="also write a plot here")
     parser.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        help="also write the observer page's night view here: one self-contained HTML file "
+        "(CSS and images inlined, no script)",
+    )
+    parser.add_argument(
         "--model-version",
         default=None,
         help="rows of this model version (default: each exposure's latest grade)",
@@ -271,4 +291,18 @@ def command(args, cfg) -> int:
         return EXIT_FAILURE
     if args.png is not None:
         print(f"plot: {plot_night(night, rows, args.png)}")
+    if args.html is not None:
+        print(f"page: {write_html(args.dataset, night, args.html)}")
     return EXIT_OK
+
+
+def write_html(out_dir: str | os.PathLike, night: str, path: str | os.PathLike) -> Path:
+    """Write the night view of the observer page as one self-contained HTML file, atomically.
+
+    See :func:`streamer.observer.render_static_night` (each exposure's latest grade, as the
+    live page shows it).
+    """
+    from ops.files import atomic_write_text
+    from streamer.observer import render_static_night
+
+    return atomic_write_text(path, render_static_night(out_dir, night))

@@ -52,6 +52,9 @@ class CcdScore:
     n_ccd: int = 0
     stage_s: dict = field(default_factory=dict, repr=False, compare=False)
     hits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The CCD's representative image (Input-1 of the CNN), kept for the observer page and
+    stored small by the sink; None when the CCD has none (catalog mode, no clean source)."""
 
     @property
     def grade(self) -> str | None:

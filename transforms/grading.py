@@ -151,6 +151,8 @@ def _base_row(exposure_id, path, night, model_version, config_digest, arrived_at
 
 
 def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
+    """One CCD row of the parquet schema, plus ``image``: the representative image (or None),
+    which is not a parquet column; the sink stores it beside the rows (``images/``)."""
     status = "graded" if s.probs is not None else ("quarantined" if bad else "not_graded")
     row = {
         "exposure_id": exposure["exposure_id"],
@@ -165,6 +167,7 @@ def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
         "status": status,
         "reason": s.reason,
         "model_version": exposure["model_version"],
+        "image": s.image,
     }
     for i, c in enumerate(CLASSES):
         row[f"p_{c}"] = None if s.probs is None else float(s.probs[i])

@@ -72,6 +72,7 @@ def to_score(inputs: CcdInputs, probs: np.ndarray | None, score_s: float = 0.0) 
         n_ccd=inputs.n_ccd,
         stage_s={**inputs.stage_s, "score": score_s},
         hits=inputs.hits,
+        image=inputs.image if inputs.has_image and inputs.reason is None else None,
     )
 
 

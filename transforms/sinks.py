@@ -6,16 +6,19 @@ with ``os.replace``, so a reader (or a crash) never sees half a file.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.classes import CLASSES
-from ops.files import atomic_path
+from ops.files import atomic_path, atomic_write_bytes
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
@@ -139,20 +142,79 @@ def grade_paths(
     )
 
 
+IMAGE_RANGE = (-0.2, 1.5)
+"""Value range of a representative image: :func:`transforms.representative.scale_stamp` puts a
+source's peak at 1 and clips to this range. Stored images map it linearly onto 0..255."""
+
+
+def images_path(exposures_file: str | os.PathLike) -> Path:
+    """Where the representative images of the exposure written to ``exposures_file`` go.
+
+    ``<out>/exposures/night=N/<name>.parquet`` -> ``<out>/images/night=N/<name>.npz``: one
+    file per exposure per model version, beside (not inside) the parquet datasets, so that
+    ``exposures/`` and ``ccds/`` stay pure parquet.
+    """
+    path = Path(exposures_file)
+    return path.parent.parent.parent / "images" / path.parent.name / f"{path.stem}.npz"
+
+
+def quantize_image(image: np.ndarray) -> np.ndarray:
+    """A representative image as uint8: :data:`IMAGE_RANGE` mapped linearly onto 0..255."""
+    lo, hi = IMAGE_RANGE
+    scaled = (np.asarray(image, dtype=np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def write_images(path: str | os.PathLike, images: Mapping[int, np.ndarray]) -> Path:
+    """Write the representative images of one exposure's CCDs atomically, small.
+
+    One compressed ``.npz`` (no pickle): ``ccd`` (int16, n), ``image`` (uint8, n x H x W, see
+    :func:`quantize_image`) and ``range`` (the float range 0..255 stands for). ~10-30 kB per
+    CCD of 32-pixel tiles; CCDs whose images differ in shape are not expected (one bundle).
+    """
+    ccds = sorted(images)
+    stack = (
+        np.stack([quantize_image(images[c]) for c in ccds])
+        if ccds
+        else np.zeros((0, 0, 0), np.uint8)
+    )
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        ccd=np.asarray(ccds, dtype=np.int16),
+        image=stack,
+        range=np.asarray(IMAGE_RANGE, dtype=np.float32),
+    )
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_images(path: str | os.PathLike) -> dict[int, np.ndarray]:
+    """The uint8 representative images of :func:`write_images` as {ccd: image}."""
+    with np.load(path, allow_pickle=False) as z:
+        return {int(c): img for c, img in zip(z["ccd"], z["image"], strict=True)}
+
+
 def write_grade_rows(
     out_dir: str | os.PathLike, row: dict, ccd_rows: list[dict], file_name: str | None = None
 ) -> Path:
-    """Write one exposure's rows: the CCD file first, then the exposure file, each atomically.
+    """Write one exposure's rows: the CCD images, then the CCD file, then the exposure file,
+    each atomically.
 
-    The exposure file is the commit mark: its presence means the exposure is done. Writing the
-    same exposure with the same model again (a regrade after a crash) replaces both files, so
-    the dataset holds each exposure exactly once per model version.
+    The exposure file is the commit mark: its presence means the exposure is done, and the
+    images and CCD rows it refers to are already in place. Writing the same exposure with the
+    same model again (a regrade after a crash) replaces the files, so the dataset holds each
+    exposure exactly once per model version. CCD rows may carry an ``image`` (the CCD's
+    representative image, not a parquet column): those go to :func:`images_path` of the
+    exposure file, as uint8 (:func:`write_images`).
     """
     exp_path, ccd_path = grade_paths(
         out_dir, row["night"], row["exposure_id"], row["model_version"]
     )
     if file_name is not None:  # an existing file holding this version's row (backfill)
         exp_path, ccd_path = exp_path.with_name(file_name), ccd_path.with_name(file_name)
+    images = {int(r["ccd"]): r["image"] for r in ccd_rows if r.get("image") is not None}
+    if images:
+        write_images(images_path(exp_path), images)
     write_parquet_atomic(rows_table(ccd_rows, CCD_SCHEMA), ccd_path)
     return write_parquet_atomic(rows_table([row], EXPOSURE_SCHEMA), exp_path)
 

@@ -81,7 +81,8 @@ def test_backfill_equals_run_grade_and_reports(archive, bundle, graded, tmp_path
     assert [r["exposure_id"] for r in rows] == [r["exposure_id"] for r in expected]
     for got, want in zip(rows, expected, strict=True):
         for column in COMPARED:
-            assert got[column] == pytest.approx(want[column], abs=1e-9), column
+            # float32 network outputs depend on which CCDs share a batch (~1e-8 here)
+            assert got[column] == pytest.approx(want[column], abs=1e-6), column
         assert got["model_version"] == "backfill-test"
     # file names carry the model version, one row per exposure per version
     names = sorted(p.name for p in out.glob("exposures/*/*.parquet"))

@@ -100,3 +100,38 @@ def test_files_dropped_while_down_are_graded_at_start(bundle, tmp_path):
     finally:
         daemon.stop(timeout=30)
     assert len(read_grades(out)) == 1
+
+
+def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(bundle, tmp_path):
+    """Rolling out a model: point the bundle symlink at the new version; the next exposure
+    is graded with it, and the model metric follows."""
+    import os
+
+    from models.bundle import load_bundle
+
+    old = load_bundle(bundle)
+    new = ModelBundle(old.som, old.cnn, {"version": "daemon-test-2"}).save(tmp_path / "b2")
+    current = tmp_path / "current"
+    current.symlink_to(bundle)
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    (drop / "2026-11-25").mkdir(parents=True)
+    plans = plan_night("2026-11-25", 2, seed=4, class_mix={"GOOD": 1})
+    daemon = Daemon(drop, out, current, config())
+    daemon.start()
+    try:
+        for i, plan in enumerate(plans):
+            if i == 1:  # swap atomically, as an operator would: ln -s new tmp && mv -T tmp current
+                (tmp_path / "next").symlink_to(new)
+                os.replace(tmp_path / "next", current)
+            path = drop / "2026-11-25" / plan.filename
+            path.write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
+            assert wait_for(lambda n=i + 1: daemon.ledger.counts().get("graded", 0) == n)
+        rows = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+        assert [r["model_version"] for r in rows] == ["daemon-test", "daemon-test-2"]
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{daemon.server.port}/metrics", timeout=5
+        ).read()
+        assert b'skygrade_model_info{version="daemon-test-2"} 1.0' in text
+        assert daemon.health()["model_version"] == "daemon-test-2"
+    finally:
+        daemon.stop(timeout=30)

@@ -444,7 +444,9 @@ def test_dead_watchdog_thread_is_restarted(drop, start_watcher):
     for emitter in list(old.emitters):
         emitter.stop()
         emitter.join(2.0)
-    time.sleep(0.6)
+    deadline = time.monotonic() + 10.0  # the rescan every 0.3 s notices; slower under load
+    while watcher._observer is old and time.monotonic() < deadline:
+        time.sleep(0.05)
     new = watcher._observer
     assert new is not old and new.is_alive()
     assert all(e.is_alive() for e in new.emitters)

@@ -1,0 +1,416 @@
+"""The observer page and its JSON endpoints over a small hand-made grades dataset (no browser:
+tests/streamer/test_observer_page.py drives the real page in Chromium)."""
+
+import argparse
+import datetime as dt
+import http.client
+import io
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.classes import CLASSES
+from ops.config import Config
+from ops.http import HttpServer, Request
+from ops.metrics import Metrics
+from streamer import observer as obs
+from streamer import report
+from streamer.backfill import write_backfill_rows
+from transforms.sinks import (
+    grade_paths,
+    images_path,
+    quantize_image,
+    read_grades,
+    read_images,
+    write_grade_rows,
+)
+
+pytestmark = pytest.mark.usefixtures("no_thread_leak")
+
+NIGHT = "2026-11-24"
+START = dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.UTC)
+XSS = "<script>alert(1)</script>"
+
+
+def exposure(i, grade, n_ccd, version="v1", status="graded", obj="D3"):
+    when = START + dt.timedelta(minutes=3 * i)
+    row = {
+        "exposure_id": f"28170{i:02d}",
+        "night": NIGHT,
+        "path": f"/drop/{NIGHT}/28170{i:02d}o.fits",
+        "grade": grade if status == "graded" else None,
+        "confidence": 0.55 + 0.05 * i if status == "graded" else 0.0,
+        "n_ccd": n_ccd,
+        "n_ccd_graded": n_ccd - 1 if status == "graded" else 0,
+        "n_sources": 1000 + i,
+        "median_elongation": 1.2 + 0.01 * i,
+        "median_iso0": 20.0 + i,
+        "median_background": float("nan") if i == 1 else 900.0 + i,
+        "exptime": 300.0,
+        "filter": "r.MP9601",
+        "object": obj,
+        "date_obs": when.isoformat(),
+        "model_version": version,
+        "config_digest": "abc",
+        "arrived_at": when.timestamp() + 310,
+        "graded_at": when.timestamp() + 330,
+        "latency_s": 20.0 + i,
+        "status": status,
+        "reason": f"{grade}: {n_ccd - 1}/{n_ccd - 1} CCDs" if status == "graded" else "truncated",
+    }
+    row.update({f"p_{c}": None for c in CLASSES})
+    if status == "graded":
+        row.update({f"p_{c}": (0.6 if c == grade else 0.1) for c in CLASSES})
+    return row
+
+
+def ccd_rows(row, seed):
+    """CCD rows with a representative image each; the last CCD quarantined (dead)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(row["n_ccd"]):
+        dead = k == row["n_ccd"] - 1 or row["status"] != "graded"
+        g = None if dead else CLASSES[(seed + k) % len(CLASSES)]
+        probs = rng.dirichlet(np.ones(len(CLASSES)))
+        if g is not None:
+            probs[CLASSES.index(g)] = probs.max() + 0.5
+            probs /= probs.sum()
+        c = {
+            "exposure_id": row["exposure_id"],
+            "night": row["night"],
+            "ccd": k,
+            "grade": g,
+            "hits": None if dead else [int(h) for h in rng.integers(0, 50, 20)],
+            "n_sources": 0 if dead else 40 + k,
+            "median_elongation": float("nan") if dead else 1.1 + 0.01 * k,
+            "median_iso0": float("nan") if dead else 9.0 + k,
+            "median_background": float("nan") if dead else 100.0 + k,
+            "status": "quarantined" if dead else "graded",
+            "reason": "dead_ccd: all zeros" if dead else None,
+            "model_version": row["model_version"],
+            "image": None if dead else rng.uniform(-0.2, 1.5, (32, 40)).astype(np.float32),
+        }
+        c.update({f"p_{x}": None if dead else float(probs[j]) for j, x in enumerate(CLASSES)})
+        rows.append(c)
+    return rows
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    out = tmp_path / "grades"
+    for i, (g, n) in enumerate([("GOOD", 36), ("BT", 36), ("GOOD", 4), ("RBT", 40)]):
+        r = exposure(i, g, n, obj=XSS if i == 2 else "D3")
+        write_grade_rows(out, r, ccd_rows(r, i))
+    bad = exposure(4, None, 36, status="quarantined")
+    write_grade_rows(out, bad, [])
+    later = exposure(1, "GOOD", 36, version="v2")  # exposure 1 regraded by a later model
+    later["graded_at"] += 86400
+    write_backfill_rows(out, later, ccd_rows(later, 7))
+    other = exposure(0, "BGP", 4) | {"night": "2026-11-23"}
+    write_grade_rows(out, other, ccd_rows(other, 3))
+    return out
+
+
+@pytest.fixture
+def server(dataset):
+    observer = obs.Observer(dataset, status=lambda: {"ok": True, "backlog": 2, "alerts": []})
+    with HttpServer(Metrics().registry, port=0, routes=observer.routes()) as s:
+        yield s
+
+
+def get(server, path):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        conn.close()
+
+
+def get_json(server, path):
+    status, content_type, body = get(server, path)
+    assert status == 200 and content_type == "application/json", (path, status, body[:200])
+    return json.loads(body)
+
+
+def same(json_value, parquet_value):
+    """A JSON value equals the dataset's: NaN is null, timestamps are ISO 8601 with zone."""
+    if isinstance(parquet_value, float) and math.isnan(parquet_value):
+        return json_value is None
+    if isinstance(parquet_value, dt.datetime):
+        return dt.datetime.fromisoformat(json_value) == parquet_value
+    return json_value == parquet_value
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_sink_stores_representative_images_small_before_the_commit_mark(tmp_path):
+    row = exposure(0, "GOOD", 4)
+    ccds = ccd_rows(row, 0)
+    written = write_grade_rows(tmp_path, row, ccds)
+    exp_path, ccd_path = grade_paths(tmp_path, NIGHT, row["exposure_id"], "v1")
+    assert written == exp_path
+    images = images_path(exp_path)
+    assert images == tmp_path / "images" / f"night={NIGHT}" / f"{row['exposure_id']}.v1.npz"
+    stored = read_images(images)
+    assert sorted(stored) == [0, 1, 2]  # the dead CCD has no image
+    for c in ccds[:3]:
+        assert stored[c["ccd"]].dtype == np.uint8
+        np.testing.assert_array_equal(stored[c["ccd"]], quantize_image(c["image"]))
+        back = stored[c["ccd"]] / 255.0 * 1.7 - 0.2
+        assert np.abs(back - c["image"]).max() <= 1.7 / 255 / 2 + 1e-6
+    # the exposure file (the commit mark) is the last one written
+    assert images.stat().st_mtime_ns <= ccd_path.stat().st_mtime_ns <= exp_path.stat().st_mtime_ns
+    # the parquet datasets stay pure parquet and the image is not a column
+    assert "image" not in read_grades(tmp_path, "ccds").column_names
+    assert not list((tmp_path / "exposures").rglob("*.npz"))
+    assert quantize_image(np.array([-5.0, -0.2, 1.5, 9.0])).tolist() == [0, 0, 255, 255]
+
+
+def test_sink_without_images_writes_none_and_backfill_names_follow_the_file(tmp_path):
+    row = exposure(0, "GOOD", 4)
+    write_grade_rows(tmp_path, row, [c | {"image": None} for c in ccd_rows(row, 0)])
+    assert not (tmp_path / "images").exists()
+    write_grade_rows(tmp_path, row, ccd_rows(row, 0), file_name="2817000.old.parquet")
+    assert (tmp_path / "images" / f"night={NIGHT}" / "2817000.old.npz").is_file()
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def test_json_endpoints_agree_with_the_parquet_dataset_row_for_row(server, dataset):
+    exposures = read_grades(dataset).to_pylist()
+    ccds = read_grades(dataset, "ccds").to_pylist()
+    doc = get_json(server, f"/api/night?date={NIGHT}")
+    # one row per exposure, each exposure's latest grade (exposure 1: the v2 regrade)
+    latest = {}
+    for r in (r for r in exposures if r["night"] == NIGHT):
+        if r["exposure_id"] not in latest or r["graded_at"] > latest[r["exposure_id"]]["graded_at"]:
+            latest[r["exposure_id"]] = r
+    assert [e["exposure_id"] for e in doc["exposures"]] == sorted(latest)
+    assert {e["exposure_id"]: e["model_version"] for e in doc["exposures"]}["2817001"] == "v2"
+    for e in doc["exposures"]:
+        want = latest[e["exposure_id"]]
+        for column, value in want.items():
+            assert same(e[column], value), (e["exposure_id"], column, e[column], value)
+    s = doc["summary"]
+    assert (s["n"], s["graded"], s["quarantined"]) == (5, 4, 1)
+    assert s["usable_fraction"] == pytest.approx(3 / 4)  # 1 was regraded GOOD
+
+    for e in doc["exposures"]:
+        d = get_json(server, f"/api/exposure?night={NIGHT}&id={e['exposure_id']}")
+        assert d["exposure"]["exposure_id"] == e["exposure_id"]
+        want = sorted(
+            (
+                c
+                for c in ccds
+                if c["exposure_id"] == e["exposure_id"]
+                and c["night"] == NIGHT
+                and c["model_version"] == e["model_version"]
+            ),
+            key=lambda c: c["ccd"],
+        )
+        assert [c["ccd"] for c in d["ccds"]] == [c["ccd"] for c in want]
+        for got, c in zip(d["ccds"], want, strict=True):
+            for column, value in c.items():
+                assert same(got[column], value), (e["exposure_id"], c["ccd"], column)
+            assert (got["thumbnail"] is None) == (c["status"] != "graded")
+        n = max(e["n_ccd"], 1)
+        assert d["layout"]["n_ccd"] == n
+    rbt = get_json(server, f"/api/exposure?night={NIGHT}&id=2817003")
+    assert rbt["layout"] == {"n_ccd": 40, "rows": 5, "cols": 9}
+    assert get_json(server, "/api/nights") == {"nights": ["2026-11-23", NIGHT]}
+
+
+def test_api_night_answers_unchanged_until_the_listing_changes(server, dataset, monkeypatch):
+    first = get_json(server, f"/api/night?date={NIGHT}")
+    reads = []
+    original = obs.NightIndex._read
+    monkeypatch.setattr(
+        obs.NightIndex, "_read", lambda self, names: reads.append(names) or original(self, names)
+    )
+    again = get_json(server, f"/api/night?date={NIGHT}&rev={first['rev']}")
+    assert again == {"night": NIGHT, "rev": first["rev"], "unchanged": True}
+    assert reads == []  # nothing re-read while the directory listing is the same
+    new = exposure(9, "BT", 4)
+    write_grade_rows(dataset, new, ccd_rows(new, 9))
+    changed = get_json(server, f"/api/night?date={NIGHT}&rev={first['rev']}")
+    assert changed["rev"] != first["rev"]
+    assert reads == [["2817009.v1.parquet"]]  # only the new file was read
+    assert [e["exposure_id"] for e in changed["exposures"]][-1] == "2817009"
+    assert len(changed["exposures"]) == len(first["exposures"]) + 1
+
+
+def test_now_reports_the_daemon_state_and_the_last_graded_exposure(server):
+    now = get_json(server, "/api/now")
+    assert now["night"] == NIGHT and now["state"] == "watching" and now["backlog"] == 2
+    assert now["last_graded"]["exposure_id"] == "2817001"  # the v2 regrade is the latest
+    assert now["model_version"] == "v2"
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_pages_are_server_rendered_and_readable_without_javascript(server, dataset):
+    status, content_type, body = get(server, "/")
+    page = body.decode()
+    assert status == 200 and content_type.startswith("text/html")
+    for i in range(5):
+        assert f'<tr id="exp-28170{i:02d}"' in page  # the table, with no script run
+    # the latest exposure (2817004, quarantined) is shown; its focal plane has 36 cells
+    assert page.count('class="ccd') == 36
+    assert page.count('class="mark') == 5
+    assert "usable (GOOD) so far: <b>75%</b> of 4 graded" in page
+    # an exposure page: one cell per CCD, coloured by its row's grade, a CCD's details
+    status, _, body = get(server, f"/exposure?night={NIGHT}&id=2817000&ccd=5")
+    page = body.decode()
+    cells = re.findall(
+        r'<a class="ccd[^"]*" id="cell-(\d+)" data-ccd="\d+" data-grade="(\w*)"'
+        r' data-status="(\w+)"[^>]*style="([^"]*)"',
+        page,
+    )
+    want = {
+        c["ccd"]: c
+        for c in read_grades(dataset, "ccds").to_pylist()
+        if c["exposure_id"] == "2817000" and c["night"] == NIGHT
+    }
+    assert len(cells) == 36
+    for k, grade, status_, style in cells:
+        c = want[int(k)]
+        assert grade == (c["grade"] or "") and status_ == c["status"]
+        if c["grade"]:
+            r, g, b = obs.GRADE_COLORS[c["grade"]]
+            alpha = 0.3 + 0.7 * c[f"p_{c['grade']}"]
+            assert f"background-color:rgba({r}, {g}, {b}, {alpha:.2f})" in style
+        else:
+            assert "background-color" not in style
+    detail = page.split('id="ccd-detail"', 1)[1]
+    assert "<h3>ccd05" in detail
+    assert f'src="/thumb?night={NIGHT}&amp;id=2817000&amp;ccd=5"' in detail
+    assert all(str(h) in detail for h in want[5]["hits"])
+    status, content_type, png = get(server, f"/thumb?night={NIGHT}&id=2817000&ccd=5")
+    assert status == 200 and content_type == "image/png"
+    assert Image.open(io.BytesIO(png)).size == (40, 32)
+    status, _, body = get(server, "/night?date=2026-11-23")
+    assert status == 200 and 'rel="next"' in body.decode()
+
+
+def test_object_header_is_escaped_everywhere(server, dataset, tmp_path):
+    for path in ("/", f"/exposure?night={NIGHT}&id=2817002", f"/night?date={NIGHT}&all=1"):
+        status, _, body = get(server, path)
+        page = body.decode()
+        assert status == 200
+        assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert page.count("<script") == 1  # our own script, from this server
+    static = report.write_html(dataset, NIGHT, tmp_path / "r.html").read_text()
+    assert XSS not in static and "&lt;script&gt;alert(1)&lt;/script&gt;" in static
+    assert "<script" not in static
+    # the JSON carries the text as data, never as markup
+    doc = get_json(server, f"/api/exposure?night={NIGHT}&id=2817002")
+    assert doc["exposure"]["object"] == XSS
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../ledger.sqlite",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2fetc%2fpasswd",
+        "/night?date=..%2F..%2Fetc",
+        "/night?date=2026-11-24%2F..%2F..",
+        "/night?date=2030-01-01",
+        "/night?date=",
+        "/api/night?date=night%3D2026-11-24",
+        "/api/night?date=2030-01-01",
+        f"/exposure?night={NIGHT}&id=..%2F..%2Fledger",
+        f"/exposure?night={NIGHT}&id=2817000.v1",
+        f"/exposure?night={NIGHT}&id=2817099",
+        f"/exposure?night={NIGHT}&id=2817000&ccd=36",
+        f"/exposure?night={NIGHT}&id=2817000&ccd=..%2F1",
+        "/exposure?night=2030-01-01&id=2817000",
+        f"/api/exposure?night={NIGHT}&id=%2e%2e%2fccds",
+        f"/api/exposure?night={NIGHT}",
+        f"/thumb?night={NIGHT}&id=2817000&ccd=35",  # the dead CCD: no image
+        f"/thumb?night={NIGHT}&id=2817000&ccd=-1",
+        f"/thumb?night={NIGHT}&id=2817000&ccd=1e1",
+        f"/thumb?night={NIGHT}&id=2817000",
+        f"/thumb?night={NIGHT}&id=..%2Fimages&ccd=0",
+        f"/thumb?night={NIGHT}&id=2817004&ccd=0",  # quarantined exposure: no image
+    ],
+)
+def test_traversal_unknown_ids_and_nights_are_404(server, path):
+    status, _, body = get(server, path)
+    assert status == 404, (path, body[:200])
+
+
+def test_assets_ship_in_the_package_and_nothing_comes_from_elsewhere(server):
+    for name, content_type in obs.ASSETS.items():
+        status, got_type, body = get(server, f"/static/{name}")
+        assert status == 200 and got_type == content_type and len(body) > 1000
+        text = body.decode()
+        assert "https://" not in text
+        assert set(re.findall(r"http://[^\"' )]+", text)) <= {"http://www.w3.org/2000/svg"}
+    _, _, body = get(server, "/")
+    urls = re.findall(r'(?:src|href|action)="([^"]*)"', body.decode())
+    assert urls and all(u.startswith(("/", "#")) for u in urls), urls
+
+
+def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    out = tmp_path / "night.html"
+    args = parser.parse_args([str(dataset), "--night", NIGHT, "--html", str(out)])
+    assert report.command(args, Config()) == 0
+    assert f"page: {out}" in capsys.readouterr().out
+    page = out.read_text()
+    urls = re.findall(r'(?:src|href|action)="([^"]*)"', page)
+    assert all(u.startswith(("#", "data:image/png;base64,")) for u in urls), urls
+    assert "<style>" in page and "<script" not in page
+    # the latest exposure (2817004) is quarantined: no CCD, so no image; every exposure listed
+    for i in range(5):
+        assert f'<tr id="exp-28170{i:02d}"' in page
+    # a night whose latest exposure has images inlines them, one per graded CCD
+    new = exposure(9, "BT", 4)
+    write_grade_rows(dataset, new, ccd_rows(new, 9))
+    page = report.write_html(dataset, NIGHT, out).read_text()
+    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('href="#ccd-') == 4
+    with pytest.raises(LookupError, match="not in the dataset"):
+        obs.render_static_night(dataset, "2030-01-01")
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_focal_plane_layout_is_megacams_4_by_9():
+    rows, cols, cells = obs.focal_plane_layout(36)
+    assert (rows, cols) == (4, 9)
+    assert cells[0] == (0, 0) and cells[8] == (0, 8) and cells[9] == (1, 0) and cells[35] == (3, 8)
+    assert obs.focal_plane_layout(40)[:2] == (5, 9)
+    assert obs.focal_plane_layout(4) == (1, 4, [(0, 0), (0, 1), (0, 2), (0, 3)])
+    assert obs.focal_plane_layout(8)[:2] == (2, 4)  # as the simulator lays 8 CCDs out
+
+
+def test_png_encoder_round_trips():
+    image = np.random.default_rng(0).integers(0, 256, (7, 13), dtype=np.uint8)
+    png = obs.png_gray8(image)
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), image)
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        obs.png_gray8(np.zeros((0, 3), np.uint8))
+
+
+def test_handlers_answer_without_a_dataset(tmp_path):
+    observer = obs.Observer(tmp_path / "empty")
+    page = observer.page_live(Request("GET", "/"))
+    assert page.status == 200 and b"no exposure graded yet tonight" in page.body
+    assert json.loads(observer.api_now(Request("GET", "/api/now")).body)["state"] == "offline"
+    with pytest.raises(ValueError, match="poll_s"):
+        obs.Observer(tmp_path, poll_s=0)
