@@ -277,7 +277,9 @@ class Metrics:
         reason : str or None
             Quarantine reason; counted under its slug (:func:`reason_slug`).
         latency_s : float or None
-            Seconds from file complete to row written; None or NaN is not observed.
+            Seconds from file complete to row written; observed for graded rows only (a file
+            refused by the watcher would add ~0 s and hide slow grading); None or NaN is not
+            observed.
         confidence : float or None
             Confidence of the grade; None or NaN is not observed (nor for quarantined rows).
         n_ccd_graded : int
@@ -306,7 +308,7 @@ class Metrics:
             self.ccds_graded.inc(n_ccd_graded)
         if n_sources > 0:
             self.sources_extracted.inc(n_sources)
-        if _finite(latency_s):
+        if status == "graded" and _finite(latency_s):
             self.latency_seconds.observe(latency_s)
         for stage, seconds in stage_seconds.items():
             if _finite(seconds):

@@ -77,7 +77,7 @@ def test_observe_quarantined_exposure_counts_reason_slug_only():
     assert value(m, "skygrade_exposures_quarantined_total", reason="truncated") == 2
     assert value(m, "skygrade_exposures_quarantined_total", reason="other") == 1
     assert value(m, "skygrade_exposure_confidence_count") == 0  # never for quarantined rows
-    assert value(m, "skygrade_grading_latency_seconds_count") == 1
+    assert value(m, "skygrade_grading_latency_seconds_count") == 0  # nor latency
     assert value(m, "skygrade_last_graded_timestamp_seconds") == 0
     assert value(m, "skygrade_ccds_graded_total") == 0
 
