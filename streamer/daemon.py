@@ -104,6 +104,8 @@ class Daemon:
         self.dispatcher.start()
         self.alerts = AlertEngine(self.cfg.alerts, sink=self.dispatcher.send, metrics=self.metrics)
         self.observer = Observer(self.out_dir, status=self.health)
+        self._warm = threading.Thread(target=self.observer.warm, name="skygrade-observer-warm")
+        self._warm.start()
         self.server = HttpServer(
             self.metrics.registry,
             self.cfg.metrics.host,
@@ -149,6 +151,8 @@ class Daemon:
                 log.warning(
                     "grader still busy after %.0f s; its exposure is regraded at restart", timeout
                 )
+        if getattr(self, "_warm", None) is not None:
+            self._warm.join(timeout)
         if getattr(self, "server", None) is not None:
             self.server.stop()
         if getattr(self, "dispatcher", None) is not None:

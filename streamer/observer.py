@@ -412,6 +412,14 @@ class Observer:
         found = (n.removeprefix("night=") for n in names if n.startswith("night="))
         return sorted(n for n in found if NIGHT_PATTERN.match(n))
 
+    def warm(self) -> None:
+        """Build the live night's index now (the first page after a restart would otherwise
+        read every file of the night: seconds for a thousand exposures)."""
+        try:
+            self.night(self.live_night())
+        except Exception:  # a page request retries; never let warming take anything down
+            log.exception("warming the observer index failed")
+
     def live_night(self) -> str:
         """The night the live page shows: the latest in the dataset, else tonight."""
         nights = self.nights()

@@ -414,3 +414,14 @@ def test_handlers_answer_without_a_dataset(tmp_path):
     assert json.loads(observer.api_now(Request("GET", "/api/now")).body)["state"] == "offline"
     with pytest.raises(ValueError, match="poll_s"):
         obs.Observer(tmp_path, poll_s=0)
+
+
+def test_warming_builds_the_live_nights_index_before_the_first_request(dataset, monkeypatch):
+    """The daemon warms the index at start, so the first page does not read the whole night."""
+    observer = obs.Observer(dataset)
+    observer.warm()
+    reads = []
+    monkeypatch.setattr(obs.NightIndex, "_read", lambda self, names: reads.append(names) or {})
+    with HttpServer(Metrics().registry, port=0, routes=observer.routes()) as s:
+        doc = get_json(s, f"/api/night?date={observer.live_night()}")
+    assert reads == [] and len(doc["exposures"]) == 5
