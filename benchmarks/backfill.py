@@ -47,15 +47,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from extract import TreeRssSampler, finish, machine_info
+from extract import add_output_args, cleanup, finish, machine_info, run_child
 
 NIGHT = "2026-11-24"
 RESULT_PREFIX = "BACKFILL-RESULT "
@@ -139,42 +137,17 @@ def warm_workers(address: str) -> None:
 
 def measure(spec: dict, tmp: Path) -> dict:
     """Run one configuration in a child process, sampling its tree; the merged record."""
-    env = dict(os.environ, TMPDIR=str(tmp / "scratch"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    load_before = os.getloadavg()[0]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group: killed as a whole on failure
+    result, shared = run_child(
+        __file__, spec, tmp, f"backfill {spec['config']}", RESULT_PREFIX, CHILD_TIMEOUT_S
     )
-    sampler = TreeRssSampler(proc.pid)
-    sampler.start()
-    try:
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    finally:
-        sampler.stop()
-    lines = [x for x in out.splitlines() if x.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"backfill {spec['config']} failed (exit {proc.returncode}):\n{err[-4000:]}"
-        )
-    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     wall = result["t1"] - result["t0"]
     record = {
         "config": spec["config"],
         "wall_s": wall,
         "per_min": result["rows"] / wall * 60 if wall > 0 else 0.0,
-        "load_before": load_before,
         **{k: result[k] for k in ("start_s", "rows", "missing", "grades", "sources")},
+        **shared,
     }
-    record.update(sampler.window(result["t0"], result["t1"]))
     return record
 
 
@@ -308,9 +281,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--bundle", default=None, help="model bundle (default: the shipped one)")
     ap.add_argument("--label", default="GOOD", help="class of the simulated exposures (GOOD)")
     ap.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    add_output_args(ap)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -388,10 +359,7 @@ def main(argv=None) -> int:
         code = finish(args, info, render_s, {"runs": records, "rows": rows}, goals, total)
         return 1 if problems else code
     finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp, args.keep)
 
 
 if __name__ == "__main__":

@@ -324,10 +324,15 @@ def child_main(spec: dict) -> None:
 # --------------------------------------------------------------------------- parent
 
 
-def measure(spec: dict, tmp: Path) -> dict:
-    """Run one measurement child, sampling its process tree; returns the merged record."""
+def run_child(
+    script: str, spec: dict, tmp: Path, what: str, prefix: str = RESULT_PREFIX, timeout=None
+) -> tuple[dict, dict]:
+    """Run ``python script --child SPEC`` in its own process group, sampling the RSS of its
+    tree; returns its result (the last ``prefix`` line of its stdout, JSON) and the record
+    fields every benchmark shares: the load before, the sampler's own cost, and the RSS over
+    the result's ``t0``..``t1`` window. ``what`` names the run in the error of a failed one."""
     env = dict(os.environ, TMPDIR=str(tmp / "scratch"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    cmd = [sys.executable, os.path.abspath(script), "--child", json.dumps(spec)]
     load_before = os.getloadavg()[0]
     proc = subprocess.Popen(
         cmd,
@@ -340,33 +345,39 @@ def measure(spec: dict, tmp: Path) -> dict:
     sampler = TreeRssSampler(proc.pid)
     sampler.start()
     try:
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+        out, err = proc.communicate(timeout=timeout or CHILD_TIMEOUT_S)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
     finally:
         sampler.stop()
-    lines = [x for x in out.splitlines() if x.startswith(RESULT_PREFIX)]
+    lines = [x for x in out.splitlines() if x.startswith(prefix)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"measurement {spec['mode']} workers={spec['workers']} failed "
-            f"(exit {proc.returncode}):\n{err[-4000:]}"
-        )
-    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    record = {
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{err[-4000:]}")
+    result = json.loads(lines[-1][len(prefix) :])
+    shared = {
+        "load_before": load_before,
+        "sampler_cpu_s": sampler.cpu_s,
+        "sampler_elapsed_s": sampler.elapsed_s,
+        **sampler.window(result["t0"], result["t1"]),
+    }
+    return result, shared
+
+
+def measure(spec: dict, tmp: Path) -> dict:
+    """Run one measurement child, sampling its process tree; returns the merged record."""
+    what = f"measurement {spec['mode']} workers={spec['workers']}"
+    result, shared = run_child(__file__, spec, tmp, what)
+    return {
         "mode": spec["mode"],
         "workers": spec["workers"],
         "wall_s": result["t1"] - result["t0"],
         "cpu_s": result["cpu_s"],
         "sources": result["sources"],
         "quarantined": result["quarantined"],
-        "load_before": load_before,
-        "sampler_cpu_s": sampler.cpu_s,
-        "sampler_elapsed_s": sampler.elapsed_s,
+        **shared,
     }
-    record.update(sampler.window(result["t0"], result["t1"]))
-    return record
 
 
 def render_exposure(tmp: Path, geometry: str, label: str, seed: int) -> tuple[Path, float]:
@@ -550,6 +561,22 @@ def print_report(
         )
 
 
+def add_output_args(ap: argparse.ArgumentParser) -> None:
+    """The options every benchmark has: keep the scratch directory, JSON out, strict exit."""
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+
+
+def cleanup(tmp: Path, keep: bool) -> None:
+    """Delete a benchmark's scratch directory (full-size exposures are ~680 MB), or say
+    where it was kept."""
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def finish(args, info: dict, render_s: float, results: dict, goals: list, total: float) -> int:
     """Write the ``--json`` document (machine, args, results, targets) and return the exit
     code: 1 under ``--strict`` when a target failed, else 0."""
@@ -590,9 +617,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--label", default="GOOD", help="class of the simulated exposure (GOOD)")
     ap.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    add_output_args(ap)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -660,10 +685,7 @@ def main(argv=None) -> int:
         results = {"runs": records, "rows": rows}
         return finish(args, info, render_s, results, goals, total)
     finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp, args.keep)
 
 
 if __name__ == "__main__":

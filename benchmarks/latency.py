@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -59,6 +58,8 @@ from pathlib import Path
 from extract import (
     TreeRssSampler,
     _rss_kb,
+    add_output_args,
+    cleanup,
     finish,
     machine_info,
     measure,
@@ -581,9 +582,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="cProfile the grading process for one run of each kind; print the top functions",
     )
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    add_output_args(ap)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("n_small", "n_overhead", "repeats"):
@@ -650,10 +649,7 @@ def main(argv=None) -> int:
     finally:
         for child in children:
             child.close(kill=True)
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp, args.keep)
 
 
 if __name__ == "__main__":

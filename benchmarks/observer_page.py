@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract import finish, machine_info  # noqa: E402
+from extract import add_output_args, cleanup, finish, machine_info  # noqa: E402
 
 NIGHT = "2026-11-24"
 START = dt.datetime(2026, 11, 25, 4, 30, tzinfo=dt.UTC)
@@ -137,15 +136,13 @@ def main(argv=None) -> int:
     ap.add_argument("--exposures", type=int, default=1000, help="exposures in the night (1000)")
     ap.add_argument("--n-ccd", type=int, default=36, help="CCDs per exposure (36)")
     ap.add_argument("--repeats", type=int, default=20, help="calls per warm request (20)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument(
         "--dataset",
         type=Path,
         help="time an existing grades dataset of this benchmark (a --keep run's grades/) "
         "instead of writing one; it gains the new exposures",
     )
-    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    add_output_args(ap)
     args = ap.parse_args(argv)
     if args.exposures < 1 or args.n_ccd < 1 or args.repeats < 1:
         ap.error("--exposures, --n-ccd and --repeats must be >= 1")
@@ -251,10 +248,7 @@ def main(argv=None) -> int:
         print(f"benchmark runtime: {total:.0f} s")
         return finish(args, info, build_s, {"requests": results}, goals, total)
     finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp, args.keep)
 
 
 if __name__ == "__main__":
