@@ -1,9 +1,13 @@
-"""Fixtures for the live side: a guard against threads left running by a test."""
+"""Fixtures for the live side: a guard against threads left running by a test, a daemon
+configuration for tiny exposures, and a bounded wait."""
 
+import dataclasses
 import threading
 import time
 
 import pytest
+
+from ops.config import Config, MetricsConfig, WatchConfig
 
 #: How long the guard waits for threads that are still shutting down.
 THREAD_JOIN_GRACE_S = 2.0
@@ -30,3 +34,29 @@ def no_thread_leak():
     if leaked:
         names = ", ".join(sorted(f"{t.name} ({type(t).__name__})" for t in leaked))
         pytest.fail(f"test left {len(leaked)} thread(s) running: {names}", pytrace=False)
+
+
+@pytest.fixture
+def daemon_config() -> Config:
+    """A daemon configuration for tiny exposures: short settle and poll times, one CCD worker,
+    fast retries, and the metrics server on a free port."""
+    return dataclasses.replace(
+        Config(),
+        watch=WatchConfig(settle_s=0.2, poll_s=0.05, rescan_s=None, ccd_workers=1, retry_s=0.2),
+        metrics=MetricsConfig(port=0),
+    )
+
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(predicate, timeout=120.0)``: poll until it is true; False on timeout."""
+
+    def wait(predicate, timeout=120.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.1)
+        return False
+
+    return wait

@@ -1,6 +1,5 @@
 """The daemon end to end, in process, on tiny exposures (bounded in time)."""
 
-import dataclasses
 import threading
 import time
 import urllib.request
@@ -12,7 +11,6 @@ import torch
 from models.bundle import ModelBundle
 from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
-from ops.config import Config, MetricsConfig, WatchConfig
 from streamer.daemon import Daemon
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
 from transforms.sinks import read_grades
@@ -27,29 +25,14 @@ def bundle(tmp_path_factory):
     return b.save(tmp_path_factory.mktemp("bundle") / "b")
 
 
-def config():
-    return dataclasses.replace(
-        Config(),
-        watch=WatchConfig(settle_s=0.2, poll_s=0.05, rescan_s=None, ccd_workers=1, retry_s=0.2),
-        metrics=MetricsConfig(port=0),
-    )
-
-
-def wait_for(predicate, timeout=120.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(bundle, tmp_path):
+def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(
+    bundle, tmp_path, daemon_config, wait_for
+):
     drop, out = tmp_path / "drop", tmp_path / "grades"
     (drop / "2026-11-24").mkdir(parents=True)
     plans = plan_night("2026-11-24", 2, seed=9, class_mix={"GOOD": 1})
     before = set(threading.enumerate())
-    daemon = Daemon(drop, out, bundle, config())
+    daemon = Daemon(drop, out, bundle, daemon_config)
     daemon.start()
     try:
         for plan in plans:
@@ -78,7 +61,7 @@ def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(bundle, t
 
     # restart: the files are known to the ledger, nothing is graded twice
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("exposures/*/*.parquet")}
-    again = Daemon(drop, out, bundle, config())
+    again = Daemon(drop, out, bundle, daemon_config)
     again.start()
     try:
         time.sleep(2.0)
@@ -88,12 +71,12 @@ def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(bundle, t
     assert {p: p.stat().st_mtime_ns for p in out.glob("exposures/*/*.parquet")} == stamps
 
 
-def test_files_dropped_while_down_are_graded_at_start(bundle, tmp_path):
+def test_files_dropped_while_down_are_graded_at_start(bundle, tmp_path, daemon_config, wait_for):
     drop, out = tmp_path / "drop", tmp_path / "grades"
     (drop / "2026-11-25").mkdir(parents=True)
     plan = plan_night("2026-11-25", 1, seed=2, class_mix={"BT": 1})[0]
     (drop / "2026-11-25" / plan.filename).write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
-    daemon = Daemon(drop, out, bundle, config())
+    daemon = Daemon(drop, out, bundle, daemon_config)
     daemon.start()
     try:
         assert wait_for(lambda: daemon.ledger.counts().get("graded", 0) == 1)
@@ -102,7 +85,9 @@ def test_files_dropped_while_down_are_graded_at_start(bundle, tmp_path):
     assert len(read_grades(out)) == 1
 
 
-def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(bundle, tmp_path):
+def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(
+    bundle, tmp_path, daemon_config, wait_for
+):
     """Rolling out a model: point the bundle symlink at the new version; the next exposure
     is graded with it, and the model metric follows."""
     import os
@@ -116,7 +101,7 @@ def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(bundle
     drop, out = tmp_path / "drop", tmp_path / "grades"
     (drop / "2026-11-25").mkdir(parents=True)
     plans = plan_night("2026-11-25", 2, seed=4, class_mix={"GOOD": 1})
-    daemon = Daemon(drop, out, current, config())
+    daemon = Daemon(drop, out, current, daemon_config)
     daemon.start()
     try:
         for i, plan in enumerate(plans):

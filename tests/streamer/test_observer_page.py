@@ -9,7 +9,6 @@ import dataclasses
 import re
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from models.bundle import ModelBundle, read_manifest
 from models.classes import CLASSES
 from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
-from ops.config import Config, MetricsConfig, WatchConfig
 from streamer.daemon import Daemon
 from streamer.observer import GRADE_COLORS
 from streamer.telescope import Geometry, exposure_bytes, plan_night
@@ -78,23 +76,6 @@ def browser():
         driver.quit()
 
 
-def config():
-    return dataclasses.replace(
-        Config(),
-        watch=WatchConfig(settle_s=0.2, poll_s=0.05, rescan_s=None, ccd_workers=1, retry_s=0.2),
-        metrics=MetricsConfig(port=0),
-    )
-
-
-def wait_for(predicate, timeout=120.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def drop_exposure(drop: Path, plan) -> None:
     """Write an exposure into the drop dir the way a copy ends: complete, then renamed."""
     final = drop / NIGHT / plan.filename
@@ -109,14 +90,16 @@ def rgba(text: str) -> tuple[int, int, int, float]:
     return int(m[1]), int(m[2]), int(m[3]), float(m[4] or 1.0)
 
 
-def test_the_observer_page_follows_the_daemon_in_a_browser(bundle, tmp_path, browser, capsys):
+def test_the_observer_page_follows_the_daemon_in_a_browser(
+    bundle, tmp_path, browser, capsys, daemon_config, wait_for
+):
     drop, out = tmp_path / "drop", tmp_path / "grades"
     (drop / NIGHT).mkdir(parents=True)
     plans = plan_night(NIGHT, 3, seed=11, class_mix={"GOOD": 1, "BT": 1, "B_SEEING": 1})
     plans[1] = dataclasses.replace(plans[1], object=XSS)  # typed by an observer
     assert plans[0].date_obs < plans[1].date_obs < plans[2].date_obs
     before = set(threading.enumerate())
-    daemon = Daemon(drop, out, bundle, config())
+    daemon = Daemon(drop, out, bundle, daemon_config)
     daemon.start()
     try:
         for plan in plans[:2]:
