@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 
-.PHONY: demo test lint bench venv sysdeps model clean
+.PHONY: demo test lint bench venv sysdeps model model-holdout clean
 
 # Debian packages the tests run for real, and the command each one provides:
 # SExtractor (sextractor backend, parity tests), Prometheus + promtool (rules tests, scrape test),
@@ -49,6 +49,14 @@ model: venv
 	  --work build/model-work --workers 2
 	$(BIN)/skygrade --config models/training.yaml evaluate $(MODEL_ARCHIVE) \
 	  --bundle models/default --out models/default-report --work build/model-work --workers 2
+
+# An independent check of the shipped bundle: other nights and another seed (~6 min on 2 cores).
+HOLDOUT_ARCHIVE := build/holdout-seed7
+model-holdout: venv
+	$(BIN)/skygrade -q --config models/training.yaml simulate --out $(HOLDOUT_ARCHIVE) \
+	  --nights 2026-10-01..2026-10-02 --exposures 25 --n-ccd 8 --ccd-shape 1024x2306 --seed 7
+	$(BIN)/skygrade --config models/training.yaml evaluate $(HOLDOUT_ARCHIVE) \
+	  --bundle models/default --out build/holdout-seed7-report --work build/holdout7-work --workers 2
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -412,8 +412,9 @@ def ablation_probs(model, data: Dataset, mean_vector: np.ndarray) -> dict[str, n
 ABLATION_NOTE = (
     "Ablations are inference-time maskings of one trained network, not retrained models: "
     "catalog mode / hits-only set the image flag to 0 (the network was trained with image "
-    "dropout, so it knows this input); image-only replaces every CCD's hits vector by the "
-    "training-set mean vector."
+    "dropout, so it knows this input); image-only replaces every CCD's hits vector (hit "
+    "fractions + per-CCD source density, exposure time and summary statistics of source size, "
+    "elongation and sky) by the training-set mean vector."
 )
 
 

@@ -392,7 +392,7 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
     np.ndarray or None
         float32 (n_clusters + n_aux,), or None when no CCD has a clean source.
     """
-    from models.cnn import hit_vector
+    from models.cnn import hit_vector, stack_summaries
     from transforms.representative import ccd_inputs
     from transforms.som_hits import ccd_hits
 
@@ -405,6 +405,7 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
         np.array([x.n_sources for x in inputs]),
         np.array([x.exptime for x in inputs]),
         np.array([x.area_mpx for x in inputs]),
+        stack_summaries([x.summary for x in inputs]),
     )
     return vectors.mean(0)
 

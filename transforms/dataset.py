@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from models.classes import CLASSES
-from models.cnn import hit_vector
+from models.cnn import hit_vector, stack_summaries
 from ops.files import atomic_write_bytes
 from transforms.exposure import ExposureError, exposure_id_from_path, read_ccd, read_meta
 from transforms.extract import CcdFeatures, features_from_arrow
@@ -106,7 +106,7 @@ def exposure_shard(
     """CNN inputs of every CCD of one exposure, pixels re-read once per CCD for the cutouts."""
     ccds: list[CcdFeatures] = features_from_arrow(pq.read_table(features_path))
     som = load_som(som_path)
-    images, hits, n_sources, exptime, area, ccd_index = [], [], [], [], [], []
+    images, hits, n_sources, exptime, area, ccd_index, summary = [], [], [], [], [], [], []
     for f in ccds:
         pixels = read_ccd(item.path, f.ccd).data
         inputs = ccd_inputs(ccd_hits(_with_pixels(f, pixels), som), size=tile)
@@ -118,10 +118,13 @@ def exposure_shard(
         exptime.append(inputs.exptime)
         area.append(inputs.area_mpx)
         ccd_index.append(f.ccd)
+        summary.append(inputs.summary)
     n = len(images)
     return {
         "image": np.stack(images) if n else np.zeros((0, 1, 1), np.float16),
-        "vector": hit_vector(np.array(hits).reshape(n, -1), n_sources, exptime, area)
+        "vector": hit_vector(
+            np.array(hits).reshape(n, -1), n_sources, exptime, area, stack_summaries(summary)
+        )
         if n
         else np.zeros((0, 0), np.float32),
         "ccd": np.array(ccd_index, dtype=np.int16),

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 
+from models.cnn import ccd_summary
 from models.mosaic import tile_grid
 from transforms.som_hits import CcdHits
 
@@ -152,6 +153,9 @@ class CcdInputs:
     stage_s: dict = field(default_factory=dict, repr=False)
     """Seconds per stage spent on this CCD so far (extract, som, representative)."""
     """Why this CCD's inputs are degenerate (e.g. no clean source), else None."""
+    summary: np.ndarray | None = field(default=None, repr=False)
+    """Robust summary statistics of the clean sources (``models.cnn.ccd_summary``), an input of
+    the CNN beside the hits; None when not measured."""
 
 
 def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
@@ -200,6 +204,7 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         padded_tiles=padded,
         has_image=f.pixels is not None,
         reason=hits.reason,
+        summary=ccd_summary(t, f.exptime),
         stage_s={
             "extract": f.extract_s,
             "som": hits.som_s,

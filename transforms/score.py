@@ -21,7 +21,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle
-from models.cnn import hit_vector, predict_proba
+from models.cnn import hit_vector, predict_proba, stack_summaries
 from transforms.grade import CcdScore
 from transforms.representative import CcdInputs
 
@@ -53,6 +53,7 @@ def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> np.ndarray:
         np.array([x.n_sources for x in batch]),
         np.array([x.exptime for x in batch]),
         np.array([x.area_mpx for x in batch]),
+        stack_summaries([x.summary for x in batch]),
     )
     present = np.array([1.0 if x.has_image else 0.0 for x in batch], dtype=np.float32)
     return predict_proba(bundle.cnn, image, vector, present)

@@ -6,7 +6,17 @@ import torch
 
 from models.bundle import BundleError, ModelBundle, load_bundle, read_manifest
 from models.classes import CLASSES
-from models.cnn import AUX_FEATURES, CnnShape, DualInputNet, hit_vector, predict_proba
+from models.cnn import (
+    AUX_FEATURES,
+    SUMMARY_FEATURES,
+    SUMMARY_FILL,
+    CnnShape,
+    DualInputNet,
+    ccd_summary,
+    hit_vector,
+    predict_proba,
+    stack_summaries,
+)
 from models.som import SOM_FEATURES, train_som
 
 
@@ -44,6 +54,68 @@ def test_source_density_not_count_so_ccd_size_does_not_matter():
     quarter = hit_vector(np.array([[300, 100]]), [450], [100.0], [2.36])
     full = hit_vector(np.array([[1200, 400]]), [1800], [100.0], [9.45])
     np.testing.assert_allclose(quarter, full, atol=2e-3)
+
+
+def _sources(n, rng, width, height, elongation=1.1, radius=2.0, sky=500.0, gradient=0.0):
+    x = rng.uniform(1, width, n)
+    minor = rng.normal(0.6 * radius, 0.03, n)
+    return {
+        "X_IMAGE": x,
+        "Y_IMAGE": rng.uniform(1, height, n),
+        "ISO0": rng.uniform(5, 50, n),
+        "ELONGATION": rng.normal(elongation, 0.02, n),
+        "ELLIPTICITY": np.full(n, 0.05),
+        "CLASS_STAR": np.full(n, 3e-4),
+        "FLAGS": rng.choice([0, 2], n),
+        "FLUX": rng.pareto(1.5, n) + 1,
+        "FLUX_RADIUS": rng.normal(radius, 0.05, n),
+        "A_IMAGE": minor * elongation,
+        "B_IMAGE": minor,
+        "BACKGROUND": sky * (1 + gradient * x / width),
+    }
+
+
+def test_ccd_summary_is_the_same_on_quarter_and_full_size_ccds():
+    rng = np.random.default_rng(3)
+    quarter = ccd_summary(_sources(500, rng, 1024, 2306), 100.0)
+    full = ccd_summary(_sources(2000, rng, 2048, 4612), 100.0)
+    assert quarter.shape == (len(SUMMARY_FEATURES),)
+    np.testing.assert_allclose(quarter, full, atol=0.02)
+    assert quarter[SUMMARY_FEATURES.index("log_sky_rate")] == pytest.approx(np.log10(5.0))
+
+
+def test_ccd_summary_sees_size_trails_and_sky_gradients():
+    rng = np.random.default_rng(4)
+    good = ccd_summary(_sources(400, rng, 1024, 2306), 60.0)
+    fat = ccd_summary(_sources(400, rng, 1024, 2306, radius=4.0), 60.0)
+    trailed = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0), 60.0)
+    sky = ccd_summary(_sources(400, rng, 1024, 2306, gradient=1.0), 60.0)
+    i = SUMMARY_FEATURES.index
+    assert fat[i("log_flux_radius")] > good[i("log_flux_radius")] + 0.25
+    assert trailed[i("log_elongation")] > good[i("log_elongation")] + 0.2
+    assert trailed[i("log_extent_p90")] > good[i("log_extent_p90")] + 0.2
+    assert sky[i("sky_spread_dex")] > good[i("sky_spread_dex")] + 0.15
+
+
+def test_ccd_summary_without_optional_columns_or_sources():
+    rng = np.random.default_rng(5)
+    t = _sources(50, rng, 100, 100)
+    t["FLUX"] = np.full(50, np.nan)  # a catalog without FLUX: brightness by ISO0
+    for name in ("FLUX_RADIUS", "A_IMAGE", "B_IMAGE"):  # optional catalog columns
+        t[name] = np.full(50, np.nan)
+    s = ccd_summary(t, 30.0)
+    missing = [SUMMARY_FEATURES.index(n) for n in ("log_flux_radius", "log_extent_p90")]
+    assert np.isnan(s[missing]).all()
+    assert np.isfinite(np.delete(s, missing)).all()
+    t["FLAGS"] = np.full(50, 16)  # nothing clean
+    assert np.isnan(ccd_summary(t, 30.0)).all()
+    # missing statistics enter the network at their fill values, like no summary at all
+    v = hit_vector(np.array([[3, 1]]), [4], [30.0], [0.01], stack_summaries([s]))
+    filled = hit_vector(
+        np.array([[3, 1]]), [4], [30.0], [0.01], np.where(np.isnan(s), SUMMARY_FILL, s)[None]
+    )
+    np.testing.assert_array_equal(v, filled)
+    assert np.isfinite(hit_vector(np.array([[3, 1]]), [4], [30.0], [0.01], None)).all()
 
 
 def test_forward_shapes_and_probabilities(bundle):
@@ -91,6 +163,11 @@ def test_bundle_round_trip(bundle, tmp_path):
         (lambda m: m["som"].update(features=["X"]), "som.features is"),
         (lambda m: m["cnn"]["shape"].update(n_clusters=12), "cnn.shape.n_clusters is 12"),
         (lambda m: m.update(format="other/9"), "format is 'other/9'"),
+        # A bundle of the older input vector (3 per-CCD scalars, no summary statistics).
+        (
+            lambda m: m["cnn"].update(aux_features=list(AUX_FEATURES[:3])),
+            "cnn.aux_features is",
+        ),
     ],
 )
 def test_mismatched_manifest_is_refused(bundle, tmp_path, edit, message):

@@ -68,3 +68,19 @@ def test_tiny_training_learns_and_writes_a_loadable_bundle(archive, tmp_path):
     run_train(archive, tmp_path / "bundle2", cfg, work_dir=tmp_path / "work", progress=lines.append)
     assert "30 cached, extracting 0" in " ".join(lines)
     assert np.isfinite(summary["metrics"]["catalog"]["exposure"]["accuracy"])
+
+
+def test_exposures_quarantined_ccd_by_ccd_are_not_extracted_again(tmp_path):
+    from types import SimpleNamespace
+
+    from streamer.pipelines import cache_features
+
+    quarantine = tmp_path / "_quarantine"
+    quarantine.mkdir()
+    for ccd in range(2):  # every CCD of exposure 1234 was quarantined: no parquet file
+        (quarantine / f"1234.ccd{ccd:02d}.json").write_text("{}")
+    (quarantine / "99.json").write_text("{}")  # a whole-exposure record
+    items = [SimpleNamespace(exposure_id=e, path=f"/nowhere/{e}o.fits") for e in ("1234", "99")]
+    lines = []
+    assert cache_features(items, tmp_path, cfg=None, options=None, say=lines.append) == []
+    assert lines == ["features: 2 cached, extracting 0"]
