@@ -392,7 +392,8 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
     np.ndarray or None
         float32 (n_clusters + n_aux,), or None when no CCD has a clean source.
     """
-    from models.cnn import hit_vector, stack_summaries
+    from models.cnn import hit_vector
+    from models.summary import stack_summaries
     from transforms.representative import ccd_inputs
     from transforms.som_hits import ccd_hits
 

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from models.classes import CLASSES
-from models.cnn import hit_vector, stack_summaries
+from models.cnn import hit_vector
+from models.summary import stack_summaries
 from ops.files import atomic_write_bytes
 from transforms.exposure import ExposureError, exposure_id_from_path, read_ccd, read_meta
 from transforms.extract import CcdFeatures, features_from_arrow

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 
-from models.cnn import ccd_summary
 from models.mosaic import tile_grid
+from models.summary import ccd_summary
 from transforms.som_hits import CcdHits
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle
-from models.cnn import hit_vector, predict_proba, stack_summaries
+from models.cnn import hit_vector, predict_proba
+from models.summary import stack_summaries
 from transforms.grade import CcdScore
 from transforms.representative import CcdInputs
 

@@ -269,14 +269,23 @@ def test_prometheus_scrapes_grades_latency_and_model_and_runs_rules_and_dashboar
             assert not firing & {"SkygradeDaemonDown", "SkygradeDaemonAbsent"}
 
             # Every query of the Grafana dashboard runs; only the listed metrics may be empty.
-            empty = []
-            for title, expr in dashboard_queries():
-                doc = api.query(expr)
-                assert doc["status"] == "success", f"panel {title!r}: {expr}: {doc}"
-                if not doc["data"]["result"]:
-                    empty.append((title, expr))
-            unexplained = [
-                (title, expr) for title, expr in empty if not any(m in expr for m in MAY_BE_EMPTY)
-            ]
+            # increase() needs two samples of a counter in its window: a slow machine may need
+            # a few more scrapes after the counters appeared.
+            deadline = time.monotonic() + 30.0
+            while True:
+                empty = []
+                for title, expr in dashboard_queries():
+                    doc = api.query(expr)
+                    assert doc["status"] == "success", f"panel {title!r}: {expr}: {doc}"
+                    if not doc["data"]["result"]:
+                        empty.append((title, expr))
+                unexplained = [
+                    (title, expr)
+                    for title, expr in empty
+                    if not any(m in expr for m in MAY_BE_EMPTY)
+                ]
+                if not unexplained or time.monotonic() > deadline:
+                    break
+                time.sleep(1.0)
             assert not unexplained, f"dashboard queries with no data: {unexplained}"
     print(f"exposures graded and scraped {scraped_s:.1f} s after the first was written")

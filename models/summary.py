@@ -1,0 +1,105 @@
+"""Robust per-CCD summary statistics of the clean sources, an input of the CNN beside the hits.
+
+numpy only (no torch, no Beam): the CCD worker processes compute them next to the hits, and
+they must not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUMMARY_FEATURES: tuple[str, ...] = (
+    "log_flux_radius",
+    "log_elongation",
+    "log_elongation_p90",
+    "log_extent_p90",
+    "log_sky_rate",
+    "sky_spread_dex",
+)
+"""Robust per-CCD summary statistics of the clean sources (:func:`ccd_summary`), in units that
+mean the same on a quarter-size simulated CCD and on a full 2048x4612 MegaCam CCD (same pixel
+scale; medians and percentiles, not counts):
+
+- ``log_flux_radius``: log10 median FLUX_RADIUS (pixels) of the brighter half of the sources
+  (the PSF size: fat for B_SEEING, long for trails);
+- ``log_elongation``: log10 median ELONGATION of the brighter half (trailing: BT, RBT);
+- ``log_elongation_p90``: log10 90th percentile of the brighter half's ELONGATION;
+- ``log_extent_p90``: log10 of the brighter half's 90th percentile A_IMAGE over its median
+  B_IMAGE: the longest detections in units of the PSF width (a linear BT trail of a few FWHM
+  against the long pieces of an erratic RBT trail);
+- ``log_sky_rate``: log10 median BACKGROUND per second (ADU/s, floored at 0.01 as the SOM's
+  feature: sky-subtracted products read as a dark sky);
+- ``sky_spread_dex``: log10(p90 / p10) of BACKGROUND over the CCD's sources (floored at 1 ADU):
+  gradients, scattered light and clouds of BGP.
+
+The brighter half is by FLUX (by ISO0 where a catalog has no FLUX). A statistic that cannot be
+measured (a catalog without FLUX_RADIUS, too few sources) is NaN and enters the network at its
+:data:`SUMMARY_FILL` value, i.e. "unremarkable"."""
+
+_SUMMARY_CENTRE = np.array([0.4, 0.0, 0.0, 0.4, 1.0, 0.0])
+_SUMMARY_SCALE = np.array([0.15, 0.1, 0.2, 0.2, 0.5, 0.1])
+SUMMARY_FILL = np.array([0.37, 0.05, 0.12, 0.19, 1.1, 0.025])
+"""Raw value used for a summary statistic that is missing (typical of a GOOD CCD)."""
+
+
+def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
+    """The :data:`SUMMARY_FEATURES` of one CCD's feature table (float64, NaN where unmeasurable).
+
+    Uses the SOM's clean sources (:func:`models.som.clean_mask`: blended sources kept).
+
+    Examples
+    --------
+    >>> t = {"X_IMAGE": np.ones(4), "Y_IMAGE": np.ones(4), "ISO0": np.full(4, 20.0),
+    ...      "ELONGATION": np.array([1.0, 1.0, 2.0, 2.0]), "ELLIPTICITY": np.zeros(4),
+    ...      "CLASS_STAR": np.zeros(4), "FLAGS": np.zeros(4, int),
+    ...      "FLUX": np.array([1.0, 2.0, 3.0, 4.0]), "FLUX_RADIUS": np.full(4, 2.5),
+    ...      "A_IMAGE": np.array([1.0, 1.0, 2.0, 4.0]), "B_IMAGE": np.ones(4),
+    ...      "BACKGROUND": np.full(4, 100.0)}
+    >>> ccd_summary(t, 100.0).round(3)
+    array([0.398, 0.301, 0.301, 0.58 , 0.   , 0.   ])
+    """
+    from models.som import clean_mask
+
+    out = np.full(len(SUMMARY_FEATURES), np.nan)
+    clean = clean_mask(table)
+    if not clean.any():
+        return out
+
+    def col(name: str) -> np.ndarray:
+        if name not in table:
+            return np.full(int(clean.sum()), np.nan)
+        return np.asarray(table[name], dtype=np.float64)[clean]
+
+    flux = col("FLUX")
+    if not np.isfinite(flux).all():
+        flux = col("ISO0")
+    bright = flux >= np.median(flux)
+    radius = col("FLUX_RADIUS")[bright]
+    radius = radius[np.isfinite(radius) & (radius > 0)]
+    elong = col("ELONGATION")[bright]
+    elong = np.maximum(elong[np.isfinite(elong)], 1.0)
+    major, minor = col("A_IMAGE")[bright], col("B_IMAGE")[bright]
+    major, minor = major[np.isfinite(major)], minor[np.isfinite(minor) & (minor > 0)]
+    sky = col("BACKGROUND")
+    sky = sky[np.isfinite(sky)]
+    if len(radius):
+        out[0] = np.log10(np.median(radius))
+    if len(elong):
+        out[1] = np.log10(np.median(elong))
+        out[2] = np.log10(np.percentile(elong, 90))
+    if len(major) and len(minor):
+        out[3] = np.log10(max(float(np.percentile(major, 90)), 1e-3) / float(np.median(minor)))
+    if len(sky):
+        out[4] = np.log10(max(float(np.median(sky)) / max(float(exptime), 1e-3), 0.01))
+        lo, hi = np.percentile(np.maximum(sky, 1.0), [10, 90])
+        out[5] = np.log10(hi / lo)
+    return out
+
+
+def stack_summaries(summaries) -> np.ndarray:
+    """(B, len(SUMMARY_FEATURES)) from per-CCD summaries, None (not measured) -> NaN rows."""
+    rows = [
+        np.full(len(SUMMARY_FEATURES), np.nan) if s is None else np.asarray(s, dtype=np.float64)
+        for s in summaries
+    ]
+    return np.stack(rows) if rows else np.zeros((0, len(SUMMARY_FEATURES)))
