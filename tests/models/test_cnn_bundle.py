@@ -6,18 +6,9 @@ import torch
 
 from models.bundle import BundleError, ModelBundle, load_bundle, read_manifest
 from models.classes import CLASSES
-from models.cnn import (
-    AUX_FEATURES,
-    SUMMARY_FEATURES,
-    SUMMARY_FILL,
-    CnnShape,
-    DualInputNet,
-    ccd_summary,
-    hit_vector,
-    predict_proba,
-    stack_summaries,
-)
+from models.cnn import AUX_FEATURES, CnnShape, DualInputNet, hit_vector, predict_proba
 from models.som import SOM_FEATURES, train_som
+from models.summary import SUMMARY_FEATURES, SUMMARY_FILL, ccd_summary, stack_summaries
 
 
 @pytest.fixture(scope="module")
