@@ -392,6 +392,7 @@ def run_backfill(
     stream: TextIO | None = None,
     poll_s: float = 1.0,
     min_interval_s: float = 5.0,
+    ccd_workers: int = 0,
 ) -> BackfillSummary:
     """Grade the exposures of ``archive`` not yet graded by ``bundle`` with ``cfg``.
 
@@ -424,6 +425,10 @@ def run_backfill(
     poll_s, min_interval_s : float
         How often the driver looks for new files; the least seconds between two progress lines
         when ``stream`` is not a terminal.
+    ccd_workers : int
+        0 (default): CCDs are spread by the runner. N > 0: with the in-process runner, each
+        exposure's CCDs run in a pool of N processes started once for the whole backfill (the
+        daemon's way: no worker start-up per job, one shuffle-free stage per exposure).
 
     Returns
     -------
@@ -458,16 +463,23 @@ def run_backfill(
     bar = Progress(len(plan.todo), "exposures", stream=stream, min_interval_s=min_interval_s)
     watcher = _OutputWatcher(out, [i.exposure_id for i in plan.todo], bar, poll_s)
     options = options or pipeline_options()
-    with watcher, _scheduler(options) as options:
-        for first in range(0, len(plan.todo), batch_size):
-            batch = plan.todo[first : first + batch_size]
-            with make_pipeline(options) as p:
-                _ = (
-                    p
-                    | "ExposurePaths" >> beam.Create([i.path for i in batch])
-                    | "GradeExposures" >> GradeExposures(bundle, cfg.extract, digest)
-                    | "WriteRows" >> WriteBackfillRows(out, plan.targets)
-                )
+    try:
+        with watcher, _scheduler(options) as options:
+            for first in range(0, len(plan.todo), batch_size):
+                batch = plan.todo[first : first + batch_size]
+                with make_pipeline(options) as p:
+                    _ = (
+                        p
+                        | "ExposurePaths" >> beam.Create([i.path for i in batch])
+                        | "GradeExposures"
+                        >> GradeExposures(bundle, cfg.extract, digest, ccd_workers=ccd_workers)
+                        | "WriteRows" >> WriteBackfillRows(out, plan.targets)
+                    )
+    finally:
+        if ccd_workers:  # the pool served every batch of this backfill; it ends with it
+            from transforms.ccd_pool import shutdown_pool
+
+            shutdown_pool()
     summary.wall_s = time.monotonic() - start
     summary.rows = _read_written(watcher.written, model_version)
     summary.missing = sorted(watcher.remaining)
@@ -542,6 +554,15 @@ def add_arguments(parser) -> None:
     _add_bundle_option(parser)
     _add_runner_options(parser)
     parser.add_argument(
+        "--ccd-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="grade in this process with each exposure's CCDs in a pool of N processes "
+        "started once (the daemon's way; with the local runner and --workers 1); default 0: "
+        "the runner spreads the CCDs",
+    )
+    parser.add_argument(
         "--dask-scheduler",
         metavar="ADDRESS",
         default=None,
@@ -571,6 +592,13 @@ def command(args, cfg) -> int:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     if args.batch < 1:
         raise UsageError(f"--batch: must be >= 1, got {args.batch}")
+    if args.ccd_workers < 0:
+        raise UsageError(f"--ccd-workers: must be >= 0, got {args.ccd_workers}")
+    if args.ccd_workers and (args.workers != 1 or args.runner not in ("FnApiRunner",)):
+        raise UsageError(
+            "--ccd-workers runs the pipeline in this process: use it with --workers 1 and the "
+            f"FnApiRunner (got --workers {args.workers} --runner {args.runner})"
+        )
     extra = list(args.beam_option)
     bad = [f for f in extra if not f.startswith("--")]
     if bad:
@@ -584,6 +612,8 @@ def command(args, cfg) -> int:
         cfg = dataclasses.replace(
             cfg, extract=dataclasses.replace(cfg.extract, backend=args.backend)
         )
+    if args.ccd_workers and cfg.extract.backend == "catalog":
+        raise UsageError("--ccd-workers measures pixels: not for --backend catalog")
     summary = run_backfill(
         args.archive,
         args.out,
@@ -593,6 +623,7 @@ def command(args, cfg) -> int:
         force=args.force,
         options=pipeline_options(args.runner, args.workers, extra),
         batch_size=args.batch,
+        ccd_workers=args.ccd_workers,
     )
     if not summary.found:
         print(f"no exposure found under {args.archive}" + (f" for {args.nights}" if nights else ""))

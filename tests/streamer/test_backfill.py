@@ -96,6 +96,31 @@ def test_backfill_equals_run_grade_and_reports(archive, bundle, graded, tmp_path
     assert "exposures: 5/5 (100.0%)" in progress
 
 
+def test_backfill_with_a_ccd_pool_writes_the_same_rows(archive, bundle, graded, tmp_path):
+    """--ccd-workers (the daemon's pooled, shuffle-free grading) writes what the runner-spread
+    backfill writes, corrupt file included."""
+    out = tmp_path / "pooled"
+    summary = run_backfill(archive, out, bundle, Config(), stream=io.StringIO(), ccd_workers=2)
+    assert (summary.found, len(summary.rows), summary.missing) == (5, 5, [])
+    want = sorted(read_grades(graded[0]).to_pylist(), key=lambda r: r["exposure_id"])
+    got = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+    assert [r["exposure_id"] for r in got] == [r["exposure_id"] for r in want]
+    for a, b in zip(got, want, strict=True):
+        for column in COMPARED:
+            assert a[column] == pytest.approx(b[column], abs=1e-6), column
+    assert len(read_grades(out, "ccds")) == len(read_grades(graded[0], "ccds"))
+
+
+def test_ccd_pool_needs_the_in_process_runner(archive, tmp_path, capsys):
+    from streamer.cli import main
+
+    argv = ["backfill", str(archive), "--out", str(tmp_path / "o"), "--ccd-workers", "2"]
+    assert main([*argv, "--workers", "2"]) == 2
+    assert "--ccd-workers runs the pipeline in this process" in capsys.readouterr().err
+    assert main([*argv, "--backend", "catalog"]) == 2
+    assert "not for --backend catalog" in capsys.readouterr().err
+
+
 def test_rerun_writes_nothing_and_skips_all(archive, bundle, graded, tmp_path):
     out = copy_of(graded, tmp_path)
     before = stamps(out)
