@@ -10,3 +10,26 @@ def _torch_single_thread():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    """``tiny_bundle(path, version)``: save a small untrained model bundle at ``path`` and
+    return the path. The SOM is fitted once per session on noise, the CNN (tile 16) is freshly
+    initialised with torch seed 0: grades are arbitrary but deterministic, which is what the
+    plumbing tests (grading, daemon, backfill, metrics) need."""
+    import numpy as np
+    import torch
+
+    from models.bundle import ModelBundle
+    from models.cnn import CnnShape, DualInputNet
+    from models.som import SOM_FEATURES, train_som
+
+    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
+    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
+
+    def save(path, version: str):
+        torch.manual_seed(0)
+        return ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": version}).save(path)
+
+    return save

@@ -26,14 +26,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
 
-from models.bundle import ModelBundle
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
 from ops.metrics import LATENCY_BUCKETS_S
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,13 +64,9 @@ _LISTENING = re.compile(r"metrics on http://([^:/\s]+):(\d+)/metrics")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundle(tmp_path_factory, tiny_bundle) -> Path:
     """A small untrained bundle: grades are arbitrary, the metrics are what is tested."""
-    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
-    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
-    torch.manual_seed(0)
-    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": MODEL_VERSION})
-    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "b", MODEL_VERSION)
 
 
 def free_port() -> int:

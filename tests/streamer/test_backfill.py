@@ -5,14 +5,9 @@ import io
 import shutil
 
 import duckdb
-import numpy as np
 import pytest
-import torch
 
-from models.bundle import ModelBundle
 from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
 from ops.config import Config
 from streamer import backfill
 from streamer.backfill import (
@@ -35,16 +30,9 @@ COMPARED = ["status", "grade", "confidence", "n_ccd", "n_ccd_graded", "n_sources
 ]
 
 
-def make_bundle(path, version):
-    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
-    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
-    torch.manual_seed(0)
-    return ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": version}).save(path)
-
-
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b", "backfill-test")
+def bundle(tmp_path_factory, tiny_bundle):
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "b", "backfill-test")
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +146,10 @@ def test_nights_select_and_the_rest_follows(archive, bundle, tmp_path):
     assert {r["night"] for r in rest.rows} == {NIGHTS[1]}
 
 
-def test_new_model_version_adds_rows_beside_the_old(archive, graded, tmp_path):
+def test_new_model_version_adds_rows_beside_the_old(archive, graded, tmp_path, tiny_bundle):
     out = copy_of(graded, tmp_path)
     before = stamps(out)
-    v2 = make_bundle(tmp_path / "b2", "v2/2026 12")
+    v2 = tiny_bundle(tmp_path / "b2", "v2/2026 12")
     summary = run_backfill(archive, out, v2, Config(), stream=io.StringIO())
     assert summary.skipped == 0 and len(summary.rows) == 5
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # old rows untouched

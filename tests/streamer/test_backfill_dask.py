@@ -9,9 +9,6 @@ import threading
 import apache_beam as beam
 import pytest
 
-from models.bundle import ModelBundle
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
 from ops.config import Config
 from streamer import backfill
 from streamer.backfill import run_backfill
@@ -64,16 +61,9 @@ def assert_same_rows(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(tmp_path_factory, tiny_bundle):
     """A small untrained bundle (the grades need not be right, only the same)."""
-    import numpy as np
-    import torch
-
-    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
-    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
-    torch.manual_seed(0)
-    net = DualInputNet(CnnShape(tile=16))
-    return ModelBundle(som, net, {"version": "dask-test"}).save(tmp_path_factory.mktemp("b") / "b")
+    return tiny_bundle(tmp_path_factory.mktemp("b") / "b", "dask-test")
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,17 @@ import threading
 import time
 import urllib.request
 
-import numpy as np
 import pytest
-import torch
 
 from models.bundle import ModelBundle
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
 from streamer.daemon import Daemon
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
 from transforms.sinks import read_grades
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
-    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
-    torch.manual_seed(0)
-    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "daemon-test"})
-    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+def bundle(tmp_path_factory, tiny_bundle):
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "b", "daemon-test")
 
 
 def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(

@@ -14,13 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from models.bundle import ModelBundle
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
 from streamer.ledger import Ledger
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
 from transforms.exposure import exposure_id_from_path
@@ -42,12 +37,8 @@ _LISTENING = re.compile(r"metrics on http://([^:/\s]+):(\d+)/metrics")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
-    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
-    torch.manual_seed(0)
-    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "process-test"})
-    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+def bundle(tmp_path_factory, tiny_bundle):
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "b", "process-test")
 
 
 @pytest.fixture

@@ -2,12 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
-from models.bundle import ModelBundle
 from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
 from ops.config import Config, config_digest
 from streamer.pipelines import run_grade
 from streamer.telescope import Geometry, plan_night, write_exposure
@@ -15,12 +11,8 @@ from transforms.sinks import read_grades
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
-    som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)
-    torch.manual_seed(0)
-    b = ModelBundle(som, DualInputNet(CnnShape(tile=16)), {"version": "test-7"})
-    return b.save(tmp_path_factory.mktemp("bundle") / "b")
+def bundle(tmp_path_factory, tiny_bundle):
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "b", "test-7")
 
 
 @pytest.fixture(scope="module")
