@@ -144,15 +144,15 @@ def run_extract(
     """Extract features of ``paths`` into ``out_dir`` (one parquet file per exposure).
 
     ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives the
-    pipeline (see :class:`~transforms.extract.ExtractSources`); 0 spreads them with Beam.
+    pipeline (see :class:`~transforms.stages.ExtractSources`); 0 spreads them with Beam.
 
     Returns
     -------
     dict
         ``written`` (parquet paths) and ``quarantined`` (records) read back from ``out_dir``.
     """
-    from transforms.extract import ExtractSources
     from transforms.quarantine import QUARANTINE
+    from transforms.stages import ExtractSources
 
     out_dir = str(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)

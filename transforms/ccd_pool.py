@@ -5,11 +5,18 @@ Beam's ``multi_processing`` mode starts fresh SDK workers for every pipeline run
 each, plus imports: measured ~7 CPU-s of fixed cost per run, REFERENCE.md and
 benchmarks/extract.py), which is fine for a backfill of thousands of exposures but not for
 the daemon, which runs one small bounded pipeline per exposure as it lands. Here the pool is
-created once per process (lazily, on first use) and reused by every later pipeline run.
+created once per process (on first use, or early with :func:`start_pool`) and reused by every
+later pipeline run.
 
 Each worker runs the whole per-CCD chain (read pixels, extract, SOM hits, representative
 image) and returns only the small :class:`~transforms.representative.CcdInputs` (or a
 quarantine record): the 38 MB of pixels never cross a process boundary.
+
+Workers are spawned (a fresh interpreter: the parent runs Beam's gRPC threads, which fork does
+not survive), so what they import is their start-up time. This module and the chain it runs
+(:mod:`transforms.extract`, :mod:`transforms.som_hits`, :mod:`transforms.representative`)
+never import Beam or torch: a worker is ready in ~0.9 s (astropy, sep, numpy) instead of
+~2.2 s with Beam. Their Beam wrappers are in :mod:`transforms.stages`.
 """
 
 from __future__ import annotations
@@ -17,17 +24,16 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
-import os
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-import apache_beam as beam
-
 from transforms.extract import CcdRejected, make_backend
-from transforms.quarantine import QUARANTINE, Quarantined
+from transforms.quarantine import Quarantined
+from transforms.representative import ccd_inputs
+from transforms.som_hits import ccd_hits, load_som
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +54,34 @@ def ccd_pool(workers: int) -> ProcessPoolExecutor:
                 _POOL.shutdown(wait=True, cancel_futures=True)
             # spawn, not fork: the parent runs Beam's gRPC threads, which fork does not survive.
             ctx = multiprocessing.get_context("spawn")
-            # Workers import only the extraction chain (Beam, astropy, sep; never torch).
-            _POOL = ProcessPoolExecutor(workers, mp_context=ctx)
+            _POOL = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_import_chain)
             _POOL_WORKERS = workers
             log.info("started a pool of %d CCD worker processes", workers)
     return _POOL
+
+
+def start_pool(workers: int) -> ProcessPoolExecutor:
+    """:func:`ccd_pool`, with every worker started now rather than on the first CCD.
+
+    A spawned process imports the chain for ~0.9 s; started early (before a pipeline is
+    built, while a file is still being copied) that time overlaps the caller's own work.
+    Returns at once: the workers start in the background.
+    """
+    pool = ccd_pool(workers)
+    for _ in range(workers):  # one task per worker: each submit spawns one process
+        pool.submit(_ready)
+    return pool
+
+
+def _import_chain() -> None:
+    """Worker initializer: import what every CCD needs before the first one arrives."""
+    import sep  # noqa: F401  (imported lazily by the backend otherwise)
+
+    import transforms.exposure  # noqa: F401
+
+
+def _ready() -> None:
+    """A no-op task: submitting it makes the pool spawn a worker."""
 
 
 def shutdown_pool() -> None:
@@ -73,9 +102,6 @@ def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):
     Returns :class:`CcdInputs` (with ``som_path``), :class:`CcdFeatures` without pixels (no
     SOM), or a :class:`Quarantined` record.
     """
-    from transforms.representative import ccd_inputs
-    from transforms.som_hits import ccd_hits, load_som
-
     key = (extract.backend, extract)
     backend = _BACKENDS.get(key)
     if backend is None:
@@ -100,30 +126,6 @@ def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):
     return ccd_inputs(ccd_hits(features, load_som(som_path)), size=tile)
 
 
-class _PooledCcds(beam.DoFn):
-    """Exposure metadata -> the results of all its CCDs, computed in the process pool."""
-
-    def __init__(self, workers: int, extract, som_path: str | None, tile: int) -> None:
-        self.workers, self.extract, self.som_path, self.tile = workers, extract, som_path, tile
-
-    def setup(self) -> None:
-        self.pool = ccd_pool(self.workers)
-
-    def process(self, meta):
-        futures = {
-            self.pool.submit(measure_ccd, meta, ccd, self.extract, self.som_path, self.tile)
-            for ccd in range(meta.n_ccd)
-        }
-        while futures:
-            done, futures = wait(futures, return_when=FIRST_COMPLETED)
-            for future in done:
-                result = future.result()
-                if isinstance(result, Quarantined):
-                    yield beam.pvalue.TaggedOutput(QUARANTINE, result)
-                else:
-                    yield result
-
-
 class ExposureInputs(NamedTuple):
     """Everything measured on one exposure's CCDs, travelling as one element.
 
@@ -140,51 +142,3 @@ class ExposureInputs(NamedTuple):
     meta: Any
     ccds: list
     bad: list
-
-
-class _PooledExposures(_PooledCcds):
-    """Exposure metadata -> one :class:`ExposureInputs`, its CCDs computed in the pool."""
-
-    def process(self, meta):
-        ccds, bad = [], []
-        for result in super().process(meta):
-            if isinstance(result, beam.pvalue.TaggedOutput):
-                bad.append(result.value)
-            else:
-                ccds.append(result)
-        yield ExposureInputs(
-            meta,
-            sorted(ccds, key=lambda c: c.ccd),
-            sorted(bad, key=lambda b: b.ccd),
-        )
-
-
-class PooledExposures(beam.PTransform):
-    """:class:`ExposureMeta` -> :class:`ExposureInputs`: one element per exposure, so that
-    scoring and grading follow element by element, with no shuffle to gather the CCDs again
-    (a bounded pipeline of one stage, and a chain a streaming pipeline can run)."""
-
-    def __init__(self, workers: int, extract, som_path, tile: int = 32):
-        super().__init__()
-        self.args = (workers, extract, os.fspath(som_path), tile)
-
-    def expand(self, metas):
-        return metas | "MeasureCcdsInPool" >> beam.ParDo(_PooledExposures(*self.args))
-
-
-class PooledCcds(beam.PTransform):
-    """:class:`ExposureMeta` -> per-CCD results from a process pool that outlives the pipeline.
-
-    With ``som_path`` the results are :class:`CcdInputs` ready for scoring; without, feature
-    records without pixels. Returns a dict with ``"ccds"`` and ``"quarantine"``.
-    """
-
-    def __init__(self, workers: int, extract, som_path: str | None = None, tile: int = 32):
-        super().__init__()
-        self.args = (workers, extract, None if som_path is None else os.fspath(som_path), tile)
-
-    def expand(self, metas):
-        out = metas | "MeasureCcdsInPool" >> beam.ParDo(_PooledCcds(*self.args)).with_outputs(
-            QUARANTINE, main="ccds"
-        )
-        return {"ccds": out.ccds, QUARANTINE: out[QUARANTINE]}

@@ -22,18 +22,13 @@ Backends are chosen by name from :data:`BACKENDS` (``sep`` default, ``sextractor
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
-import apache_beam as beam
 import numpy as np
 
 from ops.config import ExtractConfig
-from transforms.quarantine import QUARANTINE, Quarantined
 
 log = logging.getLogger(__name__)
 
@@ -450,181 +445,6 @@ def make_backend(name: str, params: SepParams | None = None):
             f"unknown extraction backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}"
         ) from None
     return getattr(importlib.import_module(module), cls)(params)
-
-
-# --------------------------------------------------------------------------- Beam
-
-
-class CcdTask(NamedTuple):
-    """One CCD to measure: the exposure's metadata (small) and the CCD index. Paths, not
-    pixels, travel between workers."""
-
-    meta: Any
-    ccd: int
-
-
-EXPOSURES = "exposures"
-"""Tagged output of :class:`ExtractSources` with the metadata of every opened exposure."""
-
-
-class _OpenExposure(beam.DoFn):
-    """Exposure path -> its metadata (tagged ``exposures``) and one :class:`CcdTask` per CCD,
-    or an exposure quarantine record."""
-
-    def __init__(self, backend: str, params: SepParams | None) -> None:
-        self._backend_name, self._params = backend, params
-
-    def setup(self) -> None:
-        self.backend = make_backend(self._backend_name, self._params)
-
-    def process(self, path: str):
-        from transforms.exposure import ExposureError, exposure_id_from_path
-
-        try:
-            meta = self.backend.open(path)
-        except ExposureError as exc:
-            yield _quarantine(exposure_id_from_path(path), path, None, exc.reason, str(exc))
-            return
-        except (OSError, ValueError) as exc:
-            yield _quarantine(
-                exposure_id_from_path(path), path, None, "unreadable", f"{path}: {exc}"
-            )
-            return
-        yield beam.pvalue.TaggedOutput(EXPOSURES, meta)
-        for ccd in range(meta.n_ccd):
-            yield CcdTask(meta, ccd)
-
-
-class _ExtractCcd(beam.DoFn):
-    """:class:`CcdTask` -> :class:`CcdFeatures`, or a CCD quarantine record."""
-
-    def __init__(self, backend: str, params: SepParams | None, keep_pixels: bool) -> None:
-        self._backend_name, self._params = backend, params
-        self.keep_pixels = keep_pixels
-        self.n_sources = beam.metrics.Metrics.distribution("extract", "sources_per_ccd")
-
-    def setup(self) -> None:
-        self.backend = make_backend(self._backend_name, self._params)
-
-    def process(self, task: CcdTask):
-        meta = task.meta
-        start = time.perf_counter()
-        try:
-            features = self.backend.features(meta, task.ccd, keep_pixels=self.keep_pixels)
-        except CcdRejected as exc:
-            yield _quarantine(meta.exposure_id, meta.path, task.ccd, exc.reason, exc.detail)
-            return
-        except Exception as exc:  # a library failure on one CCD must not stop the night
-            log.warning("%s CCD %d: extraction failed: %s", meta.path, task.ccd, exc)
-            yield _quarantine(
-                meta.exposure_id,
-                meta.path,
-                task.ccd,
-                "extract_failed",
-                f"{meta.path}: CCD {task.ccd}: {type(exc).__name__}: {exc}",
-            )
-            return
-        self.n_sources.update(features.n_sources)
-        yield dataclasses.replace(features, extract_s=time.perf_counter() - start)
-
-
-def _quarantine(exposure_id, path, ccd, reason, detail) -> beam.pvalue.TaggedOutput:
-    record = Quarantined(exposure_id, str(path), ccd, "extract", reason, detail)
-    return beam.pvalue.TaggedOutput(QUARANTINE, record)
-
-
-class OpenExposures(beam.PTransform):
-    """Exposure paths -> ``{"exposures": ExposureMeta, "quarantine": Quarantined}``: the
-    integrity walk and metadata only (for callers that measure CCDs their own way)."""
-
-    def __init__(self, params: SepParams) -> None:
-        super().__init__()
-        self.params = params
-
-    def expand(self, paths):
-        opened = paths | "Open" >> beam.ParDo(
-            _OpenExposure(self.params.backend, self.params)
-        ).with_outputs(QUARANTINE, EXPOSURES, main="ccds")
-        return {EXPOSURES: opened[EXPOSURES], QUARANTINE: opened[QUARANTINE]}
-
-
-class ExtractSources(beam.PTransform):
-    """Exposure paths -> per-CCD feature records, with a tagged quarantine output.
-
-    Two ways to measure the CCDs of an exposure in parallel:
-
-    - ``ccd_workers=0`` (default): CCDs are spread with a Reshuffle after the exposure is
-      opened, so a runner with several workers measures them in parallel. Suits any runner.
-    - ``ccd_workers=N``: each exposure's CCDs run in a pool of N processes that lives as long
-      as this process (:mod:`transforms.ccd_pool`), with the pipeline itself in one process.
-      Beam's ``multi_processing`` workers import and start afresh on every run (~7 CPU-s
-      measured); the pool pays that once per process, which is what a daemon or a short run
-      on a few exposures wants.
-
-    With ``keep_pixels`` each record carries its background-subtracted image for the fused
-    representative-image step (Reshuffle mode only: pixels never cross the pool's process
-    boundary).
-
-    Returns a dict with ``"features"`` (:class:`CcdFeatures`), ``"quarantine"``
-    (:class:`~transforms.quarantine.Quarantined`) and ``"exposures"`` (the
-    :class:`~transforms.exposure.ExposureMeta` of every exposure that opened).
-
-    Examples
-    --------
-    >>> # with beam.Pipeline() as p:
-    >>> #     out = p | beam.Create(paths) | ExtractSources("sep")
-    >>> #     out["features"] | beam.Map(print)
-    """
-
-    def __init__(
-        self,
-        backend: str = "sep",
-        params: SepParams | None = None,
-        keep_pixels: bool = False,
-        ccd_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        make_backend(backend, params)  # fail at construction for an unknown name
-        if ccd_workers < 0:
-            raise ValueError(f"ccd_workers must be >= 0, got {ccd_workers}")
-        if ccd_workers and keep_pixels:
-            raise ValueError("keep_pixels needs ccd_workers=0: pixels stay in the pool workers")
-        self.backend, self.params, self.keep_pixels = backend, params, keep_pixels
-        self.ccd_workers = ccd_workers
-
-    def expand(self, paths):
-        if self.ccd_workers:
-            return self._expand_pooled(paths)
-        opened = paths | "OpenExposures" >> beam.ParDo(
-            _OpenExposure(self.backend, self.params)
-        ).with_outputs(QUARANTINE, EXPOSURES, main="ccds")
-        extracted = (
-            opened.ccds
-            | "SpreadCcds" >> beam.Reshuffle()
-            | "ExtractCcd"
-            >> beam.ParDo(_ExtractCcd(self.backend, self.params, self.keep_pixels)).with_outputs(
-                QUARANTINE, main="features"
-            )
-        )
-        quarantined = (opened[QUARANTINE], extracted[QUARANTINE]) | "MergeQuarantine" >> (
-            beam.Flatten()
-        )
-        return {
-            "features": extracted.features,
-            QUARANTINE: quarantined,
-            EXPOSURES: opened[EXPOSURES],
-        }
-
-    def _expand_pooled(self, paths):
-        from transforms.ccd_pool import PooledCcds
-
-        params = dataclasses.replace(self.params or SepParams(), backend=self.backend)
-        opened = paths | "OpenExposures" >> OpenExposures(params)
-        pooled = opened[EXPOSURES] | "PooledCcds" >> PooledCcds(self.ccd_workers, params)
-        quarantined = (opened[QUARANTINE], pooled[QUARANTINE]) | "MergeQuarantine" >> (
-            beam.Flatten()
-        )
-        return {"features": pooled["ccds"], QUARANTINE: quarantined, EXPOSURES: opened[EXPOSURES]}
 
 
 # --------------------------------------------------------------------------- parquet

@@ -31,14 +31,18 @@ import apache_beam as beam
 
 from models.bundle import read_manifest
 from models.classes import CLASSES
-from transforms.ccd_pool import PooledExposures
 from transforms.exposure import observing_night
-from transforms.extract import EXPOSURES, ExtractSources, OpenExposures
 from transforms.grade import CcdScore, grade_exposure
 from transforms.quarantine import QUARANTINE, Quarantined
-from transforms.representative import BuildRepresentatives
 from transforms.score import ScoreCcds, ScoreExposures
-from transforms.som_hits import SomHits
+from transforms.stages import (
+    EXPOSURES,
+    BuildRepresentatives,
+    ExtractSources,
+    OpenExposures,
+    PooledExposures,
+    SomHits,
+)
 
 STAGES = ("extract", "som", "representative", "score")
 _NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")

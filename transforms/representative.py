@@ -17,7 +17,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import apache_beam as beam
 import numpy as np
 
 from models.mosaic import tile_grid
@@ -211,21 +210,3 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
             "representative": time.perf_counter() - start,
         },
     )
-
-
-class BuildRepresentatives(beam.PTransform):
-    """:class:`CcdHits` (with pixels) -> :class:`CcdInputs` (without pixels).
-
-    Keep this step fused with extraction (no shuffle in between) so the CCD's pixels, read once
-    for extraction, are reused here and never serialised.
-    """
-
-    def __init__(self, size: int = 32) -> None:
-        super().__init__()
-        if size < 4:
-            raise ValueError(f"cutout size must be >= 4, got {size}")
-        self.size = size
-
-    def expand(self, hits):
-        size = self.size
-        return hits | "Representative" >> beam.Map(ccd_inputs, size=size)

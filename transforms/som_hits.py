@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import apache_beam as beam
 import numpy as np
 
 from models.som import SourceSom, feature_matrix
@@ -68,25 +67,3 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
             else f"no_clean_sources: all {features.n_sources} sources flagged"
         )
     return CcdHits(features, hits, labels, index, reason, time.perf_counter() - start)
-
-
-class _HitsFn(beam.DoFn):
-    def __init__(self, som_path: str) -> None:
-        self.som_path = som_path
-
-    def setup(self) -> None:
-        self.som = load_som(self.som_path)
-
-    def process(self, features: CcdFeatures):
-        yield ccd_hits(features, self.som)
-
-
-class SomHits(beam.PTransform):
-    """:class:`CcdFeatures` -> :class:`CcdHits` with the SOM at ``som_path``."""
-
-    def __init__(self, som_path: str | os.PathLike) -> None:
-        super().__init__()
-        self.som_path = os.fspath(som_path)
-
-    def expand(self, features):
-        return features | "MapToClusters" >> beam.ParDo(_HitsFn(self.som_path))
