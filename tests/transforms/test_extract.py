@@ -249,6 +249,29 @@ def test_start_pool_starts_every_worker_at_once():
         shutdown_pool()
 
 
+# Page-fault counts after each of two 40 MB allocations, each freed at once (an expression,
+# so that a spawned worker can evaluate it without importing this test module).
+FAULTS_OF_TWO_LARGE_ALLOCATIONS = (
+    "[(bytearray(40_000_000) and None, __import__('resource').getrusage(0).ru_minflt)[1]"
+    " for _ in range(2)]"
+)
+
+
+def test_pool_workers_reuse_freed_memory_across_ccds():
+    """Each full CCD allocates several 38 MB arrays; a worker keeps them for the next CCD
+    instead of faulting in fresh zeroed pages (~10k faults per array by default)."""
+    from transforms.ccd_pool import ccd_pool, shutdown_pool
+
+    try:
+        pool = ccd_pool(1)
+        first, second = pool.submit(eval, FAULTS_OF_TWO_LARGE_ALLOCATIONS).result(timeout=60)
+    finally:
+        shutdown_pool()
+    assert second - first < 500
+    first, second = eval(FAULTS_OF_TWO_LARGE_ALLOCATIONS)
+    assert second - first > 5000  # this process keeps glibc's defaults
+
+
 def test_ccd_pool_mode_refuses_to_ship_pixels():
     with pytest.raises(ValueError, match="keep_pixels"):
         ExtractSources("sep", keep_pixels=True, ccd_workers=2)
