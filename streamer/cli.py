@@ -89,7 +89,22 @@ def _setup_logging(args: argparse.Namespace, cfg: Config | None) -> None:
         logging.getLogger("apache_beam").setLevel("WARNING")
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel("ERROR")
         for handler in logging.getLogger().handlers:
-            handler.addFilter(lambda r: "apitools not found" not in r.getMessage())
+            handler.addFilter(_not_beam_noise)
+
+
+_BEAM_NOISE = (
+    # Beam's import, about Google Cloud clients skygrade does not use.
+    "apitools not found",
+    # RunInference, on every model load and batch: Beam looks for `resource` only after an
+    # import of scipy (which skygrade does not need) succeeded, and reports it missing.
+    "Resource module is not available",
+)
+
+
+def _not_beam_noise(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Beam warnings that say nothing about skygrade."""
+    message = record.getMessage()
+    return not any(text in message for text in _BEAM_NOISE)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -604,8 +619,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``skygrade`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    # Beam's import warns on the root logger about Google Cloud clients skygrade does not use.
-    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
+    logging.getLogger().addFilter(_not_beam_noise)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

@@ -189,9 +189,9 @@ class _GradeFn(beam.DoFn):
         meta = metas[0] if metas else None
         bad = list(groups["bad"])
         if meta is None and not any(b.ccd is None for b in bad):
-            return  # CCD records without an opened exposure cannot happen; be safe
+            return []  # CCD records without an opened exposure cannot happen; be safe
         path = meta.path if meta else next(b.path for b in bad if b.ccd is None)
-        yield exposure_row(
+        row = exposure_row(
             exposure_id,
             meta,
             list(groups["scores"]),
@@ -200,6 +200,7 @@ class _GradeFn(beam.DoFn):
             self.config_digest,
             self.arrivals.get(path),
         )
+        return [row]
 
 
 class GradeExposures(beam.PTransform):

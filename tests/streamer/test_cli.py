@@ -140,3 +140,49 @@ def test_only_the_chosen_command_gets_its_arguments_built():
     parser = build_parser(["--config", "c.yaml", "grade", "f.fits", "--out", "o"])
     args = parser.parse_args(["--config", "c.yaml", "grade", "f.fits", "--out", "o"])
     assert args.command == "grade" and args.out.name == "o"
+
+
+def _foreign_exposure(path, n_ccd=40, shape=(400, 256), seed=5):
+    """A MegaCam-like exposure written with plain astropy, not skygrade's simulator: float32,
+    sky already subtracted, a NaN bad column, 40 extensions (science + guide CCDs), headers
+    in the primary HDU only."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    sigma = 0.75 / 0.187 / 2.355  # 0.75" seeing
+    dy, dx = np.mgrid[-12:13, -12:13]
+    primary = fits.PrimaryHDU()
+    primary.header.update(
+        {"EXPNUM": 3001234, "EXPTIME": 120.0, "DATE-OBS": "2026-11-20T08:01:02.5"}
+    )
+    primary.header["FILTER"] = "r.MP9602"
+    hdus = [primary]
+    for i in range(n_ccd):
+        img = rng.normal(0.0, 8.0, shape).astype(np.float32)
+        for x0, y0, flux in zip(
+            rng.integers(13, nx - 13, 60),
+            rng.integers(13, ny - 13, 60),
+            10 ** rng.uniform(2.5, 5, 60),
+            strict=True,
+        ):
+            stamp = np.exp(-(dx**2 + dy**2) / (2 * sigma**2)) * flux / (2 * np.pi * sigma**2)
+            img[y0 - 12 : y0 + 13, x0 - 12 : x0 + 13] += stamp.astype(np.float32)
+        img[:, 100] = np.nan
+        hdus.append(fits.ImageHDU(img, name=f"ccd{i:02d}"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_grade_command_grades_an_exposure_written_by_other_code(tmp_path, capsys):
+    """`skygrade grade` with the shipped bundle on a file skygrade's simulator did not write:
+    all 40 CCDs graded, one table row, and none of Beam's irrelevant warnings on the terminal."""
+    path = _foreign_exposure(tmp_path / "3001234p.fits")
+    assert main(["grade", str(path), "--out", str(tmp_path / "grades")]) == 0
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if "3001234" in line)
+    assert "40/40" in row and "2026-11-19" in row  # 08:01 UT belongs to the night before
+    assert "1 graded, 0 quarantined" in out
+    assert "apitools" not in err and "Resource module" not in err
+    assert "yield and return" not in err
+    assert list((tmp_path / "grades" / "exposures").rglob("*.parquet"))
