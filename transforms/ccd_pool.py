@@ -12,11 +12,14 @@ Each worker runs the whole per-CCD chain (read pixels, extract, SOM hits, repres
 image) and returns only the small :class:`~transforms.representative.CcdInputs` (or a
 quarantine record): the 38 MB of pixels never cross a process boundary.
 
-Workers are spawned (a fresh interpreter: the parent runs Beam's gRPC threads, which fork does
-not survive), so what they import is their start-up time. This module and the chain it runs
-(:mod:`transforms.extract`, :mod:`transforms.som_hits`, :mod:`transforms.representative`)
-never import Beam or torch: a worker is ready in ~0.9 s (astropy, sep, numpy) instead of
-~2.2 s with Beam. Their Beam wrappers are in :mod:`transforms.stages`.
+Workers are forked from a fork server (``multiprocessing``'s "forkserver" start method): a
+clean single-threaded process started once, which imports the per-CCD chain once and forks
+every worker from there. Forking the parent itself is unsafe (it runs Beam's gRPC threads), and
+spawning fresh interpreters makes every worker import the chain again: ~1 CPU-s each, measured
+~0.9 s more wall and CPU per pool start on 2 cores than the fork server. This module and the
+chain it runs (:mod:`transforms.extract`, :mod:`transforms.som_hits`,
+:mod:`transforms.representative`) never import Beam or torch (Beam alone took ~1.3 s and
+~130 MB per process); their Beam wrappers are in :mod:`transforms.stages`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ _POOL: ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 _LOCK = threading.Lock()
 _BACKENDS: dict = {}
+_CHAIN = ("sep", "transforms.exposure", "transforms.ccd_pool")
+"""What every worker needs, imported once by the fork server and inherited by each worker."""
 
 
 def ccd_pool(workers: int) -> ProcessPoolExecutor:
@@ -52,8 +57,8 @@ def ccd_pool(workers: int) -> ProcessPoolExecutor:
         if _POOL is None or workers != _POOL_WORKERS:
             if _POOL is not None:
                 _POOL.shutdown(wait=True, cancel_futures=True)
-            # spawn, not fork: the parent runs Beam's gRPC threads, which fork does not survive.
-            ctx = multiprocessing.get_context("spawn")
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(list(_CHAIN))
             _POOL = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
             _POOL_WORKERS = workers
             log.info("started a pool of %d CCD worker processes", workers)
@@ -63,22 +68,26 @@ def ccd_pool(workers: int) -> ProcessPoolExecutor:
 def start_pool(workers: int) -> ProcessPoolExecutor:
     """:func:`ccd_pool`, with every worker started now rather than on the first CCD.
 
-    A spawned process imports the chain for ~0.9 s; started early (before a pipeline is
-    built, while a file is still being copied) that time overlaps the caller's own work.
-    Returns at once: the workers start in the background.
+    The first start costs ~1 s (the fork server imports the chain); started early (when a
+    pipeline is built, while a file is still being copied) it overlaps the caller's own
+    work. Returns at once: the workers start from a background thread.
     """
     pool = ccd_pool(workers)
-    for _ in range(workers):  # one task per worker: each submit spawns one process
-        pool.submit(_ready)
+
+    def start_workers() -> None:
+        try:
+            for _ in range(workers):  # one task per worker: each submit starts one process
+                pool.submit(_ready)
+        except RuntimeError:  # the pool was shut down meanwhile: nothing to start
+            pass
+
+    threading.Thread(target=start_workers, name="ccd-pool-start", daemon=True).start()
     return pool
 
 
 def _init_worker() -> None:
-    """Worker initializer: keep freed memory for the next CCD, import the chain now."""
+    """Worker initializer: keep freed memory for the next CCD."""
     reuse_freed_memory()
-    import sep  # noqa: F401  (imported lazily by the backend otherwise)
-
-    import transforms.exposure  # noqa: F401
 
 
 def reuse_freed_memory() -> bool:
@@ -108,12 +117,19 @@ def _ready() -> None:
 
 
 def shutdown_pool() -> None:
-    """Stop the pool's processes (at exit, or when the daemon stops)."""
+    """Stop the pool's processes and its fork server (at exit, or when the daemon stops)."""
     global _POOL, _POOL_WORKERS
     with _LOCK:
         if _POOL is not None:
             _POOL.shutdown(wait=True, cancel_futures=True)
             _POOL, _POOL_WORKERS = None, 0
+            # The fork server would otherwise idle until this process exits. multiprocessing
+            # has no public call to stop it; _stop exists in CPython 3.8 to 3.14.
+            from multiprocessing import forkserver
+
+            stop = getattr(forkserver._forkserver, "_stop", None)
+            if stop is not None:
+                stop()
 
 
 atexit.register(shutdown_pool)

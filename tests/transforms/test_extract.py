@@ -234,19 +234,25 @@ def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
 
 
 def test_start_pool_starts_every_worker_at_once():
-    """start_pool spawns all workers before the first CCD, so their start-up overlaps the
-    caller's own work instead of delaying the first exposure."""
+    """start_pool starts all workers before the first CCD, so their start-up overlaps the
+    caller's own work instead of delaying the first exposure; shutdown stops them all."""
     import os
+    import time
 
     from transforms.ccd_pool import shutdown_pool, start_pool
 
     try:
         pool = start_pool(2)
-        assert len(pool._processes) == 2  # spawned already, not on the first CCD
+        deadline = time.monotonic() + 60
+        while len(pool._processes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._processes) == 2  # started, though no CCD was submitted
+        workers = list(pool._processes.values())
         pids = {pool.submit(os.getpid).result(timeout=60) for _ in range(8)}
-        assert pids <= set(pool._processes) and os.getpid() not in pids
+        assert pids <= {w.pid for w in workers} and os.getpid() not in pids
     finally:
         shutdown_pool()
+    assert not any(w.is_alive() for w in workers)
 
 
 # Page-fault counts after each of two 40 MB allocations, each freed at once (an expression,
