@@ -6,7 +6,12 @@
       manifest.json   format, version, created, training-data digest, classes, SOM features +
                       shape, CNN shapes + aux features, cutout size, metrics
       som.npz         SOM codebook, scaling, cluster map (no pickle)
-      cnn.pt          CNN state_dict, loaded with ``torch.load(weights_only=True)``
+      cnn.pt          state_dict of the CNN ensemble (``members.<i>.*``: one network per member),
+                      loaded with ``torch.load(weights_only=True)``
+
+The CNN is an :class:`~models.cnn.EnsembleNet` of ``cnn.members`` networks trained with different
+seeds; scoring averages their log-probabilities. Format ``skygrade-bundle/1`` (a single network,
+before ensembles) still loads, as a one-member ensemble.
 
 A bundle whose manifest does not match this code (format, classes, SOM features, CNN inputs) is
 refused with a message saying what differs: grading with a mismatched model would be silently
@@ -27,10 +32,14 @@ from pathlib import Path
 import torch
 
 from models.classes import CLASSES
-from models.cnn import AUX_FEATURES, CnnShape, DualInputNet
+from models.cnn import AUX_FEATURES, CnnShape, EnsembleNet, as_ensemble
 from models.som import SOM_FEATURES, SourceSom
 
-FORMAT = "skygrade-bundle/1"
+FORMAT = "skygrade-bundle/2"
+LEGACY_FORMAT = "skygrade-bundle/1"
+"""A single network (no ``cnn.members``, a plain DualInputNet state_dict): read as one member."""
+COMBINE = "mean-log-probability"
+"""How the members' outputs are combined (:class:`~models.cnn.EnsembleNet`)."""
 MANIFEST, SOM_FILE, CNN_FILE = "manifest.json", "som.npz", "cnn.pt"
 
 
@@ -40,11 +49,22 @@ class BundleError(ValueError):
 
 @dataclass
 class ModelBundle:
-    """A loaded bundle: SOM, CNN (in eval mode) and manifest."""
+    """A loaded bundle: SOM, CNN ensemble (in eval mode) and manifest.
+
+    ``cnn`` may be given as a single :class:`~models.cnn.DualInputNet`; it is kept as a
+    one-member :class:`~models.cnn.EnsembleNet`.
+    """
 
     som: SourceSom
-    cnn: DualInputNet
+    cnn: EnsembleNet
     manifest: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cnn = as_ensemble(self.cnn)
+
+    @property
+    def n_members(self) -> int:
+        return len(self.cnn)
 
     @property
     def version(self) -> str:
@@ -72,6 +92,8 @@ class ModelBundle:
                 "file": CNN_FILE,
                 "shape": self.cnn.shape.as_dict(),
                 "aux_features": list(AUX_FEATURES),
+                "members": len(self.cnn),
+                "combine": COMBINE,
             },
         )
         manifest.setdefault("version", dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
@@ -111,7 +133,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
         if got != want:
             problems.append(f"{key} is {got!r}, this code needs {want!r}")
 
-    expect("format", manifest.get("format"), FORMAT)
+    fmt = manifest.get("format")
+    if fmt not in (FORMAT, LEGACY_FORMAT):
+        problems.append(f"format is {fmt!r}, this code reads {FORMAT!r} (or {LEGACY_FORMAT!r})")
     expect("classes", manifest.get("classes"), list(CLASSES))
     som, cnn = manifest.get("som", {}), manifest.get("cnn", {})
     expect("som.features", som.get("features"), list(SOM_FEATURES))
@@ -120,6 +144,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
     expect("cnn.shape.n_clusters", shape.get("n_clusters"), som.get("n_clusters"))
     expect("cnn.shape.n_classes", shape.get("n_classes"), len(CLASSES))
     expect("cnn.shape.n_aux", shape.get("n_aux"), len(AUX_FEATURES))
+    if fmt == FORMAT:
+        members = cnn.get("members")
+        if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+            problems.append(f"cnn.members is {members!r}, this code needs an integer >= 1")
+        expect("cnn.combine", cnn.get("combine"), COMBINE)
     if problems:
         raise BundleError(
             f"{path}: model bundle does not match this skygrade: " + "; ".join(problems)
@@ -128,17 +157,39 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
-    """Load and check the bundle at ``path`` (weights with ``weights_only=True``)."""
+    """Load and check the bundle at ``path`` (weights with ``weights_only=True``).
+
+    The number of networks in ``cnn.pt`` must be the manifest's ``cnn.members``.
+    """
     path = Path(path)
     manifest = read_manifest(path)
+    legacy = manifest["format"] == LEGACY_FORMAT
+    n_members = 1 if legacy else manifest["cnn"]["members"]
     try:
         som = SourceSom.load(path / manifest["som"]["file"])
         shape = CnnShape(**manifest["cnn"]["shape"])
-        cnn = DualInputNet(shape)
         state = torch.load(path / manifest["cnn"]["file"], map_location="cpu", weights_only=True)
-        cnn.load_state_dict(state)
-    except (OSError, KeyError, TypeError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        if legacy:
+            state = {f"members.0.{k}": v for k, v in state.items()}
+        held = len({k.split(".")[1] for k in state if k.startswith("members.")})
+        if held == n_members:
+            cnn = EnsembleNet.empty(shape, n_members)
+            cnn.load_state_dict(state)
+    except (
+        OSError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as exc:
         raise BundleError(f"{path}: cannot load model bundle: {exc}") from exc
+    if held != n_members:
+        raise BundleError(
+            f"{path}: the manifest says cnn.members is {n_members} but "
+            f"{manifest['cnn']['file']} holds {held} networks"
+        )
     if som.n_clusters != shape.n_clusters:
         raise BundleError(
             f"{path}: SOM has {som.n_clusters} clusters but the CNN expects {shape.n_clusters}"

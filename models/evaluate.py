@@ -530,7 +530,9 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# skygrade evaluation",
         "",
-        f"Bundle `{b.get('path')}` (version {b.get('version')}) on archive `{report['archive']}`.",
+        f"Bundle `{b.get('path')}` (version {b.get('version')}"
+        + (f", an ensemble of {b['members']} networks" if b.get("members", 1) > 1 else "")
+        + f") on archive `{report['archive']}`.",
         "",
         f"**Exposures evaluated.** {report['scope']['text']}",
         "",

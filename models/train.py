@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from models.aggregate import combine
 from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet
+from models.cnn import CnnShape, DualInputNet, EnsembleNet
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ class TrainSettings:
     patience: int = 6
     modality_dropout: float = 0.3
     seed: int = 0
+    ensemble: int = 1
+    """Members of :func:`train_ensemble`; member ``i`` is trained with seed ``seed + i``."""
 
 
 def train_cnn(
@@ -208,7 +210,44 @@ def train_cnn(
     return model, history
 
 
-def predict(model: DualInputNet, data: Dataset, present: np.ndarray | None = None) -> np.ndarray:
+def train_ensemble(
+    train: Dataset,
+    val: Dataset,
+    shape: CnnShape,
+    settings: TrainSettings | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> tuple[EnsembleNet, list[list[dict]]]:
+    """Train ``settings.ensemble`` networks with :func:`train_cnn` on the same data, member
+    ``i`` with seed ``settings.seed + i`` (its initialisation, batch order, augmentation and
+    modality dropout), each stopped early on its own validation loss.
+
+    Members differ only by seed, so the ensemble removes the run-to-run variance of a single
+    network without another split or SOM. Member 0 is the network a one-member run trains.
+
+    Returns
+    -------
+    (EnsembleNet, list of list of dict)
+        The ensemble (eval mode) and each member's per-epoch history. ``progress`` gets each
+        epoch's entry with a ``"member"`` index added.
+    """
+    settings = settings or TrainSettings()
+    if settings.ensemble < 1:
+        raise ValueError(f"settings.ensemble must be >= 1, got {settings.ensemble!r}")
+    members, histories = [], []
+    for i in range(settings.ensemble):
+        member_settings = replace(settings, seed=settings.seed + i, ensemble=1)
+        say = None if progress is None else (lambda e, i=i: progress({"member": i, **e}))
+        model, history = train_cnn(train, val, shape, member_settings, say)
+        members.append(model)
+        histories.append(history)
+    ensemble = EnsembleNet(members)
+    ensemble.eval()
+    return ensemble, histories
+
+
+def predict(
+    model: DualInputNet | EnsembleNet, data: Dataset, present: np.ndarray | None = None
+) -> np.ndarray:
     """Class probabilities of every sample (``present`` overrides the image flags)."""
     from models.cnn import predict_proba
 

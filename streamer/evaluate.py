@@ -278,6 +278,7 @@ def run_evaluate(
             "training_archive": training.get("archive"),
             "split_by": training.get("split", {}).get("by"),
             "tile": bundle.tile,
+            "members": bundle.n_members,
             "recorded": _recorded_metrics(bundle.manifest),
         },
         archive=str(archive),

@@ -314,7 +314,8 @@ def run_train(
     Stages: (1) features of every exposure, cached as parquet under ``work_dir/features`` (a
     retrain extracts only new exposures) - a Beam job; (2) leakage-free split; SOM fit on a
     sample of the training exposures' clean sources; (3) hits + representative images of every
-    CCD as per-exposure shards - a Beam job; (4) CNN training with early stopping, metrics on
+    CCD as per-exposure shards - a Beam job; (4) CNN training with early stopping (an
+    ensemble of ``train.ensemble`` networks, seeds ``seed``, ``seed + 1``, ...), metrics on
     the held-out part, bundle written atomically.
 
     Returns a summary dict (split sizes, metrics, bundle path).
@@ -329,7 +330,7 @@ def run_train(
     from models.cnn import CnnShape
     from models.evaluate import mode_metrics
     from models.som import train_som
-    from models.train import TrainSettings, predict, split_exposures, train_cnn
+    from models.train import TrainSettings, predict, split_exposures, train_ensemble
     from ops.config import config_digest
     from transforms.dataset import find_archive
 
@@ -394,15 +395,20 @@ def run_train(
         patience=tc.patience,
         modality_dropout=tc.modality_dropout,
         seed=tc.seed,
+        ensemble=tc.ensemble,
     )
-    say(f"stage 4/4 training the CNN (up to {tc.epochs} epochs)")
-    model, history = train_cnn(
+    say(
+        f"stage 4/4 training the CNN: {tc.ensemble} member(s), seeds {tc.seed}.."
+        f"{tc.seed + tc.ensemble - 1}, up to {tc.epochs} epochs each"
+    )
+    model, history = train_ensemble(
         data.subset(split.train),
         data.subset(split.val),
         shape,
         settings,
         progress=lambda e: say(
-            f"  epoch {e['epoch']:3d}: train loss {e['train_loss']:.3f}"
+            f"  member {e['member'] + 1}/{tc.ensemble} epoch {e['epoch']:3d}: "
+            f"train loss {e['train_loss']:.3f}"
             + (
                 f", val loss {e['val_loss']:.3f}, val acc {e['val_accuracy']:.3f}"
                 if "val_loss" in e
@@ -411,6 +417,10 @@ def run_train(
         ),
     )
     metrics = {"history": history}
+    if split.val:  # the ensemble on the split its settings may be chosen by
+        metrics["validation"] = mode_metrics(
+            data.subset(split.val), predict(model, data.subset(split.val))
+        )
     held_out = data.subset(split.test) if split.test else data.subset(split.val)
     for mode, flags in (("full", None), ("catalog", np.zeros(len(held_out), np.float32))):
         metrics[mode] = mode_metrics(held_out, predict(model, held_out, flags))

@@ -6,7 +6,14 @@ import torch
 
 from models.bundle import BundleError, ModelBundle, load_bundle, read_manifest
 from models.classes import CLASSES
-from models.cnn import AUX_FEATURES, CnnShape, DualInputNet, hit_vector, predict_proba
+from models.cnn import (
+    AUX_FEATURES,
+    CnnShape,
+    DualInputNet,
+    EnsembleNet,
+    hit_vector,
+    predict_proba,
+)
 from models.som import SOM_FEATURES, train_som
 from models.summary import SUMMARY_FEATURES, SUMMARY_FILL, ccd_summary, stack_summaries
 
@@ -182,3 +189,118 @@ def test_missing_bundle_and_pickled_weights_are_refused(bundle, tmp_path):
     torch.save({"x": Evil()}, path / "cnn.pt")
     with pytest.raises(BundleError, match="cannot load model bundle"):
         load_bundle(path)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def constant_member(probs):
+    """A network whose output is ``log(probs)`` whatever the input."""
+    net = DualInputNet(SMALL)
+    with torch.no_grad():
+        net.head[3].weight.zero_()
+        net.head[3].bias.copy_(torch.log(torch.as_tensor(probs, dtype=torch.float32)))
+    return net
+
+
+def test_ensemble_takes_the_normalised_geometric_mean_of_its_members():
+    a = [0.7, 0.1, 0.1, 0.05, 0.05]
+    b = [0.1, 0.5, 0.1, 0.1, 0.2]
+    c = [0.2, 0.2, 0.2, 0.2, 0.2]
+    net = EnsembleNet([constant_member(a), constant_member(b), constant_member(c)])
+    image, vector = batch(2)
+    p = predict_proba(net, image, vector, np.ones(2))
+    # by hand: (0.7*0.1*0.2)^(1/3) = 0.2410, (0.1*0.5*0.2)^(1/3) = 0.2154, ...
+    geo = np.cbrt(np.prod([a, b, c], axis=0))
+    np.testing.assert_allclose(geo[:2], [0.2410, 0.2154], atol=1e-4)
+    np.testing.assert_allclose(p, np.tile(geo / geo.sum(), (2, 1)), rtol=1e-5)
+    assert p[0].argmax() == CLASSES.index("GOOD")
+    # one member: its own probabilities
+    np.testing.assert_allclose(
+        predict_proba(EnsembleNet([constant_member(b)]), image, vector, np.ones(2))[0], b, rtol=1e-5
+    )
+
+
+def test_fused_ensemble_scores_like_its_members_one_by_one():
+    torch.manual_seed(3)
+    net = EnsembleNet.empty(SMALL, 4).eval()
+    image, vector = batch(6)
+    present = np.array([1, 0, 1, 1, 0, 1], np.float32)
+    each = np.mean([np.log(predict_proba(m, image, vector, present)) for m in net.members], 0)
+    geo = np.exp(each) / np.exp(each).sum(1, keepdims=True)
+    np.testing.assert_allclose(predict_proba(net, image, vector, present), geo, atol=1e-6)
+    one = EnsembleNet(net.members[:1]).eval()
+    np.testing.assert_allclose(
+        predict_proba(one, image, vector, present),
+        predict_proba(net.members[0], image, vector, present),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="at least one"):
+        EnsembleNet([])
+    with pytest.raises(ValueError, match="share one CnnShape"):
+        EnsembleNet([DualInputNet(SMALL), DualInputNet(CnnShape(tile=8))])
+
+
+@pytest.fixture(scope="module")
+def ensemble_bundle(bundle):
+    torch.manual_seed(1)
+    return ModelBundle(bundle.som, EnsembleNet.empty(SMALL, 3), {"version": "test-ens"})
+
+
+def test_ensemble_bundle_round_trip(ensemble_bundle, tmp_path):
+    path = ensemble_bundle.save(tmp_path / "b")
+    manifest = read_manifest(path)
+    assert manifest["cnn"]["members"] == 3 and manifest["cnn"]["combine"] == "mean-log-probability"
+    back = load_bundle(path)
+    assert back.n_members == 3
+    image, vector = batch(4)
+    np.testing.assert_array_equal(
+        predict_proba(ensemble_bundle.cnn, image, vector, np.ones(4)),
+        predict_proba(back.cnn, image, vector, np.ones(4)),
+    )
+    # a single network is stored as a one-member ensemble
+    assert (
+        load_bundle(ModelBundle(back.som, back.cnn.members[0]).save(tmp_path / "one")).n_members
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("members", "message"), [(2, "cnn.members is 2 but"), (5, "holds 3 networks")]
+)
+def test_member_count_mismatch_is_refused(ensemble_bundle, tmp_path, members, message):
+    path = ensemble_bundle.save(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["cnn"]["members"] = members
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("members", [0, "3", None, True])
+def test_invalid_member_count_is_refused(ensemble_bundle, tmp_path, members):
+    path = ensemble_bundle.save(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["cnn"]["members"] = members
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cnn.members is .*an integer >= 1"):
+        load_bundle(path)
+
+
+def test_single_network_bundle_of_format_1_loads_as_one_member(bundle, tmp_path):
+    path = bundle.save(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format"] = "skygrade-bundle/1"
+    for key in ("members", "combine"):
+        del manifest["cnn"][key]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    net = bundle.cnn.members[0]
+    torch.save(net.state_dict(), path / "cnn.pt")  # the old layout: a plain network
+    back = load_bundle(path)
+    assert back.n_members == 1
+    image, vector = batch(3)
+    np.testing.assert_allclose(
+        predict_proba(net, image, vector, np.ones(3)),
+        predict_proba(back.cnn, image, vector, np.ones(3)),
+        atol=1e-6,
+    )

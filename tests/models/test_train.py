@@ -12,6 +12,7 @@ from models.train import (
     predict,
     split_exposures,
     train_cnn,
+    train_ensemble,
 )
 
 
@@ -83,6 +84,26 @@ def test_train_cnn_learns_and_stops_early():
     ids, truth, exp_probs = exposure_probabilities(val, probs)
     assert len(ids) == 25 and exp_probs.shape == (25, 5)
     np.testing.assert_allclose(exp_probs.sum(1), 1)
+
+
+def test_train_ensemble_trains_members_with_consecutive_seeds():
+    shape = CnnShape(tile=8)
+    rng = np.random.default_rng(0)
+    train, val = easy_dataset(120, rng, shape), easy_dataset(40, rng, shape)
+    settings = TrainSettings(epochs=3, patience=3, batch_size=32, seed=5, ensemble=2)
+    seen = []
+    ensemble, histories = train_ensemble(train, val, shape, settings, seen.append)
+    assert len(ensemble) == 2 and len(histories) == 2 and not ensemble.training
+    assert [e["member"] for e in seen] == [0] * len(histories[0]) + [1] * len(histories[1])
+    # member i is what a single run with seed + i trains
+    single, _ = train_cnn(
+        train, val, shape, TrainSettings(epochs=3, patience=3, batch_size=32, seed=6)
+    )
+    np.testing.assert_allclose(predict(ensemble.members[1], val), predict(single, val), atol=1e-6)
+    geo = np.exp(np.mean([np.log(predict(m, val)) for m in ensemble.members], axis=0))
+    np.testing.assert_allclose(predict(ensemble, val), geo / geo.sum(1, keepdims=True), atol=1e-6)
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        train_ensemble(train, val, shape, TrainSettings(ensemble=0))
 
 
 def test_dataset_subset_keeps_whole_exposures():

@@ -268,6 +268,14 @@ MISTAKES = [
         "(GOOD, B_SEEING, BGP, BT, RBT) to number >= 0, got ['GOOD']",
     ),
     (
+        "train:\n  ensemble: 0\n",
+        "skygrade.yaml: train.ensemble: expected an integer >= 1 and <= 16, got 0",
+    ),
+    (
+        "train:\n  ensemble: 2.5\n",
+        "skygrade.yaml: train.ensemble: expected an integer",
+    ),
+    (
         "telescope: 3\n",
         "skygrade.yaml: telescope: expected a mapping for the telescope section, got 3",
     ),

@@ -46,6 +46,7 @@ def test_tiny_training_learns_and_writes_a_loadable_bundle(archive, tmp_path):
             learning_rate=3e-3,
             val_fraction=0.2,
             test_fraction=0.3,
+            ensemble=2,
         ),
     )
     lines = []
@@ -63,6 +64,8 @@ def test_tiny_training_learns_and_writes_a_loadable_bundle(archive, tmp_path):
     assert bundle.manifest["training"]["n_exposures"] == 30
     assert len(bundle.manifest["training"]["data_digest"]) == 16
     assert bundle.tile == 16
+    assert bundle.n_members == 2 and bundle.manifest["cnn"]["members"] == 2
+    assert len(summary["metrics"]["history"]) == 2
     # a retrain reuses the cached features: stage 1 extracts nothing
     lines.clear()
     run_train(archive, tmp_path / "bundle2", cfg, work_dir=tmp_path / "work", progress=lines.append)
