@@ -487,17 +487,26 @@ def targets(rows: list[dict], workers: list[int]) -> list[dict]:
     else:
         out.append({"target": name, "value": "not measured", "ok": None})
 
+    # Each backend in its fastest mode at each worker count (as for the bare-floor target);
+    # the ratio of every mode is printed beside it.
     name = f"sep >= {TARGET_SEP_VS_SEXTRACTOR}x faster than sextractor at the same workers"
-    parts, oks = [], []
+    parts, every, oks = [], [], []
     for w in workers:
+        seps = [r for r in (by.get(("sep", w)), by.get(("sep-pool", w))) if r]
+        sexs = [r for r in (by.get(("sextractor", w)), by.get(("sextractor-pool", w))) if r]
+        if seps and sexs:
+            s = min(seps, key=lambda r: r["wall_s"])
+            x = min(sexs, key=lambda r: r["wall_s"])
+            ratio = x["wall_s"] / s["wall_s"]
+            parts.append(f"{w} w: {ratio:.2f}x")
+            oks.append(ratio >= TARGET_SEP_VS_SEXTRACTOR)
         for suffix in ("", "-pool"):
             s, x = by.get(("sep" + suffix, w)), by.get(("sextractor" + suffix, w))
             if s and x:
-                ratio = x["wall_s"] / s["wall_s"]
-                parts.append(f"{w} w{suffix.replace('-', ' ')}: {ratio:.2f}x")
-                oks.append(ratio >= TARGET_SEP_VS_SEXTRACTOR)
+                every.append(f"{w} w{suffix.replace('-', ' ')} {x['wall_s'] / s['wall_s']:.2f}x")
     if oks:
-        out.append({"target": name, "value": ", ".join(parts), "ok": all(oks)})
+        value = f"{', '.join(parts)} (best mode each; every mode: {', '.join(every)})"
+        out.append({"target": name, "value": value, "ok": all(oks)})
     else:
         out.append({"target": name, "value": "not measured", "ok": None})
     return out

@@ -20,7 +20,13 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-from transforms.ccd_pool import ExposureInputs, ccd_pool, measure_ccd, start_pool
+from transforms.ccd_pool import (
+    ExposureInputs,
+    ccd_pool,
+    measure_ccd,
+    reuse_freed_memory,
+    start_pool,
+)
 from transforms.extract import CcdFeatures, CcdRejected, SepParams, make_backend
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.representative import ccd_inputs
@@ -82,6 +88,10 @@ class _ExtractCcd(beam.DoFn):
 
     def setup(self) -> None:
         self.backend = make_backend(self._backend_name, self._params)
+        if self._backend_name != "catalog":
+            # The process measures CCD after CCD of one size: keep their large arrays'
+            # memory (ccd_pool.reuse_freed_memory; ~40 ms less per full CCD).
+            reuse_freed_memory()
 
     def process(self, task: CcdTask):
         meta = task.meta
