@@ -24,6 +24,7 @@ from transforms.ccd_pool import (
     ExposureInputs,
     ccd_pool,
     measure_ccd,
+    release_fragments,
     reuse_freed_memory,
     start_pool,
 )
@@ -94,6 +95,12 @@ class _ExtractCcd(beam.DoFn):
             reuse_freed_memory()
 
     def process(self, task: CcdTask):
+        try:
+            yield from self._extract(task)
+        finally:
+            release_fragments()
+
+    def _extract(self, task: CcdTask):
         meta = task.meta
         start = time.perf_counter()
         try:

@@ -344,3 +344,19 @@ def test_a_ccd_that_overflows_seps_pixel_buffer_is_retried_larger(monkeypatch, r
     monkeypatch.setattr(extract, "PIXSTACK_MAX", 4000)
     with pytest.raises(Exception, match="pixel buffer full"):
         sep_features(img.copy() + 0)
+
+
+def test_release_fragments_trims_the_heap_every_few_ccds(monkeypatch):
+    """With memory reuse on, the heap is trimmed once every TRIM_EVERY CCDs: often enough
+    to bound a long-running worker's RSS, rarely enough to keep the reuse's gain."""
+    import transforms.ccd_pool as ccd_pool
+
+    trims = []
+    monkeypatch.setattr(ccd_pool, "_MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(ccd_pool, "_since_trim", 0)
+    for _ in range(3 * ccd_pool.TRIM_EVERY + 1):
+        ccd_pool.release_fragments()
+    assert trims == [0, 0, 0]
+    monkeypatch.setattr(ccd_pool, "_MALLOC_TRIM", None)  # not glibc: nothing to trim
+    ccd_pool.release_fragments()
+    assert trims == [0, 0, 0]
