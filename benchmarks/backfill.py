@@ -197,37 +197,26 @@ def summarize(records: list[dict]) -> dict[str, dict]:
     return rows
 
 
+def _throughput_goal(target: str, row: dict, base: dict, minimum: float) -> dict:
+    """A target line: ``row``'s exposures per minute over ``base``'s, at least ``minimum``."""
+    ratio = row["per_min"] / base["per_min"]
+    value = f"{ratio:.2f}x ({row['per_min']:.2f} vs {base['per_min']:.2f} /min)"
+    return {"target": target, "value": value, "ok": ratio >= minimum}
+
+
 def targets(rows: dict[str, dict]) -> list[dict]:
     goals = []
     one, two, dask = rows.get("local-1"), rows.get("local-2"), rows.get("dask-2")
-    if one and two:
-        ratio = two["per_min"] / one["per_min"]
-        goals.append(
-            {
-                "target": f"local x2 >= {TARGET_SPEEDUP}x local x1",
-                "value": f"{ratio:.2f}x ({two['per_min']:.2f} vs {one['per_min']:.2f} /min)",
-                "ok": ratio >= TARGET_SPEEDUP,
-            }
-        )
     pool = rows.get("pool-2")
+    if one and two:
+        name = f"local x2 >= {TARGET_SPEEDUP}x local x1"
+        goals.append(_throughput_goal(name, two, one, TARGET_SPEEDUP))
     if one and pool:
-        ratio = pool["per_min"] / one["per_min"]
-        goals.append(
-            {
-                "target": f"pool x2 (--ccd-workers 2) >= {TARGET_SPEEDUP}x local x1",
-                "value": f"{ratio:.2f}x ({pool['per_min']:.2f} vs {one['per_min']:.2f} /min)",
-                "ok": ratio >= TARGET_SPEEDUP,
-            }
-        )
+        name = f"pool x2 (--ccd-workers 2) >= {TARGET_SPEEDUP}x local x1"
+        goals.append(_throughput_goal(name, pool, one, TARGET_SPEEDUP))
     if two and dask:
-        ratio = dask["per_min"] / two["per_min"]
-        goals.append(
-            {
-                "target": f"dask x2 within {100 * (1 - TARGET_DASK_VS_LOCAL):.0f}% of local x2",
-                "value": f"{ratio:.2f}x ({dask['per_min']:.2f} vs {two['per_min']:.2f} /min)",
-                "ok": ratio >= TARGET_DASK_VS_LOCAL,
-            }
-        )
+        name = f"dask x2 within {100 * (1 - TARGET_DASK_VS_LOCAL):.0f}% of local x2"
+        goals.append(_throughput_goal(name, dask, two, TARGET_DASK_VS_LOCAL))
     return goals
 
 
