@@ -7,6 +7,7 @@ Prism runner, which downloads a binary at run time).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -133,6 +134,24 @@ class _WriteQuarantine(beam.DoFn):
         yield record
 
 
+class _WriteMeasuredExposure(beam.DoFn):
+    """:class:`~transforms.ccd_pool.ExposureInputs` -> its CCDs' quarantine records, then
+    DIR/<exposure_id>.parquet (written last: it marks the exposure done); yields the path."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def setup(self) -> None:
+        self.quarantine = _WriteQuarantine(self.out_dir)
+        self.features = _WriteExposureFeatures(self.out_dir)
+
+    def process(self, measured):
+        for record in measured.bad:
+            yield from self.quarantine.process(record)
+        if measured.ccds:
+            yield from self.features.process((measured.meta.exposure_id, measured.ccds))
+
+
 def run_extract(
     paths: Sequence[str],
     out_dir: str | os.PathLike,
@@ -144,31 +163,43 @@ def run_extract(
     """Extract features of ``paths`` into ``out_dir`` (one parquet file per exposure).
 
     ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives the
-    pipeline (see :class:`~transforms.stages.ExtractSources`); 0 spreads them with Beam.
+    pipeline (:class:`~transforms.stages.PooledExposures`, for a pipeline in this process):
+    an exposure's parquet file is written as soon as its CCDs are measured, so an interrupted
+    run keeps what it finished and shows progress. 0 spreads the CCDs with Beam (any runner)
+    and gathers them per exposure with a GroupByKey, which writes once every CCD is done.
 
     Returns
     -------
     dict
         ``written`` (parquet paths) and ``quarantined`` (records) read back from ``out_dir``.
     """
+    from transforms.extract import SepParams
     from transforms.quarantine import QUARANTINE
-    from transforms.stages import ExtractSources
+    from transforms.stages import EXPOSURES, ExtractSources, OpenExposures, PooledExposures
 
     out_dir = str(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with make_pipeline(options or pipeline_options()) as p:
-        out = (
-            p
-            | "ExposurePaths" >> beam.Create([str(x) for x in paths])
-            | "ExtractSources" >> ExtractSources(backend, params, ccd_workers=ccd_workers)
-        )
-        _ = (
-            out["features"]
-            | "KeyByExposure" >> beam.Map(lambda f: (f.exposure_id, f))
-            | "GroupCcds" >> beam.GroupByKey()
-            | "WriteFeatures" >> beam.ParDo(_WriteExposureFeatures(out_dir))
-        )
-        _ = out[QUARANTINE] | "WriteQuarantine" >> beam.ParDo(_WriteQuarantine(out_dir))
+        paths = p | "ExposurePaths" >> beam.Create([str(x) for x in paths])
+        if ccd_workers:
+            extract = dataclasses.replace(params or SepParams(), backend=backend)
+            opened = paths | "OpenExposures" >> OpenExposures(extract)
+            _ = (
+                opened[EXPOSURES]
+                | "MeasureExposures" >> PooledExposures(ccd_workers, extract, None)
+                | "WriteExposures" >> beam.ParDo(_WriteMeasuredExposure(out_dir))
+            )
+            quarantined = opened[QUARANTINE]
+        else:
+            out = paths | "ExtractSources" >> ExtractSources(backend, params)
+            _ = (
+                out["features"]
+                | "KeyByExposure" >> beam.Map(lambda f: (f.exposure_id, f))
+                | "GroupCcds" >> beam.GroupByKey()
+                | "WriteFeatures" >> beam.ParDo(_WriteExposureFeatures(out_dir))
+            )
+            quarantined = out[QUARANTINE]
+        _ = quarantined | "WriteQuarantine" >> beam.ParDo(_WriteQuarantine(out_dir))
     return summarize_extract(out_dir)
 
 
@@ -231,26 +262,100 @@ def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say
     """Extract the features of the :class:`~transforms.dataset.ArchiveItem` s not yet cached
     under ``features_dir`` (one parquet file per exposure; quarantined ones are not retried).
 
-    ``say`` gets one line ("N cached, extracting M") before the Beam job runs. Returns the
-    paths that were extracted.
+    With a local runner and several workers, the CCDs are measured in a process pool beside
+    an in-process pipeline (:func:`run_extract` ``ccd_workers``): each exposure is written as
+    soon as it is done, so an interrupted run loses at most the exposures in flight, and the
+    progress line counts them. Other runners spread the CCDs with Beam.
+
+    ``say`` gets one line ("N cached, extracting M") before the Beam job runs; a progress line
+    (stderr) follows the files as they land. Returns the paths that were extracted.
     """
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
     features_dir = Path(features_dir)
-    # Records are <exposure_id>.json or <exposure_id>.ccdNN.json: an exposure whose every CCD
-    # was quarantined has no parquet file and is not extracted again on every retrain.
-    quarantined = {
-        re.sub(r"\.ccd\d+$", "", p.stem) for p in (features_dir / "_quarantine").glob("*.json")
-    }
-    todo = [
-        i.path
-        for i in items
-        if not (features_dir / f"{i.exposure_id}.parquet").exists()
-        and i.exposure_id not in quarantined
-    ]
+    quarantined = _quarantined(features_dir)
+    todo_items = [i for i in items if not _feature_cached(features_dir, i.exposure_id, quarantined)]
+    todo = [i.path for i in todo_items]
     if say is not None:
         say(f"features: {len(items) - len(todo)} cached, extracting {len(todo)}")
-    if todo:
-        run_extract(todo, features_dir, cfg.extract.backend, cfg.extract, options)
+    if not todo:
+        return todo
+    runner = options.view_as(StandardOptions).runner
+    workers = options.view_as(DirectOptions).direct_num_workers or 1
+    pooled = runner in LOCAL_RUNNERS and workers > 1 and cfg.extract.backend != "catalog"
+    ids = [i.exposure_id for i in todo_items]
+    with _FilesProgress(features_dir, ids, "features" if say is not None else None):
+        if pooled:
+            from transforms.ccd_pool import shutdown_pool
+
+            try:
+                run_extract(
+                    todo,
+                    features_dir,
+                    cfg.extract.backend,
+                    cfg.extract,
+                    pipeline_options(runner, 1),
+                    ccd_workers=workers,
+                )
+            finally:
+                shutdown_pool()
+        else:
+            run_extract(todo, features_dir, cfg.extract.backend, cfg.extract, options)
     return todo
+
+
+def _quarantined(features_dir: Path) -> set[str]:
+    """Exposures with a quarantine record under ``features_dir``: <exposure_id>.json or
+    <exposure_id>.ccdNN.json (an exposure whose every CCD was quarantined has no parquet
+    file and is not extracted again on every retrain)."""
+    return {re.sub(r"\.ccd\d+$", "", p.stem) for p in (features_dir / "_quarantine").glob("*.json")}
+
+
+def _feature_cached(features_dir: Path, exposure_id: str, quarantined: set[str]) -> bool:
+    return (features_dir / f"{exposure_id}.parquet").exists() or exposure_id in quarantined
+
+
+class _FilesProgress:
+    """A progress line (stderr) for a Beam job that writes one file per exposure: a thread
+    counts the exposures of ``ids`` that have their parquet file or a quarantine record in
+    ``directory``. Runner-agnostic: it watches the results, not the workers. ``label`` None:
+    silent."""
+
+    def __init__(self, directory: Path, ids: Sequence[str], label: str | None) -> None:
+        import threading
+
+        self.directory, self.ids, self.label = Path(directory), list(ids), label
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="files-progress", daemon=True)
+
+    def _count(self) -> int:
+        quarantined = _quarantined(self.directory)
+        return sum(_feature_cached(self.directory, e, quarantined) for e in self.ids)
+
+    def _run(self) -> None:
+        from streamer.progress import Progress
+
+        bar = Progress(len(self.ids), self.label, min_interval_s=30.0)
+        seen = 0
+        while True:
+            stopping = self._stop.wait(2.0)
+            done = self._count()
+            if done > seen:
+                bar.update(done - seen)
+                seen = done
+            if stopping:
+                break
+        bar.close()
+
+    def __enter__(self):
+        if self.label is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def build_dataset(

@@ -309,11 +309,14 @@ class _PooledExposures(_PooledCcds):
 class PooledExposures(beam.PTransform):
     """:class:`ExposureMeta` -> :class:`ExposureInputs`: one element per exposure, so that
     scoring and grading follow element by element, with no shuffle to gather the CCDs again
-    (a bounded pipeline of one stage, and a chain a streaming pipeline can run)."""
+    (a bounded pipeline of one stage, and a chain a streaming pipeline can run).
 
-    def __init__(self, workers: int, extract, som_path, tile: int = 32):
+    Without ``som_path`` its ``ccds`` are feature records without pixels (the training job's
+    feature cache)."""
+
+    def __init__(self, workers: int, extract, som_path=None, tile: int = 32):
         super().__init__()
-        self.args = (workers, extract, os.fspath(som_path), tile)
+        self.args = (workers, extract, None if som_path is None else os.fspath(som_path), tile)
 
     def expand(self, metas):
         start_pool(self.args[0])  # workers boot while the graph is built and files open

@@ -216,6 +216,57 @@ def test_ccd_pool_mode_gives_the_same_features_and_quarantine(archive, tmp_path)
     )
 
 
+def test_pooled_extraction_keeps_the_exposures_it_finished_when_a_run_dies(
+    archive, tmp_path, monkeypatch
+):
+    """With the CCD pool each exposure's parquet file is written as soon as the exposure is
+    measured (no GroupByKey barrier): a run that dies on its second exposure keeps the first."""
+    from streamer import pipelines
+    from transforms.ccd_pool import shutdown_pool
+
+    real = pipelines._WriteMeasuredExposure.process
+
+    def dies_on_the_second(self, measured):
+        if measured.meta.exposure_id == "2817002":
+            raise RuntimeError("power cut")
+        yield from real(self, measured)
+
+    monkeypatch.setattr(pipelines._WriteMeasuredExposure, "process", dies_on_the_second)
+    try:
+        with pytest.raises(Exception, match="power cut"):
+            pipelines.run_extract([archive["good"], archive["dead"]], tmp_path, ccd_workers=2)
+    finally:
+        shutdown_pool()
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == ["2817001.parquet"]
+
+
+def test_cache_features_with_local_workers_uses_the_pool_and_shows_progress(
+    archive, tmp_path, capsys
+):
+    from types import SimpleNamespace
+
+    from ops.config import Config
+    from streamer.pipelines import cache_features, pipeline_options
+
+    items = [
+        SimpleNamespace(exposure_id=e, path=archive[k])
+        for e, k in (("2817001", "good"), ("2817002", "dead"), ("2817004", "truncated"))
+    ]
+    lines = []
+    options = pipeline_options("FnApiRunner", 2)
+    todo = cache_features(items, tmp_path, Config(), options, say=lines.append)
+    assert len(todo) == 3 and lines == ["features: 0 cached, extracting 3"]
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == [
+        "2817001.parquet",
+        "2817002.parquet",
+    ]
+    assert (tmp_path / "_quarantine" / "2817004.json").exists()
+    assert (tmp_path / "_quarantine" / "2817002.ccd01.json").exists()
+    assert "features: 3/3 (100.0%)" in capsys.readouterr().err
+    # everything is cached or quarantined now: a second call extracts nothing
+    assert cache_features(items, tmp_path, Config(), options, say=lines.append) == []
+
+
 def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
     """Pool workers run the per-CCD chain only. A spawned worker's imports are its start-up
     time, paid inside the first exposure: Beam costs ~1.3 s and torch ~3 s and ~200 MB."""
