@@ -54,9 +54,24 @@ def test_source_density_not_count_so_ccd_size_does_not_matter():
     np.testing.assert_allclose(quarter, full, atol=2e-3)
 
 
-def _sources(n, rng, width, height, elongation=1.1, radius=2.0, sky=500.0, gradient=0.0):
+def _sources(
+    n,
+    rng,
+    width,
+    height,
+    elongation=1.1,
+    radius=2.0,
+    sky=500.0,
+    gradient=0.0,
+    theta=None,
+    major_scatter=0.0,
+):
+    """A fake catalog; ``theta`` None: random orientations, else all within 5 degrees of it;
+    ``major_scatter``: lognormal scatter of the major axis (a trail broken into pieces)."""
     x = rng.uniform(1, width, n)
     minor = rng.normal(0.6 * radius, 0.03, n)
+    major = minor * elongation * np.exp(rng.normal(0.0, major_scatter, n))
+    angle = rng.uniform(-90, 90, n) if theta is None else rng.normal(theta, 5.0, n)
     return {
         "X_IMAGE": x,
         "Y_IMAGE": rng.uniform(1, height, n),
@@ -67,8 +82,9 @@ def _sources(n, rng, width, height, elongation=1.1, radius=2.0, sky=500.0, gradi
         "FLAGS": rng.choice([0, 2], n),
         "FLUX": rng.pareto(1.5, n) + 1,
         "FLUX_RADIUS": rng.normal(radius, 0.05, n),
-        "A_IMAGE": minor * elongation,
+        "A_IMAGE": major,
         "B_IMAGE": minor,
+        "THETA_IMAGE": angle,
         "BACKGROUND": sky * (1 + gradient * x / width),
     }
 
@@ -95,14 +111,37 @@ def test_ccd_summary_sees_size_trails_and_sky_gradients():
     assert sky[i("sky_spread_dex")] > good[i("sky_spread_dex")] + 0.15
 
 
+def test_ccd_summary_tells_a_linear_trail_from_an_erratic_one():
+    """BT: every star the same stroke, one way; RBT: pieces of unequal length, less aligned."""
+    rng = np.random.default_rng(6)
+    good = ccd_summary(_sources(400, rng, 1024, 2306), 60.0)
+    linear = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0, theta=30.0), 60.0)
+    erratic = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0, major_scatter=0.5), 60.0)
+    i = SUMMARY_FEATURES.index
+    assert linear[i("theta_alignment")] > 0.95 and good[i("theta_alignment")] < 0.2
+    assert linear[i("theta_alignment")] > erratic[i("theta_alignment")] + 0.5
+    assert erratic[i("log_major_spread")] > linear[i("log_major_spread")] + 0.2
+    assert linear[i("log_major_over_radius")] > good[i("log_major_over_radius")] + 0.2
+
+
 def test_ccd_summary_without_optional_columns_or_sources():
     rng = np.random.default_rng(5)
     t = _sources(50, rng, 100, 100)
     t["FLUX"] = np.full(50, np.nan)  # a catalog without FLUX: brightness by ISO0
-    for name in ("FLUX_RADIUS", "A_IMAGE", "B_IMAGE"):  # optional catalog columns
+    for name in ("FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "THETA_IMAGE"):  # optional columns
         t[name] = np.full(50, np.nan)
     s = ccd_summary(t, 30.0)
-    missing = [SUMMARY_FEATURES.index(n) for n in ("log_flux_radius", "log_extent_p90")]
+    missing = [
+        SUMMARY_FEATURES.index(n)
+        for n in (
+            "log_flux_radius",
+            "log_extent_p90",
+            "log_major_spread",
+            "log_radius_spread",
+            "log_major_over_radius",
+            "theta_alignment",
+        )
+    ]
     assert np.isnan(s[missing]).all()
     assert np.isfinite(np.delete(s, missing)).all()
     t["FLAGS"] = np.full(50, 16)  # nothing clean
