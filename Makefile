@@ -42,7 +42,7 @@ demo: venv
 # The shipped bundle: simulate 30 nights x 30 exposures (8 CCDs of 1024x2306) as three blocks of
 # 10 nights, each with its own simulator seed (a seed fixes the electronics of its CCDs: a model
 # trained on one seed's 8 CCDs sees only 8 gains, read noises and saturation levels), then train
-# on them and evaluate the bundle on the held-out nights. ~35 min on 2 cores (docs/model.md).
+# on them and evaluate the bundle on the held-out nights. ~40 min on 2 cores (docs/model.md).
 # Features are cached in build/model-work, so a retrain with new settings is faster.
 MODEL_ARCHIVE := build/model-archive
 MODEL_BLOCKS := 2026-09-01..2026-09-10:2026 2026-09-11..2026-09-20:2027 2026-09-21..2026-09-30:2028
