@@ -412,6 +412,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         default=None,
         help="feature cache and shards (default: <out>.work; reused by a retrain)",
     )
+    p.add_argument(
+        "--catalogs",
+        type=Path,
+        default=None,
+        help="a labelled archive of SExtractor catalogs of some of the same exposures (e.g. "
+        "made by python -m streamer.archive_catalogs): trained on beside the pixels, so that "
+        "catalog mode knows SExtractor's measurements; each catalog follows its exposure's "
+        "side of the split",
+    )
     _add_runner_options(p)
 
 
@@ -420,6 +429,8 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     if not args.archive.is_dir():
         raise UsageError(f"archive {args.archive} is not a directory")
+    if args.catalogs is not None and not args.catalogs.is_dir():
+        raise UsageError(f"--catalogs {args.catalogs} is not a directory")
     summary = run_train(
         args.archive,
         args.out,
@@ -427,6 +438,7 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         pipeline_options(args.runner, args.workers),
         args.work,
         progress=print,
+        catalogs=args.catalogs,
     )
     print(f"model bundle: {summary['bundle']}")
     return EXIT_OK

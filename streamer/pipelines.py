@@ -369,7 +369,8 @@ def build_dataset(
     Returns
     -------
     models.train.Dataset or None
-        Image flags all 1; None when no exposure yielded a usable CCD.
+        Image flag 1 where the CCD's pixels gave its representative image, 0 for CCDs read
+        from SExtractor catalogs; None when no exposure yielded a usable CCD.
     """
     import shutil
 
@@ -398,7 +399,7 @@ def build_dataset(
                 Dataset(
                     s["image"].astype(np.float32),
                     s["vector"],
-                    np.ones(n, np.float32),
+                    s["flag"] if "flag" in s else np.ones(n, np.float32),
                     s["label"],
                     np.full(n, item.exposure_id, dtype=object),
                 )
@@ -413,8 +414,15 @@ def run_train(
     options: PipelineOptions | None = None,
     work_dir: str | os.PathLike | None = None,
     progress=None,
+    catalogs: str | os.PathLike | None = None,
 ) -> dict:
     """Train a model bundle on a labelled archive (see README "Training").
+
+    With ``catalogs`` (a labelled archive of SExtractor catalogs of exposures of ``archive``,
+    same exposure numbers), their features (cached under ``work_dir/catalog-features``) are
+    trained on too, with the image flag 0 of catalog mode: each catalog follows its exposure's
+    side of the split, and the SOM is fitted on sources of both. The held-out metrics then
+    include ``catalog_files``: the test exposures' catalogs, graded as catalog mode grades.
 
     Stages: (1) features of every exposure, cached as parquet under ``work_dir/features`` (a
     retrain extracts only new exposures) - a Beam job; (2) leakage-free split; SOM fit on a
@@ -453,6 +461,23 @@ def run_train(
 
     # 1. features (cached)
     cache_features(items, features_dir, cfg, options, lambda text: say(f"stage 1/4 {text}"))
+    cat_items, cat_features = [], work / "catalog-features"
+    if catalogs is not None:
+        known = {i.exposure_id for i in items}
+        cat_items = [i for i in find_archive(catalogs) if i.exposure_id in known]
+        if not cat_items:
+            raise ValueError(f"{catalogs}: no catalog of an exposure of {archive}")
+        cat_cfg = dataclasses.replace(
+            cfg, extract=dataclasses.replace(cfg.extract, backend="catalog")
+        )
+        say(f"catalogs: {len(cat_items)} of the archive's exposures in {catalogs}")
+        cache_features(
+            cat_items,
+            cat_features,
+            cat_cfg,
+            options,
+            lambda text: say(f"stage 1/4 catalogs {text}"),
+        )
 
     # 2. split + SOM
     tc = cfg.train
@@ -467,7 +492,16 @@ def run_train(
         f"test {len(split.test)} exposures; fitting the SOM"
     )
     sc = cfg.som
-    rows = sample_som_rows(features_dir, split.train, sc.max_train_sources, sc.seed)
+    if cat_items:  # half the sample from each kind of measurement
+        half = sc.max_train_sources // 2
+        rows = np.concatenate(
+            [
+                sample_som_rows(features_dir, split.train, half, sc.seed),
+                sample_som_rows(cat_features, split.train, half, sc.seed),
+            ]
+        )
+    else:
+        rows = sample_som_rows(features_dir, split.train, sc.max_train_sources, sc.seed)
     som = train_som(
         rows,
         grid=tuple(sc.grid),
@@ -490,6 +524,14 @@ def run_train(
     if data is None:
         raise ValueError(f"{archive}: no exposure yielded a usable CCD: nothing to train on")
     say(f"  {len(data)} CCD samples from {len(set(data.exposure.tolist()))} exposures")
+    cat_data = None
+    if cat_items:
+        cat_data = build_dataset(
+            cat_items, cat_features, work / "catalog-shards", som_path, tc.tile, options
+        )
+    if cat_data is not None:
+        say(f"  {len(cat_data)} catalog CCD samples from {len(cat_items)} catalogs")
+    fit_data = data if cat_data is None else type(data).concat([data, cat_data])
 
     # 4. CNN
     shape = CnnShape(n_clusters=som.n_clusters, tile=tc.tile)
@@ -507,8 +549,8 @@ def run_train(
         f"{tc.seed + tc.ensemble - 1}, up to {tc.epochs} epochs each"
     )
     model, history = train_ensemble(
-        data.subset(split.train),
-        data.subset(split.val),
+        fit_data.subset(split.train),
+        fit_data.subset(split.val),
         shape,
         settings,
         progress=lambda e: say(
@@ -535,14 +577,32 @@ def run_train(
         f"{full['accuracy']:.3f}, macro-F1 {full['macro_f1']:.3f}; catalog mode accuracy "
         f"{metrics['catalog']['exposure']['accuracy']:.3f}"
     )
+    held_ids = split.test if split.test else split.val
+    cat_held = cat_data.subset(held_ids) if cat_data is not None else None
+    if cat_held is not None and len(cat_held):
+        metrics["catalog_files"] = mode_metrics(cat_held, predict(model, cat_held))
+        m = metrics["catalog_files"]["exposure"]
+        say(
+            f"held-out SExtractor catalogs: {m['n']} exposures, accuracy {m['accuracy']:.3f}, "
+            f"macro-F1 {m['macro_f1']:.3f}"
+        )
     manifest = {
         "version": dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S"),
         "training": {
             "archive": str(archive),
             "data_digest": training_digest(features_dir, items),
             "n_exposures": len(items),
-            "n_ccd_samples": len(data),
+            "n_ccd_samples": len(fit_data),
             "class_counts": counts,
+            "catalogs": (
+                {
+                    "archive": str(catalogs),
+                    "n_exposures": len(cat_items),
+                    "data_digest": training_digest(cat_features, cat_items),
+                }
+                if cat_items
+                else None
+            ),
             "split": {
                 "by": split.by,
                 "train": list(split.train),

@@ -104,13 +104,19 @@ def find_archive(archive: str | os.PathLike) -> list[ArchiveItem]:
 def exposure_shard(
     item: ArchiveItem, features_path: str, som_path: str, tile: int
 ) -> dict[str, np.ndarray]:
-    """CNN inputs of every CCD of one exposure, pixels re-read once per CCD for the cutouts."""
+    """CNN inputs of every CCD of one exposure, pixels re-read once per CCD for the cutouts.
+
+    CCDs measured from a SExtractor catalog (``catalog`` backend) have no pixels: their image
+    is blank and their ``flag`` 0, the catalog-mode input the network was trained to read.
+    """
     ccds: list[CcdFeatures] = features_from_arrow(pq.read_table(features_path))
     som = load_som(som_path)
     images, hits, n_sources, exptime, area, ccd_index, summary = [], [], [], [], [], [], []
+    flags = []
     for f in ccds:
-        pixels = read_ccd(item.path, f.ccd).data
-        inputs = ccd_inputs(ccd_hits(_with_pixels(f, pixels), som), size=tile)
+        if f.backend != "catalog":
+            f = _with_pixels(f, read_ccd(item.path, f.ccd).data)
+        inputs = ccd_inputs(ccd_hits(f, som), size=tile)
         if inputs.reason is not None:
             continue  # a CCD with no clean source is not graded, so not trained on either
         images.append(inputs.image.astype(np.float16))
@@ -120,6 +126,7 @@ def exposure_shard(
         area.append(inputs.area_mpx)
         ccd_index.append(f.ccd)
         summary.append(inputs.summary)
+        flags.append(1.0 if inputs.has_image else 0.0)
     n = len(images)
     return {
         "image": np.stack(images) if n else np.zeros((0, 1, 1), np.float16),
@@ -129,6 +136,7 @@ def exposure_shard(
         if n
         else np.zeros((0, 0), np.float32),
         "ccd": np.array(ccd_index, dtype=np.int16),
+        "flag": np.array(flags, dtype=np.float32),
         "label": np.full(n, CLASSES.index(item.label), dtype=np.int64),
     }
 

@@ -22,7 +22,7 @@ method's features); ``ELONGATION`` / ``ELLIPTICITY`` may instead be derived from
 ``A_IMAGE``, ``B_IMAGE``, ``THETA_IMAGE``.
 
 ``CLASS_STAR`` in real archived catalogs is ~3e-4 for every source (SExtractor was run with a wrong
-``SEEING_FWHM``; see REFERENCE.md). When every ``CLASS_STAR`` of a CCD is below
+``SEEING_FWHM``; see REFERENCE.md). When the median ``CLASS_STAR`` of a CCD is below
 :data:`CLASS_STAR_FLOOR` and ``FLUX_RADIUS`` and ``FLUX_ISO`` are present, it is recomputed with
 :func:`transforms.extract.stellarity`, as the sep backend does.
 """
@@ -91,7 +91,9 @@ PIXEL_SCALE = 0.187
 DEFAULT_SEEING = 0.8
 #: Wall-clock limit of one SExtractor run on one CCD (seconds; a full CCD takes ~1 s).
 SEXTRACTOR_TIMEOUT_S = 300.0
-#: A CCD whose every CLASS_STAR is below this has a meaningless CLASS_STAR (recomputed).
+#: A CCD whose median CLASS_STAR is below this has a meaningless CLASS_STAR (recomputed). A
+#: SExtractor run with a correct SEEING_FWHM gives faint sources ~0.5 and stars ~1; one with a
+#: wrong SEEING_FWHM gives ~3e-4 to almost every source, and ~1 to a few saturated stars.
 CLASS_STAR_FLOOR = 0.01
 
 #: Columns a catalog must have (ELONGATION / ELLIPTICITY may come from A_IMAGE / B_IMAGE).
@@ -198,14 +200,14 @@ def _recompute_class_star(
 ) -> dict[str, np.ndarray] | None:
     """CLASS_STAR from the stellar locus when the catalog's is meaningless, else ``None``.
 
-    Meaningless: every value below :data:`CLASS_STAR_FLOOR`. Needs FLUX_RADIUS and FLUX; the
+    Meaningless: the median below :data:`CLASS_STAR_FLOOR`. Needs FLUX_RADIUS and FLUX; the
     signal-to-noise is FLUX / FLUXERR_ISO when the catalog has it, else a proxy: FLUX over
     ``sigma * sqrt(ISO0)`` with the pixel noise ``sigma`` estimated from the faintest detections,
     whose mean isophotal surface brightness sits just above the detection threshold (~1.5 sigma
     at SExtractor's default DETECT_THRESH): ``sigma ~ 5th percentile of FLUX / ISO0 / 2``.
     """
     cs = features["CLASS_STAR"]
-    if len(cs) == 0 or np.nanmax(cs) >= CLASS_STAR_FLOOR:
+    if len(cs) == 0 or not np.nanmedian(cs) < CLASS_STAR_FLOOR:
         return None
     radius, flux = features["FLUX_RADIUS"], features["FLUX"].astype(np.float64)
     if not np.isfinite(radius).any() or not np.isfinite(flux).any():
@@ -451,7 +453,7 @@ def read_catalog(path: str | os.PathLike[str], exptime: float | None = None) -> 
                 recomputed.append(i)
     if recomputed:
         log.info(
-            "%s: CLASS_STAR < %g for every source of %d CCD(s): recomputed from FLUX_RADIUS",
+            "%s: median CLASS_STAR < %g on %d CCD(s): recomputed from FLUX_RADIUS",
             spath,
             CLASS_STAR_FLOOR,
             len(recomputed),
@@ -497,8 +499,11 @@ class CatalogBackend:
                 _check_columns(spath, hdul, table)
         return meta
 
-    def features(self, meta: ExposureMeta, ccd: int) -> CcdFeatures:
+    def features(self, meta: ExposureMeta, ccd: int, keep_pixels: bool = False) -> CcdFeatures:
         """The feature table of CCD ``ccd`` (0-based) of the catalog ``meta.path``.
+
+        ``keep_pixels`` is accepted for the pixel backends' signature: a catalog has no pixels,
+        so the result never carries any.
 
         Raises
         ------
@@ -518,7 +523,7 @@ class CatalogBackend:
         if redone and meta.path not in self._logged:
             self._logged.add(meta.path)
             log.info(
-                "%s: CLASS_STAR < %g for every source (CCD %d): recomputed from FLUX_RADIUS",
+                "%s: median CLASS_STAR < %g (CCD %d): recomputed from FLUX_RADIUS",
                 meta.path,
                 CLASS_STAR_FLOOR,
                 ccd,

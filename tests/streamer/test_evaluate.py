@@ -145,3 +145,25 @@ def test_independent_archive_without_training_features_fits_the_baseline_on_a_ha
     fit, compared = set(report["baseline"]["fit_ids"]), set(report["comparison"]["exposure_ids"])
     assert fit and compared and not fit & compared and fit | compared == set(ids)
     assert all(r["n_exposures"] == len(compared) for r in report["comparison"]["rows"])
+
+
+def test_archive_of_sextractor_catalogs_is_evaluated_in_catalog_mode(trained, cfg):
+    """Real archived nights are SExtractor catalogs, not pixels: the catalogs of an archive,
+    made as an archive makes them (stock default.sex), are evaluated with the catalog backend;
+    every CCD enters with image flag 0 and no pixel file is opened."""
+    from streamer.archive_catalogs import catalog_archive
+
+    root, summary = trained
+    done = catalog_archive(root / "train", root / "catalogs", sky="mixed", workers=2)
+    assert len(done) == len(find_archive(root / "train"))
+    cat_cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, backend="catalog"))
+    out = run_evaluate(
+        root / "bundle", root / "catalogs", root / "report-cat", cat_cfg, work_dir=root / "cwork"
+    )
+    assert out["evaluated"] == sorted(summary["split"].test)
+    report = json.loads((root / "report-cat" / "report.json").read_text())
+    assert report["cnn"]["full"]["exposure"]["n"] == len(summary["split"].test)
+    flags = np.concatenate(
+        [read_shard(p)["flag"] for p in sorted((root / "cwork" / "shards").glob("*.npz"))]
+    )
+    assert len(flags) and not flags.any()

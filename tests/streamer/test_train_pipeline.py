@@ -87,3 +87,44 @@ def test_exposures_quarantined_ccd_by_ccd_are_not_extracted_again(tmp_path):
     lines = []
     assert cache_features(items, tmp_path, cfg=None, options=None, say=lines.append) == []
     assert lines == ["features: 2 cached, extracting 0"]
+
+
+def test_training_with_sextractor_catalogs_of_the_same_exposures(archive, tmp_path):
+    """`train --catalogs`: SExtractor catalogs of a third of the exposures are trained on beside
+    the pixels (image flag 0), each on its exposure's side of the split, and the held-out
+    catalogs are scored."""
+    from streamer.archive_catalogs import catalog_archive
+    from transforms.dataset import read_shard
+
+    catalogs = tmp_path / "catalogs"
+    catalog_archive(archive, catalogs, sky="mixed", workers=2, every=3)
+    assert len(find_archive(catalogs)) == 10
+    cfg = dataclasses.replace(
+        Config(),
+        som=SomConfig(grid=(6, 6), iterations=1000, n_clusters=8),
+        train=TrainConfig(
+            tile=8, epochs=3, patience=3, batch_size=8, val_fraction=0.2, test_fraction=0.3
+        ),
+    )
+    lines = []
+    summary = run_train(
+        archive,
+        tmp_path / "bundle",
+        cfg,
+        work_dir=tmp_path / "work",
+        progress=lines.append,
+        catalogs=catalogs,
+    )
+    assert any("catalog CCD samples from 10 catalogs" in line for line in lines)
+    flags = [read_shard(p)["flag"] for p in (tmp_path / "work" / "catalog-shards").glob("*.npz")]
+    assert len(flags) == 10 and all(len(f) and not f.any() for f in flags)
+    pixel_flags = [read_shard(p)["flag"] for p in (tmp_path / "work" / "shards").glob("*.npz")]
+    assert all(f.all() for f in pixel_flags)
+    test_ids = set(summary["split"].test)
+    held = summary["metrics"].get("catalog_files")
+    cat_test = test_ids & {i.exposure_id for i in find_archive(catalogs)}
+    if cat_test:
+        assert held["exposure"]["n"] == len(cat_test)
+    manifest = load_bundle(summary["bundle"]).manifest
+    assert manifest["training"]["catalogs"]["n_exposures"] == 10
+    assert manifest["training"]["n_exposures"] == 30

@@ -432,15 +432,18 @@ def test_not_a_catalog(tmp_path):
 
 @pytest.mark.parametrize("with_fluxerr", [True, False], ids=["fluxerr", "snr_proxy"])
 def test_meaningless_class_star_is_recomputed(tmp_path, parity_ccd, caplog, with_fluxerr):
-    """Archived catalogs have CLASS_STAR ~3e-4 everywhere; it is rebuilt from FLUX_RADIUS (the
-    S/N from FLUXERR_ISO, or from a noise estimate when the catalog lacks it)."""
+    """Archived catalogs have CLASS_STAR ~3e-4 almost everywhere (a few saturated stars ~1, as
+    SExtractor gives with a wrong SEEING_FWHM); it is rebuilt from FLUX_RADIUS (the S/N from
+    FLUXERR_ISO, or from a noise estimate when the catalog lacks it)."""
     data, stars, galaxies = parity_ccd
     image = tmp_path / "one.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, name="ccd00")]).writeto(image)
     real = _sextract(image, tmp_path / "one.cat", "FITS_1.0")
 
     def flatten(hdul):
-        hdul[1].data["CLASS_STAR"] = 3e-4
+        cs = np.full(len(hdul[1].data), 3e-4, np.float32)
+        cs[np.argsort(hdul[1].data["FLUX_ISO"])[-5:]] = 0.99
+        hdul[1].data["CLASS_STAR"] = cs
         if not with_fluxerr:
             hdul[1] = fits.BinTableHDU.from_columns(
                 [c for c in hdul[1].columns if c.name != "FLUXERR_ISO"], name="OBJECTS"

@@ -1,0 +1,48 @@
+"""Archive-style SExtractor catalogs of a labelled archive (streamer.archive_catalogs)."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from streamer.archive_catalogs import main, processed_exposure, sky_choice
+from streamer.telescope import Geometry, simulate_archive
+from transforms.exposure import read_ccd
+from transforms.sextractor import read_catalog
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    simulate_archive(root, ["2026-10-01"], 2, Geometry(2, 512, 1024), 3, {"GOOD": 1.0})
+    return root
+
+
+def test_processed_exposure_removes_the_bias_and_optionally_the_sky(archive):
+    path = sorted(archive.rglob("*.fits"))[0]
+    raw = read_ccd(path, 1).data
+    bias = fits.getheader(path, 2)["BIASLVL"]
+    kept, subtracted = processed_exposure(path, "kept"), processed_exposure(path, "subtracted")
+    np.testing.assert_allclose(kept[2].data, raw - bias, atol=1e-3)
+    assert abs(float(np.median(subtracted[2].data))) < 1.0
+    assert kept[2].header["EXPTIME"] == fits.getheader(path, 0)["EXPTIME"]
+    with pytest.raises(ValueError, match="sky must be"):
+        processed_exposure(path, "halfway")
+
+
+def test_mixed_sky_splits_the_archive_by_exposure_number():
+    assert [sky_choice(e, "mixed") for e in ("100", "101")] == ["kept", "subtracted"]
+    assert sky_choice("101", "kept") == "kept"
+
+
+def test_command_writes_readable_ldac_catalogs_and_names_a_bad_archive(archive, tmp_path, capsys):
+    out = tmp_path / "cats"
+    assert main([str(archive), str(out), "--sky", "subtracted", "--workers", "1"]) == 0
+    catalogs = sorted(out.rglob("*o.fits"))
+    assert len(catalogs) == 2 and "2 catalogs in" in capsys.readouterr().out
+    cat = read_catalog(catalogs[0])
+    assert cat.format == "FITS_LDAC" and len(cat.sources) == 2 and cat.shapes[0] == (1024, 512)
+    sky = float(np.median(cat.sources[0]["BACKGROUND"]))
+    assert abs(sky) < 0.05 * float(np.median(read_ccd(sorted(archive.rglob("*.fits"))[0], 0).data))
+    assert (out / "labels.csv").read_text().count("GOOD") == 2
+    assert main([str(tmp_path / "nowhere"), str(out)]) == 2
+    assert "labels.csv" in capsys.readouterr().err
