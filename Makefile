@@ -42,30 +42,43 @@ demo: venv
 # The shipped bundle: simulate 30 nights x 30 exposures (8 CCDs of 1024x2306) as three blocks of
 # 10 nights, each with its own simulator seed (a seed fixes the electronics of its CCDs: a model
 # trained on one seed's 8 CCDs sees only 8 gains, read noises and saturation levels), then train
-# on them and evaluate the bundle on the held-out nights. ~40 min on 2 cores (docs/model.md).
+# on them and evaluate the bundle on the held-out nights. One exposure in three is also turned
+# into a SExtractor catalog the way archives make them (stock default.sex, half of them
+# sky-subtracted) and trained on beside the pixels, so catalog mode knows real catalogs; the
+# held-out catalogs get their own report. ~55 min on 2 cores (docs/model.md).
 # Features are cached in build/model-work, so a retrain with new settings is faster.
 MODEL_ARCHIVE := build/model-archive
+MODEL_CATALOGS := build/model-catalogs
 MODEL_BLOCKS := 2026-09-01..2026-09-10:2026 2026-09-11..2026-09-20:2027 2026-09-21..2026-09-30:2028
 model: venv
 	@for block in $(MODEL_BLOCKS); do \
 	  $(BIN)/skygrade -q --config models/training.yaml simulate --out $(MODEL_ARCHIVE) \
 	    --nights $${block%%:*} --exposures 30 --n-ccd 8 --ccd-shape 1024x2306 \
 	    --seed $${block##*:} || exit 1; done
+	$(BIN)/python -m streamer.archive_catalogs $(MODEL_ARCHIVE) $(MODEL_CATALOGS) \
+	  --sky mixed --every 3 --workers 2
 	$(BIN)/skygrade --config models/training.yaml train $(MODEL_ARCHIVE) --out models/default \
-	  --work build/model-work --workers 2
+	  --catalogs $(MODEL_CATALOGS) --work build/model-work --workers 2
 	$(BIN)/skygrade --config models/training.yaml evaluate $(MODEL_ARCHIVE) \
 	  --bundle models/default --out models/default-report --work build/model-work --workers 2
+	$(BIN)/skygrade --config models/training.yaml evaluate $(MODEL_CATALOGS) --backend catalog \
+	  --bundle models/default --out models/default-report-catalogs --work build/model-work
 
 # Independent checks of the shipped bundle: two archives of other nights and other seeds than any
-# training block (150 exposures; ~8 min on 2 cores). Reports in build/holdout-seed*-report.
+# training block (150 exposures), from pixels and from archive-style SExtractor catalogs with the
+# sky kept and subtracted (~20 min on 2 cores). Reports in build/holdout-seed*-report*.
 HOLDOUT_BLOCKS := 2026-10-01..2026-10-02:7 2026-10-10..2026-10-13:11
 model-holdout: venv
-	@for block in $(HOLDOUT_BLOCKS); do seed=$${block##*:}; \
-	  $(BIN)/skygrade -q --config models/training.yaml simulate --out build/holdout-seed$$seed \
+	@for block in $(HOLDOUT_BLOCKS); do seed=$${block##*:}; h=build/holdout-seed$$seed; \
+	  $(BIN)/skygrade -q --config models/training.yaml simulate --out $$h \
 	    --nights $${block%%:*} --exposures 25 --n-ccd 8 --ccd-shape 1024x2306 --seed $$seed \
-	  && $(BIN)/skygrade --config models/training.yaml evaluate build/holdout-seed$$seed \
-	    --bundle models/default --out build/holdout-seed$$seed-report \
-	    --work build/holdout-seed$$seed-work --workers 2 || exit 1; done
+	  && $(BIN)/skygrade --config models/training.yaml evaluate $$h --bundle models/default \
+	    --out $$h-report --work $$h-work --workers 2 || exit 1; \
+	  for sky in kept subtracted; do \
+	    $(BIN)/python -m streamer.archive_catalogs $$h $$h-catalogs-$$sky --sky $$sky --workers 2 \
+	    && $(BIN)/skygrade --config models/training.yaml evaluate $$h-catalogs-$$sky \
+	      --backend catalog --bundle models/default --out $$h-report-catalogs-$$sky \
+	      --work $$h-work-catalogs-$$sky || exit 1; done; done
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -107,13 +107,13 @@ def run_evaluate(
     )
     from models.train import classification_metrics
     from ops.files import atomic_write_text
-    from streamer.pipelines import build_dataset, cache_features, pipeline_options
+    from streamer.pipelines import build_dataset, cache_features, pipeline_options, work_dirs
     from transforms.dataset import find_archive
 
     say = progress or (lambda text: log.info("%s", text))
     bundle_path, out_dir = Path(bundle_path), Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir / "work"
-    features_dir, shard_dir = work / "features", work / "shards"
+    features_dir, shard_dir = work_dirs(work, cfg.extract.backend)
     options = options or pipeline_options()
 
     bundle = load_bundle(bundle_path)
@@ -260,11 +260,18 @@ def run_evaluate(
         + ". Exposure metrics use the grading rule (normalised geometric mean of CCD "
         "probabilities); ECE is the expected calibration error of the exposure probabilities."
     )
-    notes += [
-        "Catalog mode and hits-only are the same inference here (image flag 0 on CCDs whose "
-        "features came from this archive's extraction); catalog mode is how nights with only "
-        "SExtractor catalogs are graded.",
-    ]
+    if cfg.extract.backend == "catalog":
+        notes.append(
+            "This archive holds SExtractor catalogs (catalog backend): no CCD has pixels, so every "
+            "row but image-only is catalog mode, the way nights with only catalogs are graded; "
+            "the threshold tree reads the same catalogs."
+        )
+    else:
+        notes.append(
+            "Catalog mode and hits-only are the same inference here (image flag 0 on CCDs whose "
+            "features came from this archive's extraction); catalog mode is how nights with "
+            "only SExtractor catalogs are graded."
+        )
     not_graded = len(evaluated) - len(graded)
     if not_graded:
         notes.append(
@@ -342,7 +349,8 @@ def _training_reference(bundle_path: Path, training: dict, feature_dirs: list[Pa
     default work directory ``<bundle>.work``) and whose labels the training archive still has."""
     from transforms.dataset import read_labels
 
-    dirs = [*feature_dirs, bundle_path.with_name(bundle_path.name + ".work") / "features"]
+    default_work = bundle_path.with_name(bundle_path.name + ".work")
+    dirs = [*feature_dirs, *(default_work / d.name for d in feature_dirs)]
     try:
         labels = read_labels(training.get("archive") or "")
     except (OSError, ValueError):
@@ -430,6 +438,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="feature cache and shards (default: <out>/work; the training's work dir reuses "
         "its cached features)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("sep", "sextractor", "catalog"),
+        default=None,
+        help="extraction backend (default: extract.backend of the config); 'catalog' scores an "
+        "archive of SExtractor catalogs in catalog mode",
+    )
     _add_bundle_option(parser)
     _add_runner_options(parser)
 
@@ -441,6 +456,12 @@ def command(args: argparse.Namespace, cfg) -> int:
 
     if not args.archive.is_dir():
         raise UsageError(f"archive {args.archive} is not a directory")
+    if getattr(args, "backend", None):
+        import dataclasses
+
+        cfg = dataclasses.replace(
+            cfg, extract=dataclasses.replace(cfg.extract, backend=args.backend)
+        )
     out = run_evaluate(
         _bundle(args),
         args.archive,

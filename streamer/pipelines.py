@@ -311,6 +311,18 @@ def _quarantined(features_dir: Path) -> set[str]:
     return {re.sub(r"\.ccd\d+$", "", p.stem) for p in (features_dir / "_quarantine").glob("*.json")}
 
 
+def work_dirs(work: Path, backend: str) -> tuple[Path, Path]:
+    """Feature cache and shard directories under ``work`` for an extraction backend.
+
+    Catalog features live apart (``catalog-features``, ``catalog-shards``) from the pixel
+    backends' (``features``, ``shards``): the same exposure number can have both, and a
+    cache must never hand one kind of measurement to a run that asked for the other.
+    """
+    if backend == "catalog":
+        return work / "catalog-features", work / "catalog-shards"
+    return work / "features", work / "shards"
+
+
 def _feature_cached(features_dir: Path, exposure_id: str, quarantined: set[str]) -> bool:
     return (features_dir / f"{exposure_id}.parquet").exists() or exposure_id in quarantined
 
@@ -450,7 +462,7 @@ def run_train(
     say = progress or (lambda text: log.info("%s", text))
     bundle_out = Path(bundle_out)
     work = Path(work_dir) if work_dir else bundle_out.with_name(bundle_out.name + ".work")
-    features_dir, shard_dir = work / "features", work / "shards"
+    features_dir, shard_dir = work_dirs(work, cfg.extract.backend)
     options = options or pipeline_options()
 
     items = find_archive(archive)
@@ -461,8 +473,10 @@ def run_train(
 
     # 1. features (cached)
     cache_features(items, features_dir, cfg, options, lambda text: say(f"stage 1/4 {text}"))
-    cat_items, cat_features = [], work / "catalog-features"
+    cat_items, (cat_features, cat_shards) = [], work_dirs(work, "catalog")
     if catalogs is not None:
+        if cfg.extract.backend == "catalog":
+            raise ValueError("--catalogs needs a pixel archive (extract.backend sep or sextractor)")
         known = {i.exposure_id for i in items}
         cat_items = [i for i in find_archive(catalogs) if i.exposure_id in known]
         if not cat_items:
@@ -526,9 +540,7 @@ def run_train(
     say(f"  {len(data)} CCD samples from {len(set(data.exposure.tolist()))} exposures")
     cat_data = None
     if cat_items:
-        cat_data = build_dataset(
-            cat_items, cat_features, work / "catalog-shards", som_path, tc.tile, options
-        )
+        cat_data = build_dataset(cat_items, cat_features, cat_shards, som_path, tc.tile, options)
     if cat_data is not None:
         say(f"  {len(cat_data)} catalog CCD samples from {len(cat_items)} catalogs")
     fit_data = data if cat_data is None else type(data).concat([data, cat_data])

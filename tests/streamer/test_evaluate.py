@@ -156,14 +156,20 @@ def test_archive_of_sextractor_catalogs_is_evaluated_in_catalog_mode(trained, cf
     root, summary = trained
     done = catalog_archive(root / "train", root / "catalogs", sky="mixed", workers=2)
     assert len(done) == len(find_archive(root / "train"))
-    cat_cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, backend="catalog"))
-    out = run_evaluate(
-        root / "bundle", root / "catalogs", root / "report-cat", cat_cfg, work_dir=root / "cwork"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [str(root / "catalogs"), "--out", str(root / "report-cat"), "--backend", "catalog"]
+        + ["--bundle", str(root / "bundle"), "--work", str(root / "cwork")]
     )
-    assert out["evaluated"] == sorted(summary["split"].test)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert command(args, cfg) == 0
+    assert not (root / "cwork" / "features").exists()  # never mixed with pixel features
     report = json.loads((root / "report-cat" / "report.json").read_text())
+    assert report["scope"]["exposure_ids"] == sorted(summary["split"].test)
+    assert "holds SExtractor catalogs" in (root / "report-cat" / "report.md").read_text()
     assert report["cnn"]["full"]["exposure"]["n"] == len(summary["split"].test)
     flags = np.concatenate(
-        [read_shard(p)["flag"] for p in sorted((root / "cwork" / "shards").glob("*.npz"))]
+        [read_shard(p)["flag"] for p in sorted((root / "cwork" / "catalog-shards").glob("*.npz"))]
     )
     assert len(flags) and not flags.any()
