@@ -11,7 +11,9 @@ bare floor
     A plain function of this script, no skygrade pipeline code: per CCD ``read_ccd`` (reading is
     part of any real run), ``sep.Background(bw=64, bh=64, fw=3, fh=3)``, ``back()``, ``rms()``,
     subtract, ``sep.extract(data, 1.5, err=rms, minarea=5, filter_type="conv")`` and
-    ``sep.flux_radius(..., subpix=1)`` (same apertures as the sep backend), over all CCDs with a
+    one ``sep.flux_radius(..., subpix=1)`` call (plain sep; the sep backend measures more per
+    source for SExtractor's FLUX_RADIUS: a Kron radius, FLUX_AUTO and a 3x3-sampled growth
+    curve, and that work is part of what the ratio shows), over all CCDs with a
     ``multiprocessing.Pool(workers)`` (``imap_unordered``, one CCD per task). Pool start-up and
     shut-down are inside the timed region, as Beam's worker start-up is for the pipeline rows.
 sep / sextractor
