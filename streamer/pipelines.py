@@ -471,16 +471,24 @@ def run_train(
     counts = {c: sum(i.label == c for i in items) for c in CLASSES}
     say(f"archive: {len(items)} labelled exposures {counts}")
 
-    # 1. features (cached)
-    cache_features(items, features_dir, cfg, options, lambda text: say(f"stage 1/4 {text}"))
     cat_items, (cat_features, cat_shards) = [], work_dirs(work, "catalog")
     if catalogs is not None:
         if cfg.extract.backend == "catalog":
             raise ValueError("--catalogs needs a pixel archive (extract.backend sep or sextractor)")
-        known = {i.exposure_id for i in items}
+        known = {i.exposure_id: i.label for i in items}
         cat_items = [i for i in find_archive(catalogs) if i.exposure_id in known]
         if not cat_items:
             raise ValueError(f"{catalogs}: no catalog of an exposure of {archive}")
+        clash = [i.exposure_id for i in cat_items if i.label != known[i.exposure_id]]
+        if clash:
+            raise ValueError(
+                f"{catalogs}: {len(clash)} catalog(s) labelled otherwise than their exposure in "
+                f"{archive}, e.g. {', '.join(clash[:5])}"
+            )
+
+    # 1. features (cached)
+    cache_features(items, features_dir, cfg, options, lambda text: say(f"stage 1/4 {text}"))
+    if cat_items:
         cat_cfg = dataclasses.replace(
             cfg, extract=dataclasses.replace(cfg.extract, backend="catalog")
         )

@@ -128,3 +128,20 @@ def test_training_with_sextractor_catalogs_of_the_same_exposures(archive, tmp_pa
     manifest = load_bundle(summary["bundle"]).manifest
     assert manifest["training"]["catalogs"]["n_exposures"] == 10
     assert manifest["training"]["n_exposures"] == 30
+
+
+def test_catalogs_that_disagree_with_the_archive_are_refused_before_any_work(archive, tmp_path):
+    catalogs = tmp_path / "catalogs"
+    (catalogs / "2026-10-01").mkdir(parents=True)
+    first = find_archive(archive)[0]
+    other = "GOOD" if first.label != "GOOD" else "RBT"
+    (catalogs / "labels.csv").write_text(f"exposure_id,label\n{first.exposure_id},{other}\n")
+    (catalogs / "2026-10-01" / f"{first.exposure_id}o.fits").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"labelled otherwise.*{first.exposure_id}"):
+        run_train(archive, tmp_path / "b", Config(), work_dir=tmp_path / "w", catalogs=catalogs)
+    assert not (tmp_path / "w").exists()
+    cat_cfg = dataclasses.replace(
+        Config(), extract=dataclasses.replace(Config().extract, backend="catalog")
+    )
+    with pytest.raises(ValueError, match="needs a pixel archive"):
+        run_train(archive, tmp_path / "b", cat_cfg, work_dir=tmp_path / "w", catalogs=catalogs)
