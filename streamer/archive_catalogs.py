@@ -19,6 +19,7 @@ Processing: the bias pedestal (``BIASLVL``, when the header has one) is removed;
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -31,7 +32,6 @@ import numpy as np
 from astropy.io import fits
 
 from streamer.progress import Progress
-from transforms.dataset import find_archive
 from transforms.exposure import read_ccd
 from transforms.sextractor import CATALOG_PARAMETERS
 
@@ -141,6 +141,8 @@ def catalog_archive(
     ``every`` keeps one exposure in ``every`` (in exposure-number order: spread over all nights).
     Returns the catalog paths, in the archive's exposure order.
     """
+    from transforms.dataset import find_archive  # imports Beam: not needed by the helpers above
+
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every!r}")
     out = Path(out)
@@ -165,6 +167,9 @@ def catalog_archive(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streamer.cli import _not_beam_noise
+
+    logging.getLogger().addFilter(_not_beam_noise)  # Beam's import warns about Google Cloud
     parser = argparse.ArgumentParser(
         prog="python -m streamer.archive_catalogs",
         description=(
