@@ -964,6 +964,19 @@ class Config:
 # Public functions
 
 
+def with_backend(cfg: Config, backend: str | None) -> Config:
+    """``cfg`` with ``extract.backend`` set to ``backend`` (``cfg`` itself when None).
+
+    Examples
+    --------
+    >>> with_backend(Config(), "catalog").extract.backend
+    'catalog'
+    """
+    if not backend:
+        return cfg
+    return dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, backend=backend))
+
+
 def parse_config(data: object, source: str = "<config>") -> Config:
     """Validate a ``yaml.safe_load``-ed object and build the :class:`Config`.
 

@@ -581,8 +581,7 @@ def add_arguments(parser) -> None:
 
 def command(args, cfg) -> int:
     """Run ``skygrade backfill``; returns the exit code."""
-    import dataclasses
-
+    from ops.config import with_backend
     from streamer.cli import EXIT_FAILURE, EXIT_OK, UsageError, _bundle, parse_nights
     from streamer.pipelines import DASK_RUNNERS, pipeline_options
 
@@ -608,10 +607,7 @@ def command(args, cfg) -> int:
             raise UsageError(f"--dask-scheduler needs --runner dask, got --runner {args.runner}")
         extra.append(f"--dask_client_address={args.dask_scheduler}")
     nights = parse_nights(args.nights) if args.nights else None
-    if args.backend:
-        cfg = dataclasses.replace(
-            cfg, extract=dataclasses.replace(cfg.extract, backend=args.backend)
-        )
+    cfg = with_backend(cfg, args.backend)
     if args.ccd_workers and cfg.extract.backend == "catalog":
         raise UsageError("--ccd-workers measures pixels: not for --backend catalog")
     summary = run_backfill(

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ops.config import Config, ConfigError, load_config
+from ops.config import Config, ConfigError, load_config, with_backend
 
 log = logging.getLogger("skygrade")
 
@@ -349,18 +349,13 @@ def format_grade_table(rows: list[dict]) -> str:
 
 
 def _cmd_grade(args: argparse.Namespace, cfg: Config) -> int:
-    import dataclasses
-
     from streamer.pipelines import pipeline_options, run_grade
 
     missing = [str(f) for f in args.files if not f.exists()]
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
     bundle = _bundle(args)
-    if args.backend:
-        cfg = dataclasses.replace(
-            cfg, extract=dataclasses.replace(cfg.extract, backend=args.backend)
-        )
+    cfg = with_backend(cfg, args.backend)
     rows = run_grade(
         [str(f) for f in args.files],
         args.out,

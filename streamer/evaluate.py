@@ -451,17 +451,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace, cfg) -> int:
     """Run ``skygrade evaluate`` and print a short summary; returns the exit code."""
+    from ops.config import with_backend
     from streamer.cli import EXIT_OK, UsageError, _bundle
     from streamer.pipelines import pipeline_options
 
     if not args.archive.is_dir():
         raise UsageError(f"archive {args.archive} is not a directory")
-    if getattr(args, "backend", None):
-        import dataclasses
-
-        cfg = dataclasses.replace(
-            cfg, extract=dataclasses.replace(cfg.extract, backend=args.backend)
-        )
+    cfg = with_backend(cfg, args.backend)
     out = run_evaluate(
         _bundle(args),
         args.archive,

@@ -186,7 +186,7 @@ def run_extract(
             opened = paths | "OpenExposures" >> OpenExposures(extract)
             _ = (
                 opened[EXPOSURES]
-                | "MeasureExposures" >> PooledExposures(ccd_workers, extract, None)
+                | "MeasureExposures" >> PooledExposures(ccd_workers, extract)
                 | "WriteExposures" >> beam.ParDo(_WriteMeasuredExposure(out_dir))
             )
             quarantined = opened[QUARANTINE]
@@ -411,7 +411,7 @@ def build_dataset(
                 Dataset(
                     s["image"].astype(np.float32),
                     s["vector"],
-                    s["flag"] if "flag" in s else np.ones(n, np.float32),
+                    s["flag"],
                     s["label"],
                     np.full(n, item.exposure_id, dtype=object),
                 )
@@ -445,7 +445,6 @@ def run_train(
 
     Returns a summary dict (split sizes, metrics, bundle path).
     """
-    import dataclasses
     import datetime as dt
 
     import numpy as np
@@ -456,7 +455,7 @@ def run_train(
     from models.evaluate import mode_metrics
     from models.som import train_som
     from models.train import TrainSettings, predict, split_exposures, train_ensemble
-    from ops.config import config_digest
+    from ops.config import config_digest, with_backend
     from transforms.dataset import find_archive
 
     say = progress or (lambda text: log.info("%s", text))
@@ -489,14 +488,11 @@ def run_train(
     # 1. features (cached)
     cache_features(items, features_dir, cfg, options, lambda text: say(f"stage 1/4 {text}"))
     if cat_items:
-        cat_cfg = dataclasses.replace(
-            cfg, extract=dataclasses.replace(cfg.extract, backend="catalog")
-        )
         say(f"catalogs: {len(cat_items)} of the archive's exposures in {catalogs}")
         cache_features(
             cat_items,
             cat_features,
-            cat_cfg,
+            with_backend(cfg, "catalog"),
             options,
             lambda text: say(f"stage 1/4 catalogs {text}"),
         )
@@ -546,9 +542,11 @@ def run_train(
     if data is None:
         raise ValueError(f"{archive}: no exposure yielded a usable CCD: nothing to train on")
     say(f"  {len(data)} CCD samples from {len(set(data.exposure.tolist()))} exposures")
-    cat_data = None
-    if cat_items:
-        cat_data = build_dataset(cat_items, cat_features, cat_shards, som_path, tc.tile, options)
+    cat_data = (
+        build_dataset(cat_items, cat_features, cat_shards, som_path, tc.tile, options)
+        if cat_items
+        else None
+    )
     if cat_data is not None:
         say(f"  {len(cat_data)} catalog CCD samples from {len(cat_items)} catalogs")
     fit_data = data if cat_data is None else type(data).concat([data, cat_data])
@@ -588,7 +586,8 @@ def run_train(
         metrics["validation"] = mode_metrics(
             data.subset(split.val), predict(model, data.subset(split.val))
         )
-    held_out = data.subset(split.test) if split.test else data.subset(split.val)
+    held_ids = split.test if split.test else split.val
+    held_out = data.subset(held_ids)
     for mode, flags in (("full", None), ("catalog", np.zeros(len(held_out), np.float32))):
         metrics[mode] = mode_metrics(held_out, predict(model, held_out, flags))
     full = metrics["full"]["exposure"]
@@ -597,7 +596,6 @@ def run_train(
         f"{full['accuracy']:.3f}, macro-F1 {full['macro_f1']:.3f}; catalog mode accuracy "
         f"{metrics['catalog']['exposure']['accuracy']:.3f}"
     )
-    held_ids = split.test if split.test else split.val
     cat_held = cat_data.subset(held_ids) if cat_data is not None else None
     if cat_held is not None and len(cat_held):
         metrics["catalog_files"] = mode_metrics(cat_held, predict(model, cat_held))
