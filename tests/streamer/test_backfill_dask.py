@@ -12,7 +12,7 @@ import pytest
 from ops.config import Config
 from streamer import backfill
 from streamer.backfill import run_backfill
-from streamer.dask_runner import local_cluster
+from streamer.dask_runner import local_cluster, translate
 from streamer.pipelines import make_pipeline, pipeline_options
 from streamer.telescope import Geometry, simulate_archive
 from transforms.sinks import read_grades
@@ -181,6 +181,29 @@ def test_dask_scheduler_option_needs_the_dask_runner(archive, tmp_path):
 
     with pytest.raises(UsageError, match="--dask-scheduler needs --runner dask"):
         backfill.command(args, Config())
+
+
+def test_group_by_key_shuffles_through_the_scheduler_not_a_worker_directory(cluster):
+    """dask picks a bag's shuffle when the graph is built; with no client yet it would pick
+    the on-disk one (a partd directory of one worker, lost when that worker frees it)."""
+    from dask.distributed import Client
+
+    p = beam.Pipeline()
+    _ = (
+        p
+        | beam.Create(list(range(40)))
+        | beam.Map(lambda x: (x % 7, x))
+        | beam.GroupByKey()
+        | beam.MapTuple(lambda k, vs: (k, sorted(vs)))
+    )
+    leaves = translate(p, {"partition_size": 1})
+    keys = {str(k[0] if isinstance(k, tuple) else k) for leaf in leaves for k in leaf.dask}
+    assert not [k for k in keys if k.startswith("partd-") or "groupby-part" in k]
+    assert [k for k in keys if "shuffle" in k]
+    with Client(cluster.scheduler_address) as client:
+        (pairs,) = client.gather(client.compute(list(leaves)))
+    groups = dict(windowed.value for _, windowed in pairs)
+    assert groups == {k: list(range(k, 40, 7)) for k in range(7)}
 
 
 def test_runner_keeps_tagged_outputs_apart_and_finish_bundle_outputs(cluster, tmp_path):
