@@ -1207,9 +1207,13 @@ def ccd_problem(ccd: CcdPixels) -> str | None:
     - ``bad_shape``: not 2-D, or a side shorter than :data:`MIN_CCD_SIDE`.
     - ``all_nan``: no finite pixel; ``nan_fraction>X``: more than :data:`MAX_NAN_FRACTION`
       of the pixels are NaN or infinite.
-    - ``all_zero`` / ``constant``: every finite pixel holds one value (a dead CCD).
+    - ``all_zero`` / ``constant``: every finite pixel holds one value (a dead CCD), unless
+      that value is at or above ``ccd.saturate``: then ``saturated``.
     - ``saturated``: more than :data:`MAX_SATURATED_FRACTION` of the finite pixels are at or
-      above ``ccd.saturate`` (skipped when ``saturate`` is ``None``).
+      above ``ccd.saturate`` (skipped when ``saturate`` is ``None``). A sky bright enough to
+      saturate a whole CCD (twilight, a 600 s exposure near the Moon) looks like this;
+      :func:`transforms.grade.grade_exposure` grades an exposure with half or more of its
+      CCDs saturated as BGP.
 
     Parameters
     ----------
@@ -1250,6 +1254,11 @@ def ccd_problem(ccd: CcdPixels) -> str | None:
     if lo == hi:
         if lo == 0.0:
             return "all_zero: every pixel is 0 (dead CCD or no readout?)"
+        if ccd.saturate is not None and lo >= ccd.saturate:
+            return (
+                f"saturated: every pixel is {lo!r}, at or above SATURATE = {ccd.saturate:g} "
+                "(sky saturated?)"
+            )
         return f"constant: every pixel is {lo!r} (dead CCD?)"
     if ccd.saturate is not None and hi >= ccd.saturate:
         n_sat = int(np.count_nonzero(values >= ccd.saturate))

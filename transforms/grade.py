@@ -9,7 +9,11 @@ Rules:
 
 - CCDs that were quarantined (dead, unreadable) or had no clean source do not vote; they are
   counted in ``n_ccd`` but not in ``n_ccd_graded``, and named in the reason.
-- An exposure with no graded CCD is not graded: status ``quarantined``, reason
+- A saturated sky is a background problem, not a broken detector: when half or more of the
+  exposure's CCDs were quarantined as ``saturated`` (most or all pixels at SATURATE, so no
+  source can be measured), the exposure is graded BGP by rule, with probability 1 and the
+  reason ``BGP: sky saturated on 8/8 CCDs ...``, whatever the other CCDs say.
+- Otherwise an exposure with no graded CCD is not graded: status ``quarantined``, reason
   ``no_usable_ccds``.
 - Exact ties between classes go to the more severe class (order RBT, BT, BGP, B_SEEING, GOOD):
   an observer would rather look at a doubtful exposure than miss a bad one.
@@ -86,6 +90,11 @@ def pick_class(probs: np.ndarray) -> str:
     return next(c for c in SEVERITY if c in tied)
 
 
+def _slug(reason: str | None) -> str:
+    """The machine-readable part of a CCD's reason (before the first colon)."""
+    return (reason or "unknown").split(":", 1)[0]
+
+
 def _nanmedian(values) -> float:
     values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
     return float(np.median(values)) if len(values) else float("nan")
@@ -113,8 +122,23 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
     }
     skipped_text = ""
     if skipped:
-        reasons = sorted({(c.reason or "unknown").split(":", 1)[0] for c in skipped})
+        reasons = sorted({_slug(c.reason) for c in skipped})
         skipped_text = f"; {len(skipped)} CCD(s) not graded ({', '.join(reasons)})"
+    n_saturated = sum(_slug(c.reason) == "saturated" for c in skipped)
+    if n_saturated and 2 * n_saturated >= n_ccd:
+        probs = np.array([float(c == "BGP") for c in CLASSES])
+        return ExposureGrade(
+            exposure_id,
+            "BGP",
+            probs,
+            1.0,
+            n_ccd,
+            len(graded),
+            **stats,
+            status="graded",
+            reason=f"BGP: sky saturated on {n_saturated}/{n_ccd} CCDs (no source measurable)"
+            f"{skipped_text}",
+        )
     if not graded:
         return ExposureGrade(
             exposure_id,

@@ -696,6 +696,10 @@ def test_ccd_problem_dead():
     assert ccd_problem(ccd(np.zeros((128, 96)))).startswith("all_zero:")
     problem = ccd_problem(ccd(np.full((128, 96), 1000.0)))
     assert problem == "constant: every pixel is 1000.0 (dead CCD?)"
+    # every pixel at the saturation level: a saturated sky, not a dead CCD
+    problem = ccd_problem(ccd(np.full((128, 96), 62000.0), saturate=61000.0))
+    assert problem.startswith("saturated: every pixel is 62000.0, at or above SATURATE = 61000")
+    assert ccd_problem(ccd(np.full((128, 96), 62000.0), saturate=None)).startswith("constant:")
 
 
 def test_ccd_problem_saturated():

@@ -50,6 +50,25 @@ def test_all_quarantined_is_not_graded():
     assert g.reason.startswith("no_usable_ccds: none of 2 CCDs")
 
 
+def test_a_sky_saturated_on_half_the_ccds_or_more_is_bgp():
+    sat = "saturated: every pixel is 65535.0, at or above SATURATE = 65535 (sky saturated?)"
+    g = grade_exposure("100", 8, [score(i, None, reason=sat) for i in range(8)])
+    assert (g.status, g.grade, g.confidence, g.n_ccd_graded) == ("graded", "BGP", 1.0, 0)
+    assert g.probs.tolist() == [float(c == "BGP") for c in CLASSES]
+    assert g.reason.startswith("BGP: sky saturated on 8/8 CCDs (no source measurable)")
+    # half saturated: BGP whatever the others say; fewer than half: the others grade it
+    half = [score(i, p(GOOD=0.9, BT=0.1)) for i in range(4)]
+    half += [score(4 + i, None, reason=sat) for i in range(4)]
+    g = grade_exposure("100", 8, half)
+    assert (g.grade, g.n_ccd_graded) == ("BGP", 4)
+    assert "4 CCD(s) not graded (saturated)" in g.reason
+    g = grade_exposure("100", 8, half[:5] + [score(5 + i, p(GOOD=0.9, BT=0.1)) for i in range(3)])
+    assert g.grade == "GOOD" and "1 CCD(s) not graded (saturated)" in g.reason
+    # dead CCDs (constant below SATURATE) are not a sky problem
+    dead = [score(i, None, reason="constant: every pixel is 1000.0 (dead CCD?)") for i in range(8)]
+    assert grade_exposure("100", 8, dead).status == "quarantined"
+
+
 def test_exact_tie_goes_to_the_more_severe_class():
     assert pick_class(p(GOOD=0.5, BT=0.5)) == "BT"
     assert pick_class(p(B_SEEING=0.4, BGP=0.4, GOOD=0.2)) == "BGP"
