@@ -1,7 +1,21 @@
 """Suite-wide settings: deterministic, single-threaded torch (the CI machine has 2 cores and
 several test processes' worth of work; intra-op threads only add contention here)."""
 
+import logging
+
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A command run in a test (``skygrade ...``) sets up the root logger on the sys.stderr of
+    that moment: pytest's capture stream, closed when the test ends. Later tests' log lines
+    then fail with "I/O operation on closed file". Put the root logger back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True, scope="session")
