@@ -272,11 +272,21 @@ def run_evaluate(
             "features came from this archive's extraction); catalog mode is how nights with "
             "only SExtractor catalogs are graded."
         )
-    not_graded = len(evaluated) - len(graded)
+    pipeline = pipeline_metrics(data, probs["full"], evaluated, features_dir)
+    if pipeline["n_rule"]:
+        m = pipeline["exposure"]
+        notes.append(
+            "Pipeline (the network plus the saturated-sky rule of transforms.grade: half or more "
+            f"of an exposure's CCDs saturated -> BGP): {pipeline['n_rule']} exposure(s) graded "
+            f"by the rule, {pipeline['n_rule_only']} of them with no CCD for the network; "
+            f"exposure accuracy {m['accuracy']:.1%} on {m['n']} exposures (macro-F1 "
+            f"{m['macro_f1']:.3f})."
+        )
+    not_graded = len(evaluated) - len(graded) - pipeline["n_rule_only"]
     if not_graded:
         notes.append(
             f"{not_graded} evaluated exposure(s) had no usable CCD (quarantined or no clean "
-            "source) and are not in the CNN metrics."
+            "source) and are not in the CNN metrics; the pipeline quarantines them."
         )
     report = build_report(
         bundle={
@@ -308,6 +318,7 @@ def run_evaluate(
         notes=notes,
     )
     report["scope"]["exposure_ids"] = graded
+    report["pipeline"] = pipeline
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": atomic_write_text(out_dir / "report.md", render_markdown(report)),
@@ -323,6 +334,52 @@ def run_evaluate(
     }
     say(f"report written: {paths['markdown']}")
     return {"report": report, "paths": paths, "evaluated": graded}
+
+
+def saturated_ccds(features_dir: Path, exposure_ids) -> dict[str, tuple[int, int]]:
+    """Exposure -> (CCDs quarantined as ``saturated``, CCDs) from an extraction cache: its
+    quarantine records (``_quarantine/<id>.ccdNN.json``) and feature files. Only exposures
+    with a saturated CCD are listed."""
+    reasons: dict[str, list[str]] = {}
+    for path in sorted((features_dir / "_quarantine").glob("*.ccd*.json")):
+        record = json.loads(path.read_text())
+        reasons.setdefault(record["exposure_id"], []).append(record["reason"])
+    out = {}
+    for e in exposure_ids:
+        n_saturated = reasons.get(e, []).count("saturated")
+        if n_saturated:
+            features = features_dir / f"{e}.parquet"
+            n_measured = len(_read_features(features)) if features.exists() else 0
+            out[e] = (n_saturated, len(reasons[e]) + n_measured)
+    return out
+
+
+def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> dict:
+    """Exposure metrics of what the grading pipeline would say: the network's exposure
+    probabilities, except where :func:`transforms.grade.saturated_sky` grades the exposure BGP
+    by rule (also when no CCD reached the network)."""
+    from models.classes import CLASSES
+    from models.train import classification_metrics, exposure_probabilities
+    from transforms.grade import saturated_sky
+
+    ids, truth, exp_probs = exposure_probabilities(data, probs)
+    rows = {e: (t, p) for e, t, p in zip(ids, truth.tolist(), exp_probs, strict=True)}
+    labels = {i.exposure_id: i.label for i in evaluated}
+    bgp = np.array([float(c == "BGP") for c in CLASSES])
+    rule = [
+        e
+        for e, (n_saturated, n_ccd) in saturated_ccds(features_dir, labels).items()
+        if saturated_sky(n_saturated, n_ccd)
+    ]
+    n_rule_only = sum(e not in rows for e in rule)
+    for e in rule:
+        rows[e] = (CLASSES.index(labels[e]), bgp)
+    order = sorted(rows)
+    metrics = classification_metrics(
+        np.array([rows[e][0] for e in order], dtype=int),
+        np.array([rows[e][1] for e in order]).reshape(-1, len(CLASSES)),
+    )
+    return {"exposure": metrics, "n_rule": len(rule), "n_rule_only": n_rule_only}
 
 
 def _recorded_metrics(manifest: dict) -> dict:

@@ -90,6 +90,12 @@ def pick_class(probs: np.ndarray) -> str:
     return next(c for c in SEVERITY if c in tied)
 
 
+def saturated_sky(n_saturated: int, n_ccd: int) -> bool:
+    """Whether an exposure with ``n_saturated`` of its ``n_ccd`` CCDs quarantined as
+    ``saturated`` is graded BGP by rule (half of the CCDs or more)."""
+    return n_saturated > 0 and 2 * n_saturated >= n_ccd
+
+
 def _slug(reason: str | None) -> str:
     """The machine-readable part of a CCD's reason (before the first colon)."""
     return (reason or "unknown").split(":", 1)[0]
@@ -125,7 +131,7 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
         reasons = sorted({_slug(c.reason) for c in skipped})
         skipped_text = f"; {len(skipped)} CCD(s) not graded ({', '.join(reasons)})"
     n_saturated = sum(_slug(c.reason) == "saturated" for c in skipped)
-    if n_saturated and 2 * n_saturated >= n_ccd:
+    if saturated_sky(n_saturated, n_ccd):
         probs = np.array([float(c == "BGP") for c in CLASSES])
         return ExposureGrade(
             exposure_id,

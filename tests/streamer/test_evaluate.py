@@ -173,3 +173,45 @@ def test_archive_of_sextractor_catalogs_is_evaluated_in_catalog_mode(trained, cf
         [read_shard(p)["flag"] for p in sorted((root / "cwork" / "catalog-shards").glob("*.npz"))]
     )
     assert len(flags) and not flags.any()
+
+
+def test_pipeline_metrics_apply_the_saturated_sky_rule(tmp_path):
+    """Exposures with half or more CCDs quarantined as saturated count as BGP, as the grading
+    pipeline grades them, whether or not some of their CCDs reached the network."""
+    from types import SimpleNamespace
+
+    from models.classes import CLASSES
+    from models.train import Dataset
+    from streamer.evaluate import pipeline_metrics
+
+    def record(exposure_id, ccd, reason):
+        q = tmp_path / "_quarantine"
+        q.mkdir(exist_ok=True)
+        body = {"exposure_id": exposure_id, "ccd": ccd, "reason": reason}
+        (q / f"{exposure_id}.ccd{ccd:02d}.json").write_text(json.dumps(body))
+
+    for ccd in range(6):
+        record("B", ccd, "saturated")  # 6 of B's 8 CCDs (2 reached the network)
+    for ccd in range(8):
+        record("D", ccd, "saturated")  # no CCD for the network
+        record("E", ccd, "constant")  # dead CCDs: quarantined, not BGP
+    good, bgp = CLASSES.index("GOOD"), CLASSES.index("BGP")
+    n = 4
+    data = Dataset(
+        np.zeros((n, 4, 4), np.float32),
+        np.zeros((n, 3), np.float32),
+        np.ones(n, np.float32),
+        np.array([good, good, bgp, bgp]),
+        np.array(["A", "A", "B", "B"]),
+    )
+    probs = np.full((n, len(CLASSES)), 0.05)
+    probs[:, good] = 0.8  # the network reads B as GOOD
+    labels = {"A": "GOOD", "B": "BGP", "D": "BGP", "E": "GOOD"}
+    evaluated = [SimpleNamespace(exposure_id=e, label=lab) for e, lab in labels.items()]
+    out = pipeline_metrics(data, probs, evaluated, tmp_path)
+    assert (out["n_rule"], out["n_rule_only"]) == (2, 1)
+    assert out["exposure"]["n"] == 3 and out["exposure"]["accuracy"] == 1.0
+    # without the records the network's mistake on B stands
+    shutil.rmtree(tmp_path / "_quarantine")
+    out = pipeline_metrics(data, probs, evaluated, tmp_path)
+    assert out["n_rule"] == 0 and out["exposure"]["accuracy"] == 0.5
