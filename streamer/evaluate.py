@@ -340,10 +340,12 @@ def saturated_ccds(features_dir: Path, exposure_ids) -> dict[str, tuple[int, int
     """Exposure -> (CCDs quarantined as ``saturated``, CCDs) from an extraction cache: its
     quarantine records (``_quarantine/<id>.ccdNN.json``) and feature files. Only exposures
     with a saturated CCD are listed."""
+    from streamer.pipelines import summarize_extract
+
     reasons: dict[str, list[str]] = {}
-    for path in sorted((features_dir / "_quarantine").glob("*.ccd*.json")):
-        record = json.loads(path.read_text())
-        reasons.setdefault(record["exposure_id"], []).append(record["reason"])
+    for record in summarize_extract(features_dir)["quarantined"]:
+        if not record.is_exposure:
+            reasons.setdefault(record.exposure_id, []).append(record.reason)
     out = {}
     for e in exposure_ids:
         n_saturated = reasons.get(e, []).count("saturated")
@@ -360,12 +362,11 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
     by rule (also when no CCD reached the network)."""
     from models.classes import CLASSES
     from models.train import classification_metrics, exposure_probabilities
-    from transforms.grade import saturated_sky
+    from transforms.grade import saturated_sky, saturated_sky_probs
 
     ids, truth, exp_probs = exposure_probabilities(data, probs)
     rows = {e: (t, p) for e, t, p in zip(ids, truth.tolist(), exp_probs, strict=True)}
     labels = {i.exposure_id: i.label for i in evaluated}
-    bgp = np.array([float(c == "BGP") for c in CLASSES])
     rule = [
         e
         for e, (n_saturated, n_ccd) in saturated_ccds(features_dir, labels).items()
@@ -373,7 +374,7 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
     ]
     n_rule_only = sum(e not in rows for e in rule)
     for e in rule:
-        rows[e] = (CLASSES.index(labels[e]), bgp)
+        rows[e] = (CLASSES.index(labels[e]), saturated_sky_probs())
     order = sorted(rows)
     metrics = classification_metrics(
         np.array([rows[e][0] for e in order], dtype=int),

@@ -96,6 +96,11 @@ def saturated_sky(n_saturated: int, n_ccd: int) -> bool:
     return n_saturated > 0 and 2 * n_saturated >= n_ccd
 
 
+def saturated_sky_probs() -> np.ndarray:
+    """The exposure probabilities of the saturated-sky rule: 1 for BGP."""
+    return np.array([float(c == "BGP") for c in CLASSES])
+
+
 def _slug(reason: str | None) -> str:
     """The machine-readable part of a CCD's reason (before the first colon)."""
     return (reason or "unknown").split(":", 1)[0]
@@ -132,11 +137,10 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
         skipped_text = f"; {len(skipped)} CCD(s) not graded ({', '.join(reasons)})"
     n_saturated = sum(_slug(c.reason) == "saturated" for c in skipped)
     if saturated_sky(n_saturated, n_ccd):
-        probs = np.array([float(c == "BGP") for c in CLASSES])
         return ExposureGrade(
             exposure_id,
             "BGP",
-            probs,
+            saturated_sky_probs(),
             1.0,
             n_ccd,
             len(graded),

@@ -187,7 +187,14 @@ def test_pipeline_metrics_apply_the_saturated_sky_rule(tmp_path):
     def record(exposure_id, ccd, reason):
         q = tmp_path / "_quarantine"
         q.mkdir(exist_ok=True)
-        body = {"exposure_id": exposure_id, "ccd": ccd, "reason": reason}
+        body = {
+            "exposure_id": exposure_id,
+            "path": f"{exposure_id}o.fits",
+            "ccd": ccd,
+            "stage": "extract",
+            "reason": reason,
+            "detail": f"{exposure_id}o.fits: CCD {ccd}: {reason}: ...",
+        }
         (q / f"{exposure_id}.ccd{ccd:02d}.json").write_text(json.dumps(body))
 
     for ccd in range(6):
