@@ -236,6 +236,29 @@ def test_kill_9_mid_grading_then_restart_loses_nothing_and_duplicates_nothing(
     assert all(r["status"] == "graded" for r in rows)
 
 
+def test_kill_9_of_the_daemon_alone_leaves_no_orphan(bundle, dirs, tmp_path):
+    """``kill -9 PID`` of the daemon (not its group): its fork server, CCD workers and resource
+    tracker go with it (before the fix all four stayed, for good)."""
+    drop, out = dirs
+    config = write_config(tmp_path / "skygrade.yaml", ccd_workers=2)
+    ((name, data),) = exposures(1, seed=15, geometry=Geometry(2, 256, 320))
+    with daemon(tmp_path, config, drop, out, bundle) as proc:
+        (drop / NIGHT / name).write_bytes(data)
+        with Ledger(out / "ledger.sqlite") as ledger:
+            wait_for(lambda: ledger.counts()["graded"] == 1, GRADE_TIMEOUT_S, "graded", proc)
+        pool = [pid for pid, _ in session_members(proc.pid) if pid != proc.pid]
+        assert len(pool) >= 3, f"no CCD pool? {pool}"  # fork server, 2 workers, tracker
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.proc.wait(10)
+        left: list = []
+
+        def empty() -> bool:
+            left[:] = session_members(proc.pid)
+            return not left
+
+        assert poll_until(empty, 5.0), f"{len(left)} of {len(pool)} left after kill -9: {left}"
+
+
 def test_sigterm_exits_zero_and_leaves_no_process(bundle, dirs, tmp_path):
     drop, out = dirs
     config = write_config(tmp_path / "skygrade.yaml")
