@@ -45,6 +45,7 @@ from ops.alerts import AlertDispatcher, AlertEngine
 from ops.config import Config
 from ops.http import HttpServer
 from ops.metrics import Metrics
+from ops.text import escape_controls
 from streamer.ledger import Ledger
 from streamer.observer import Observer
 from streamer.watcher import DropWatcher
@@ -190,7 +191,7 @@ class Daemon:
             exposure_id, str(path), st.st_size, st.st_mtime_ns, ready_at=time.time()
         )
         if new:
-            log.info("ready: %s", path)
+            log.info("ready: %s", escape_controls(path))
             self._wake.set()
 
     def _on_reject(self, path: Path, reason: str, detail: str) -> None:
@@ -204,6 +205,8 @@ class Daemon:
         exposure_id = exposure_id_from_path(path)
         if self.ledger.is_done(exposure_id, size, mtime):
             return
+        # The detail names the file: no control character of its name goes into the reason.
+        reason, detail = escape_controls(reason), escape_controls(detail)
         q = Quarantined(exposure_id, str(path), None, "watch", reason, detail)
         row, _ = exposure_row(
             exposure_id, None, [], [q], str(self.manifest.get("version")), "", time.time()
@@ -213,7 +216,7 @@ class Daemon:
         write_grade_rows(self.out_dir, row, [])
         self.ledger.quarantine(exposure_id, str(path), f"{reason}: {detail}", size, mtime)
         self._account(row)
-        log.warning("quarantined %s: %s: %s", path, reason, detail)
+        log.warning("quarantined %s: %s: %s", escape_controls(path), reason, detail)
 
     # ------------------------------------------------------------------ grading
 
@@ -257,7 +260,12 @@ class Daemon:
                 )
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
                 self.ledger.release(entry.key)
-                log.error("grading %s failed (%s); retrying in %.0f s", entry.path, exc, backoff)
+                log.error(
+                    "grading %s failed (%s); retrying in %.0f s",
+                    escape_controls(entry.path),
+                    escape_controls(exc),
+                    backoff,
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 300.0)
                 continue
@@ -275,7 +283,11 @@ class Daemon:
             )
             self._account(row)
             log.info(
-                "%s %s %.2f %s", row["exposure_id"], row["grade"], row["confidence"], row["reason"]
+                "%s %s %.2f %s",
+                escape_controls(row["exposure_id"]),
+                row["grade"],
+                row["confidence"],
+                escape_controls(row["reason"]),
             )
 
     def _bundle_key(self) -> tuple[str, int]:

@@ -75,6 +75,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.text import escape_controls
+
 __all__ = [
     "FINAL_STATES",
     "ORDERS",
@@ -300,7 +302,11 @@ class Ledger:
             (SUPERSEDED, now, exposure_id),
         ).rowcount
         if superseded:
-            log.info("exposure %s: %d waiting version(s) superseded", exposure_id, superseded)
+            log.info(
+                "exposure %s: %d waiting version(s) superseded",
+                escape_controls(exposure_id),
+                superseded,
+            )
         finished_at = now if state in FINAL_STATES else None
         cursor = conn.execute(
             "INSERT INTO exposures (exposure_id, path, size, mtime_ns, version, state, reason, "
@@ -381,7 +387,12 @@ class Ledger:
                 conn, exposure_id, spath, size, mtime_ns, "seen", time.time(), ready_at=ready_at
             )
             entry = self._row(conn, key)
-        log.debug("ledger: %s v%d seen (%s)", exposure_id, entry.version, spath)
+        log.debug(
+            "ledger: %s v%d seen (%s)",
+            escape_controls(exposure_id),
+            entry.version,
+            escape_controls(spath),
+        )
         return entry, True
 
     def claim(self, key: int) -> Entry | None:
@@ -428,7 +439,7 @@ class Ledger:
         state : {"graded", "quarantined"}
             The final state.
         reason : str, optional
-            Why (required for ``quarantined``).
+            Why (required for ``quarantined``); kept with its control characters escaped.
         model_version : str, optional
             The model bundle version that graded it.
 
@@ -449,6 +460,7 @@ class Ledger:
             raise ValueError(f"state must be one of {FINAL_STATES}, got {state!r}")
         if state == "quarantined" and not reason:
             raise ValueError(f"a quarantined exposure needs a reason, got {reason!r}")
+        reason = None if reason is None else escape_controls(reason)
         with self._tx() as conn:
             current = self._row(conn, key)
             if current.state != "grading":
@@ -462,7 +474,7 @@ class Ledger:
                 (state, reason, model_version, time.time(), key),
             )
             entry = self._row(conn, key)
-        log.debug("ledger: %s v%d %s", entry.exposure_id, entry.version, state)
+        log.debug("ledger: %s v%d %s", escape_controls(entry.exposure_id), entry.version, state)
         return entry
 
     def quarantine(
@@ -504,6 +516,7 @@ class Ledger:
         spath = _check_identity(exposure_id, path, size, mtime_ns)
         if not isinstance(reason, str) or not reason:
             raise ValueError(f"reason must be a non-empty string, got {reason!r}")
+        reason = escape_controls(reason)
         with self._tx() as conn:
             existing = self._find(conn, exposure_id, spath, size, mtime_ns)
             if existing is None:
@@ -532,7 +545,9 @@ class Ledger:
                     f"(key {existing.key}): it is in state {existing.state!r}"
                 )
             entry = self._row(conn, key)
-        log.info("ledger: %s v%d quarantined: %s", exposure_id, entry.version, reason)
+        log.info(
+            "ledger: %s v%d quarantined: %s", escape_controls(exposure_id), entry.version, reason
+        )
         return entry
 
     def release(self, key: int) -> None:
@@ -601,7 +616,7 @@ class Ledger:
                 for exposure_id, attempts in given_up:
                     log.error(
                         "exposure %s was being graded at %d crashes in a row: quarantined",
-                        exposure_id,
+                        escape_controls(exposure_id),
                         attempts,
                     )
             stale = conn.execute(
@@ -612,7 +627,10 @@ class Ledger:
                 (SUPERSEDED, now),
             ).fetchall()
             for (exposure_id,) in stale:
-                log.info("exposure %s: version caught mid-grading superseded", exposure_id)
+                log.info(
+                    "exposure %s: version caught mid-grading superseded",
+                    escape_controls(exposure_id),
+                )
             back = conn.execute(
                 "UPDATE exposures SET state = 'seen' WHERE state = 'grading' RETURNING key"
             ).fetchall()

@@ -25,7 +25,9 @@ Outcomes
     Once per file identity ``(size, mtime_ns)``. A file rewritten later is a new identity and is
     reported again. If ``on_ready`` raises, the file stays a candidate and is offered again after
     another ``settle_s`` (an exposure must not vanish because, say, the ledger disk was full).
-``on_reject(path, reason, message)``, also once per identity:
+``on_reject(path, reason, message)``, also once per identity. ``message`` names the file and
+the problem with every control character escaped (:func:`ops.text.escape_controls`), as is every
+name the watcher logs: a newline in a file name cannot forge a log line or a reason.
 
 - ``outside_drop``: the real path (symlinks followed) lies outside the real drop directory. The
   file is never opened.
@@ -87,6 +89,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from ops.text import escape_controls
 from transforms.exposure import (
     CorruptFileError,
     ExposureError,
@@ -257,7 +260,7 @@ class DropWatcher:
         except BaseException:
             self.stop()
             raise
-        log.info("watching %s (%d file(s) already there)", self.drop_dir, n)
+        log.info("watching %s (%d file(s) already there)", escape_controls(self.drop_dir), n)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the observer and the worker and join them (idempotent).
@@ -342,7 +345,7 @@ class DropWatcher:
 
     @staticmethod
     def _walk_error(exc: OSError) -> None:
-        log.error("cannot list %s: %s", exc.filename, exc)
+        log.error("cannot list %s: %s", escape_controls(exc.filename), escape_controls(exc))
 
     # ------------------------------------------------------------------------------- worker
     def _wanted(self, path: str) -> bool:
@@ -462,7 +465,7 @@ class DropWatcher:
                 cand.warned_slow = True
                 log.warning(
                     "%s: still being written %.0f s after it appeared; waiting for it",
-                    path,
+                    escape_controls(path),
                     now - cand.first_seen,
                 )
             return
@@ -504,20 +507,24 @@ class DropWatcher:
     def _report(self, path: str, identity: Identity) -> None:
         cand = self._candidates.pop(path)
         self._reported[path] = identity
-        log.info("ready: %s (%d bytes)", path, identity[0])
+        log.info("ready: %s (%d bytes)", escape_controls(path), identity[0])
         try:
             self.on_ready(Path(path))
         except Exception:
-            self._retry_later(path, cand, f"on_ready({path}) failed")
+            self._retry_later(path, cand, f"on_ready({escape_controls(path)}) failed")
 
     def _reject(self, path: str, identity: Identity, reason: str, message: str) -> None:
         cand = self._candidates.pop(path)
         self._reported[path] = identity
-        log.warning("rejected %s: %s: %s", path, reason, message)
+        # The message names the file: escaped once here, for the log and for on_reject, which
+        # keeps it as the reason text (the path handed over is the real one).
+        reason, message = escape_controls(reason), escape_controls(message)
+        log.warning("rejected %s: %s: %s", escape_controls(path), reason, message)
         try:
             self.on_reject(Path(path), reason, message)
         except Exception:
-            self._retry_later(path, cand, f"on_reject({path}, {reason!r}) failed")
+            what = f"on_reject({escape_controls(path)}, {reason!r}) failed"
+            self._retry_later(path, cand, what)
 
     def _retry_later(self, path: str, cand: _Candidate, what: str) -> None:
         """A callback raised: the file must not vanish, so look at it again a little later."""

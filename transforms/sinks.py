@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from models.classes import CLASSES
 from ops.files import atomic_path, atomic_write_bytes
+from ops.text import escape_controls
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
@@ -205,8 +206,14 @@ def write_grade_rows(
     same model again (a regrade after a crash) replaces the files, so the dataset holds each
     exposure exactly once per model version. CCD rows may carry an ``image`` (the CCD's
     representative image, not a parquet column): those go to :func:`images_path` of the
-    exposure file, as uint8 (:func:`write_images`).
+    exposure file, as uint8 (:func:`write_images`). Reasons are written with their control
+    characters escaped (:func:`ops.text.escape_controls`).
     """
+    # A reason names the file: no control character of its name reaches the dataset (and the
+    # page). Escaped in place, so that the rows handed on (to the ledger, the log) are the same.
+    for r in (row, *ccd_rows):
+        if r.get("reason"):
+            r["reason"] = escape_controls(r["reason"])
     exp_path, ccd_path = grade_paths(
         out_dir, row["night"], row["exposure_id"], row["model_version"]
     )

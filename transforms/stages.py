@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
+from ops.text import escape_controls
 from transforms.ccd_pool import (
     ExposureInputs,
     ccd_pool,
@@ -109,7 +110,12 @@ class _ExtractCcd(beam.DoFn):
             yield _quarantine(meta.exposure_id, meta.path, task.ccd, exc.reason, exc.detail)
             return
         except Exception as exc:  # a library failure on one CCD must not stop the night
-            log.warning("%s CCD %d: extraction failed: %s", meta.path, task.ccd, exc)
+            log.warning(
+                "%s CCD %d: extraction failed: %s",
+                escape_controls(meta.path),
+                task.ccd,
+                escape_controls(exc),
+            )
             yield _quarantine(
                 meta.exposure_id,
                 meta.path,

@@ -112,3 +112,41 @@ def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(
         assert daemon.health()["model_version"] == "daemon-test-2"
     finally:
         daemon.stop(timeout=30)
+
+
+CONTROLS = set("\n\r\x1b\x85")
+
+
+def test_control_characters_in_names_reach_no_log_line_reason_or_row(
+    bundle, tmp_path, daemon_config, wait_for, caplog
+):
+    """A newline in a file name split the daemon's log lines and went into the ledger's and the
+    dataset's reasons as it was: every logged name and every reason is escaped (issue 21,
+    item 11). The rows keep the file's real path."""
+    caplog.set_level("DEBUG")
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=21, class_mix={"GOOD": 1})[0]
+    data = exposure_bytes(plan, Geometry(1, 256, 320))
+    garbage = night / "2899998o\nERROR forged line.fits"  # refused by the watcher
+    no_exptime = night / "2899997o\r\x1b[2K\x85.fits"  # refused by the pipeline
+    daemon = Daemon(drop, out, bundle, daemon_config)
+    daemon.start()
+    try:
+        garbage.write_bytes(b"garbage " * 400)
+        no_exptime.write_bytes(data.replace(b"EXPTIME =", b"EXPTIMX =", 1))
+        assert wait_for(lambda: daemon.ledger.counts().get("quarantined", 0) == 2, timeout=60)
+        entries = [daemon.ledger.latest(r["exposure_id"]) for r in read_grades(out).to_pylist()]
+    finally:
+        daemon.stop(timeout=30)
+    rows = read_grades(out).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted([str(garbage), str(no_exptime)])
+    reasons = [r["reason"] for r in rows] + [e.reason for e in entries]
+    assert len(reasons) == 4 and all(reasons), reasons
+    assert not [r for r in reasons if CONTROLS & set(r)], reasons
+    assert any("2899998o\\nERROR forged line.fits" in r for r in reasons), reasons
+    ours = ("streamer", "transforms", "ops", "models")  # Beam's own debug lines span lines
+    lines = [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ours]
+    assert any("quarantined" in line and "2899998o" in line for line in lines)
+    assert not [line for line in lines if CONTROLS & set(line)], lines

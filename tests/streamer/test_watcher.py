@@ -300,6 +300,33 @@ def test_not_fits_rejected_at_once(drop, start_watcher):
     assert rec.ready == []
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["2817001o\nINFO ready: forged.fits", "2817001o\r\x1b[2K\x85.fits"],
+    ids=["newline", "cr-escape-c1"],
+)
+def test_control_characters_in_a_name_reach_neither_the_log_nor_the_reason(
+    drop, start_watcher, caplog, name
+):
+    """A newline in a file name split the log line (a forged second line): every logged name
+    and reason is escaped, and so is the message handed to ``on_reject``."""
+    caplog.set_level("DEBUG", logger="streamer.watcher")
+    rec = Recorder()
+    start_watcher(rec)
+    bad, good = drop / name, drop / (name.replace(".fits", "") + "-good.fits")
+    bad.write_bytes(b"this is not a FITS file\n" * 200)
+    good.write_bytes(exposure())
+    rec.wait(lambda r: r.rejected and r.ready, timeout=5.0)
+    ((path, reason, message),) = rec.rejected
+    assert (path, reason) == (bad, "not_fits")  # the file itself keeps its real name
+    controls = set("\n\r\x1b\x85")
+    assert not controls & set(message), message
+    assert name.replace("\n", "\\n").replace("\r", "\\r")[:10] in message
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamer.watcher"]
+    assert any("rejected" in line for line in lines) and any("ready" in line for line in lines)
+    assert not [line for line in lines if controls & set(line)], lines
+
+
 def test_corrupt_file_rejected_with_its_reason(drop, start_watcher):
     rec = Recorder()
     start_watcher(rec)
