@@ -353,7 +353,8 @@ def _check_primary_start(path: str, block: bytes) -> None:
         raise IncompleteFileError(
             path, 0, "zero_filled", "file starts with NUL bytes (preallocated copy in progress?)"
         )
-    raise CorruptFileError(path, 0, "not_fits", f"first card is not SIMPLE = T: {block[:30]!r}")
+    # Never quote the bytes: any file linked into the drop would show them in the reason.
+    raise CorruptFileError(path, 0, "not_fits", "first card is not SIMPLE = T: not a FITS file")
 
 
 def _check_extension_start(

@@ -215,6 +215,34 @@ def test_not_fits_is_corrupt(tmp_path, payload):
     assert info.value.reason == "not_fits"
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"password=hunter2 token=s3cr3t\n" * 200,
+        b"\x1b]0;owned\x07" + b"x" * 3000,
+        b"\x00\x01garbage",
+    ],
+    ids=["secret", "terminal-escape", "binary"],
+)
+def test_not_fits_reason_never_echoes_the_files_content(tmp_path, payload):
+    """The reason of a non-FITS file names the problem, never bytes of its content: a hard link
+    to any file the daemon can read would otherwise copy 30 bytes of it into the reason, the
+    log and the page (issue 21, item 10)."""
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_bytes(payload)
+    path = tmp_path / "2890001o.fits"
+    os.link(secret, path)  # a hard link: the watcher's outside_drop check cannot see it
+    with pytest.raises(CorruptFileError) as info:
+        check_integrity(path)
+    assert info.value.reason == "not_fits"
+    message = str(info.value)
+    assert message.startswith(f"{path}: HDU 0: ")
+    detail = message[len(f"{path}: HDU 0: ") :]
+    for start in range(min(len(payload), 64) - 3):  # no 4 bytes of its start, raw or repr'd
+        chunk = payload[start : start + 4]
+        assert chunk.decode("latin-1") not in detail and repr(chunk)[2:-1] not in detail, detail
+
+
 def test_nextend_too_small_is_corrupt(tmp_path):
     path = make_mef(tmp_path / "a.fits", nextend=2)
     with pytest.raises(CorruptFileError, match="NEXTEND = 2") as info:
