@@ -39,6 +39,9 @@ name the watcher logs: a newline in a file name cannot forge a log line or a rea
   (a FIFO named ``*.fits`` would block a reader forever).
 - any :class:`~transforms.exposure.CorruptFileError` / ``ExposureError`` reason (``not_fits``,
   ``bad_header``, ``trailing_data``...): at once.
+- ``unsupported_compression``: a FITS file compressed as a whole (``*.fits.gz``, ``.bz2``,
+  ``.xz``, ``.Z``, ``.zst``: :data:`UNSUPPORTED_PATTERNS`), once settled, without opening it.
+  Before, such a file was ignored with no trace; only tile compression (``*.fits.fz``) is read.
 
 Ignored: directories, names that do not match ``patterns``, hidden names (any path component
 below the drop directory that starts with ``.``, so rsync's ``.name.XXXXXX`` temporaries and
@@ -97,7 +100,7 @@ from transforms.exposure import (
     check_integrity,
 )
 
-__all__ = ["DEFAULT_PATTERNS", "TEMPORARY_PATTERNS", "DropWatcher"]
+__all__ = ["DEFAULT_PATTERNS", "TEMPORARY_PATTERNS", "UNSUPPORTED_PATTERNS", "DropWatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PATTERNS = ("*.fits", "*.fits.fz")
 #: Names of files still being written by a transfer tool; never considered.
 TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
+#: FITS files compressed as a whole, which the grader cannot read: quarantined as
+#: ``unsupported_compression`` (tile-compressed ``*.fits.fz`` files are read).
+UNSUPPORTED_PATTERNS = ("*.fits.gz", "*.fits.bz2", "*.fits.xz", "*.fits.Z", "*.fits.zst")
 
 # Events worth a look. Opened / closed-without-write events are left out on purpose: the
 # worker's own integrity check opens the file and would otherwise feed itself.
@@ -165,7 +171,8 @@ class DropWatcher:
     poll_s : float, default 0.5
         How often candidates are re-checked (> 0).
     patterns : iterable of str, default ("*.fits", "*.fits.fz")
-        ``fnmatch`` patterns of the file names to consider (case-sensitive).
+        ``fnmatch`` patterns of the file names to consider (case-sensitive). Names matching
+        :data:`UNSUPPORTED_PATTERNS` are considered too, to be rejected.
     use_polling : bool, default False
         Use watchdog's polling observer instead of the native one (inotify), e.g. on NFS, where
         the native events of writes made on another host never arrive.
@@ -359,7 +366,7 @@ class DropWatcher:
             return False
         if any(fnmatch.fnmatchcase(name, p) for p in TEMPORARY_PATTERNS):
             return False
-        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns + UNSUPPORTED_PATTERNS)
 
     def _run(self) -> None:
         log.debug("watcher worker started")
@@ -468,6 +475,17 @@ class DropWatcher:
                     escape_controls(path),
                     now - cand.first_seen,
                 )
+            return
+        name = os.path.basename(path)
+        if any(fnmatch.fnmatchcase(name, p) for p in UNSUPPORTED_PATTERNS):
+            suffix = name.rsplit(".", 1)[1]
+            self._reject(
+                path,
+                identity,
+                "unsupported_compression",
+                f"{path}: a FITS file compressed as a whole (.{suffix}) is not read; decompress "
+                "it, or tile-compress it with fpack (*.fits.fz)",
+            )
             return
         if cand.incomplete is None or cand.incomplete[0] != identity:
             # A new identity since the last walk (an unchanged one gives the same verdict).

@@ -150,3 +150,27 @@ def test_control_characters_in_names_reach_no_log_line_reason_or_row(
     lines = [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ours]
     assert any("quarantined" in line and "2899998o" in line for line in lines)
     assert not [line for line in lines if CONTROLS & set(line)], lines
+
+
+def test_a_gzipped_exposure_is_quarantined_and_counted(bundle, tmp_path, daemon_config, wait_for):
+    """A ``.fits.gz`` in the drop left no trace (not graded, not quarantined, not counted): it is
+    quarantined as ``unsupported_compression`` and counted in the quarantine metric."""
+    import gzip
+
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    (drop / "2026-11-24").mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=22, class_mix={"GOOD": 1})[0]
+    path = drop / "2026-11-24" / f"{plan.filename}.gz"
+    path.write_bytes(gzip.compress(exposure_bytes(plan, Geometry(1, 256, 320))))
+    daemon = Daemon(drop, out, bundle, daemon_config)
+    daemon.start()
+    try:
+        assert wait_for(lambda: daemon.ledger.counts().get("quarantined", 0) == 1, timeout=30)
+        base = f"http://127.0.0.1:{daemon.server.port}"
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    finally:
+        daemon.stop(timeout=30)
+    assert 'skygrade_exposures_quarantined_total{reason="unsupported_compression"} 1.0' in text
+    (row,) = read_grades(out).to_pylist()
+    assert row["path"] == str(path) and row["status"] == "quarantined"
+    assert row["reason"].startswith(f"unsupported_compression: {path}: ")

@@ -327,6 +327,26 @@ def test_control_characters_in_a_name_reach_neither_the_log_nor_the_reason(
     assert not [line for line in lines if controls & set(line)], lines
 
 
+def test_a_gzipped_fits_file_is_rejected_once_settled_not_ignored(drop, start_watcher, monkeypatch):
+    """``*.fits.gz`` was ignored with no trace: now it is rejected as
+    ``unsupported_compression`` once its copy has settled, without being opened."""
+    import gzip
+
+    opened = []
+    monkeypatch.setattr(watcher_mod, "check_integrity", lambda p: opened.append(p))
+    rec = Recorder()
+    start_watcher(rec)
+    path = drop / "2817001o.fits.gz"
+    data = gzip.compress(exposure())
+    write_progressively(data, path, chunks=3, duration_s=0.1)
+    rec.wait(lambda r: r.rejected, timeout=5.0)
+    time.sleep(QUIET_S)
+    ((where, reason, message),) = rec.rejected  # once, though written in three chunks
+    assert (where, reason) == (path, "unsupported_compression")
+    assert message.startswith(f"{path}: ") and ".gz" in message and "fpack" in message
+    assert rec.ready == [] and opened == []
+
+
 def test_corrupt_file_rejected_with_its_reason(drop, start_watcher):
     rec = Recorder()
     start_watcher(rec)
