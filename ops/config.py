@@ -1012,6 +1012,67 @@ def parse_config(data: object, source: str = "<config>") -> Config:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is recorded.
+
+    YAML keeps the last of two equal keys without a word, so a setting given twice (a second
+    ``port:`` pasted below the first) silently overrode the first. Each duplicate becomes a
+    :class:`Problem` at its dotted key path in :attr:`duplicates` (in the order of the lines of
+    the second keys); everything else, merge keys
+    (``<<: *base``, whose keys may be overridden) included, loads as ``yaml.safe_load`` does.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}
+        self._found: list[tuple[int, Problem]] = []
+
+    @property
+    def duplicates(self) -> list[Problem]:
+        """The keys given twice, in document order."""
+        return [problem for _, problem in sorted(self._found, key=lambda found: found[0])]
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._name(node, "")
+        return super().construct_document(node)
+
+    def _name(self, node: yaml.Node, path: str) -> None:
+        """Record the dotted path of every node below ``node`` (an alias keeps its first)."""
+        if id(node) in self._paths:
+            return
+        self._paths[id(node)] = path
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                named = isinstance(key, yaml.ScalarNode) and key.tag != _YAML_MERGE
+                self._name(value, _join(path, key.value) if named else path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._name(item, f"{path}[{i}]")
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode) and id(node) in self._paths:
+            path = self._paths.pop(id(node))  # once per node: a merge adds keys to it later
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _YAML_MERGE:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:  # unhashable: the base class reports it
+                    continue
+                if seen is not key_node:
+                    line = key_node.start_mark.line + 1
+                    message = f"duplicate key (line {seen.start_mark.line + 1} and line {line})"
+                    self._found.append(
+                        (line, Problem(_join(path, key), f"{message}: give it once"))
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate a YAML config file.
 
@@ -1028,8 +1089,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     Raises
     ------
     ConfigError
-        If the file is missing or unreadable, is not valid YAML, or holds invalid settings;
-        the message names the file, the dotted key path, the bad value and what is allowed.
+        If the file is missing or unreadable, is not valid YAML, gives a key twice in one
+        mapping, or holds invalid settings; the message names the file, the dotted key path,
+        the bad value and what is allowed.
 
     Examples
     --------
@@ -1049,8 +1111,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"not UTF-8 text (bad byte at offset {exc.start})", source) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", source) from None
+    loader = _UniqueKeyLoader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -1058,6 +1121,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"not valid YAML{where}: {problem}", source) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", source) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(loader.duplicates, source)
     return parse_config(data, source)
 
 

@@ -391,7 +391,12 @@ def _cmd_watch(args: argparse.Namespace, cfg: Config) -> int:
 
     if not args.drop.is_dir():
         raise UsageError(f"--drop {args.drop} is not a directory")
-    Daemon(args.drop, args.out, _bundle(args), cfg).run_forever()
+    try:
+        Daemon(args.drop, args.out, _bundle(args), cfg).run_forever()
+    except ConfigError as exc:  # a setting refused at start (metrics.port in use): name the file
+        if exc.source is None and args.config is not None:
+            raise ConfigError(exc.problems, str(args.config)) from exc
+        raise
     return EXIT_OK
 
 

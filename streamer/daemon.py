@@ -34,15 +34,17 @@ watcher (a crash between the two rewrites the same row at restart).
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
 from models.bundle import MANIFEST, read_manifest
 from ops.alerts import AlertDispatcher, AlertEngine
-from ops.config import Config
+from ops.config import Config, ConfigError, Problem
 from ops.http import HttpServer
 from ops.metrics import Metrics
 from ops.text import escape_controls
@@ -114,7 +116,7 @@ class Daemon:
             self.health,
             routes=self.observer.routes(),
         )
-        self.server.start()
+        self._start_server()
         grader = threading.Thread(target=self._grade_loop, name="skygrade-grader")
         grader.start()
         self._threads.append(grader)
@@ -138,6 +140,31 @@ class Daemon:
             self.cfg.metrics.host,
             self.server.port,
         )
+
+    def _start_server(self) -> None:
+        """Bind the metrics server; a bind that fails is a configuration error naming the key.
+
+        Raises
+        ------
+        ConfigError
+            ``metrics.port`` when the port is in use or not allowed, ``metrics.host`` when the
+            address is unknown or not on this machine (before, the daemon exited with a bare
+            ``[Errno 98] Address already in use``).
+        """
+        mc = self.cfg.metrics
+        try:
+            self.server.start()
+        except OSError as exc:
+            what = exc.strerror or str(exc)
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                key, problem = "metrics.host", f"cannot bind {mc.host!r}: {what}"
+            elif exc.errno == errno.EADDRINUSE:
+                key, problem = "metrics.port", f"port {mc.port} on {mc.host} is in use"
+            elif exc.errno == errno.EACCES:
+                key, problem = "metrics.port", f"port {mc.port} on {mc.host}: {what}"
+            else:
+                key, problem = "metrics", f"cannot serve on {mc.host}:{mc.port}: {what}"
+            raise ConfigError([Problem(key, problem)]) from exc
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop watching, let the exposure in flight finish (or hand it back), join threads."""

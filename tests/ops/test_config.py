@@ -309,6 +309,44 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path):
     assert exc.path is None
 
 
+def test_duplicate_keys_are_refused_with_their_key_path(tmp_path):
+    """YAML keeps the last of two equal keys silently: a setting pasted twice overrode the
+    first without a word. Each duplicate is a problem at its dotted path, with both lines."""
+    text = (
+        "metrics:\n"
+        "  port: 9108\n"
+        "  host: 0.0.0.0\n"
+        "  port: 9109\n"
+        "telescope:\n"
+        "  class_mix: {GOOD: 1, BT: 2, GOOD: 3}\n"
+        "metrics:\n"
+        "  port: 1\n"
+    )
+    exc = error_of(tmp_path, text)
+    assert [p.path for p in exc.problems] == ["metrics.port", "telescope.class_mix.GOOD", "metrics"]
+    assert exc.problems[0].message == "duplicate key (line 2 and line 4): give it once"
+    assert (
+        str(exc)
+        .splitlines()[0]
+        .endswith("skygrade.yaml: metrics.port: duplicate key (line 2 and line 4): give it once")
+    )
+
+
+def test_without_duplicates_the_file_loads_as_yaml_safe_load_reads_it(tmp_path):
+    text = "telescope: &base\n  seed: 3\n  cadence_s: 30\nsimulate:\n  <<: *base\n  seed: 4\n"
+    path = write(tmp_path, text)
+    from ops.config import _UniqueKeyLoader
+
+    loader = _UniqueKeyLoader(text)
+    try:
+        assert loader.get_single_data() == yaml.safe_load(text)  # merge keys may override
+    finally:
+        loader.dispose()
+    assert loader.duplicates == []
+    assert load_config(write(tmp_path, "telescope:\n  seed: 3\n")).telescope.seed == 3
+    assert path.exists()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml: no such config file$"):
         load_config(tmp_path / "nope.yaml")

@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import pytest
 from astropy.io import fits
@@ -186,3 +187,39 @@ def test_grade_command_grades_an_exposure_written_by_other_code(tmp_path, capsys
     assert "apitools" not in err and "Resource module" not in err
     assert "yield and return" not in err
     assert list((tmp_path / "grades" / "exposures").rglob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def watch_bundle(tmp_path_factory, tiny_bundle):
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "b", "cli-test")
+
+
+def _watch(tmp_path, bundle, metrics: str) -> tuple[int, Path]:
+    config = tmp_path / "skygrade.yaml"
+    config.write_text(f"metrics:\n{metrics}")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    argv = ["--config", str(config), "watch", "--drop", str(drop), "--out", str(tmp_path / "o")]
+    return main([*argv, "--bundle", str(bundle)]), config
+
+
+def test_watch_with_the_metrics_port_in_use_exits_2_naming_the_key(tmp_path, capsys, watch_bundle):
+    """It exited 1 with a bare "[Errno 98] Address already in use"."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, config = _watch(tmp_path, watch_bundle, f"  port: {port}\n")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"skygrade watch: {config}: metrics.port: port {port} on 127.0.0.1 is in use" in err
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"], ids=["unknown", "foreign"])
+def test_watch_with_a_bad_metrics_host_exits_2_naming_the_key(tmp_path, capsys, watch_bundle, host):
+    code, config = _watch(tmp_path, watch_bundle, f"  host: {host}\n  port: 0\n")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"skygrade watch: {config}: metrics.host: cannot bind {host!r}: " in err
