@@ -42,10 +42,12 @@ demo: venv
 # The shipped bundle: simulate 30 nights x 30 exposures (8 CCDs of 1024x2306) as three blocks of
 # 10 nights, each with its own simulator seed (a seed fixes the electronics of its CCDs: a model
 # trained on one seed's 8 CCDs sees only 8 gains, read noises and saturation levels), then train
-# on them and evaluate the bundle on the held-out nights. One exposure in three is also turned
-# into a SExtractor catalog the way archives make them (stock default.sex, half of them
-# sky-subtracted) and trained on beside the pixels, so catalog mode knows real catalogs; the
-# held-out catalogs get their own report. 42 min on 2 cores from a fresh clone (docs/model.md).
+# on them and evaluate the bundle on the held-out nights. One exposure in two is also turned
+# into a SExtractor catalog the way archives make them, with a configuration drawn per exposure
+# (1.5-5 sigma, filter on/off, DEBLEND_MINCONT 0-0.005, sky kept/subtracted, eight columns or
+# all, EXPTIME kept or not: streamer.archive_catalogs --extraction random) and trained on beside
+# the pixels, so catalog mode knows real catalogs; the held-out catalogs get their own report.
+# 58 min on 2 cores measured (with other work beside it; docs/model.md).
 # Features are cached in build/model-work, so a retrain with new settings is faster.
 MODEL_ARCHIVE := build/model-archive
 MODEL_CATALOGS := build/model-catalogs
@@ -56,7 +58,7 @@ model: venv
 	    --nights $${block%%:*} --exposures 30 --n-ccd 8 --ccd-shape 1024x2306 \
 	    --seed $${block##*:} || exit 1; done
 	$(BIN)/python -m streamer.archive_catalogs $(MODEL_ARCHIVE) $(MODEL_CATALOGS) \
-	  --sky mixed --every 3 --workers 2
+	  --sky mixed --extraction random --every 2 --workers 2
 	$(BIN)/skygrade --config models/training.yaml train $(MODEL_ARCHIVE) --out models/default \
 	  --catalogs $(MODEL_CATALOGS) --work build/model-work --workers 2
 	$(BIN)/skygrade --config models/training.yaml evaluate $(MODEL_ARCHIVE) \
@@ -65,9 +67,14 @@ model: venv
 	  --bundle models/default --out models/default-report-catalogs --work build/model-work
 
 # Independent checks of the shipped bundle: three archives of other nights and other seeds than
-# any training block (450 exposures), from pixels and from archive-style SExtractor catalogs with
-# the sky kept and subtracted (~45 min on 2 cores). Reports in build/holdout-seed*-report*.
+# any training block (450 exposures), from pixels and from SExtractor catalogs made four ways
+# (stock default.sex with the sky kept and subtracted; the real catalogs' configuration: 5 sigma,
+# no filter, DEBLEND_MINCONT 0, eight columns, no EXPTIME; one configuration drawn per
+# exposure), then the real graded catalogs of ../shared/real-catalogs (never trained on) and the
+# calibration table beside them (~70 min on 2 cores). Reports in build/holdout-seed*-report*,
+# build/holdout-seed*-catalogs-*-report and build/real-catalogs-report.
 # A block is nights:seed:exposures-per-night.
+REAL_CATALOGS ?= ../shared/real-catalogs
 HOLDOUT_BLOCKS := 2026-10-01..2026-10-02:7:25 2026-10-10..2026-10-13:11:25 \
   2026-11-01..2026-11-10:17:30
 model-holdout: venv
@@ -77,11 +84,18 @@ model-holdout: venv
 	    --nights $$1 --exposures $$3 --n-ccd 8 --ccd-shape 1024x2306 --seed $$2 \
 	  && $(BIN)/skygrade --config models/training.yaml evaluate $$h --bundle models/default \
 	    --out $$h-report --work $$h-work --workers 2 || exit 1; \
-	  for sky in kept subtracted; do \
-	    $(BIN)/python -m streamer.archive_catalogs $$h $$h-catalogs-$$sky --sky $$sky --workers 2 \
-	    && $(BIN)/skygrade --config models/training.yaml evaluate $$h-catalogs-$$sky \
-	      --backend catalog --bundle models/default --out $$h-report-catalogs-$$sky \
-	      --work $$h-work-catalogs-$$sky || exit 1; done; done
+	  for ex in stock:kept stock:subtracted archive:kept random:mixed; do \
+	    c=$$h-catalogs-$${ex%%:*}-$${ex##*:}; \
+	    $(BIN)/python -m streamer.archive_catalogs $$h $$c --extraction $${ex%%:*} \
+	      --sky $${ex##*:} --workers 2 \
+	    && $(BIN)/skygrade --config models/training.yaml evaluate $$c \
+	      --backend catalog --bundle models/default --out $$c-report \
+	      --work $$c-work || exit 1; done; done
+	@if [ -d $(REAL_CATALOGS) ]; then \
+	  $(BIN)/skygrade evaluate $(REAL_CATALOGS) --backend catalog --bundle models/default \
+	    --out build/real-catalogs-report --work build/real-catalogs-work; \
+	  $(BIN)/python -m streamer.catalog_stats $(REAL_CATALOGS) \
+	    build/holdout-seed17-catalogs-archive-kept; fi
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

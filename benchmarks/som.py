@@ -98,7 +98,7 @@ def base_rows(geometry, seed: int) -> np.ndarray:
         for hdu in hdul[1:]:
             data = np.asarray(hdu.data, dtype=np.float32)
             table = sep_features(data, float(hdu.header["SATURATE"]))
-            rows, _ = feature_matrix(table, plan.exptime, geometry.width, geometry.height)
+            rows, _ = feature_matrix(table, geometry.width, geometry.height)
             parts.append(rows)
     return np.concatenate(parts)
 

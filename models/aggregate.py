@@ -1,4 +1,13 @@
-"""How CCD class probabilities combine into an exposure's (shared by grading and evaluation)."""
+"""How CCD class probabilities combine into an exposure's (shared by grading and evaluation).
+
+The rule is the **mean** of the CCDs' probabilities (a linear opinion pool): every CCD carries
+the same weight, at most 1/n of the exposure's probability, so the grade follows what most
+CCDs say and no single confident CCD can outvote the others. The normalised geometric mean
+(a product of experts, the rule before) let one CCD at probability ~1 veto a class that most
+CCDs gave: a BGP exposure whose four CCDs said BGP 0.998, BGP 0.997, B_SEEING 1.00 and RBT 1.00
+came out B_SEEING 0.93. Background problems are often local (moonlight on one corner), so a
+rule that a minority can veto misses them. docs/model.md compares the two on held-out data.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,26 @@ import numpy as np
 
 
 def combine(probs: np.ndarray) -> np.ndarray:
-    """Normalised geometric mean of rows of class probabilities (mean log-probability, softmax).
+    """Mean of rows of class probabilities: the exposure's probabilities.
 
     Examples
     --------
-    >>> combine(np.array([[0.9, 0.1], [0.6, 0.4]])).round(3)
+    >>> combine(np.array([[0.998, 0.002, 0.0], [0.997, 0.0, 0.003], [0.0, 1.0, 0.0],
+    ...                   [0.0, 0.0, 1.0]])).round(3)
+    array([0.499, 0.25 , 0.251])
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    out = probs.mean(axis=0)
+    return out / out.sum()
+
+
+def geometric_mean(probs: np.ndarray) -> np.ndarray:
+    """Normalised geometric mean of rows of class probabilities (mean log-probability, softmax),
+    the rule :func:`combine` replaced; kept to compare the two in evaluations.
+
+    Examples
+    --------
+    >>> geometric_mean(np.array([[0.9, 0.1], [0.6, 0.4]])).round(3)
     array([0.786, 0.214])
     """
     logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))

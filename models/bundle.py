@@ -71,6 +71,12 @@ class ModelBundle:
         return str(self.manifest.get("version", "unknown"))
 
     @property
+    def ood(self) -> dict | None:
+        """The out-of-distribution reference (:func:`models.ood.fit_reference`), or None for
+        a bundle trained before it existed."""
+        return self.manifest.get("ood")
+
+    @property
     def tile(self) -> int:
         return int(self.manifest["cnn"]["shape"]["tile"])
 
@@ -149,6 +155,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
         if not isinstance(members, int) or isinstance(members, bool) or members < 1:
             problems.append(f"cnn.members is {members!r}, this code needs an integer >= 1")
         expect("cnn.combine", cnn.get("combine"), COMBINE)
+    ood = manifest.get("ood")
+    if ood is not None:
+        n_inputs = (shape.get("n_clusters") or 0) + len(AUX_FEATURES)
+        for key in ("names", "center", "scale"):
+            if not isinstance(ood.get(key), list) or len(ood[key]) != n_inputs:
+                problems.append(f"ood.{key} must list {n_inputs} values (one per CNN input)")
+        if not isinstance(ood.get("threshold"), (int, float)) or not ood["threshold"] > 0:
+            problems.append(f"ood.threshold is {ood.get('threshold')!r}, it must be > 0")
     if problems:
         raise BundleError(
             f"{path}: model bundle does not match this skygrade: " + "; ".join(problems)

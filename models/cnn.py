@@ -31,15 +31,20 @@ from models.summary import _SUMMARY_CENTRE, _SUMMARY_SCALE, SUMMARY_FEATURES, SU
 AUX_FEATURES: tuple[str, ...] = (
     "log_clean_density",
     "log_exptime",
-    "clean_fraction",
+    "exptime_known",
+    "shapes_measured",
     *SUMMARY_FEATURES,
 )
 """Per-CCD scalars beside the hit fractions, chosen to transfer from the simulator and from
 smaller training CCDs to real 2048x4612 CCDs: a source *density* (per megapixel, not a count
-that depends on the CCD size), the exposure time, the share of detections that are not
-saturated / truncated, and the :data:`SUMMARY_FEATURES`. The blended fraction is deliberately
-left out: it is ~50% on real GOOD exposures (REFERENCE.md) and depends on crowding and
-deblending settings far more than on image quality."""
+that depends on the CCD size) of the measured sources, the exposure time and the
+:data:`SUMMARY_FEATURES`. Two flags say what could not be
+measured, so that a filled-in value is not read as a measurement: ``exptime_known`` (0 for an
+archive catalog without EXPTIME: the exposure time and the sky rate are then filled) and
+``shapes_measured`` (0 when the catalog has no FLUX_RADIUS: the size and trail-shape statistics
+are then filled). Neither the blended nor the clean fraction of the detections is an input: both
+depend on the site's deblending settings (~0.9 of a real GOOD exposure's detections are
+deblended pieces under DEBLEND_MINCONT 0, ~0.2 under stock settings) more than on the sky."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +277,8 @@ def hit_vector(
     n_sources : np.ndarray
         (B,) all detections of each CCD (clean or not).
     exptime : np.ndarray
-        (B,) seconds.
+        (B,) seconds; NaN where unknown (a catalog without EXPTIME: filled with 100 s and
+        ``exptime_known`` 0).
     area_mpx : np.ndarray
         (B,) CCD area in megapixels (a full MegaCam CCD is 9.45).
     summary : np.ndarray, optional
@@ -293,13 +299,17 @@ def hit_vector(
     if summary is None:
         summary = np.full((len(hits), len(SUMMARY_FEATURES)), np.nan)
     summary = np.asarray(summary, dtype=np.float64).reshape(len(hits), len(SUMMARY_FEATURES))
+    shapes = np.isfinite(summary[:, SUMMARY_FEATURES.index("log_flux_radius")])
     summary = np.where(np.isfinite(summary), summary, SUMMARY_FILL)
     scaled = np.clip((summary - _SUMMARY_CENTRE) / _SUMMARY_SCALE, -10.0, 10.0)
+    exptime = np.asarray(exptime, dtype=np.float64)
+    known = np.isfinite(exptime) & (exptime > 0)
     aux = np.column_stack(
         [
             np.log10(n_clean / area + 1.0) / 3.0,
-            np.log10(np.maximum(np.asarray(exptime, dtype=np.float64), 1.0)) / 3.0,
-            n_clean / np.maximum(n_sources, 1.0),
+            np.where(known, np.log10(np.maximum(np.where(known, exptime, 1.0), 1.0)), 2.0) / 3.0,
+            known.astype(np.float64),
+            shapes.astype(np.float64),
             scaled,
         ]
     )

@@ -550,6 +550,23 @@ def render_markdown(report: dict) -> str:
             f"{_f(r['exposure_macro_f1'])} | {_f(r['exposure_ece'])} | {_pct(r['ccd_accuracy'])} |"
         )
     lines += ["", *(f"- {n}" for n in report["notes"]), ""]
+    a = report.get("agreement")
+    if a and a["n_also"]:
+        lines += [
+            "## Agreement with the person",
+            "",
+            f"{a['n_agree']} of {a['n']} exposures agree (a grade in `label` or `also`); "
+            f"{a['n_exact']} with `label` alone.",
+            "",
+            "| exposure | label | also | graded | confidence | agrees |",
+            "|---|---|---|---|---:|---|",
+            *(
+                f"| {r['exposure_id']} | {r['label']} | {'/'.join(r['also']) or '-'} | "
+                f"{r['grade']} | {r['confidence']:.2f} | {'yes' if r['agree'] else 'no'} |"
+                for r in a["rows"]
+            ),
+            "",
+        ]
     for mode, m in report["cnn"].items():
         if mode == "hits_only":
             continue  # the same numbers as catalog mode

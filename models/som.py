@@ -8,7 +8,7 @@ Pipeline of one source:
    sources are used (FLAGS without the saturated / truncated / corrupted bits; blended sources
    are kept because on trailed CCDs nearly all are blended). Ranges are tamed so that CCDs from
    different skies, exposure times and reductions look alike: position relative to the CCD size,
-   log ISO0, log elongation, ellipticity, CLASS_STAR, log background per second, log EXPTIME.
+   log ISO0, log elongation, ellipticity and the deblended flag (:data:`SOM_FEATURES`).
 2. :class:`Scaling` (fitted on training data, stored with the SOM) centres each column on its
    median and divides by its interquartile range, then clips to +-5 so that one wild source
    cannot pull a neuron.
@@ -38,11 +38,16 @@ SOM_FEATURES: tuple[str, ...] = (
     "LOG_ISO0",
     "LOG_ELONGATION",
     "ELLIPTICITY",
-    "CLASS_STAR",
-    "LOG_BACKGROUND_RATE",
-    "LOG_EXPTIME",
+    "BLENDED",
 )
-"""SOM input columns, derived from the extraction table by :func:`feature_matrix`."""
+"""SOM input columns, derived from the extraction table by :func:`feature_matrix`.
+
+The method's CLASS_STAR, background rate and EXPTIME are left out of the map: archived
+catalogs carry a meaningless CLASS_STAR (a wrong SEEING_FWHM), often no EXPTIME, and a
+BACKGROUND that is the sky or ~0 depending on the product; per-source features that mean the
+same in every archive are kept, plus whether SExtractor deblended the source (FLAGS bit 2: on
+trailed CCDs, and under DEBLEND_MINCONT 0, most detections are deblended pieces). The sky and
+the exposure time enter the network as per-CCD scalars instead (:mod:`models.summary`)."""
 
 BAD_FLAG_BITS = ~(1 | 2)
 """FLAGS bits that disqualify a source (all but 'neighbours' and 'blended')."""
@@ -53,22 +58,39 @@ CLIP = 5.0
 def clean_mask(table: dict[str, np.ndarray]) -> np.ndarray:
     """Sources usable by the SOM: good FLAGS and finite method features."""
     ok = (np.asarray(table["FLAGS"]) & BAD_FLAG_BITS) == 0
-    for name in ("X_IMAGE", "Y_IMAGE", "ISO0", "ELONGATION", "ELLIPTICITY", "CLASS_STAR"):
+    for name in ("X_IMAGE", "Y_IMAGE", "ISO0", "ELONGATION", "ELLIPTICITY"):
         ok &= np.isfinite(np.asarray(table[name], dtype=np.float64))
     return ok
 
 
+MIN_ISOLATED = 30
+"""Isolated clean sources a CCD needs for :func:`measured_mask` to keep only those."""
+
+
+def measured_mask(table: dict[str, np.ndarray]) -> np.ndarray:
+    """The sources the SOM and the summary statistics measure: the isolated clean ones.
+
+    Isolated: FLAGS == 0, not deblended from a neighbour. A catalog made with DEBLEND_MINCONT 0
+    (as the real graded ones are) is mostly deblended pieces of galaxies and star halos,
+    elongated whatever the PSF, and how many there are depends on the site's configuration,
+    not on the sky; the isolated sources keep the PSF's shape under any configuration
+    (REFERENCE.md). A CCD with fewer than :data:`MIN_ISOLATED` of them (a trailed CCD under
+    stock deblending, where the trails are pieces) uses all its clean sources instead.
+    """
+    clean = clean_mask(table)
+    isolated = clean & (np.asarray(table["FLAGS"]) == 0)
+    return isolated if int(isolated.sum()) >= MIN_ISOLATED else clean
+
+
 def feature_matrix(
-    table: dict[str, np.ndarray], exptime: float, width: int, height: int
+    table: dict[str, np.ndarray], width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SOM input rows of the clean sources of one CCD.
+    """SOM input rows of the measured sources of one CCD (:func:`measured_mask`).
 
     Parameters
     ----------
     table : dict of np.ndarray
         Extraction feature table (SExtractor column names).
-    exptime : float
-        Exposure time in seconds (> 0).
     width, height : int
         CCD size in pixels.
 
@@ -79,13 +101,10 @@ def feature_matrix(
     index : np.ndarray
         Indices of those sources in ``table``.
     """
-    if exptime <= 0:
-        raise ValueError(f"exptime must be > 0, got {exptime!r}")
     if width < 1 or height < 1:
         raise ValueError(f"CCD size must be positive, got {width}x{height}")
-    index = np.flatnonzero(clean_mask(table))
+    index = np.flatnonzero(measured_mask(table))
     t = {k: np.asarray(v, dtype=np.float64)[index] for k, v in table.items()}
-    background = np.nan_to_num(t["BACKGROUND"], nan=0.0)
     rows = np.column_stack(
         [
             (t["X_IMAGE"] - 1.0) / width,
@@ -93,10 +112,7 @@ def feature_matrix(
             np.log10(np.maximum(t["ISO0"], 1.0)),
             np.log10(np.maximum(t["ELONGATION"], 1.0)),
             np.clip(t["ELLIPTICITY"], 0.0, 1.0),
-            np.clip(t["CLASS_STAR"], 0.0, 1.0),
-            # Processed images have the sky subtracted (BACKGROUND ~ 0): floor at 0.01 ADU/s.
-            np.log10(np.maximum(background / exptime, 0.01)),
-            np.full(len(index), np.log10(exptime)),
+            (np.asarray(table["FLAGS"])[index] & 2 != 0).astype(np.float64),
         ]
     ).astype(np.float32)
     return rows.reshape(-1, len(SOM_FEATURES)), index

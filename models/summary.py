@@ -19,6 +19,9 @@ SUMMARY_FEATURES: tuple[str, ...] = (
     "log_radius_spread",
     "log_major_over_radius",
     "theta_alignment",
+    "log_iso0_bright",
+    "log_iso0_spread",
+    "isolated",
 )
 """Robust per-CCD summary statistics of the clean sources (:func:`ccd_summary`), in units that
 mean the same on a quarter-size simulated CCD and on a full 2048x4612 MegaCam CCD (same pixel
@@ -42,7 +45,20 @@ scale; medians and percentiles, not counts):
   ``|sum e exp(2i theta)| / sum e`` with e = ELLIPTICITY, theta = THETA_IMAGE (0: random
   orientations, galaxies under a round PSF; 1: every source stretched along one direction).
 
-The last four tell a linear trail (BT: every star the same short stroke, all one way) from an
+- ``log_iso0_bright``: log10 median ISO0 of the brighter half (the PSF's footprint: larger for
+  bad seeing and trails; it also grows with a lower DETECT_THRESH);
+- ``log_iso0_spread``: log10 of the 90th over the 50th percentile ISO0;
+- ``isolated``: 1 when the statistics are of the isolated sources, 0 when the CCD had too few
+  and all clean sources were used (:func:`models.som.measured_mask`).
+
+Every statistic is of the CCD's measured sources (:func:`models.som.measured_mask`): the
+isolated (FLAGS == 0) clean sources, whose shapes are the PSF's whatever the deblending
+settings. ``log_elongation``, ``log_iso0_bright`` and ``log_iso0_spread`` need only the eight
+columns every archive catalog has (X/Y_IMAGE, ISO0, ELONGATION, ELLIPTICITY, CLASS_STAR,
+BACKGROUND, FLAGS).
+
+The trail-shape statistics (major spread to theta alignment) tell a linear trail (BT: every
+star the same short stroke, all one way) from an
 erratic one (RBT: a wandering path broken by the mount's stick-slip into pieces of unequal
 length, and curved, so the pieces point less one way). On the training archive's BT and RBT
 CCDs, a small classifier on the first four statistics told the two apart at 91% on the
@@ -53,16 +69,34 @@ The brighter half is by FLUX (by ISO0 where a catalog has no FLUX). A statistic 
 measured (a catalog without FLUX_RADIUS, too few sources) is NaN and enters the network at its
 :data:`SUMMARY_FILL` value, i.e. "unremarkable"."""
 
-_SUMMARY_CENTRE = np.array([0.4, 0.0, 0.0, 0.4, 1.0, 0.0, 0.15, 0.1, -0.03, 0.5])
-_SUMMARY_SCALE = np.array([0.15, 0.1, 0.2, 0.2, 0.5, 0.1, 0.1, 0.1, 0.06, 0.3])
-SUMMARY_FILL = np.array([0.37, 0.05, 0.12, 0.19, 1.1, 0.025, 0.12, 0.1, -0.05, 0.32])
-"""Raw value used for a summary statistic that is missing (typical of a GOOD CCD)."""
+_SUMMARY_CENTRE = np.array([0.4, 0.0, 0.0, 0.4, 1.0, 0.0, 0.15, 0.1, -0.03, 0.5, 1.3, 0.5, 0.5])
+_SUMMARY_SCALE = np.array([0.15, 0.1, 0.2, 0.2, 0.5, 0.1, 0.1, 0.1, 0.06, 0.3, 0.4, 0.3, 0.5])
+SUMMARY_FILL = np.array([0.37, 0.05, 0.12, 0.19, 1.1, 0.025, 0.12, 0.1, -0.05, 0.32, 1.3, 0.5, 1.0])
+"""Raw value used for a summary statistic that is missing (typical of a GOOD CCD); the
+network is told which inputs were missing (:data:`models.cnn.AUX_FEATURES`)."""
+
+MEASURED_COLUMNS = ("FLUX", "FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "THETA_IMAGE")
+"""Optional catalog columns some statistics need; :func:`missing_columns` names the absent."""
+
+
+def missing_columns(table: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The :data:`MEASURED_COLUMNS` a CCD's table lacks (absent, or NaN for every source).
+
+    >>> missing_columns({"FLUX": np.array([1.0]), "FLUX_RADIUS": np.array([np.nan])})
+    ('FLUX_RADIUS', 'A_IMAGE', 'B_IMAGE', 'THETA_IMAGE')
+    """
+    out = []
+    for name in MEASURED_COLUMNS:
+        values = table.get(name)
+        if values is None or (len(values) and not np.isfinite(np.asarray(values, float)).any()):
+            out.append(name)
+    return tuple(out)
 
 
 def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
     """The :data:`SUMMARY_FEATURES` of one CCD's feature table (float64, NaN where unmeasurable).
 
-    Uses the SOM's clean sources (:func:`models.som.clean_mask`: blended sources kept).
+    Uses the SOM's measured sources (:func:`models.som.measured_mask`).
 
     Examples
     --------
@@ -73,15 +107,18 @@ def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
     ...      "FLUX": np.array([1.0, 2.0, 3.0, 4.0]), "FLUX_RADIUS": np.full(4, 2.5),
     ...      "A_IMAGE": np.array([1.0, 1.0, 2.0, 4.0]), "B_IMAGE": np.ones(4),
     ...      "BACKGROUND": np.full(4, 100.0), "THETA_IMAGE": np.full(4, 30.0)}
-    >>> ccd_summary(t, 100.0).round(3).tolist()
+    >>> ccd_summary(t, 100.0).round(3).tolist()[:10]
     [0.398, 0.301, 0.301, 0.58, 0.0, 0.0, 0.103, 0.0, 0.079, nan]
 
-    (``theta_alignment`` needs 5 bright sources: NaN here.)
+    (``theta_alignment`` needs 5 bright sources: NaN here.) ``exptime`` may be NaN (a catalog
+    without EXPTIME): the sky rate is then NaN.
     """
-    from models.som import clean_mask
+    from models.som import MIN_ISOLATED, measured_mask
 
     out = np.full(len(SUMMARY_FEATURES), np.nan)
-    clean = clean_mask(table)
+    clean = measured_mask(table)
+    flags = np.asarray(table["FLAGS"])
+    isolated = int(clean.sum()) >= MIN_ISOLATED and bool((flags[clean] == 0).all())
     if not clean.any():
         return out
 
@@ -109,8 +146,9 @@ def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
         out[2] = np.log10(np.percentile(elong, 90))
     if len(major) and len(minor):
         out[3] = np.log10(max(float(np.percentile(major, 90)), 1e-3) / float(np.median(minor)))
-    if len(sky):
+    if len(sky) and np.isfinite(exptime) and exptime > 0:
         out[4] = np.log10(max(float(np.median(sky)) / max(float(exptime), 1e-3), 0.01))
+    if len(sky):
         lo, hi = np.percentile(np.maximum(sky, 1.0), [10, 90])
         out[5] = np.log10(hi / lo)
     if len(major):
@@ -124,6 +162,14 @@ def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
     ok = np.isfinite(e) & np.isfinite(theta) & (e >= 0)
     if ok.sum() >= 5 and e[ok].sum() > 0:
         out[9] = abs(np.sum(e[ok] * np.exp(2j * theta[ok]))) / np.sum(e[ok])
+    iso = col("ISO0")
+    iso = iso[np.isfinite(iso)]
+    if len(iso):
+        bright_iso = iso[iso >= np.median(iso)]
+        out[10] = np.log10(max(float(np.median(bright_iso)), 1.0))
+        p90, p50 = (max(float(q), 1.0) for q in np.percentile(iso, [90, 50]))
+        out[11] = np.log10(p90 / p50)
+    out[12] = float(isolated)
     return out
 
 

@@ -34,6 +34,7 @@ import json
 import math
 import operator
 import os
+import re
 import reprlib
 import textwrap
 import types
@@ -618,6 +619,12 @@ def _build(cls: type, data: Any, path: str, out: list[Problem]) -> Any:
 # Root config and its sections (later issues add a section class and one field on Config)
 
 
+def _night_date(night: str | None) -> str | None:
+    if night is None or re.fullmatch(r"\d{4}-\d{2}-\d{2}", night):
+        return None
+    return f"expected a night as YYYY-MM-DD, got {night!r}"
+
+
 def _positive_total(mix: Mapping[str, float]) -> str | None:
     if sum(mix.values()) > 0:
         return None
@@ -695,9 +702,23 @@ class ExtractConfig:
     )
     catalog_exptime: float | None = setting(
         None,
-        "EXPTIME (s) for catalogs whose image header lacks it ('catalog' backend); unset means "
-        "such a catalog is refused.",
+        "EXPTIME (s) for catalogs whose image header lacks it ('catalog' backend); unset: such "
+        "a catalog is graded without it (the exposure time and sky rate are not used, and the "
+        "reason says so).",
         gt=0,
+    )
+    catalog_ccd_shape: tuple[int, int] = setting(
+        (2048, 4612),
+        "[NAXIS1, NAXIS2] = [width, height] in pixels of the CCDs of catalogs that keep no image "
+        "header (FITS_1.0 'OBJECTS' tables): MegaCam's by default. Never taken from the extent "
+        "of the sources.",
+        ge=1,
+    )
+    catalog_night: str | None = setting(
+        None,
+        "Observing night (YYYY-MM-DD) of catalogs without DATE-OBS that do not sit in a "
+        "YYYY-MM-DD folder ('catalog' backend; `--night` on the command line); unset: 'unknown'.",
+        check=_night_date,
     )
 
 

@@ -45,6 +45,9 @@ STAGE_BUCKETS_S: tuple[float, ...] = (
     60,
     120,
 )
+#: Buckets of the exposure OOD score: 1 is the edge of the training data (models.ood).
+OOD_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
 #: Buckets of the exposure confidence (the grade's probability), 0.1 to 1.0.
 CONFIDENCE_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -146,6 +149,10 @@ class Metrics:
         each target (:data:`LATENCY_BUCKETS_S`).
     confidence : Histogram
         ``skygrade_exposure_confidence``: confidence of each graded exposure.
+    ood : Histogram
+        ``skygrade_exposure_ood_score``: out-of-distribution score of each graded exposure
+        (the median over its CCDs; above 1 its inputs are unlike the training data and its
+        confidence was lowered: ``models.ood``).
     backlog : Gauge
         ``skygrade_backlog_exposures``: exposures ready but not yet graded.
     last_graded : Gauge
@@ -213,6 +220,13 @@ class Metrics:
             buckets=CONFIDENCE_BUCKETS,
             registry=reg,
         )
+        self.ood = Histogram(
+            "skygrade_exposure_ood_score",
+            "Out-of-distribution score of each graded exposure (above 1: inputs unlike the "
+            "training data, confidence lowered).",
+            buckets=OOD_BUCKETS,
+            registry=reg,
+        )
         self.backlog = Gauge(
             "skygrade_backlog_exposures", "Exposures ready but not yet graded.", registry=reg
         )
@@ -246,6 +260,7 @@ class Metrics:
             self.stage_seconds,
             self.latency_seconds,
             self.confidence,
+            self.ood,
             self.backlog,
             self.last_graded,
             self.alerts,
@@ -264,6 +279,7 @@ class Metrics:
         n_ccd_graded: int,
         n_sources: int,
         stage_seconds: Mapping[str, float],
+        ood: float | None = None,
     ) -> None:
         """Record one exposure row (call once per row written).
 
@@ -289,6 +305,8 @@ class Metrics:
         stage_seconds : mapping of str to float
             Seconds spent per pipeline stage; stage names outside ``[a-z_]{1,40}`` are counted
             as ``"other"``, non-finite durations skipped.
+        ood : float or None
+            Out-of-distribution score of a graded exposure; None or NaN is not observed.
 
         Raises
         ------
@@ -302,6 +320,8 @@ class Metrics:
             self.last_graded.set_to_current_time()
             if _finite(confidence):
                 self.confidence.observe(confidence)
+            if _finite(ood):
+                self.ood.observe(ood)
         else:
             self.exposures_quarantined.labels(reason_slug(reason)).inc()
         if n_ccd_graded > 0:

@@ -65,7 +65,6 @@ EXAMPLES = (
     "      # Flink, Spark, Dataflow: options and the SDK harness container in docs/runners.md"
 )
 
-CATALOG_PATTERNS = ("*.ldac", "*.cat")
 """Extra file patterns of SExtractor catalog archives (``--backend catalog``)."""
 
 _NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -114,7 +113,7 @@ def find_exposures(
     FileNotFoundError
         ``archive`` is not a directory.
     """
-    from transforms.dataset import EXPOSURE_PATTERNS
+    from transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
     from transforms.exposure import ExposureError, exposure_id_from_path
     from transforms.extract import make_backend
 

@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 failure while running, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -330,6 +331,12 @@ def _add_grade(p: argparse.ArgumentParser) -> None:
         default=None,
         help="extraction backend (default: extract.backend of the config)",
     )
+    p.add_argument(
+        "--night",
+        default=None,
+        help="YYYY-MM-DD night of catalogs that carry no DATE-OBS and sit in no YYYY-MM-DD "
+        "folder (default: extract.catalog_night, else 'unknown')",
+    )
     _add_bundle_option(p)
     _add_runner_options(p)
 
@@ -356,6 +363,12 @@ def _cmd_grade(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(f"no such file: {', '.join(missing)}")
     bundle = _bundle(args)
     cfg = with_backend(cfg, args.backend)
+    if args.night is not None:
+        try:
+            extract = dataclasses.replace(cfg.extract, catalog_night=args.night)
+        except ConfigError as exc:
+            raise UsageError(f"--night: {exc}") from None
+        cfg = dataclasses.replace(cfg, extract=extract)
     rows = run_grade(
         [str(f) for f in args.files],
         args.out,

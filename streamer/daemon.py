@@ -343,6 +343,7 @@ class Daemon:
             row.get("n_ccd_graded") or 0,
             row.get("n_sources") or 0,
             stages,
+            ood=row.get("ood_score"),
         )
         self.alerts.observe(row)
         if row["status"] == "graded":

@@ -108,7 +108,7 @@ def run_evaluate(
     from models.train import classification_metrics
     from ops.files import atomic_write_text
     from streamer.pipelines import build_dataset, cache_features, pipeline_options, work_dirs
-    from transforms.dataset import find_archive
+    from transforms.dataset import find_archive, read_label_sets
 
     say = progress or (lambda text: log.info("%s", text))
     bundle_path, out_dir = Path(bundle_path), Path(out_dir)
@@ -257,7 +257,7 @@ def run_evaluate(
             if fallback
             else ""
         )
-        + ". Exposure metrics use the grading rule (normalised geometric mean of CCD "
+        + ". Exposure metrics use the grading rule (mean of the CCD "
         "probabilities); ECE is the expected calibration error of the exposure probabilities."
     )
     if cfg.extract.backend == "catalog":
@@ -287,6 +287,21 @@ def run_evaluate(
         notes.append(
             f"{not_graded} evaluated exposure(s) had no usable CCD (quarantined or no clean "
             "source) and are not in the CNN metrics; the pipeline quarantines them."
+        )
+    rules = rule_comparison(data, probs["full"])
+    r = rules
+    notes.append(
+        f"Exposure rule: the mean of the CCDs' probabilities (shipped) grades {r['mean']:.1%} "
+        f"of the {r['n']} exposures right, the normalised geometric mean {r['geometric']:.1%}."
+    )
+    agree_rows = agreement(data, probs["full"], evaluated, read_label_sets(archive).also)
+    if agree_rows["n_also"]:
+        a = agree_rows
+        notes.append(
+            f"Manual grades are noisy: {a['n_also']} exposure(s) carry other grades a person gave "
+            f"them (labels.csv `also`). Counting a grade in `label` or `also` as agreement, the "
+            f"network agrees with the person on {a['n_agree']} of {a['n']} graded exposures "
+            "(table 'Agreement with the person')."
         )
     report = build_report(
         bundle={
@@ -319,6 +334,8 @@ def run_evaluate(
     )
     report["scope"]["exposure_ids"] = graded
     report["pipeline"] = pipeline
+    report["rules"] = rules
+    report["agreement"] = agree_rows
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": atomic_write_text(out_dir / "report.md", render_markdown(report)),
@@ -381,6 +398,58 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
         np.array([rows[e][1] for e in order]).reshape(-1, len(CLASSES)),
     )
     return {"exposure": metrics, "n_rule": len(rule), "n_rule_only": n_rule_only}
+
+
+def rule_comparison(data, probs: np.ndarray) -> dict:
+    """Exposure accuracy of the shipped exposure rule (:func:`models.aggregate.combine`, the
+    mean) beside the normalised geometric mean it replaced, on the same CCD probabilities."""
+    from models.aggregate import combine, geometric_mean
+
+    ids = sorted(set(data.exposure.tolist()))
+    right = {"mean": 0, "geometric": 0}
+    for e in ids:
+        m = data.exposure == e
+        truth = int(np.bincount(data.label[m]).argmax())
+        right["mean"] += int(np.argmax(combine(probs[m])) == truth)
+        right["geometric"] += int(np.argmax(geometric_mean(probs[m])) == truth)
+    n = max(len(ids), 1)
+    return {"n": len(ids), "mean": right["mean"] / n, "geometric": right["geometric"] / n}
+
+
+def agreement(data, probs: np.ndarray, evaluated, also: dict) -> dict:
+    """Per exposure: the person's grade(s), the network's exposure grade and whether they agree.
+
+    A grade in ``label`` or in ``also`` (other grades a person gave the same exposure) counts
+    as agreement: manual grades are noisy (two versions of the real list disagree on 4 of 14).
+    """
+    from models.classes import CLASSES
+    from models.train import exposure_probabilities
+    from transforms.grade import pick_class
+
+    ids, _, exp_probs = exposure_probabilities(data, probs)
+    labels = {i.exposure_id: i.label for i in evaluated}
+    rows = []
+    for e, p in zip(ids, exp_probs, strict=True):
+        grade = pick_class(p)
+        others = sorted(also.get(e, ()))
+        rows.append(
+            {
+                "exposure_id": e,
+                "label": labels[e],
+                "also": others,
+                "grade": grade,
+                "confidence": float(p.max()),
+                "p": {c: float(p[i]) for i, c in enumerate(CLASSES)},
+                "agree": grade == labels[e] or grade in others,
+            }
+        )
+    return {
+        "n": len(rows),
+        "n_agree": sum(r["agree"] for r in rows),
+        "n_exact": sum(r["grade"] == r["label"] for r in rows),
+        "n_also": sum(bool(r["also"]) for r in rows),
+        "rows": rows,
+    }
 
 
 def _recorded_metrics(manifest: dict) -> dict:
@@ -526,6 +595,12 @@ def command(args: argparse.Namespace, cfg) -> int:
         progress=print,
     )
     print(format_summary(out["report"]))
+    a = out["report"]["agreement"]
+    if a["n_also"]:
+        print(
+            f"agreement with the person (label or also): {a['n_agree']}/{a['n']} "
+            f"(label alone: {a['n_exact']}/{a['n']})"
+        )
     print(f"report: {out['paths']['markdown']} (+ report.json, confusion.png)")
     return EXIT_OK
 

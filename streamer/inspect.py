@@ -225,7 +225,7 @@ def _score(bundle, panels: list[CcdPanel]) -> list[CcdPanel]:
     scorable = [p for p in panels if p.inputs is not None and p.inputs.reason is None]
     if not scorable:
         return panels
-    probs = score_batch(bundle, [p.inputs for p in scorable])
+    probs, _ = score_batch(bundle, [p.inputs for p in scorable])
     by_ccd = {p.ccd: row for p, row in zip(scorable, probs, strict=True)}
     return [
         CcdPanel(p.ccd, p.name, p.inputs, by_ccd.get(p.ccd), p.reason) if p.ccd in by_ccd else p

@@ -834,6 +834,7 @@ def render_exposure(
         ("taken", f"{_hms(row.get('time'))} UT"),
         ("latency", _num(row.get("latency_s"), ".1f", " s")),
         ("CCDs graded", f"{row.get('n_ccd_graded') or 0} / {row.get('n_ccd') or 0}"),
+        ("OOD score", _ood_text(row.get("ood_score"))),
         ("model", row.get("model_version")),
     ]
     facts_html = "".join(
@@ -851,6 +852,14 @@ def render_exposure(
         + render_focal_plane(row, ccds, href, selected)
         + f'<div id="ccd-detail" class="detail">{detail or _DETAIL_HINT}</div></div></section>'
     )
+
+
+def _ood_text(score) -> str:
+    """The out-of-distribution score for people: 1 is the edge of the training data."""
+    if not _finite(score):
+        return "-"
+    verdict = "unlike the training data: confidence lowered" if score > 1.0 else "familiar"
+    return f"{score:.2f} ({verdict})"
 
 
 _DETAIL_HINT = '<p class="hint">select a CCD for its probabilities, hits and image</p>'

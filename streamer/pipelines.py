@@ -235,7 +235,7 @@ def sample_som_rows(features_dir: Path, exposure_ids, max_sources: int, seed: in
         import pyarrow.parquet as pq
 
         rows = [
-            feature_matrix(c.sources, c.exptime, c.width, c.height)[0]
+            feature_matrix(c.sources, c.width, c.height)[0]
             for c in features_from_arrow(pq.read_table(features_dir / f"{exposure_id}.parquet"))
         ]
         rows = np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
@@ -451,8 +451,9 @@ def run_train(
 
     from models.bundle import ModelBundle
     from models.classes import CLASSES
-    from models.cnn import CnnShape
+    from models.cnn import AUX_FEATURES, CnnShape
     from models.evaluate import mode_metrics
+    from models.ood import fit_reference
     from models.som import train_som
     from models.train import TrainSettings, predict, split_exposures, train_ensemble
     from ops.config import config_digest, with_backend
@@ -631,6 +632,9 @@ def run_train(
             "config_digest": config_digest(cfg),
         },
     }
+    train_vectors = fit_data.subset(split.train).vector
+    names = [f"hits_{i}" for i in range(som.n_clusters)] + list(AUX_FEATURES)
+    manifest["ood"] = fit_reference(train_vectors, names)
     path = ModelBundle(som, model, manifest).save(bundle_out, metrics=metrics)
     say(f"bundle written: {path}")
     return {"bundle": path, "split": split, "metrics": metrics, "n_samples": len(data)}

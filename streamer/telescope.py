@@ -343,16 +343,18 @@ def _night_start_utc(night_date: date) -> datetime:
 
 
 def _draw_exptime(rng: np.random.Generator) -> float:
+    # MegaCam exposures run from snapshots of ~10 s to 20-minute narrow-band exposures.
     if rng.random() < 0.5:
         return float(rng.choice([30.0, 60.0, 300.0, 600.0]))
-    return float(np.round(np.exp(rng.uniform(np.log(30.0), np.log(600.0)))))
+    return float(np.round(np.exp(rng.uniform(np.log(10.0), np.log(1200.0)))))
 
 
 def _draw_conditions(rng: np.random.Generator, label: str) -> dict[str, object]:
     """Physical parameters of one exposure, by class (the distributions overlap at the edges)."""
     c: dict[str, object] = {
-        "beta": float(rng.uniform(2.5, 4.0)),
-        "psf_ellip": float(rng.uniform(0.0, 0.07)),
+        # Moffat wings from broad (beta 2) to nearly Gaussian (5); optics up to ~0.1 ellipticity.
+        "beta": float(rng.uniform(2.0, 5.0)),
+        "psf_ellip": float(rng.uniform(0.0, 0.1)),
         "psf_angle": float(rng.uniform(0.0, 180.0)),
         "trail_angle": float(rng.uniform(0.0, 180.0)),
         "sky_factor": float(np.exp(rng.normal(0.0, 0.25))),
@@ -387,7 +389,8 @@ def _draw_conditions(rng: np.random.Generator, label: str) -> dict[str, object]:
             moon = True
         if moon:
             c["sky_factor"] = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
-            c["sky_gradient"] = float(rng.uniform(0.5, 2.0))
+            # From a uniformly bright sky (moon high) to a strong gradient (moon near the field).
+            c["sky_gradient"] = float(rng.uniform(0.0, 2.0))
         if scatter:
             c["scatter"] = float(np.exp(rng.uniform(np.log(1.0), np.log(10.0))))
         if clouds:
@@ -641,13 +644,13 @@ def _build_kernels(
     wide = (wide / wide.sum()).astype(np.float32)
     galaxies: list[np.ndarray] = []
     galaxy_half: list[int] = []
-    for sigma, q, pa in galaxy_shapes:
-        extra = int(math.ceil(3.5 * sigma))
+    for size, q, pa, profile in galaxy_shapes:
+        extra = int(math.ceil(_GALAXY_EXTENT[int(profile)] * size))
         gh = min(_MAX_HALF, core_half + extra)
         coords = np.arange(2 * extra + 1, dtype=np.float64) - extra
         x, y = np.meshgrid(coords, coords)
         xr, yr = _rotated(x, y, pa)
-        gal = np.exp(-0.5 * ((xr / sigma) ** 2 + (yr / (sigma * q)) ** 2))
+        gal = _galaxy_profile(np.hypot(xr / size, yr / (size * q)), int(profile))
         padded = np.pad(pix0, extra)
         g = _convolve_same(padded, gal / gal.sum())
         if gh < core_half + extra:
@@ -903,6 +906,22 @@ def _render_ccd(ctx: _Context, ccd: int) -> tuple[np.ndarray, _CcdMeta]:
     return signal.astype(np.uint16), meta
 
 
+_GALAXY_EXTENT = (3.5, 6.0, 8.0)
+"""Stamp half-size, in units of the profile's size, of each galaxy profile."""
+
+
+def _galaxy_profile(r: np.ndarray, profile: int) -> np.ndarray:
+    """Galaxy surface brightness at elliptical radius ``r`` (in units of the profile's size):
+    0 Gaussian (``size`` = sigma), 1 exponential disc (``size`` = scale length), 2 de
+    Vaucouleurs (Sersic n = 4; ``size`` = effective radius / 4, its core as compact as an
+    exponential's)."""
+    if profile == 0:
+        return np.exp(-0.5 * r**2)
+    if profile == 1:
+        return np.exp(-r)
+    return np.exp(-7.669 * ((r / 4.0) ** 0.25 - 1.0)) * (r <= 8.0)
+
+
 def _add_sources(
     ctx: _Context,
     rng: np.random.Generator,
@@ -914,11 +933,17 @@ def _add_sources(
     height, width = signal.shape
     filt = FILTERS[plan.filter]
     ry, rx = _regions(ctx.geometry)
+    # Faint galaxies have half-light radii of ~0.3-1" (1.5-5 pixels): discs (exponential),
+    # spheroids (de Vaucouleurs) and compact Gaussians, so that their outer isophotes break
+    # into deblended pieces as real ones do under a low DEBLEND_MINCONT.
+    profile = rng.choice(3, _N_GALAXY_TEMPLATES, p=[0.25, 0.55, 0.2])
+    half_light = np.clip(np.exp(rng.normal(np.log(2.6), 0.5, _N_GALAXY_TEMPLATES)), 0.8, 14.0)
     galaxy_shapes = np.column_stack(
         [
-            np.clip(np.exp(rng.normal(np.log(1.3), 0.45, _N_GALAXY_TEMPLATES)), 0.6, 8.0),
+            half_light / np.array([1.177, 1.678, 4.0])[profile],
             rng.uniform(0.3, 1.0, _N_GALAXY_TEMPLATES),
             rng.uniform(0.0, 180.0, _N_GALAXY_TEMPLATES),
+            profile,
         ]
     )
     kernels: list[np.ndarray] = []

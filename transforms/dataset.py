@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.csv"
 EXPOSURE_PATTERNS = ("*.fits", "*.fits.fz", "*.fz")
+CATALOG_PATTERNS = ("*.ldac", "*.cat", "*.ldac.gz", "*.cat.gz")
+"""SExtractor catalogs as pipelines name them (``1625583p.fits.ldac``, gzipped or not)."""
 _NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -41,12 +43,25 @@ class ArchiveItem(NamedTuple):
     label: str
 
 
-def read_labels(archive: str | os.PathLike) -> dict[str, str]:
-    """``labels.csv`` of an archive as {exposure_id: label}; bad rows are errors naming the line."""
+class Labels(NamedTuple):
+    """A labels file: the grade of each exposure and the other grades people gave it."""
+
+    label: dict[str, str]
+    also: dict[str, frozenset[str]]
+    """Other grades a person gave the same exposure (the ``also`` column, ``|``-separated);
+    manual grades are noisy, and a grade in ``label`` or ``also`` counts as agreement."""
+
+
+def read_label_sets(archive: str | os.PathLike) -> Labels:
+    """``labels.csv`` of an archive with its optional ``also`` column.
+
+    Extra columns are allowed; bad rows are errors naming the line and the value.
+    """
     path = Path(archive) / LABELS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no labels file (expected columns exposure_id,label)")
     labels: dict[str, str] = {}
+    also: dict[str, frozenset[str]] = {}
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"exposure_id", "label"} <= set(reader.fieldnames):
@@ -57,26 +72,52 @@ def read_labels(archive: str | os.PathLike) -> dict[str, str]:
                 raise ValueError(
                     f"{path}: line {line}: label {label!r} is not one of {', '.join(CLASSES)}"
                 )
-            labels[row["exposure_id"].strip()] = label
-    return labels
+            others = {a.strip() for a in (row.get("also") or "").split("|") if a.strip()}
+            bad = sorted(others - set(CLASSES))
+            if bad:
+                raise ValueError(
+                    f"{path}: line {line}: also {bad[0]!r} is not one of {', '.join(CLASSES)}"
+                )
+            exposure_id = row["exposure_id"].strip()
+            labels[exposure_id] = label
+            if others - {label}:
+                also[exposure_id] = frozenset(others - {label})
+    return Labels(labels, also)
+
+
+def read_labels(archive: str | os.PathLike) -> dict[str, str]:
+    """``labels.csv`` of an archive as {exposure_id: label} (:func:`read_label_sets`)."""
+    return read_label_sets(archive).label
 
 
 def find_archive(archive: str | os.PathLike) -> list[ArchiveItem]:
     """The labelled exposures of an archive, sorted by exposure id.
 
-    The night is the ``YYYY-MM-DD`` directory an exposure sits in, else its DATE-OBS. Files
-    without a label are ignored (counted in the log); labels without a file are reported.
+    Exposures (``*.fits``, ``*.fits.fz``) and SExtractor catalogs (:data:`CATALOG_PATTERNS`)
+    are found alike. The night is the ``YYYY-MM-DD`` directory an exposure sits in, else its
+    DATE-OBS, else ``unknown``. Files without a label are ignored (counted in the log);
+    labels without a file are reported.
     """
     root = Path(archive)
     labels = read_labels(root)
     items, unlabelled = {}, 0
-    files = sorted({p for pattern in EXPOSURE_PATTERNS for p in root.rglob(pattern)})
+    patterns = EXPOSURE_PATTERNS + CATALOG_PATTERNS
+    files = sorted({p for pattern in patterns for p in root.rglob(pattern)})
     for path in files:
         if path.name.startswith("."):
             continue
         exposure_id = exposure_id_from_path(path)
         if exposure_id not in labels:
             unlabelled += 1
+            continue
+        if exposure_id in items:
+            log.warning(
+                "%s: exposure %s has two files, %s kept, %s ignored",
+                root,
+                exposure_id,
+                items[exposure_id].path,
+                path,
+            )
             continue
         night = path.parent.name if _NIGHT_DIR.match(path.parent.name) else None
         if night is None:

@@ -141,7 +141,18 @@ _SIMPLE_START = b"SIMPLE  =                    T"
 _XTENSION = b"XTENSION"
 _END_CARD = b"END" + b" " * 77
 _PRINTABLE = bytes(range(0x20, 0x7F))
-_FITS_SUFFIXES = (".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".fz", ".ldac", ".cat")
+#: Suffixes of SExtractor catalogs as pipelines name them (``1625583p.fits.ldac``), longest first.
+CATALOG_SUFFIXES = (
+    ".fits.ldac.gz",
+    ".fits.ldac",
+    ".fits.cat.gz",
+    ".fits.cat",
+    ".ldac.gz",
+    ".ldac",
+    ".cat.gz",
+    ".cat",
+)
+_FITS_SUFFIXES = (*CATALOG_SUFFIXES, ".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".fz")
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -781,6 +792,8 @@ def exposure_id_from_path(path: str | os.PathLike[str]) -> str:
     --------
     >>> exposure_id_from_path("/drop/2026-11-24/2817001o.fits.fz")
     '2817001'
+    >>> exposure_id_from_path("catalogs/1625583p.fits.ldac.gz")
+    '1625583'
     """
     name = Path(path).name
     lower = name.lower()

@@ -1,9 +1,10 @@
 """CCD class probabilities -> one grade per exposure, with a confidence and a human reason.
 
-Aggregation: the exposure's class probabilities are the normalised geometric mean of its graded
-CCDs' probabilities (the mean of log-probabilities, then softmax). Every CCD is a witness of
-the same telescope state; a product of experts lets a clear majority of CCDs win while one
-confident CCD can still tip a close call, and unlike a vote it keeps a usable confidence.
+Aggregation: the exposure's class probabilities are the mean of its graded CCDs' probabilities
+(:func:`models.aggregate.combine`): every CCD weighs the same, so the grade follows what most
+CCDs say, and no single confident CCD outvotes the others (background problems are often local:
+moonlight on one corner). The reason names the votes: ``BGP: 2/4 CCDs with a background problem
+(1 RBT, 1 B_SEEING)``.
 
 Rules:
 
@@ -59,6 +60,11 @@ class CcdScore:
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
     """The CCD's representative image (Input-1 of the CNN), kept for the observer page and
     stored small by the sink; None when the CCD has none (catalog mode, no clean source)."""
+    ood: float = field(default=float("nan"), compare=False)
+    """Out-of-distribution score of the CCD's inputs (:mod:`models.ood`; > 1: unlike any
+    training CCD, its probabilities already tempered); NaN when not scored."""
+    missing: tuple[str, ...] = field(default=(), compare=False)
+    """Inputs the CCD was graded without (``EXPTIME``, ``FLUX_RADIUS``...), for the reason."""
 
     @property
     def grade(self) -> str | None:
@@ -80,6 +86,8 @@ class ExposureGrade:
     status: str
     """``graded`` or ``quarantined``."""
     reason: str
+    ood: float = float("nan")
+    """Median out-of-distribution score of the graded CCDs (> 1: unlike the training data)."""
 
 
 def pick_class(probs: np.ndarray) -> str:
@@ -109,6 +117,29 @@ def _slug(reason: str | None) -> str:
 def _nanmedian(values) -> float:
     values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
     return float(np.median(values)) if len(values) else float("nan")
+
+
+_MEASURED_INPUTS = ("EXPTIME", "FLUX", "FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "THETA_IMAGE")
+
+
+def ood_text(graded: list[CcdScore]) -> str:
+    """``"; inputs unlike the training data on 5/8 CCDs (OOD 2.4): confidence lowered"``."""
+    unusual = [c.ood for c in graded if np.isfinite(c.ood) and c.ood > 1.0]
+    if not unusual:
+        return ""
+    return (
+        f"; inputs unlike the training data on {len(unusual)}/{len(graded)} CCDs "
+        f"(OOD {float(np.median(unusual)):.1f}): confidence lowered"
+    )
+
+
+def missing_text(graded: list[CcdScore]) -> str:
+    """``"; graded without EXPTIME, FLUX_RADIUS (not in the input)"``, else "".
+
+    Without EXPTIME the sky rate is not used; without FLUX the brighter half is chosen by ISO0;
+    without FLUX_RADIUS, A/B_IMAGE and THETA_IMAGE the PSF size and trail-shape statistics."""
+    names = [n for n in _MEASURED_INPUTS if any(n in c.missing for c in graded)]
+    return f"; graded without {', '.join(names)} (not in the input)" if names else ""
 
 
 def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> ExposureGrade:
@@ -164,10 +195,13 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
     probs = combine(np.stack([c.probs for c in graded]))
     grade = pick_class(probs)
     votes = sum(c.grade == grade for c in graded)
+    others = {k: sum(c.grade == k for c in graded) for k in SEVERITY if k != grade}
+    other_text = ", ".join(f"{n} {k}" for k, n in others.items() if n)
     reason = (
-        f"{grade}: {votes}/{len(graded)} CCDs {_VERB[grade]}, median elongation "
+        f"{grade}: {votes}/{len(graded)} CCDs {_VERB[grade]}"
+        f"{f' ({other_text})' if other_text else ''}, median elongation "
         f"{stats['median_elongation']:.2f}, median ISO0 {stats['median_iso0']:.0f}"
-        f"{skipped_text}"
+        f"{skipped_text}{missing_text(graded)}{ood_text(graded)}"
     )
     return ExposureGrade(
         exposure_id,
@@ -179,4 +213,5 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
         **stats,
         status="graded",
         reason=reason,
+        ood=_nanmedian(c.ood for c in graded),
     )

@@ -21,6 +21,7 @@ serialised. Rows are plain dicts with the parquet schema of :mod:`transforms.sin
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -103,6 +104,7 @@ def exposure_row(
     row.update(
         grade=g.grade,
         confidence=g.confidence,
+        ood_score=float(g.ood) if math.isfinite(g.ood) else None,
         n_ccd=g.n_ccd,
         n_ccd_graded=g.n_ccd_graded,
         n_sources=g.n_sources,
@@ -168,6 +170,7 @@ def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
         "median_elongation": float(s.median_elongation),
         "median_iso0": float(s.median_iso0),
         "median_background": float(s.median_background),
+        "ood_score": float(s.ood) if math.isfinite(s.ood) else None,
         "status": status,
         "reason": s.reason,
         "model_version": exposure["model_version"],

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from models.mosaic import tile_grid
-from models.summary import ccd_summary
+from models.summary import ccd_summary, missing_columns
 from transforms.som_hits import CcdHits
 
 
@@ -155,6 +155,9 @@ class CcdInputs:
     summary: np.ndarray | None = field(default=None, repr=False)
     """Robust summary statistics of the clean sources (``models.cnn.ccd_summary``), an input of
     the CNN beside the hits; None when not measured."""
+    missing: tuple[str, ...] = ()
+    """Inputs the CCD's table lacks (``EXPTIME``, ``FLUX_RADIUS``...: an archive catalog with
+    few columns), named in the grade's reason (:func:`models.summary.missing_columns`)."""
 
 
 def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
@@ -204,6 +207,10 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         has_image=f.pixels is not None,
         reason=hits.reason,
         summary=ccd_summary(t, f.exptime),
+        missing=(
+            *(() if np.isfinite(f.exptime) and f.exptime > 0 else ("EXPTIME",)),
+            *missing_columns(t),
+        ),
         stage_s={
             "extract": f.extract_s,
             "som": hits.som_s,

@@ -22,6 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle
 from models.cnn import hit_vector, predict_proba
+from models.ood import ood_scores, temper
 from models.summary import stack_summaries
 from transforms.grade import CcdScore
 from transforms.representative import CcdInputs
@@ -46,8 +47,10 @@ def load_bundle_cached(path: str | os.PathLike) -> ModelBundle:
     return bundle
 
 
-def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> np.ndarray:
-    """Class probabilities (len(batch), n_classes) of CCD inputs."""
+def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (len(batch), n_classes) of CCD inputs, tempered by their
+    out-of-distribution scores (:mod:`models.ood`), and those scores (NaN without a
+    reference in the bundle)."""
     image = np.stack([x.image for x in batch])
     vector = hit_vector(
         np.stack([x.hits for x in batch]),
@@ -57,10 +60,13 @@ def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> np.ndarray:
         stack_summaries([x.summary for x in batch]),
     )
     present = np.array([1.0 if x.has_image else 0.0 for x in batch], dtype=np.float32)
-    return predict_proba(bundle.cnn, image, vector, present)
+    ood = ood_scores(vector, bundle.ood)
+    return temper(predict_proba(bundle.cnn, image, vector, present), ood), ood
 
 
-def to_score(inputs: CcdInputs, probs: np.ndarray | None, score_s: float = 0.0) -> CcdScore:
+def to_score(
+    inputs: CcdInputs, probs: np.ndarray | None, score_s: float = 0.0, ood: float = float("nan")
+) -> CcdScore:
     """A :class:`CcdScore` row from a CCD's inputs and its probabilities."""
     return CcdScore(
         exposure_id=inputs.exposure_id,
@@ -75,6 +81,8 @@ def to_score(inputs: CcdInputs, probs: np.ndarray | None, score_s: float = 0.0) 
         stage_s={**inputs.stage_s, "score": score_s},
         hits=inputs.hits,
         image=inputs.image if inputs.has_image and inputs.reason is None else None,
+        missing=inputs.missing,
+        ood=float(ood),
     )
 
 
@@ -118,11 +126,11 @@ class BundleModelHandler(ModelHandler[CcdInputs, PredictionResult, ModelBundle])
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         start = time.perf_counter()
-        probs = score_batch(model, batch)
+        probs, ood = score_batch(model, batch)
         share = (time.perf_counter() - start) / max(len(batch), 1)
         return [
-            PredictionResult(x, (p, share), model.version)
-            for x, p in zip(batch, probs, strict=True)
+            PredictionResult(x, (p, share, o), model.version)
+            for x, p, o in zip(batch, probs, ood, strict=True)
         ]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
@@ -161,11 +169,17 @@ def score_ccds(bundle: ModelBundle, inputs: Sequence[CcdInputs]) -> list[CcdScor
     source) with ``probs=None`` and their reason, in the order given."""
     scorable = [x for x in inputs if x.reason is None]
     start = time.perf_counter()
-    probs = iter(score_batch(bundle, scorable) if scorable else ())
+    probs, ood = score_batch(bundle, scorable) if scorable else ((), ())
     share = (time.perf_counter() - start) / max(len(scorable), 1)
-    return [
-        to_score(x, next(probs), share) if x.reason is None else to_score(x, None) for x in inputs
-    ]
+    scored = iter(zip(probs, ood, strict=True))
+    out = []
+    for x in inputs:
+        if x.reason is None:
+            p, o = next(scored)
+            out.append(to_score(x, p, share, o))
+        else:
+            out.append(to_score(x, None))
+    return out
 
 
 class ExposureModelHandler(BundleModelHandler):

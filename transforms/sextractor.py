@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -87,6 +88,9 @@ log = logging.getLogger(__name__)
 
 #: MegaCam pixel scale (arcsec / pixel).
 PIXEL_SCALE = 0.187
+#: (width, height) of a MegaCam CCD: the size of a catalog's CCDs when no header gives it.
+MEGACAM_CCD_SHAPE = (2048, 4612)
+_NIGHT_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: SEEING_FWHM (arcsec) given to SExtractor when the CCD has too few usable stars to measure it.
 DEFAULT_SEEING = 0.8
 #: Wall-clock limit of one SExtractor run on one CCD (seconds; a full CCD takes ~1 s).
@@ -298,9 +302,18 @@ def _first(headers: list[fits.Header], key: str):
 
 
 def _catalog_meta(
-    path: str, hdul: fits.HDUList, layout: list[_CcdTable], exptime: float | None
+    path: str,
+    hdul: fits.HDUList,
+    layout: list[_CcdTable],
+    exptime: float | None,
+    night: str | None = None,
 ) -> ExposureMeta:
-    """Exposure metadata from the image headers (LDAC), the catalog's PRIMARY, the fallback."""
+    """Exposure metadata from the image headers (LDAC), the catalog's PRIMARY, the fallbacks.
+
+    No EXPTIME anywhere and no fallback ``exptime``: the exposure time is NaN (the grade is
+    made without it). No DATE-OBS: the night is the file's ``YYYY-MM-DD`` folder, else
+    ``night``, else ``"unknown"`` (never the night the catalog was graded).
+    """
     image_headers = [h for t in layout if (h := _image_header(hdul, t.imhead_hdu)) is not None]
     headers = [*image_headers, hdul[0].header]
 
@@ -320,13 +333,7 @@ def _catalog_meta(
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"exptime must be a number > 0, got {exptime!r}")
     else:
-        raise ExposureError(
-            path,
-            None,
-            "missing_exptime",
-            "catalog carries no EXPTIME (no image header with one) and no fallback exptime was "
-            "given (extract.catalog_exptime)",
-        )
+        value = math.nan
 
     expnum = parse_expnum(path, lookup("EXPNUM")[1])
 
@@ -346,13 +353,18 @@ def _catalog_meta(
         nx, ny = header_value(image_headers[0], "NAXIS1"), header_value(image_headers[0], "NAXIS2")
         if isinstance(nx, int) and isinstance(ny, int):
             shape = (ny, nx)
+    if date_obs is not None:
+        night_of = observing_night(date_obs)
+    else:
+        folder = Path(path).parent.name
+        night_of = folder if _NIGHT_FOLDER.match(folder) else (night or "unknown")
     return ExposureMeta(
         path=path,
         exposure_id=str(expnum) if expnum is not None else exposure_id_from_path(path),
         expnum=expnum,
         exptime=value,
         date_obs=date_obs,
-        night=observing_night(date_obs) if date_obs is not None else None,
+        night=night_of,
         filter=header_str(filter_header, "FILTER") if filter_header is not None else None,
         object=header_str(object_header, "OBJECT") if object_header is not None else None,
         airmass=header_float(airmass_header, "AIRMASS") if airmass_header is not None else None,
@@ -379,9 +391,16 @@ def _check_columns(path: str, hdul: fits.HDUList, table: _CcdTable) -> None:
 
 
 def _ccd_features(
-    path: str, hdul: fits.HDUList, table: _CcdTable
+    path: str,
+    hdul: fits.HDUList,
+    table: _CcdTable,
+    default_shape: tuple[int, int] = MEGACAM_CCD_SHAPE,
 ) -> tuple[dict[str, np.ndarray], tuple[int, int], bool]:
-    """Feature table, ``(height, width)`` and whether CLASS_STAR was recomputed, for one CCD."""
+    """Feature table, ``(height, width)`` and whether CLASS_STAR was recomputed, for one CCD.
+
+    The size is the image header's NAXIS1/2 when the catalog keeps one (FITS_LDAC), else
+    ``default_shape`` (``(width, height)``, the configured ``extract.catalog_ccd_shape``), never
+    the extent of the sources (a CCD without sources would be 0x0)."""
     _check_columns(path, hdul, table)
     data = hdul[table.objects_hdu].data
     if data is None or len(data) == 0:
@@ -397,9 +416,8 @@ def _ccd_features(
     head = _image_header(hdul, table.imhead_hdu)
     nx = header_value(head, "NAXIS1") if head is not None else None
     ny = header_value(head, "NAXIS2") if head is not None else None
-    if not (isinstance(nx, int) and isinstance(ny, int)):
-        nx = int(math.ceil(float(features["X_IMAGE"].max()))) if features["X_IMAGE"].size else 0
-        ny = int(math.ceil(float(features["Y_IMAGE"].max()))) if features["Y_IMAGE"].size else 0
+    if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0):
+        nx, ny = default_shape
     return features, (int(ny), int(nx)), recomputed is not None
 
 
@@ -411,7 +429,11 @@ def _open_catalog(path: str | os.PathLike[str]) -> fits.HDUList:
         raise ExposureError(spath, None, "unreadable", f"cannot read catalog: {exc}") from exc
 
 
-def read_catalog(path: str | os.PathLike[str], exptime: float | None = None) -> Catalog:
+def read_catalog(
+    path: str | os.PathLike[str],
+    exptime: float | None = None,
+    ccd_shape: tuple[int, int] = MEGACAM_CCD_SHAPE,
+) -> Catalog:
     """Read a whole SExtractor catalog (FITS_1.0 or FITS_LDAC) into feature tables.
 
     Parameters
@@ -421,7 +443,9 @@ def read_catalog(path: str | os.PathLike[str], exptime: float | None = None) -> 
         (``LDAC_IMHEAD`` + ``LDAC_OBJECTS`` per CCD). Any number of CCDs >= 1 (36 or 40 for
         MegaCam).
     exptime : float, optional
-        EXPTIME (s) to use when no header of the catalog has one.
+        EXPTIME (s) to use when no header of the catalog has one (else NaN).
+    ccd_shape : tuple of int
+        ``(width, height)`` of CCDs whose table keeps no image header.
 
     Returns
     -------
@@ -430,9 +454,9 @@ def read_catalog(path: str | os.PathLike[str], exptime: float | None = None) -> 
     Raises
     ------
     ExposureError
-        ``missing_exptime`` (no EXPTIME anywhere and no ``exptime``), ``bad_exptime``,
-        ``bad_expnum``, ``bad_date_obs``, ``no_ccds`` (no object table), ``missing_column``
-        (names the column and the HDU), ``unreadable``. ``str(err)`` starts with the path.
+        ``bad_exptime``, ``bad_expnum``, ``bad_date_obs``, ``no_ccds`` (no object table),
+        ``missing_column`` (names the column and the HDU), ``unreadable``.
+        ``str(err)`` starts with the path.
 
     Examples
     --------
@@ -446,7 +470,7 @@ def read_catalog(path: str | os.PathLike[str], exptime: float | None = None) -> 
         meta = _catalog_meta(spath, hdul, layout, exptime)
         sources, shapes, recomputed = [], [], []
         for i, table in enumerate(layout):
-            features, shape, redone = _ccd_features(spath, hdul, table)
+            features, shape, redone = _ccd_features(spath, hdul, table, ccd_shape)
             sources.append(features)
             shapes.append(shape)
             if redone:
@@ -467,14 +491,18 @@ class CatalogBackend:
     Parameters
     ----------
     params : SepParams, optional
-        Only ``catalog_exptime`` is used: the EXPTIME of catalogs whose headers lack one.
+        Only the ``catalog_*`` settings are used: the EXPTIME of catalogs whose headers lack one
+        (``catalog_exptime``; unset: graded without), the CCD size of catalogs without image
+        headers (``catalog_ccd_shape``) and the night of catalogs without DATE-OBS outside a
+        night folder (``catalog_night``).
 
     Notes
     -----
     CCD width and height come from the image header (``NAXIS1`` / ``NAXIS2`` in
-    ``LDAC_IMHEAD``) when the catalog keeps it; FITS_1.0 catalogs do not, and then they are the
-    largest ``X_IMAGE`` / ``Y_IMAGE`` of the CCD rounded up (a lower bound of the true size;
-    0 for a CCD without sources).
+    ``LDAC_IMHEAD``) when the catalog keeps it; FITS_1.0 catalogs do not, and then they are
+    ``catalog_ccd_shape`` (MegaCam's 2048x4612 by default). A CCD table without rows (a dead or
+    masked CCD) is rejected as ``empty_ccd``: it does not vote, and the reason says why.
+    Catalogs may be gzip-compressed (``*.fits.ldac.gz``).
     """
 
     name = "catalog"
@@ -494,7 +522,9 @@ class CatalogBackend:
         spath = os.fspath(path)
         with _open_catalog(spath) as hdul:
             _, layout = _layout(spath, hdul)
-            meta = _catalog_meta(spath, hdul, layout, self.params.catalog_exptime)
+            meta = _catalog_meta(
+                spath, hdul, layout, self.params.catalog_exptime, self.params.catalog_night
+            )
             for table in layout:
                 _check_columns(spath, hdul, table)
         return meta
@@ -517,9 +547,17 @@ class CatalogBackend:
                     raise ExposureError(
                         meta.path, None, "bad_ccd", f"CCD {ccd} not in [0, {len(layout)})"
                     )
-                table, (height, width), redone = _ccd_features(meta.path, hdul, layout[ccd])
+                table, (height, width), redone = _ccd_features(
+                    meta.path, hdul, layout[ccd], tuple(self.params.catalog_ccd_shape)
+                )
         except ExposureError as exc:
             raise CcdRejected(exc.reason, f"CCD {ccd}: {exc}") from exc
+        if len(table["X_IMAGE"]) == 0:
+            raise CcdRejected(
+                "empty_ccd",
+                f"CCD {ccd}: the catalog's table for this CCD has no rows (a dead or masked "
+                "CCD): it does not vote",
+            )
         if redone and meta.path not in self._logged:
             self._logged.add(meta.path)
             log.info(

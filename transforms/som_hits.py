@@ -54,9 +54,7 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
     A CCD with no clean source gets a zero hit vector and a reason.
     """
     start = time.perf_counter()
-    rows, index = feature_matrix(
-        features.sources, features.exptime, features.width, features.height
-    )
+    rows, index = feature_matrix(features.sources, features.width, features.height)
     labels = som.cluster_of(rows)
     hits = np.bincount(labels, minlength=som.n_clusters).astype(np.int32)
     reason = None

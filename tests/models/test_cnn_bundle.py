@@ -45,7 +45,17 @@ def test_hit_vector_normalises_by_clean_count():
     np.testing.assert_allclose(v[0, :3], [0.5, 0.5, 0.0])
     assert not v[1, :3].any()
     assert np.isfinite(v).all()
-    assert v[0, 3 + AUX_FEATURES.index("clean_fraction")] == pytest.approx(0.5)
+    assert v[0, 3 + AUX_FEATURES.index("exptime_known")] == 1.0
+
+
+def test_unknown_exptime_is_flagged_not_read_as_a_measurement():
+    """An archive catalog without EXPTIME: filled and flagged, never NaN into the network."""
+    v = hit_vector(np.array([[2, 2, 0]] * 2), [8, 8], [np.nan, 100.0], [0.5, 0.5])
+    assert np.isfinite(v).all()
+    i = 3 + AUX_FEATURES.index("exptime_known")
+    assert v[0, i] == 0.0 and v[1, i] == 1.0
+    j = 3 + AUX_FEATURES.index("log_exptime")
+    assert v[0, j] == pytest.approx(v[1, j])  # filled with 100 s
 
 
 def test_source_density_not_count_so_ccd_size_does_not_matter():
@@ -94,7 +104,11 @@ def test_ccd_summary_is_the_same_on_quarter_and_full_size_ccds():
     quarter = ccd_summary(_sources(500, rng, 1024, 2306), 100.0)
     full = ccd_summary(_sources(2000, rng, 2048, 4612), 100.0)
     assert quarter.shape == (len(SUMMARY_FEATURES),)
-    np.testing.assert_allclose(quarter, full, atol=0.02)
+    # theta_alignment of random orientations is noise ~ 1/sqrt(n): small on both, not equal
+    t = SUMMARY_FEATURES.index("theta_alignment")
+    assert quarter[t] < 0.15 and full[t] < 0.15
+    keep = np.arange(len(SUMMARY_FEATURES)) != t
+    np.testing.assert_allclose(quarter[keep], full[keep], atol=0.02)
     assert quarter[SUMMARY_FEATURES.index("log_sky_rate")] == pytest.approx(np.log10(5.0))
 
 
@@ -151,7 +165,10 @@ def test_ccd_summary_without_optional_columns_or_sources():
     filled = hit_vector(
         np.array([[3, 1]]), [4], [30.0], [0.01], np.where(np.isnan(s), SUMMARY_FILL, s)[None]
     )
-    np.testing.assert_array_equal(v, filled)
+    # ... and the network is told the shape statistics were not measured
+    flag = 2 + AUX_FEATURES.index("shapes_measured")
+    assert v[0, flag] == 0.0 and filled[0, flag] == 1.0
+    np.testing.assert_array_equal(np.delete(v, flag, 1), np.delete(filled, flag, 1))
     assert np.isfinite(hit_vector(np.array([[3, 1]]), [4], [30.0], [0.01], None)).all()
 
 

@@ -46,7 +46,7 @@ def exposures():
                     table = sep_features(
                         np.asarray(hdu.data, dtype=np.float32), float(hdu.header["SATURATE"])
                     )
-                rows, _ = feature_matrix(table, plan.exptime, GEOMETRY.width, GEOMETRY.height)
+                rows, _ = feature_matrix(table, GEOMETRY.width, GEOMETRY.height)
                 ccds.append(rows)
             out.append((label, ccds))
     return out

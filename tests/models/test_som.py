@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from models.som import (
+    MIN_ISOLATED,
     SOM_FEATURES,
     Scaling,
     SourceSom,
     best_matching_units,
     feature_matrix,
+    measured_mask,
     train_som,
     ward_clusters,
 )
@@ -44,27 +46,35 @@ def blob_som():
 def test_feature_matrix_keeps_blended_drops_saturated_truncated():
     rng = np.random.default_rng(0)
     t = table(5, rng, flags=[0, 2, 4, 8, 2 | 16])
-    rows, index = feature_matrix(t, exptime=100.0, width=512, height=1152)
+    rows, index = feature_matrix(t, width=512, height=1152)
     assert rows.shape == (2, D)
     assert list(index) == [0, 1]
     assert rows.dtype == np.float32
     np.testing.assert_allclose(rows[:, 0], (t["X_IMAGE"][:2] - 1) / 512, rtol=1e-6)
-    np.testing.assert_allclose(rows[:, -1], 2.0)  # log10(100 s)
+    np.testing.assert_array_equal(rows[:, SOM_FEATURES.index("BLENDED")], [0.0, 1.0])
 
 
 def test_feature_matrix_validates_inputs():
     t = table(3, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="exptime must be > 0, got 0"):
-        feature_matrix(t, exptime=0, width=10, height=10)
-    with pytest.raises(ValueError, match="CCD size"):
-        feature_matrix(t, exptime=1, width=0, height=10)
+    with pytest.raises(ValueError, match="CCD size must be positive, got 0x10"):
+        feature_matrix(t, width=0, height=10)
 
 
-def test_sky_subtracted_background_is_floored_not_nan():
-    t = table(3, np.random.default_rng(0))
-    t["BACKGROUND"] = np.array([-5.0, 0.0, np.nan])
-    rows, _ = feature_matrix(t, exptime=10.0, width=512, height=1152)
-    assert np.all(rows[:, SOM_FEATURES.index("LOG_BACKGROUND_RATE")] == np.float32(-2.0))
+def test_few_isolated_sources_fall_back_to_every_clean_one():
+    """A trailed CCD under stock deblending: the trails are deblended pieces."""
+    t = table(100, np.random.default_rng(0), flags=[0] * (MIN_ISOLATED - 1) + [2] * 71)
+    assert measured_mask(t).sum() == 100
+    t["FLAGS"][MIN_ISOLATED - 1] = 0
+    assert measured_mask(t).sum() == MIN_ISOLATED
+
+
+def test_meaningless_class_star_and_any_sky_give_the_same_rows():
+    """Archive catalogs: CLASS_STAR from a wrong SEEING_FWHM, sky kept or subtracted."""
+    t = table(30, np.random.default_rng(0))
+    other = t | {"CLASS_STAR": np.full(30, 3e-4), "BACKGROUND": np.zeros(30)}
+    np.testing.assert_array_equal(
+        feature_matrix(t, 512, 1152)[0], feature_matrix(other, 512, 1152)[0]
+    )
 
 
 def test_scaling_is_robust_and_clipped():
@@ -115,10 +125,11 @@ def test_hits_sum_to_clean_count(blob_som):
     som, _ = blob_som
     rng = np.random.default_rng(2)
     t = table(400, rng, flags=rng.choice([0, 2, 4], 400))
-    rows, index = feature_matrix(t, 60.0, 512, 1152)
+    rows, index = feature_matrix(t, 512, 1152)
     hits = som.hits(rows)
     assert hits.dtype == np.int32 and hits.shape == (20,)
-    assert hits.sum() == len(index) == int(np.sum((t["FLAGS"] & 4) == 0))
+    # >= MIN_ISOLATED isolated sources: only those are measured (deblended pieces are not).
+    assert hits.sum() == len(index) == int(np.sum(t["FLAGS"] == 0))
     assert som.hits(rows[:0]).sum() == 0
 
 

@@ -4,10 +4,19 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from streamer.archive_catalogs import main, processed_exposure, sky_choice
+from streamer.archive_catalogs import (
+    ARCHIVE,
+    STOCK,
+    draw_extraction,
+    extraction_for,
+    main,
+    processed_exposure,
+    sextract_exposure,
+    sky_choice,
+)
 from streamer.telescope import Geometry, simulate_archive
 from transforms.exposure import read_ccd
-from transforms.sextractor import read_catalog
+from transforms.sextractor import REQUIRED_COLUMNS, read_catalog
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +55,37 @@ def test_command_writes_readable_ldac_catalogs_and_names_a_bad_archive(archive, 
     assert (out / "labels.csv").read_text().count("GOOD") == 2
     assert main([str(tmp_path / "nowhere"), str(out)]) == 2
     assert "labels.csv" in capsys.readouterr().err
+
+
+def test_drawn_extractions_are_reproducible_and_span_what_sites_do():
+    drawn = [draw_extraction(str(1_000_000 + i)) for i in range(300)]
+    assert drawn[7] == draw_extraction("1000007")
+    thresh = [e.thresh for e in drawn]
+    assert min(thresh) < 2.0 and max(thresh) > 4.5
+    assert 0.2 < sum(e.deblend_mincont == 0 for e in drawn) / 300 < 0.5
+    assert {e.filter for e in drawn} == {True, False} and {e.sky for e in drawn} == {
+        "kept",
+        "subtracted",
+    }
+    assert {e.columns for e in drawn} == {"full", "archive"} and {e.times for e in drawn} == {
+        True,
+        False,
+    }
+    assert {e.minarea for e in drawn} == {3, 4, 5}
+    assert draw_extraction("5", sky="kept").sky == "kept"
+    with pytest.raises(ValueError, match="extraction must be one of"):
+        extraction_for("5", "custom", "kept")
+
+
+def test_archive_extraction_writes_the_real_catalogs_columns_without_exptime(archive, tmp_path):
+    path = sorted(archive.rglob("*.fits"))[0]
+    out = sextract_exposure(path, tmp_path / "cat.fits", ARCHIVE)
+    with fits.open(out) as hdul:
+        columns = hdul["LDAC_OBJECTS"].columns.names
+    assert columns == list(REQUIRED_COLUMNS)
+    cat = read_catalog(out)
+    assert np.isnan(cat.meta.exptime) and cat.meta.night == "unknown"
+    stock = read_catalog(sextract_exposure(path, tmp_path / "stock.fits", STOCK))
+    assert stock.meta.exptime > 0
+    # 5 sigma without a filter finds fewer sources than stock 1.5 sigma with one.
+    assert len(cat.sources[0]["X_IMAGE"]) < len(stock.sources[0]["X_IMAGE"])

@@ -175,6 +175,62 @@ def test_archive_of_sextractor_catalogs_is_evaluated_in_catalog_mode(trained, cf
     assert len(flags) and not flags.any()
 
 
+def test_real_archive_catalogs_gz_eight_columns_dead_ccd_and_other_grades(trained, cfg, tmp_path):
+    """Catalogs as the real graded ones come: ``NNNNNNNp.fits.ldac.gz``, FITS_1.0 with only
+    the eight columns, no header (no EXPTIME, DATE-OBS or size), an empty table for a dead CCD,
+    and ``labels.csv`` with an ``also`` column. Evaluate finds, grades and reports them."""
+    import gzip
+
+    from astropy.io import fits
+
+    from streamer.archive_catalogs import ARCHIVE, sextract_exposure
+    from transforms.sextractor import REQUIRED_COLUMNS
+
+    root, summary = trained
+    items = find_archive(root / "train")
+    test = [i for i in items if i.exposure_id in set(summary["split"].test)][:3]
+    out = tmp_path / "real"
+    out.mkdir()
+    for n, it in enumerate(test):
+        ldac = sextract_exposure(it.path, tmp_path / f"{it.exposure_id}.ldac", ARCHIVE)
+        with fits.open(ldac) as hdul:
+            tables = [h.data for h in hdul if h.name == "LDAC_OBJECTS"]
+        hdus = [fits.PrimaryHDU()]
+        for k, data in enumerate(tables):
+            rows = data[:0] if (n == 0 and k == 0) else data
+            cols = [fits.Column(c, data.columns[c].format, array=rows[c]) for c in REQUIRED_COLUMNS]
+            hdus.append(fits.BinTableHDU.from_columns(cols, name="OBJECTS"))
+        raw = tmp_path / "raw.fits"
+        fits.HDUList(hdus).writeto(raw, overwrite=True)
+        (out / f"{it.exposure_id}p.fits.ldac.gz").write_bytes(gzip.compress(raw.read_bytes()))
+    others = {"GOOD": "B_SEEING", "B_SEEING": "GOOD", "RBT": "BT"}
+    (out / "labels.csv").write_text(
+        "exposure_id,label,also\n"
+        + "".join(f"{i.exposure_id},{i.label},{others[i.label]}\n" for i in test)
+    )
+    small = dataclasses.replace(
+        cfg, extract=dataclasses.replace(cfg.extract, catalog_ccd_shape=(512, 1152))
+    )
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [str(out), "--out", str(tmp_path / "rep"), "--backend", "catalog"]
+        + ["--bundle", str(root / "bundle"), "--work", str(tmp_path / "work")]
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert command(args, small) == 0
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["scope"]["n_evaluated"] == 3 and report["agreement"]["n"] == 3
+    assert report["agreement"]["n_also"] == 3
+    exact = sum(r["grade"] == r["label"] for r in report["agreement"]["rows"])
+    assert report["agreement"]["n_exact"] == exact <= report["agreement"]["n_agree"]
+    assert "agreement with the person (label or also)" in printed.getvalue()
+    assert "Agreement with the person" in (tmp_path / "rep" / "report.md").read_text()
+    records = [q.read_text() for q in (tmp_path / "work").rglob("_quarantine/*.json")]
+    assert sum("empty_ccd" in r for r in records) == 1  # the dead CCD, not a crash
+
+
 def test_pipeline_metrics_apply_the_saturated_sky_rule(tmp_path):
     """Exposures with half or more CCDs quarantined as saturated count as BGP, as the grading
     pipeline grades them, whether or not some of their CCDs reached the network."""

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.aggregate import combine
+from models.aggregate import combine, geometric_mean
 from models.classes import CLASSES
 from transforms.grade import CcdScore, grade_exposure, pick_class
 
@@ -29,7 +29,7 @@ def test_majority_of_trailed_ccds_grades_bt_with_a_readable_reason():
     ccds += [score(31 + i, p(GOOD=0.7, BT=0.3), elong=1.2) for i in range(5)]
     g = grade_exposure("100", 36, ccds)
     assert g.grade == "BT" and g.status == "graded"
-    assert g.reason.startswith("BT: 31/36 CCDs trailed, median elongation 1.90")
+    assert g.reason.startswith("BT: 31/36 CCDs trailed (5 GOOD), median elongation 1.90")
     assert 0.5 < g.confidence <= 1
     assert g.n_ccd_graded == 36 and g.n_sources == 360
 
@@ -40,6 +40,17 @@ def test_dead_and_quarantined_ccds_do_not_vote_but_are_named():
     g = grade_exposure("100", 5, ccds)
     assert g.grade == "GOOD" and g.n_ccd == 5 and g.n_ccd_graded == 3
     assert "2 CCD(s) not graded (all_zero, no_clean_sources)" in g.reason
+
+
+def test_reason_names_the_inputs_a_catalog_lacked():
+    ccds = [
+        CcdScore("100", i, p(GOOD=0.9, BT=0.1), missing=("EXPTIME", "FLUX_RADIUS", "A_IMAGE"))
+        for i in range(3)
+    ]
+    g = grade_exposure("100", 3, ccds)
+    assert g.grade == "GOOD"
+    assert g.reason.endswith("; graded without EXPTIME, FLUX_RADIUS, A_IMAGE (not in the input)")
+    assert "graded without" not in grade_exposure("100", 1, [score(0, p(GOOD=1.0))]).reason
 
 
 def test_all_quarantined_is_not_graded():
@@ -77,8 +88,25 @@ def test_exact_tie_goes_to_the_more_severe_class():
     assert g.confidence == pytest.approx(0.5)
 
 
-def test_geometric_mean_lets_a_confident_minority_tip_a_close_call():
-    probs = np.stack([p(GOOD=0.55, B_SEEING=0.45)] * 3 + [p(GOOD=0.02, B_SEEING=0.98)])
-    assert CLASSES[int(np.argmax(combine(probs)))] == "B_SEEING"
-    np.testing.assert_allclose(combine(probs).sum(), 1.0)
-    assert np.isfinite(combine(np.stack([p(GOOD=1.0), p(BT=1.0)]))).all()
+def test_the_grade_follows_the_votes_not_one_confident_ccd():
+    """Issue 20: BGP 0.998, BGP 0.997, B_SEEING 1.00, RBT 1.00 was graded B_SEEING 0.93."""
+    ccds = [
+        score(0, p(BGP=0.998, B_SEEING=0.002)),
+        score(1, p(BGP=0.997, B_SEEING=0.003)),
+        score(2, p(B_SEEING=1.0)),
+        score(3, p(RBT=0.99, B_SEEING=0.01)),
+    ]
+    before = geometric_mean(np.stack([c.probs for c in ccds]))
+    assert CLASSES[int(np.argmax(before))] == "B_SEEING"  # one CCD's 0 vetoed BGP
+    g = grade_exposure("100", 4, ccds)
+    assert g.grade == "BGP" and g.confidence == pytest.approx(0.499, abs=1e-3)
+    assert g.reason.startswith("BGP: 2/4 CCDs with a background problem (1 RBT, 1 B_SEEING)")
+    np.testing.assert_allclose(combine(np.stack([c.probs for c in ccds])).sum(), 1.0)
+
+
+def test_unfamiliar_inputs_are_named_in_the_reason():
+    ccds = [CcdScore("100", i, p(RBT=0.6, GOOD=0.4), ood=o) for i, o in enumerate([2.5, 3.0, 0.4])]
+    g = grade_exposure("100", 3, ccds)
+    assert g.ood == pytest.approx(2.5)
+    assert "inputs unlike the training data on 2/3 CCDs (OOD 2.8): confidence lowered" in g.reason
+    assert "unlike" not in grade_exposure("100", 1, [score(0, p(GOOD=1.0))]).reason

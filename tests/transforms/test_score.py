@@ -45,7 +45,7 @@ def test_bundle_loads_once_per_process(bundle_dir):
 
 def test_score_ccds_through_run_inference(bundle_dir):
     items = [inputs(0), inputs(1, has_image=False), inputs(2, reason="no_clean_sources: x")]
-    expected = score_batch(load_bundle_cached(bundle_dir), items[:2])
+    expected, ood = score_batch(load_bundle_cached(bundle_dir), items[:2])
 
     def check(scores):
         by_ccd = {s.ccd: s for s in scores}
@@ -53,6 +53,7 @@ def test_score_ccds_through_run_inference(bundle_dir):
         np.testing.assert_allclose(by_ccd[0].probs, expected[0], rtol=1e-5)
         np.testing.assert_allclose(by_ccd[1].probs, expected[1], rtol=1e-5)
         assert by_ccd[2].probs is None and by_ccd[2].reason.startswith("no_clean_sources")
+        np.testing.assert_allclose([by_ccd[0].ood, by_ccd[1].ood], ood, rtol=1e-5)
 
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
         scores = p | beam.Create(items) | ScoreCcds(bundle_dir)

@@ -1,0 +1,136 @@
+"""Per-class statistics of labelled SExtractor catalogs, to set real archives beside emulated ones.
+
+The calibration table of docs/model.md: for each labelled catalog archive (real catalogs, or
+``python -m streamer.archive_catalogs`` on simulated exposures), per class, medians over the
+exposures of each exposure's median over its CCDs of: detections per CCD (scaled to a full
+2048x4612 MegaCam CCD when the catalog keeps NAXIS1/2), the FLAGS == 0 fraction, the median
+ELONGATION of the FLAGS == 0 sources and of all unsaturated ones, the median ISO0 of both, and
+the median BACKGROUND::
+
+    python -m streamer.catalog_stats ../shared/real-catalogs build/calib-cats-archive
+
+Reads the catalogs with astropy alone (the raw columns, no skygrade feature mapping), so it
+shows what the files hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from models.classes import CLASSES
+from transforms.exposure import exposure_id_from_path
+
+FULL_CCD_PIXELS = 2048 * 4612
+STATS = ("sources/CCD", "FLAGS==0", "elong clean", "elong all", "ISO0 clean", "ISO0 all", "BKG")
+
+
+def _labels(root: Path) -> dict[str, str]:
+    import csv
+
+    with open(root / "labels.csv", newline="") as fh:
+        return {r["exposure_id"].strip(): r["label"].strip() for r in csv.DictReader(fh)}
+
+
+def ccd_stats(table, pixels: int | None) -> np.ndarray | None:
+    """The :data:`STATS` of one CCD's OBJECTS table (None for an empty table)."""
+    if table is None or len(table) == 0:
+        return None
+    flags = np.asarray(table["FLAGS"]).astype(int)
+    elong = np.asarray(table["ELONGATION"], dtype=float)
+    iso = np.asarray(table["ISO0"], dtype=float)
+    clean, unsat = flags == 0, (flags & 4) == 0
+    scale = FULL_CCD_PIXELS / pixels if pixels else 1.0
+    return np.array(
+        [
+            len(flags) * scale,
+            clean.mean(),
+            np.median(elong[clean]) if clean.any() else np.nan,
+            np.median(elong[unsat]) if unsat.any() else np.nan,
+            np.median(iso[clean]) if clean.any() else np.nan,
+            np.median(iso[unsat]) if unsat.any() else np.nan,
+            np.median(np.asarray(table["BACKGROUND"], dtype=float)),
+        ]
+    )
+
+
+def exposure_stats(path: Path) -> np.ndarray:
+    """Median over the CCDs of an exposure's catalog of :func:`ccd_stats`."""
+    rows = []
+    with fits.open(path, memmap=False) as hdul:
+        naxis = None
+        for hdu in hdul[1:]:
+            if hdu.name == "LDAC_IMHEAD":
+                text = "".join(str(c).ljust(80)[:80] for c in np.ravel(hdu.data.field(0)[0]))
+                head = fits.Header.fromstring(text)
+                naxis = int(head.get("NAXIS1", 0)) * int(head.get("NAXIS2", 0)) or None
+                continue
+            if not isinstance(hdu, fits.BinTableHDU):
+                continue
+            row = ccd_stats(hdu.data, naxis)
+            if row is not None:
+                rows.append(row)
+    return np.nanmedian(np.array(rows), axis=0) if rows else np.full(len(STATS), np.nan)
+
+
+def archive_table(root: str | Path) -> dict[str, np.ndarray]:
+    """{class: (n_exposures, len(STATS)) array} of one labelled catalog archive."""
+    root = Path(root)
+    labels = _labels(root)
+    out: dict[str, list] = {}
+    patterns = ("*.ldac", "*.ldac.gz", "*.cat", "*.cat.gz", "*.fits")
+    for path in sorted({p for pat in patterns for p in root.rglob(pat)}):
+        label = labels.get(exposure_id_from_path(path))
+        if label is not None:
+            out.setdefault(label, []).append(exposure_stats(path))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def format_table(tables: dict[str, dict[str, np.ndarray]]) -> str:
+    """A Markdown table: one row per archive and class, median (min-max over exposures)."""
+    lines = [
+        "| archive | class | n | " + " | ".join(STATS) + " |",
+        "|---|---|---:|" + "---:|" * len(STATS),
+    ]
+    for name, table in tables.items():
+        for cls in CLASSES:
+            if cls not in table:
+                continue
+            rows = table[cls]
+            cells = []
+            for j in range(len(STATS)):
+                col = rows[:, j][np.isfinite(rows[:, j])]
+                if not len(col):
+                    cells.append("-")
+                    continue
+                med, lo, hi = np.median(col), col.min(), col.max()
+                cells.append(f"{med:.3g} ({lo:.3g}-{hi:.3g})" if len(col) > 1 else f"{med:.3g}")
+            lines.append(f"| {name} | {cls} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamer.catalog_stats",
+        description="Print per-class statistics of labelled SExtractor catalog archives side by "
+        "side (the calibration table of docs/model.md).",
+    )
+    parser.add_argument("archives", nargs="+", help="directories of catalogs + labels.csv")
+    args = parser.parse_args(argv)
+    tables = {}
+    for root in args.archives:
+        try:
+            tables[Path(root).name] = archive_table(root)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"catalog_stats: error: {root}: {exc}", file=sys.stderr)
+            return 2
+    print(format_table(tables))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
