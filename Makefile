@@ -70,8 +70,9 @@ model: venv
 # any training block (450 exposures), from pixels and from SExtractor catalogs made four ways
 # (stock default.sex with the sky kept and subtracted; the real catalogs' configuration: 5 sigma,
 # no filter, DEBLEND_MINCONT 0, eight columns, no EXPTIME; one configuration drawn per
-# exposure), then the real graded catalogs of ../shared/real-catalogs (never trained on) and the
-# calibration table beside them (~70 min on 2 cores). Reports in build/holdout-seed*-report*,
+# exposure), 25 exposures of the evaluation-only GalSim renderer (streamer.galsim_render, 5 per
+# class; never trained on), then the real graded catalogs of ../shared/real-catalogs (never
+# trained on) and the calibration table beside them (~90 min on 2 cores). Reports in build/holdout-seed*-report*,
 # build/holdout-seed*-catalogs-*-report and build/real-catalogs-report.
 # A block is nights:seed:exposures-per-night.
 REAL_CATALOGS ?= ../shared/real-catalogs
@@ -91,6 +92,11 @@ model-holdout: venv
 	    && $(BIN)/skygrade --config models/training.yaml evaluate $$c \
 	      --backend catalog --bundle models/default --out $$c-report \
 	      --work $$c-work || exit 1; done; done
+	$(BIN)/python -m streamer.galsim_render --out build/galsim-quarter --exposures 5 --nights 1 \
+	  --n-ccd 8 --ccd-shape 1024x2306 --seed 2020
+	$(BIN)/skygrade --config models/training.yaml evaluate build/galsim-quarter \
+	  --bundle models/default --out build/galsim-quarter-report --work build/galsim-quarter-work \
+	  --workers 2
 	@if [ -d $(REAL_CATALOGS) ]; then \
 	  $(BIN)/skygrade evaluate $(REAL_CATALOGS) --backend catalog --bundle models/default \
 	    --out build/real-catalogs-report --work build/real-catalogs-work; \
