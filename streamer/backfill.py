@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections import Counter
@@ -66,8 +65,6 @@ EXAMPLES = (
 )
 
 """Extra file patterns of SExtractor catalog archives (``--backend catalog``)."""
-
-_NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class ArchiveExposure(NamedTuple):
@@ -114,7 +111,7 @@ def find_exposures(
         ``archive`` is not a directory.
     """
     from transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
-    from transforms.exposure import ExposureError, exposure_id_from_path
+    from transforms.exposure import NIGHT_PATTERN, ExposureError, exposure_id_from_path
     from transforms.extract import make_backend
 
     root = Path(archive)
@@ -128,7 +125,7 @@ def find_exposures(
     for path in files:
         if path.name.startswith(".") or not path.is_file():
             continue
-        folder = path.parent.name if _NIGHT_DIR.match(path.parent.name) else None
+        folder = path.parent.name if NIGHT_PATTERN.match(path.parent.name) else None
         if wanted is not None and folder is not None and folder not in wanted:
             continue  # the folder decides: no header read for other nights
         try:

@@ -10,7 +10,6 @@ import csv
 import io
 import logging
 import os
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +21,13 @@ from models.classes import CLASSES
 from models.cnn import hit_vector
 from models.summary import stack_summaries
 from ops.files import atomic_write_bytes
-from transforms.exposure import ExposureError, exposure_id_from_path, read_ccd, read_meta
+from transforms.exposure import (
+    NIGHT_PATTERN,
+    ExposureError,
+    exposure_id_from_path,
+    read_ccd,
+    read_meta,
+)
 from transforms.extract import CcdFeatures, features_from_arrow
 from transforms.representative import ccd_inputs
 from transforms.som_hits import ccd_hits, load_som
@@ -33,7 +38,6 @@ LABELS_FILE = "labels.csv"
 EXPOSURE_PATTERNS = ("*.fits", "*.fits.fz", "*.fz")
 CATALOG_PATTERNS = ("*.ldac", "*.cat", "*.ldac.gz", "*.cat.gz")
 """SExtractor catalogs as pipelines name them (``1625583p.fits.ldac``, gzipped or not)."""
-_NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class ArchiveItem(NamedTuple):
@@ -119,7 +123,7 @@ def find_archive(archive: str | os.PathLike) -> list[ArchiveItem]:
                 path,
             )
             continue
-        night = path.parent.name if _NIGHT_DIR.match(path.parent.name) else None
+        night = path.parent.name if NIGHT_PATTERN.match(path.parent.name) else None
         if night is None:
             try:
                 night = read_meta(path).night or "unknown"

@@ -130,6 +130,9 @@ MAX_SATURATED_FRACTION = 0.5
 #: A CCD whose shorter side is below this many pixels is quarantined as ``bad_shape``.
 MIN_CCD_SIDE = 32
 
+#: A night folder's name (``YYYY-MM-DD``): archives and the grades dataset are laid out by night.
+NIGHT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
 #: Offset of CFHT local time (HST) from UTC, and the local hour at which the night rolls over.
 HST_OFFSET = timedelta(hours=-10)
 NIGHT_ROLLOVER = timedelta(hours=12)

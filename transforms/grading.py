@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +31,7 @@ import apache_beam as beam
 
 from models.bundle import read_manifest
 from models.classes import CLASSES
-from transforms.exposure import observing_night
+from transforms.exposure import NIGHT_PATTERN, observing_night
 from transforms.grade import CcdScore, grade_exposure
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.score import ScoreCcds, ScoreExposures
@@ -46,14 +45,13 @@ from transforms.stages import (
 )
 
 STAGES = ("extract", "som", "representative", "score")
-_NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _night_of(path: str, fallback_time: float | None) -> str:
     """Night of a file whose header could not be read: its YYYY-MM-DD folder, else the
     observing night of its arrival (or of now)."""
     parent = Path(path).parent.name
-    if _NIGHT_DIR.match(parent):
+    if NIGHT_PATTERN.match(parent):
         return parent
     import datetime as dt
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -46,6 +45,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
 from transforms.exposure import (
+    NIGHT_PATTERN,
     ExposureError,
     ExposureMeta,
     exposure_id_from_path,
@@ -90,7 +90,6 @@ log = logging.getLogger(__name__)
 PIXEL_SCALE = 0.187
 #: (width, height) of a MegaCam CCD: the size of a catalog's CCDs when no header gives it.
 MEGACAM_CCD_SHAPE = (2048, 4612)
-_NIGHT_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: SEEING_FWHM (arcsec) given to SExtractor when the CCD has too few usable stars to measure it.
 DEFAULT_SEEING = 0.8
 #: Wall-clock limit of one SExtractor run on one CCD (seconds; a full CCD takes ~1 s).
@@ -357,7 +356,7 @@ def _catalog_meta(
         night_of = observing_night(date_obs)
     else:
         folder = Path(path).parent.name
-        night_of = folder if _NIGHT_FOLDER.match(folder) else (night or "unknown")
+        night_of = folder if NIGHT_PATTERN.match(folder) else (night or "unknown")
     return ExposureMeta(
         path=path,
         exposure_id=str(expnum) if expnum is not None else exposure_id_from_path(path),
