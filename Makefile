@@ -70,10 +70,11 @@ model: venv
 # any training block (450 exposures), from pixels and from SExtractor catalogs made four ways
 # (stock default.sex with the sky kept and subtracted; the real catalogs' configuration: 5 sigma,
 # no filter, DEBLEND_MINCONT 0, eight columns, no EXPTIME; one configuration drawn per
-# exposure), 25 exposures of the evaluation-only GalSim renderer (streamer.galsim_render, 5 per
-# class; never trained on), then the real graded catalogs of ../shared/real-catalogs (never
-# trained on) and the calibration table beside them (~90 min on 2 cores). Reports in build/holdout-seed*-report*,
-# build/holdout-seed*-catalogs-*-report and build/real-catalogs-report.
+# exposure); the evaluation-only GalSim renderer (streamer.galsim_render, 5 per class, never
+# trained on): 25 exposures of 8 quarter-size CCDs and 25 of 4 full-size 2048x4612 CCDs; then
+# the real graded catalogs of ../shared/real-catalogs (never trained on) and the calibration
+# table beside them (~100 min on 2 cores). Reports in build/holdout-seed*-report*,
+# build/holdout-seed*-catalogs-*-report, build/galsim-*-report and build/real-catalogs-report.
 # A block is nights:seed:exposures-per-night.
 REAL_CATALOGS ?= ../shared/real-catalogs
 HOLDOUT_BLOCKS := 2026-10-01..2026-10-02:7:25 2026-10-10..2026-10-13:11:25 \
@@ -96,6 +97,11 @@ model-holdout: venv
 	  --n-ccd 8 --ccd-shape 1024x2306 --seed 2020
 	$(BIN)/skygrade --config models/training.yaml evaluate build/galsim-quarter \
 	  --bundle models/default --out build/galsim-quarter-report --work build/galsim-quarter-work \
+	  --workers 2
+	$(BIN)/python -m streamer.galsim_render --out build/galsim-full --exposures 5 --nights 1 \
+	  --n-ccd 4 --ccd-shape 2048x4612 --seed 2021
+	$(BIN)/skygrade --config models/training.yaml evaluate build/galsim-full \
+	  --bundle models/default --out build/galsim-full-report --work build/galsim-full-work \
 	  --workers 2
 	@if [ -d $(REAL_CATALOGS) ]; then \
 	  $(BIN)/skygrade evaluate $(REAL_CATALOGS) --backend catalog --bundle models/default \
