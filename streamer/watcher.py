@@ -23,7 +23,11 @@ Outcomes
 --------
 ``on_ready(path)``
     Once per file identity ``(size, mtime_ns)``. A file rewritten later is a new identity and is
-    reported again. If ``on_ready`` raises, the file stays a candidate and is offered again after
+    reported again. A file is reported once whatever the number of names it has in the drop
+    directory: a symlink (to a file inside the drop) is reported by the real name of its target,
+    and a second hard link, or a symlink, to a file already reported as it is, is not reported
+    at all (files are told apart by ``(st_dev, st_ino)``; before, a symlink to a file in the drop
+    graded it twice). If ``on_ready`` raises, the file stays a candidate and is offered again after
     another ``settle_s`` (an exposure must not vanish because, say, the ledger disk was full).
 ``on_reject(path, reason, message)``, also once per identity. ``message`` names the file and
 the problem with every control character escaped (:func:`ops.text.escape_controls`), as is every
@@ -239,6 +243,8 @@ class DropWatcher:
         # Worker-thread state: touched by the worker only.
         self._candidates: dict[str, _Candidate] = {}
         self._reported: dict[str, Identity] = {}
+        # (st_dev, st_ino) of each file reported ready -> the name reported and its identity.
+        self._files: dict[tuple[int, int], tuple[str, Identity]] = {}
 
     # ------------------------------------------------------------------------------ control
     def start(self) -> None:
@@ -516,20 +522,48 @@ class DropWatcher:
             return  # gone or unreadable since: the next look decides
         if (after.st_size, after.st_mtime_ns) != identity:
             return  # changed during the walk: not settled after all
-        self._report(path, identity)
+        self._report(path, identity, (after.st_dev, after.st_ino))
 
     def _forget(self, path: str) -> None:
         self._candidates.pop(path, None)
         self._reported.pop(path, None)
+        for file_id, (name, _) in list(self._files.items()):
+            if name == path:
+                del self._files[file_id]
 
-    def _report(self, path: str, identity: Identity) -> None:
+    def _real_name(self, path: str) -> str:
+        """The name of ``path``'s file with no symlink below the drop directory (it is inside)."""
+        real = os.path.realpath(path)
+        rel = os.path.relpath(real, self._root)
+        name = os.path.normpath(os.path.join(os.fspath(self.drop_dir), rel))
+        return path if name == os.path.normpath(path) else name
+
+    def _report(self, path: str, identity: Identity, file_id: tuple[int, int]) -> None:
         cand = self._candidates.pop(path)
         self._reported[path] = identity
-        log.info("ready: %s (%d bytes)", escape_controls(path), identity[0])
+        known = self._files.get(file_id)
+        if known is not None and known[1] == identity:
+            log.info(
+                "%s is %s (same file), reported already: not reported again",
+                escape_controls(path),
+                escape_controls(known[0]),
+            )
+            return
+        name = self._real_name(path)
+        if name != path:
+            # A symlink inside the drop: its target's real name is what the grader opens (it
+            # follows no symlink). The target, watched under that name too, is then known.
+            self._candidates.pop(name, None)
+            self._reported[name] = identity
+        self._files[file_id] = (name, identity)
+        log.info("ready: %s (%d bytes)", escape_controls(name), identity[0])
         try:
-            self.on_ready(Path(path))
+            self.on_ready(Path(name))
         except Exception:
-            self._retry_later(path, cand, f"on_ready({escape_controls(path)}) failed")
+            self._files.pop(file_id, None)
+            if name != path:
+                self._reported.pop(name, None)
+            self._retry_later(path, cand, f"on_ready({escape_controls(name)}) failed")
 
     def _reject(self, path: str, identity: Identity, reason: str, message: str) -> None:
         cand = self._candidates.pop(path)

@@ -394,18 +394,21 @@ def _check_extension_start(
                 f"NUL bytes at byte {offset} where extension {index} of NEXTEND = {nextend} "
                 "should start (preallocated copy in progress?)",
             )
+        # Say what was expected and where, never which bytes are there: a hard link to any
+        # file the daemon can read would copy them into the reason, the log and the page.
         raise CorruptFileError(
             path,
             index,
             "bad_header",
-            f"extension header at byte {offset} does not start with XTENSION: {block[:16]!r}",
+            f"expected an extension header (an XTENSION card) at byte {offset}; "
+            "something else is there",
         )
     raise CorruptFileError(
         path,
         index,
         "trailing_data",
         f"{size - offset} bytes follow the last HDU (from byte {offset}) and are not an "
-        f"extension header: {block[:16]!r}",
+        "extension header (no XTENSION card there)",
     )
 
 

@@ -375,12 +375,40 @@ def test_symlink_outside_drop_refused_without_opening(drop, start_watcher, tmp_p
     inside = drop / "store" / "2817002o.fits"
     inside.write_bytes(exposure())
     (drop / "2817002o.fits").symlink_to(inside)  # a link that stays inside is fine
-    rec.wait(lambda r: r.rejected and len(r.ready) >= 2)
+    rec.wait(lambda r: r.rejected and r.ready)
     time.sleep(QUIET_S)
     assert rec.reasons == {"2817001o.fits": "outside_drop"}
     assert "outside" in rec.rejected[0][2]
-    assert sorted(rec.ready_paths) == sorted([drop / "2817002o.fits", inside])
+    # Reported once, by its real name (before: by both names, so graded twice).
+    assert rec.ready_paths == [inside]
     assert not any(p.endswith("/drop/2817001o.fits") for p in opened)
+
+
+@pytest.mark.parametrize("kind", ["hardlink", "symlink", "symlink-first"])
+def test_a_file_with_two_names_in_the_drop_is_reported_once(drop, start_watcher, kind):
+    """A hard link or a symlink to a file of the drop is the same file: reported once, by a
+    name with no symlink in it (issue 21, item 10: a symlink made the daemon grade it twice)."""
+    night = drop / NIGHT
+    night.mkdir()
+    target = night / "2817001o.fits"
+    other = drop / "2817001o.fits"
+    if kind == "symlink-first":  # only the link's name can be seen first
+        (drop / ".store").mkdir()
+        target = drop / ".store" / "2817001o.fits"
+    target.write_bytes(exposure())
+    if kind == "hardlink":
+        os.link(target, other)
+    else:
+        other.symlink_to(target)
+    rec = Recorder(check_ready=_complete)
+    start_watcher(rec)
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    if kind == "hardlink":  # either name; whichever the scan came to first
+        assert len(rec.ready_paths) == 1 and rec.ready_paths[0] in (target, other)
+    else:
+        assert rec.ready_paths == [target]
+    assert rec.rejected == []
 
 
 def test_unreadable_file_rejected(drop, start_watcher, monkeypatch):

@@ -243,6 +243,34 @@ def test_not_fits_reason_never_echoes_the_files_content(tmp_path, payload):
         assert chunk.decode("latin-1") not in detail and repr(chunk)[2:-1] not in detail, detail
 
 
+@pytest.mark.parametrize("where", ["extension", "trailing"])
+def test_bad_extension_or_trailing_data_reason_never_echoes_content(tmp_path, mef, where):
+    """Where an extension header should start, or after the last HDU, the reason says what was
+    expected and at which byte, never the bytes found there (issue 21, item 10): before, it
+    quoted 16 of them."""
+    payload = b"password=hunter2 token=s3cr3t\n" * 96  # one block's worth
+    raw = mef.read_bytes()
+    layout = check_integrity(mef)
+    if where == "extension":
+        start = layout.hdus[2].header_offset
+        data = raw[:start] + payload[:BLOCK] + raw[start + BLOCK :]
+        expected = ("bad_header", 2)
+    else:
+        start = len(raw)
+        data = raw + payload
+        expected = ("trailing_data", 4)
+    path = tmp_path / "2890001o.fits"
+    path.write_bytes(data)
+    with pytest.raises(CorruptFileError) as info:
+        check_integrity(path)
+    assert (info.value.reason, info.value.hdu) == expected
+    detail = info.value.message
+    assert f"byte {start}" in detail
+    for i in range(60):  # no 4 bytes of what is there, raw or repr'd
+        chunk = payload[i : i + 4]
+        assert chunk.decode("latin-1") not in detail and repr(chunk)[2:-1] not in detail, detail
+
+
 def test_nextend_too_small_is_corrupt(tmp_path):
     path = make_mef(tmp_path / "a.fits", nextend=2)
     with pytest.raises(CorruptFileError, match="NEXTEND = 2") as info:
