@@ -879,6 +879,18 @@ class MetricsConfig:
         "every interface.",
     )
     port: int = setting(9108, "TCP port of the server; 0 picks a free one.", ge=0, le=65535)
+    request_timeout_s: float = setting(
+        10.0,
+        "Seconds one connection may last, from accept to the end of the answer: a client "
+        "that trickles its request (or reads the answer slowly) is cut off then, whatever "
+        "it sends.",
+        gt=0,
+    )
+    max_connections: int = setting(
+        32,
+        "Connections served at once (one thread each); more are answered 503 at once and closed.",
+        ge=1,
+    )
 
 
 @config_section

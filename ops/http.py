@@ -6,6 +6,13 @@ issue). It answers GET and HEAD only, never serves files from disk, binds 127.0.
 otherwise, logs requests at DEBUG and can be stopped: :meth:`HttpServer.stop` shuts the server
 down and joins its threads.
 
+Slow and many clients: each connection has one thread and a whole-request deadline
+(``request_timeout_s``, from accept to the last byte of the answer), not just a timeout per
+read: before, a client sending one header line every 5 s held its thread for as long as it
+liked, and 200 such clients kept 61 threads alive. The server closes a connection past its
+deadline, and serves at most ``max_connections`` at once: a connection beyond that is answered
+``503`` at once, from the accepting thread, and closed (no thread is started for it).
+
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
 
@@ -31,6 +38,14 @@ logger = logging.getLogger(__name__)
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 _BUILTIN = ("/metrics", "/healthz")
+#: Defaults of :class:`HttpServer` (and of the ``metrics`` section of the configuration).
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 34\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    b"too many connections; retry later\n"
+)
 
 
 @dataclass(frozen=True)
@@ -81,14 +96,25 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # HttpServer.stop joins the request threads, with a deadline
+    # socketserver's 5 left connections beyond it waiting on SYN-ACK retries for seconds;
+    # accepted, they get a thread or a prompt 503.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], owner: "HttpServer") -> None:
         self.owner = owner
         self.request_threads: dict[threading.Thread, socket.socket] = {}
+        self.deadlines: dict[threading.Thread, float] = {}  # monotonic time each one must end
         self.threads_lock = threading.Lock()
+        self.refused = 0  # connections answered 503 because max_connections were open
+        self.expired = 0  # connections closed at their request deadline
         super().__init__(address, _RequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        with self.threads_lock:
+            busy = len(self.request_threads) >= self.owner.max_connections
+        if busy:
+            self._refuse(request, client_address)
+            return
         thread = threading.Thread(
             target=self._serve_one,
             args=(request, client_address),
@@ -97,7 +123,40 @@ class _Server(ThreadingHTTPServer):
         )
         with self.threads_lock:
             self.request_threads[thread] = request
+            self.deadlines[thread] = time.monotonic() + self.owner.request_timeout_s
         thread.start()
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        """Answer 503 without a thread: a send that would block is given up, never waited for."""
+        self.refused += 1
+        logger.debug("refusing %s: %d connections open", client_address, len(self.request_threads))
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(_BUSY)
+        self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Every poll of the serving loop: close the connections past their deadline.
+
+        Shutting a socket down wakes the thread blocked reading it (or writing to it), which
+        then ends; the thread itself closes the socket.
+        """
+        now = time.monotonic()
+        with self.threads_lock:
+            late = [
+                (t, self.request_threads[t])
+                for t, deadline in self.deadlines.items()
+                if deadline <= now and t in self.request_threads
+            ]
+            for t, _ in late:
+                del self.deadlines[t]  # once: the thread may take a moment to notice
+        for _, connection in late:
+            self.expired += 1
+            logger.debug(
+                "closing a connection past its %.1f s deadline", self.owner.request_timeout_s
+            )
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def _serve_one(self, request: Any, client_address: Any) -> None:
         try:
@@ -108,6 +167,7 @@ class _Server(ThreadingHTTPServer):
             self.shutdown_request(request)
             with self.threads_lock:
                 self.request_threads.pop(threading.current_thread(), None)
+                self.deadlines.pop(threading.current_thread(), None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("error while serving %s", client_address, exc_info=True)
@@ -121,7 +181,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "skygrade"
     sys_version = ""
-    timeout = 10.0  # seconds a client may stall before its connection is dropped
+    timeout = REQUEST_TIMEOUT_S  # per read; the whole request has the server's deadline
+
+    def setup(self) -> None:
+        self.timeout = self.server.owner.request_timeout_s
+        super().setup()
 
     def do_GET(self) -> None:
         self._answer(head=False)
@@ -185,11 +249,18 @@ class HttpServer:
         Exact path -> handler taking a :class:`Request` and returning a :class:`Response` (or
         a ``(status, content_type, body)`` tuple). Paths must start with ``'/'`` and may not
         be ``/metrics`` or ``/healthz``.
+    request_timeout_s : float, optional
+        Seconds a connection may last, from accept to the end of the answer (default 10):
+        a client that trickles its request, or reads the answer slowly, is cut off then.
+    max_connections : int, optional
+        Connections served at once (default 32), one thread each; more are answered 503
+        at once and closed.
 
     Raises
     ------
     ValueError
-        If ``port`` is out of range or a route path is invalid or taken.
+        If ``port`` is out of range, a route path is invalid or taken, ``request_timeout_s``
+        is not > 0 or ``max_connections`` not >= 1.
 
     Examples
     --------
@@ -206,9 +277,19 @@ class HttpServer:
         port: int = 9108,
         health: Callable[[], dict] | None = None,
         routes: Mapping[str, Handler] | None = None,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        if not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError(f"max_connections must be an integer >= 1, got {max_connections!r}")
         routes = dict(routes or {})
         for path in routes:
             if not isinstance(path, str) or not path.startswith("/"):
@@ -220,6 +301,8 @@ class HttpServer:
         self._port = port
         self.health = health
         self.routes: dict[str, Handler] = routes
+        self.request_timeout_s = float(request_timeout_s)
+        self.max_connections = max_connections
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -115,6 +115,8 @@ class Daemon:
             self.cfg.metrics.port,
             self.health,
             routes=self.observer.routes(),
+            request_timeout_s=self.cfg.metrics.request_timeout_s,
+            max_connections=self.cfg.metrics.max_connections,
         )
         self._start_server()
         grader = threading.Thread(target=self._grade_loop, name="skygrade-grader")

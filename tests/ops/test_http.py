@@ -1,5 +1,6 @@
 """Tests for ops.http: /metrics, /healthz, routes, binding, clean stop (no thread left)."""
 
+import contextlib
 import http.client
 import json
 import subprocess
@@ -202,3 +203,80 @@ def test_thread_fixture_fails_a_test_that_leaves_a_thread(tmp_path):
     )
     assert "2 passed, 1 error" in result.stdout, result.stdout
     assert "test left 1 thread(s) running: leaky (daemon=True)" in result.stdout
+
+
+def _request_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("skygrade-http-request")]
+
+
+def test_a_slow_client_flood_is_bounded_in_threads_and_in_time(metrics):
+    """50 clients each sending a header line every 0.2 s (never idle long enough for a per-read
+    timeout): at most ``max_connections`` threads, the others answered 503 at once, and every
+    connection closed at its whole-request deadline (issue 21, item 12: 200 such clients kept
+    61 threads alive, for as long as they kept trickling)."""
+    import socket
+
+    server = HttpServer(metrics.registry, port=0, request_timeout_s=1.0, max_connections=8)
+    server.start()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            clients.append(sock)
+        most = 0
+        open_ = set(range(len(clients)))
+        refused = 0
+        give_up = time.monotonic() + 8.0  # far past the 1 s deadline, never reached when bounded
+        while open_ and time.monotonic() < give_up:
+            most = max(most, len(_request_threads()))
+            for i in sorted(open_):
+                sock = clients[i]
+                try:  # read first: a send to a closed socket resets it, losing the answer
+                    sock.settimeout(0.001)
+                    got = sock.recv(4096)
+                except TimeoutError:
+                    sock.settimeout(5)
+                    with contextlib.suppress(OSError):  # closed meanwhile: read next time
+                        sock.sendall(b"X-Trickle: 1\r\n")
+                    continue
+                except OSError:  # reset by the server: closed
+                    got = b""
+                sock.settimeout(5)
+                if not got or got.startswith(b"HTTP/1.0 503"):
+                    refused += got.startswith(b"HTTP/1.0 503")
+                    open_.discard(i)
+            time.sleep(0.2)
+        assert most <= 8, most
+        assert not open_, f"{len(open_)} trickling connections still open after 8 s"
+        assert refused >= 1
+        # and the server still answers once the flood is gone
+        assert get(server, "/metrics")[0] == 200
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()
+    assert _request_threads() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"request_timeout_s": 0}, "request_timeout_s must be > 0"),
+        ({"max_connections": 0}, "max_connections must be an integer >= 1"),
+    ],
+)
+def test_invalid_bounds(metrics, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HttpServer(metrics.registry, **kwargs)
+
+
+def test_the_config_defaults_are_the_servers():
+    from ops import http
+    from ops.config import MetricsConfig
+
+    cfg = MetricsConfig()
+    assert (cfg.request_timeout_s, cfg.max_connections) == (
+        http.REQUEST_TIMEOUT_S,
+        http.MAX_CONNECTIONS,
+    )
