@@ -27,7 +27,8 @@ the grader claims one entry at a time, runs the pipeline (the parquet sink write
 exposure under a fixed name, atomically), then marks it final. A crash between the two is
 recovered at start-up (the entry goes back to ``seen`` and is regraded, replacing the same
 file), so nothing is lost and nothing appears twice. A failing sink (read-only disk) leaves
-the entry pending; it is retried with back-off. A file the watcher refuses is the exception:
+the entry pending; it is retried with back-off on its own schedule (``next_attempt_at`` in the
+ledger), so the other exposures are graded meanwhile. A file the watcher refuses is the exception:
 its quarantine row is written before its ledger entry, and a failed write is retried by the
 watcher (a crash between the two rewrites the same row at restart).
 """
@@ -59,6 +60,8 @@ from transforms.sinks import write_grade_rows
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.sqlite"
+#: Longest back-off (s) between two attempts at an exposure whose grading failed.
+MAX_BACKOFF_S = 300.0
 
 
 class Daemon:
@@ -263,15 +266,19 @@ class Daemon:
         from streamer.session import GradingSession
 
         wc = self.cfg.watch
-        backoff = wc.retry_s
         while not self.stopping.is_set():
-            pending = self.ledger.pending(wc.backlog_policy)
-            self.metrics.backlog.set(len(pending))
-            if not pending:
-                self._wake.wait(wc.poll_s)
+            waiting = self.ledger.pending(wc.backlog_policy)
+            self.metrics.backlog.set(len(waiting))
+            now = time.time()
+            # An exposure waiting out the back-off of a failure is not due: the others go first.
+            due = [e for e in waiting if (e.next_attempt_at or 0.0) <= now]
+            if not due:
+                later = [e.next_attempt_at for e in waiting if e.next_attempt_at]
+                timeout = wc.poll_s if not later else max(0.0, min(wc.poll_s, min(later) - now))
+                self._wake.wait(timeout)
                 self._wake.clear()
                 continue
-            entry = self.ledger.claim(pending[0].key)
+            entry = self.ledger.claim(due[0].key)
             if entry is None:
                 continue
             try:
@@ -288,17 +295,8 @@ class Daemon:
                     [entry.path], {entry.path: entry.ready_at or entry.seen_at}
                 )
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
-                self.ledger.release(entry.key)
-                log.error(
-                    "grading %s failed (%s); retrying in %.0f s",
-                    escape_controls(entry.path),
-                    escape_controls(exc),
-                    backoff,
-                )
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 300.0)
+                self._failed(entry, exc)
                 continue
-            backoff = wc.retry_s
             row = rows[0] if rows else None
             if row is None:
                 self.ledger.finish(entry.key, "quarantined", "no_row: the pipeline wrote nothing")
@@ -318,6 +316,22 @@ class Daemon:
                 row["confidence"],
                 escape_controls(row["reason"]),
             )
+
+    def _failed(self, entry, exc: Exception) -> None:
+        """A grading that raised: back to the ledger, due again after its own back-off (which
+        doubles with each failure of this exposure, up to :data:`MAX_BACKOFF_S`); one log line
+        per attempt, and the other exposures are graded meanwhile."""
+        failures = entry.failures + 1
+        delay = min(self.cfg.watch.retry_s * 2 ** (failures - 1), MAX_BACKOFF_S)
+        error = f"{type(exc).__name__}: {exc}"
+        self.ledger.retry_later(entry.key, delay, error)
+        log.error(
+            "grading %s failed (%s); retrying in %.0f s (attempt %d)",
+            escape_controls(entry.path),
+            escape_controls(error),
+            delay,
+            failures,
+        )
 
     def _bundle_key(self) -> tuple[str, int]:
         """What identifies the bundle on disk: its real path and its manifest's mtime."""

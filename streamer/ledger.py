@@ -19,6 +19,11 @@ States
 - ``grading``: claimed by a worker; ``attempts`` counts the claims that were not handed back.
 - ``graded`` / ``quarantined``: final. A quarantined row always carries a ``reason`` slug.
 
+A grading that fails (the results cannot be written, the pipeline raised) goes back to ``seen``
+with :meth:`Ledger.retry_later`: ``failures`` counts it and ``next_attempt_at`` says when it is
+due again. :meth:`Ledger.pending` with ``due_at`` lists only the rows due by then, so one
+exposure waiting out its back-off holds up no other.
+
 A new version supersedes the older versions of the same exposure that are still waiting
 (``seen``): they end ``quarantined`` with reason ``"superseded"``, so that the file, which now
 holds the new content, is graded once and every row still ends in a final state.
@@ -95,7 +100,7 @@ FINAL_STATES = ("graded", "quarantined")
 #: Orders :meth:`Ledger.pending` knows.
 ORDERS = ("fifo", "newest-first")
 #: ``PRAGMA user_version`` of the schema this code writes; a newer file is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Reason given to a waiting row when a newer version of its exposure is observed.
 SUPERSEDED = "superseded"
 #: Reason given by :meth:`Ledger.recover` to a row that has used up its attempts.
@@ -120,6 +125,9 @@ CREATE TABLE IF NOT EXISTS exposures (
     finished_at   REAL,
     model_version TEXT,
     ready_at      REAL,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error    TEXT,
     UNIQUE (exposure_id, path, size, mtime_ns),
     UNIQUE (exposure_id, version)
 );
@@ -129,8 +137,14 @@ CREATE INDEX IF NOT EXISTS exposures_done ON exposures (exposure_id, size, mtime
 
 _COLUMNS = (
     "key, exposure_id, path, size, mtime_ns, version, state, reason, attempts, seen_at, "
-    "started_at, finished_at, model_version, ready_at"
+    "started_at, finished_at, model_version, ready_at, failures, next_attempt_at, last_error"
 )
+#: Columns added after schema version 1, with their definitions (added by ``ALTER TABLE``).
+_ADDED_COLUMNS = {
+    "failures": "INTEGER NOT NULL DEFAULT 0",
+    "next_attempt_at": "REAL",
+    "last_error": "TEXT",
+}
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,12 @@ class Entry:
         Model bundle version that graded it.
     ready_at : float or None
         Unix time the watcher found the file complete (arrival time for latency metrics).
+    failures : int
+        Gradings that failed on this exposure (:meth:`Ledger.retry_later`).
+    next_attempt_at : float or None
+        Unix time before which a failed row is not due again (None: due now).
+    last_error : str or None
+        What the last failure was.
     """
 
     key: int
@@ -179,6 +199,9 @@ class Entry:
     finished_at: float | None
     model_version: str | None
     ready_at: float | None
+    failures: int = 0
+    next_attempt_at: float | None = None
+    last_error: str | None = None
 
     @property
     def done(self) -> bool:
@@ -250,6 +273,10 @@ class Ledger:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     tx.execute(statement)
+            have = {row[1] for row in tx.execute("PRAGMA table_info(exposures)")}
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in have:  # a ledger written by schema version 1
+                    tx.execute(f"ALTER TABLE exposures ADD COLUMN {name} {definition}")
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------------------ plumbing
@@ -580,6 +607,47 @@ class Ledger:
                 (key,),
             )
 
+    def retry_later(self, key: int, delay_s: float, error: str, count: bool = True) -> Entry:
+        """A grading that failed: ``grading -> seen``, not due again for ``delay_s`` seconds.
+
+        Parameters
+        ----------
+        key : int
+            Row id.
+        delay_s : float
+            Seconds before the row is due again (:meth:`pending` with ``due_at``).
+        error : str
+            What failed (kept, control characters escaped, as ``last_error``).
+        count : bool
+            Whether the failure is the exposure's own (``failures`` is incremented); a failure
+            of the output as a whole (nothing can be written) is not held against it.
+
+        Returns
+        -------
+        Entry
+            The row, back in ``seen``.
+
+        Raises
+        ------
+        KeyError
+            If no row has this key.
+        ValueError
+            If the row is not in ``grading`` (the message names its state).
+        """
+        with self._tx() as conn:
+            current = self._row(conn, key)
+            if current.state != "grading":
+                raise ValueError(
+                    f"cannot retry exposure {current.exposure_id} v{current.version} "
+                    f"(key {key}): it is in state {current.state!r}, not 'grading'"
+                )
+            conn.execute(
+                "UPDATE exposures SET state = 'seen', failures = failures + ?, "
+                "next_attempt_at = ?, last_error = ? WHERE key = ?",
+                (int(bool(count)), time.time() + max(delay_s, 0.0), escape_controls(error), key),
+            )
+            return self._row(conn, key)
+
     def recover(self, max_attempts: int | None = None) -> list[Entry]:
         """Put every row caught in ``grading`` by a crash back to ``seen`` (call at start-up).
 
@@ -642,13 +710,16 @@ class Ledger:
         return entries
 
     # ------------------------------------------------------------------------------ queries
-    def pending(self, order: str = "fifo") -> list[Entry]:
+    def pending(self, order: str = "fifo", due_at: float | None = None) -> list[Entry]:
         """The rows waiting to be graded (state ``seen``).
 
         Parameters
         ----------
         order : {"fifo", "newest-first"}
             Arrival order (``ready_at``, else ``seen_at``) or its reverse.
+        due_at : float, optional
+            Only the rows due by this Unix time (``next_attempt_at`` unset or not later); by
+            default every waiting row, those waiting out a back-off included.
 
         Returns
         -------
@@ -663,11 +734,21 @@ class Ledger:
         if direction is None:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         with self._lock:
+            due = "" if due_at is None else "AND COALESCE(next_attempt_at, 0) <= ? "
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM exposures WHERE state = 'seen' "
-                f"ORDER BY COALESCE(ready_at, seen_at) {direction}, key {direction}"
+                f"SELECT {_COLUMNS} FROM exposures WHERE state = 'seen' {due}"
+                f"ORDER BY COALESCE(ready_at, seen_at) {direction}, key {direction}",
+                () if due_at is None else (due_at,),
             ).fetchall()
         return [Entry(*row) for row in rows]
+
+    def next_due(self) -> float | None:
+        """The earliest ``next_attempt_at`` of the rows waiting out a back-off, or None."""
+        with self._lock:
+            (when,) = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM exposures WHERE state = 'seen'"
+            ).fetchone()
+        return when
 
     def get(self, key: int) -> Entry:
         """The row with this key.

@@ -174,3 +174,68 @@ def test_a_gzipped_exposure_is_quarantined_and_counted(bundle, tmp_path, daemon_
     (row,) = read_grades(out).to_pylist()
     assert row["path"] == str(path) and row["status"] == "quarantined"
     assert row["reason"].startswith(f"unsupported_compression: {path}: ")
+
+
+def _blocked(drop_night, out, plan, data, version):
+    """Write ``plan``'s exposure into the drop's night folder, with a directory standing where
+    its exposure row must go: writing that exposure fails (IsADirectoryError) every time, and
+    only that exposure's. Returns its path."""
+    from transforms.exposure import read_meta
+    from transforms.sinks import grade_paths
+
+    staged = out.parent / "staging" / plan.filename
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    meta = read_meta(staged)
+    grade_paths(out, meta.night, meta.exposure_id, version)[0].mkdir(parents=True)
+    path = drop_night / plan.filename
+    staged.rename(path)
+    return path
+
+
+def test_an_exposure_that_cannot_be_written_holds_up_no_other(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, item 2: the grader slept out the back-off of a failing exposure (up to 300 s)
+    and every other exposure waited behind it. Now the failing one waits on its own schedule
+    (here 60 s, longer than the test) while three good ones are graded."""
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        daemon_config,
+        watch=dataclasses.replace(daemon_config.watch, retry_s=60.0, backlog_policy="fifo"),
+    )
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    bad_plan, *good_plans = plan_night("2026-11-24", 4, seed=31, class_mix={"GOOD": 1})
+    geometry = Geometry(1, 256, 320)
+    daemon = Daemon(drop, out, bundle, cfg)
+    daemon.start()
+    try:
+        _blocked(night, out, bad_plan, exposure_bytes(bad_plan, geometry), "daemon-test")
+        bad_id = bad_plan.filename[:7]
+
+        def failed_once() -> bool:
+            entry = daemon.ledger.latest(bad_id)
+            return entry is not None and entry.failures == 1
+
+        assert wait_for(failed_once, timeout=60)
+        failed_at = time.time()
+        for plan in good_plans:
+            (night / plan.filename).write_bytes(exposure_bytes(plan, geometry))
+        assert wait_for(lambda: daemon.ledger.counts()["graded"] == 3, timeout=40), (
+            daemon.ledger.counts()
+        )
+        waited = time.time() - failed_at
+        entry = daemon.ledger.latest(bad_id)
+    finally:
+        daemon.stop(timeout=30)
+    assert entry.state == "seen" and entry.failures == 1 and entry.next_attempt_at > failed_at
+    assert "IsADirectoryError" in entry.last_error
+    rows = [r for r in read_grades(out).to_pylist() if r["status"] == "graded"]
+    assert len(rows) == 3 and waited < 40
+    print(
+        f"good exposures graded {waited:.1f} s after the failure; latencies "
+        f"{[round(r['latency_s'], 1) for r in rows]}"
+    )

@@ -408,3 +408,46 @@ def test_refuses_a_newer_schema(tmp_path):
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(RuntimeError, match="schema version 99"):
         Ledger(path)
+
+
+def test_a_failed_row_waits_out_its_own_back_off(ledger):
+    """Issue 21, item 2: a failure sends the row back with a time before which it is not due;
+    the rows behind it are due meanwhile."""
+    a, _ = _observe(ledger, "a", ready_at=1.0)
+    b, _ = _observe(ledger, "b", ready_at=2.0)
+    ledger.claim(a.key)
+    back = ledger.retry_later(a.key, 60.0, "OSError: [Errno 36] File name too long")
+    assert (back.state, back.failures) == ("seen", 1)
+    assert "File name too long" in back.last_error
+    now = back.next_attempt_at - 60.0
+    assert [e.key for e in ledger.pending()] == [a.key, b.key]  # the backlog holds both
+    assert [e.key for e in ledger.pending(due_at=now)] == [b.key]
+    assert [e.key for e in ledger.pending(due_at=now + 61)] == [a.key, b.key]
+    assert ledger.next_due() == back.next_attempt_at
+    ledger.claim(a.key)
+    assert ledger.retry_later(a.key, 0.0, "again", count=False).failures == 1
+    with pytest.raises(ValueError, match="not 'grading'"):
+        ledger.retry_later(a.key, 1.0, "not claimed")
+
+
+def test_a_schema_1_ledger_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "l.sqlite"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(
+            "CREATE TABLE exposures (key INTEGER PRIMARY KEY AUTOINCREMENT, exposure_id TEXT "
+            "NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+            "version INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT "
+            "NULL DEFAULT 0, seen_at REAL NOT NULL, started_at REAL, finished_at REAL, "
+            "model_version TEXT, ready_at REAL, UNIQUE (exposure_id, path, size, mtime_ns), "
+            "UNIQUE (exposure_id, version))"
+        )
+        conn.execute(
+            "INSERT INTO exposures (exposure_id, path, size, mtime_ns, version, state, "
+            "seen_at) VALUES ('2817001', '/drop/2817001o.fits', 2880, 1, 1, 'seen', 5.0)"
+        )
+        conn.execute("PRAGMA user_version = 1")
+    with Ledger(path) as ledger:
+        (entry,) = ledger.pending(due_at=10.0)
+        assert (entry.exposure_id, entry.failures, entry.next_attempt_at) == ("2817001", 0, None)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
