@@ -3,12 +3,18 @@
 MegaCam files (~680 MB) arrive progressively: the file exists, then grows in chunks for tens of
 seconds. A file is *ready* when
 
-1. its ``(st_size, st_mtime_ns)`` has not changed for ``settle_s`` seconds (debounce), and
+1. its ``(st_size, st_mtime_ns)`` has not changed for ``settle_s`` seconds (debounce),
 2. :func:`transforms.exposure.check_integrity` proves, from the headers alone, that every HDU the
-   headers announce is wholly present.
+   headers announce is wholly present, and
+3. :func:`transforms.exposure.check_data` finds no data unit that ends in NUL bytes.
 
-Either check alone is not enough: a stalled transfer is stable but incomplete, and a copy into a
-preallocated file can be structurally complete while its last data unit is still filling.
+No check alone is enough: a stalled transfer is stable but incomplete, and a copy into a
+preallocated file (``truncate -s SIZE`` then filled, as ``rsync --preallocate`` and
+``fallocate`` do) has its final size from the start and can be structurally complete while
+its data are still zeros. Before (3), such a copy that paused for ``settle_s`` was graded on
+partial data, then again as it filled: three grades of one exposure. A data unit that ends in
+zeros and has no ``DATASUM`` to prove them real is waited for like an incomplete file; if it
+stays unchanged for ``incomplete_timeout_s`` it is graded as it is (zeros can be data).
 
 Threads
 -------
@@ -23,12 +29,14 @@ Outcomes
 --------
 ``on_ready(path)``
     Once per file identity ``(size, mtime_ns)``. A file rewritten later is a new identity and is
-    reported again. A file is reported once whatever the number of names it has in the drop
-    directory: a symlink (to a file inside the drop) is reported by the real name of its target,
-    and a second hard link, or a symlink, to a file already reported as it is, is not reported
-    at all (files are told apart by ``(st_dev, st_ino)``; before, a symlink to a file in the drop
-    graded it twice). If ``on_ready`` raises, the file stays a candidate and is offered again after
-    another ``settle_s`` (an exposure must not vanish because, say, the ledger disk was full).
+    reported again if its content changed: one touched, or copied again as it was, has the
+    same :func:`~transforms.exposure.check_data` fingerprint and is not. A file is reported
+    once whatever the number of names it has in the drop directory: a symlink (to a file
+    inside the drop) is reported by the real name of its target, and a second hard link, or a
+    symlink, to a file already reported as it is, is not reported at all (files are told apart
+    by ``(st_dev, st_ino)``; before, a symlink to a file in the drop graded it twice). If
+    ``on_ready`` raises, the file stays a candidate and is offered again after another
+    ``settle_s`` (an exposure must not vanish because, say, the ledger disk was full).
 ``on_reject(path, reason, message)``, also once per identity. ``message`` names the file and
 the problem with every control character escaped (:func:`ops.text.escape_controls`), as is every
 name the watcher logs: a newline in a file name cannot forge a log line or a reason.
@@ -101,6 +109,7 @@ from transforms.exposure import (
     CorruptFileError,
     ExposureError,
     IncompleteFileError,
+    check_data,
     check_integrity,
 )
 
@@ -153,6 +162,7 @@ class _Candidate:
     not_before: float = 0.0  # monotonic time before which it is not looked at (callback retry)
     incomplete: tuple[Identity, IncompleteFileError] | None = None  # last walk's verdict
     warned_slow: bool = False  # the "still growing" warning was logged
+    fingerprint: str = ""  # check_data's digest of the content, from the last walk
 
 
 class DropWatcher:
@@ -245,6 +255,7 @@ class DropWatcher:
         self._reported: dict[str, Identity] = {}
         # (st_dev, st_ino) of each file reported ready -> the name reported and its identity.
         self._files: dict[tuple[int, int], tuple[str, Identity]] = {}
+        self._content: dict[str, str] = {}  # name reported -> check_data fingerprint
 
     # ------------------------------------------------------------------------------ control
     def start(self) -> None:
@@ -496,7 +507,7 @@ class DropWatcher:
         if cand.incomplete is None or cand.incomplete[0] != identity:
             # A new identity since the last walk (an unchanged one gives the same verdict).
             try:
-                check_integrity(path)
+                cand.fingerprint = check_data(path, check_integrity(path))
             except IncompleteFileError as exc:
                 cand.incomplete = (identity, exc)
             except (CorruptFileError, ExposureError) as exc:
@@ -512,10 +523,18 @@ class DropWatcher:
                 cand.incomplete = None
         if cand.incomplete is not None:
             unchanged = now - cand.stable_since
-            if unchanged >= self.incomplete_timeout_s:
+            if unchanged < self.incomplete_timeout_s:
+                return
+            exc = cand.incomplete[1]
+            if exc.reason != "zero_tail":
                 detail = f"still incomplete, unchanged for {unchanged:.0f} s"
-                self._reject(path, identity, "truncated", f"{cand.incomplete[1]} ({detail})")
-            return
+                self._reject(path, identity, "truncated", f"{exc} ({detail})")
+                return
+            # Structurally complete, only its data end in zeros with no DATASUM to tell: after
+            # this long unchanged they are taken for data (a copy that resumes is regraded).
+            log.warning(
+                "%s; unchanged for %.0f s: grading it as it is", escape_controls(exc), unchanged
+            )
         try:
             after = os.stat(path)
         except OSError:
@@ -527,6 +546,7 @@ class DropWatcher:
     def _forget(self, path: str) -> None:
         self._candidates.pop(path, None)
         self._reported.pop(path, None)
+        self._content.pop(path, None)
         for file_id, (name, _) in list(self._files.items()):
             if name == path:
                 del self._files[file_id]
@@ -541,6 +561,11 @@ class DropWatcher:
     def _report(self, path: str, identity: Identity, file_id: tuple[int, int]) -> None:
         cand = self._candidates.pop(path)
         self._reported[path] = identity
+        if cand.fingerprint and self._content.get(path) == cand.fingerprint:
+            log.info(
+                "%s: new size or mtime, same content: not reported again", escape_controls(path)
+            )
+            return
         known = self._files.get(file_id)
         if known is not None and known[1] == identity:
             log.info(
@@ -564,6 +589,9 @@ class DropWatcher:
             if name != path:
                 self._reported.pop(name, None)
             self._retry_later(path, cand, f"on_ready({escape_controls(name)}) failed")
+            return
+        if cand.fingerprint:
+            self._content[path] = self._content[name] = cand.fingerprint
 
     def _reject(self, path: str, identity: Identity, reason: str, message: str) -> None:
         cand = self._candidates.pop(path)

@@ -35,7 +35,12 @@ watcher what to do:
   in the PRIMARY header promises more extensions. The HDU named is the one that is cut (or the
   first one missing).
 - ``zero_filled``: where a header must start (or continue) there are only NUL bytes while more
-  HDUs are expected: the signature of a copy into a preallocated file.
+  HDUs are expected: the signature of a copy into a preallocated file. From
+  :func:`check_data` also: a data unit ends in NUL bytes and its ``DATASUM`` does not match.
+- ``zero_tail`` (:func:`check_data` only): a data unit ends in NUL bytes and has no
+  ``DATASUM`` to tell a copy still filling preallocated space from data that really end in
+  zeros. The file is structurally complete: the watcher grades it once it has stayed
+  unchanged for its whole ``incomplete_timeout_s``.
 
 :class:`CorruptFileError` -- structurally wrong in a way more bytes cannot fix:
 
@@ -61,7 +66,8 @@ What a header walk cannot see:
   extensions unless ``NEXTEND`` is present: every MegaCam product carries it, and it is the only
   defence there.
 - Pixel bytes are never read, so a copy into a preallocated file that is still filling the last
-  data unit passes. The watcher's debounce (size and mtime stable for a while) covers that.
+  data unit passes: :func:`check_data` (which the watcher runs after the walk) reads the end of
+  every data unit for that.
 - A file that stays "incomplete" forever (e.g. ``NEXTEND`` larger than the real count) is the
   watcher's to time out and quarantine.
 
@@ -106,6 +112,7 @@ __all__ = [
     "IncompleteFileError",
     "ccd_problem",
     "ccd_refs",
+    "check_data",
     "check_integrity",
     "iter_ccds",
     "observing_night",
@@ -227,6 +234,8 @@ class HduInfo:
         True for a tile-compressed image (``XTENSION = 'BINTABLE'`` with ``ZIMAGE = T``).
     xtension : str or None
         ``XTENSION`` (``None`` for the PRIMARY HDU).
+    data_bytes : int
+        Bytes of the data unit without its padding.
     """
 
     index: int
@@ -238,6 +247,7 @@ class HduInfo:
     bitpix: int
     compressed: bool
     xtension: str | None = None
+    data_bytes: int = 0
 
     @property
     def is_image(self) -> bool:
@@ -585,6 +595,7 @@ def _hdu_info(path: str, index: int, header: bytes, header_offset: int) -> HduIn
         bitpix=bitpix,
         compressed=compressed,
         xtension=xtension,
+        data_bytes=n_bytes,
     )
 
 
@@ -692,6 +703,105 @@ def check_integrity(path: str | os.PathLike[str]) -> FileLayout:
     (36, (2048, 4612))
     """
     return _walk(path)[0]
+
+
+#: Bytes read at the end of each data unit by :func:`check_data` (one FITS block).
+TAIL_PROBE = BLOCK
+_CHUNK = 8 << 20  # bytes per read when a data checksum is computed
+
+
+def data_checksum(fh, offset: int, size: int) -> int:
+    """The FITS checksum (32-bit ones' complement sum of big-endian words) of ``size`` bytes at
+    ``offset`` (a data unit with its padding: a multiple of 4), as ``DATASUM`` holds it."""
+    total = 0
+    pos, end = offset, offset + size
+    while pos < end:
+        fh.seek(pos)
+        chunk = fh.read(min(_CHUNK, end - pos))
+        if not chunk:
+            break
+        if len(chunk) % 4:
+            chunk += bytes(4 - len(chunk) % 4)
+        total += int(np.frombuffer(chunk, dtype=">u4").sum(dtype=np.uint64))
+        pos += len(chunk)
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+def check_data(path: str | os.PathLike[str], layout: FileLayout | None = None) -> str:
+    """Check the end of every data unit; return a fingerprint of the file's content.
+
+    The header walk (:func:`check_integrity`) cannot see a copy into preallocated space (``truncate
+    -s SIZE`` then filled, as ``rsync --preallocate`` and ``fallocate`` do) that is still filling
+    its data: the file has its final size from the start, and NUL bytes where the pixels will
+    be. This reads the last :data:`TAIL_PROBE` bytes of each data unit (without its padding): a
+    data unit that ends in NUL bytes is a copy in progress, unless its ``DATASUM`` (when the
+    header has one) proves those zeros are the data. ~1 ms for 36 CCDs; the whole data unit is
+    read only for a checksum to verify.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file :func:`check_integrity` accepted.
+    layout : FileLayout, optional
+        Its layout, when the caller has it already.
+
+    Returns
+    -------
+    str
+        A hex digest of the headers and of the first and last :data:`TAIL_PROBE` bytes of every
+        data unit: equal for a file touched, or copied again, with the same content (the
+        watcher grades a file again only when it differs).
+
+    Raises
+    ------
+    IncompleteFileError
+        ``zero_filled``: a data unit ends in NUL bytes and its ``DATASUM`` does not match;
+        ``zero_tail``: it ends in NUL bytes and has no ``DATASUM`` (see the module docstring).
+    """
+    import hashlib
+
+    spath = os.fspath(path)
+    if layout is None:
+        layout = check_integrity(spath)
+    digest = hashlib.blake2b(str(layout.size).encode(), digest_size=16)
+    with open(spath, "rb") as fh:
+        for hdu in layout.hdus:
+            fh.seek(hdu.header_offset)
+            header = fh.read(hdu.data_offset - hdu.header_offset)
+            digest.update(header)
+            n = hdu.data_bytes
+            if n == 0:
+                continue
+            fh.seek(hdu.data_offset)
+            digest.update(fh.read(min(TAIL_PROBE, n)))
+            start = hdu.data_offset + max(n - TAIL_PROBE, 0)
+            fh.seek(start)
+            tail = fh.read(hdu.data_offset + n - start)
+            digest.update(tail)
+            if tail.strip(b"\0"):
+                continue
+            datasum = _string_value(_Cards(header).get("DATASUM"))
+            if datasum:
+                got = data_checksum(fh, hdu.data_offset, hdu.data_size)
+                if datasum.isdigit() and int(datasum) == got:
+                    continue  # the zeros are the data
+                raise IncompleteFileError(
+                    spath,
+                    hdu.index,
+                    "zero_filled",
+                    f"the data unit ends in NUL bytes (from byte {start}) and its checksum "
+                    f"{got} is not DATASUM = {datasum} (preallocated copy in progress?)",
+                )
+            raise IncompleteFileError(
+                spath,
+                hdu.index,
+                "zero_tail",
+                f"the data unit ends in {len(tail)} NUL bytes (from byte {start}) and has no "
+                "DATASUM to check (preallocated copy in progress?)",
+            )
+    return digest.hexdigest()
 
 
 # -------------------------------------------------------------------------------- metadata

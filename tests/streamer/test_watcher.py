@@ -106,6 +106,16 @@ def start_watcher(drop):
         watcher.stop()
 
 
+def check_integrity_bytes(data: bytes):
+    """The layout of an exposure given as bytes."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".fits") as fh:
+        fh.write(data)
+        fh.flush()
+        return check_integrity(fh.name)
+
+
 def _complete(path: Path) -> None:
     layout = check_integrity(path)
     assert layout.size == len(exposure())
@@ -198,6 +208,79 @@ def test_rewritten_file_is_reported_again(drop, start_watcher):
     time.sleep(QUIET_S)
     assert rec.ready_paths == [path, path]
     assert path.read_bytes() == exposure(1)
+
+
+def _fill_preallocated(path: Path, data: bytes, stops: list[int], pause_s: float) -> None:
+    """Copy ``data`` into space reserved first (``truncate -s SIZE``, as rsync --preallocate
+    and fallocate do), pausing at each byte offset of ``stops`` for ``pause_s``."""
+    with open(path, "wb") as fh:
+        fh.truncate(len(data))
+    with open(path, "r+b") as fh:
+        pos = 0
+        for stop in [*stops, len(data)]:
+            fh.write(data[pos:stop])
+            fh.flush()
+            os.fsync(fh.fileno())
+            pos = stop
+            if stop < len(data):
+                time.sleep(pause_s)
+
+
+def test_a_preallocated_copy_is_reported_once_when_filled(drop, start_watcher):
+    """A copy into preallocated space has its final size from the start, and every header
+    once its last CCD's data start arriving: paused twice within that CCD for longer than
+    settle_s, it was reported at each pause, on partial data, then complete (three grades;
+    issue 21, item 4). Now once, complete."""
+    data = exposure()
+    last = check_integrity_bytes(data).hdus[-1]
+    stops = [last.data_offset + last.data_bytes // 3, last.data_offset + 2 * last.data_bytes // 3]
+    path = drop / "2817001o.fits"
+
+    def full(ready: Path) -> None:
+        assert ready.read_bytes() == data, "reported before the copy was complete"
+
+    rec = Recorder(check_ready=full)
+    start_watcher(rec)
+    _fill_preallocated(path, data, stops, pause_s=4 * SETTLE_S)
+    rec.wait_ready(1)
+    time.sleep(QUIET_S)
+    assert rec.ready_paths == [path]
+    assert rec.rejected == []
+
+
+def test_touched_without_change_is_not_reported_again(drop, start_watcher):
+    """A new mtime with the same content (touch, rsync -t, a copy of the same bytes) is no
+    reason to grade again: only a change of content is."""
+    rec = Recorder()
+    start_watcher(rec)
+    path = drop / "2817001o.fits"
+    path.write_bytes(exposure(0))
+    rec.wait_ready(1)
+    before = path.stat().st_mtime_ns
+    path.write_bytes(exposure(0))  # copied again as it was: a new mtime, the same bytes
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    time.sleep(SETTLE_S + QUIET_S)
+    assert rec.ready_paths == [path]
+    path.write_bytes(exposure(1))  # new content: reported again
+    rec.wait_ready(2)
+    assert rec.ready_paths == [path, path]
+
+
+def test_data_that_really_end_in_zeros_are_graded_after_the_timeout(drop, start_watcher):
+    """Zeros at the end of a CCD with no DATASUM to prove them real are waited for like an
+    incomplete copy, then reported (not quarantined as truncated): the file is complete."""
+    data = bytearray(exposure())
+    last = check_integrity_bytes(bytes(data)).hdus[-1]
+    end = last.data_offset + last.data_bytes
+    data[end - 4 * 2880 : end] = bytes(4 * 2880)
+    rec = Recorder()
+    start_watcher(rec, incomplete_timeout_s=1.0)
+    path = drop / "2817001o.fits"
+    path.write_bytes(bytes(data))
+    time.sleep(0.6)
+    assert rec.ready == []  # waited for: it might be a copy still filling
+    rec.wait_ready(1)
+    assert rec.ready_paths == [path] and rec.rejected == []
 
 
 def test_temporary_name_renamed_into_place(drop, start_watcher):

@@ -356,6 +356,68 @@ def test_zero_filled_preallocated_copy_is_incomplete(tmp_path, mef):
     assert (info.value.reason, info.value.hdu) == ("zero_filled", 0)
 
 
+def _fill_into_preallocated(src, dst, upto: int) -> Path:
+    """A copy into preallocated space stopped at byte ``upto``: the full size, zeros after."""
+    raw = Path(src).read_bytes()
+    dst.write_bytes(raw[:upto])
+    os.truncate(dst, len(raw))  # as truncate -s / rsync --preallocate leave it
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["mef", "mef_fz"])
+def test_a_copy_still_filling_its_last_data_unit_passes_the_walk_not_check_data(
+    tmp_path, kind, request
+):
+    """The walk alone passed a preallocated copy whose last CCD was still zeros (issue 21,
+    item 4): check_data reads the end of every data unit and says the copy is not done."""
+    src = request.getfixturevalue(kind)
+    layout = check_integrity(src)
+    last = layout.hdus[-1]
+    for upto in (last.data_offset + 1, last.data_offset + last.data_bytes // 2):
+        path = _fill_into_preallocated(src, tmp_path / f"{upto}-{src.name}", upto)
+        assert check_integrity(path).size == layout.size  # structurally complete
+        with pytest.raises(IncompleteFileError, match="NUL bytes") as info:
+            ex.check_data(path)
+        assert (info.value.reason, info.value.hdu) == ("zero_tail", last.index)
+    assert len(ex.check_data(src)) == 32  # the complete file passes
+
+
+def test_check_data_fingerprint_follows_the_content_not_the_mtime(tmp_path, mef):
+    copy = tmp_path / "copy.fits"
+    shutil.copyfile(mef, copy)
+    os.utime(copy, ns=(1, 1))
+    assert ex.check_data(copy) == ex.check_data(mef)
+    layout = check_integrity(mef)
+    raw = bytearray(mef.read_bytes())
+    raw[layout.hdus[2].data_offset + 7] ^= 0xFF  # one pixel of CCD 1 changed
+    changed = tmp_path / "changed.fits"
+    changed.write_bytes(bytes(raw))
+    assert ex.check_data(changed) != ex.check_data(mef)
+
+
+def test_datasum_tells_real_zeros_from_a_copy_in_progress(tmp_path):
+    """Data that really end in zeros, with a DATASUM that proves it, pass; the same file
+    still being filled (its DATASUM says what the data will be) does not."""
+    data = ccd_pixels(0).astype(np.int32)
+    data[48:, :] = 0  # a CCD whose second half reads 0 (BITPIX 32, no BZERO: stored zeros)
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(data, name="ccd00")]
+    hdus[0].header["NEXTEND"] = 1
+    hdus[0].header["EXPTIME"] = 10.0
+    path = tmp_path / "zeros.fits"
+    fits.HDUList(hdus).writeto(path, checksum=True)
+    layout = check_integrity(path)
+    ccd = layout.hdus[1]
+    with open(path, "rb") as fh:
+        assert ex.data_checksum(fh, ccd.data_offset, ccd.data_size) == int(
+            fits.getheader(path, 1)["DATASUM"]
+        )
+    ex.check_data(path)  # the zeros are the data
+    partial = _fill_into_preallocated(path, tmp_path / "partial.fits", ccd.data_offset + 1000)
+    with pytest.raises(IncompleteFileError, match="is not DATASUM") as info:
+        ex.check_data(partial)
+    assert (info.value.reason, info.value.hdu) == ("zero_filled", 1)
+
+
 def test_binary_garbage_in_a_header_is_corrupt(tmp_path, mef):
     layout = check_integrity(mef)
     raw = bytearray(mef.read_bytes())
