@@ -5,14 +5,19 @@ Served by the daemon's :class:`ops.http.HttpServer` (the same loopback-bound ser
 ``/metrics``; :meth:`Observer.routes` gives the exact paths) and rendered into one static file by
 ``skygrade report --html``. The page is read-only: it reads the grades dataset, never writes.
 
-Routes (every one answers GET and HEAD; unknown nights, ids and CCDs are 404):
+Routes (every one answers GET and HEAD; unknown nights, ids and CCDs are 404, the pages' with a
+page that says what is missing and lists the nights that have data):
 
 ===================================  ==================================================
-``/``                                the live page: the latest night in the dataset
+``/[?ccd=K]``                        the live page: the latest night in the dataset
 ``/night?date=YYYY-MM-DD[&all=1]``   any night (``all=1``: every exposure in the table)
 ``/exposure?night=N&id=X[&ccd=K]``   one exposure's focal plane (``ccd``: its details)
+``/fragment/now?night=N``            the Now and Waiting panels, HTML (the page's polls)
+``/fragment/night?date=N[&all=1]``   the night panel, HTML
+``/fragment/exposure?night=N&id=X``  the exposure panel, HTML (``ccd``, ``pinned=1``)
+``/fragment/ccd?night=N&id=X&ccd=K`` one CCD's details, HTML
 ``/thumb?night=N&id=X&ccd=K``        a CCD's representative image, PNG
-``/api/now``                         daemon state, backlog, last graded, active alerts
+``/api/now``                         daemon state, backlog, last graded, alerts, waiting
 ``/api/nights``                      the nights in the dataset
 ``/api/night?date=N[&rev=R]``        summary + every exposure row of a night
 ``/api/exposure?night=N&id=X``       one exposure row + its CCD rows (+ layout)
@@ -25,19 +30,22 @@ directory changes (names, sizes, mtimes; only new or changed files are read), an
 HTML built from it are cached per index revision. CCD rows and representative images are read
 per exposure on demand (small files) and cached.
 
+Rendering: every piece of HTML, the page and the fragments its script swaps in while it polls,
+comes from the Jinja2 templates ``observer_assets/*.html.j2`` with autoescape on (one renderer:
+the script builds no markup and holds no copy of the classes or colours).
+
 Safety: nothing from a URL reaches the filesystem except through ids looked up in the index
 (the night must match ``YYYY-MM-DD`` and exist as a directory, the exposure id must be a key of
 that night's index, the CCD a row of that exposure); every text from the dataset (OBJECT comes
-from a FITS header typed by observers) is HTML-escaped on the server and set with
-``textContent`` in the browser; the page carries a Content-Security-Policy that allows scripts
-from this server only.
+from a FITS header typed by observers) is HTML-escaped by the templates; the browser parses
+those fragments with ``DOMParser`` (no script in them runs) and the page carries a
+Content-Security-Policy that allows scripts from this server only.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import json
 import logging
 import math
@@ -47,17 +55,18 @@ import struct
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+from markupsafe import Markup
 
 from models.classes import CLASSES
 from ops.http import Request, Response
-from streamer.report import latest_per_exposure, summarize
+from streamer.report import GRADE_COLORS, latest_per_exposure, summarize
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +79,6 @@ __all__ = [
 ]
 
 NIGHT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-GRADE_COLORS = {
-    "GOOD": (44, 160, 44),
-    "B_SEEING": (255, 127, 14),
-    "BGP": (148, 103, 189),
-    "BT": (214, 39, 40),
-    "RBT": (140, 86, 75),
-}
-"""Grade colours (matplotlib's tab: colours, as in the ``skygrade report`` PNG)."""
 
 MEGACAM_COLUMNS = 9
 """MegaCam's 36 science CCDs are 4 rows of 9 (``ccd00`` top left, as the simulator and
@@ -108,11 +109,6 @@ _MARGIN_NS = 100_000_000
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def esc(value) -> str:
-    """HTML-escaped text of ``value`` ("" for None)."""
-    return "" if value is None else html.escape(str(value), quote=True)
 
 
 def focal_plane_layout(n_ccd: int) -> tuple[int, int, list[tuple[int, int]]]:
@@ -361,6 +357,11 @@ class Observer:
         ``model_version``, ``backlog``, ``alerts``, ...). None: no daemon (state "offline").
     poll_s : float, optional
         Seconds between the page's polls (default :data:`POLL_S`).
+    waiting : callable, optional
+        Returns the files the daemon holds but has not graded, for the Waiting panel: dicts
+        with ``exposure_id`` (or ``path``), ``state`` (``incoming``, ``grading`` or
+        ``incomplete``), ``since`` (Unix seconds or ISO 8601: when it arrived) and an optional
+        ``reason``. The quarantined files of the night come from the dataset itself.
 
     Examples
     --------
@@ -368,11 +369,18 @@ class Observer:
     >>> server = HttpServer(registry, routes=Observer("grades").routes())  # doctest: +SKIP
     """
 
-    def __init__(self, out_dir, status: Callable[[], dict] | None = None, poll_s: float = POLL_S):
+    def __init__(
+        self,
+        out_dir,
+        status: Callable[[], dict] | None = None,
+        poll_s: float = POLL_S,
+        waiting: Callable[[], list[dict]] | None = None,
+    ):
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
         self.out_dir = Path(out_dir)
         self.status = status
+        self.waiting = waiting
         self.poll_s = float(poll_s)
         self._boot = format(time.time_ns() & 0xFFFFFFFFFF, "x")
         self._lock = threading.RLock()
@@ -394,6 +402,10 @@ class Observer:
             "/api/nights": self.api_nights,
             "/api/night": self.api_night,
             "/api/exposure": self.api_exposure,
+            "/fragment/now": self.fragment_now,
+            "/fragment/night": self.fragment_night,
+            "/fragment/exposure": self.fragment_exposure,
+            "/fragment/ccd": self.fragment_ccd,
         }
         for name, content_type in ASSETS.items():
             body = self.assets[name]
@@ -509,8 +521,13 @@ class Observer:
     # ------------------------------------------------------------------ JSON
 
     def now_doc(self, nights: list[str] | None = None, index: NightIndex | None = None) -> dict:
-        """The ``/api/now`` document (``nights`` and ``index``: already known by the caller)."""
+        """The ``/api/now`` document (``nights`` and ``index``: already known by the caller).
+
+        ``waiting`` lists the files not graded (:meth:`waiting_items`): the daemon's and the
+        quarantined ones of ``index``'s night (default: the live night).
+        """
         night = nights[-1] if nights else self.live_night()
+        page_index = index
         if index is None or index.night != night:
             index = self.night(night)
         doc: dict = {
@@ -523,6 +540,7 @@ class Observer:
             "alerts": [],
             "model_version": None,
             "last_graded": None,
+            "waiting": self.waiting_items(page_index or index),
         }
         if self.status is not None:
             try:
@@ -607,95 +625,268 @@ class Observer:
     def page_live(self, request: Request) -> Response:
         night = self.live_night()
         index = self.night(night)
-        return self._page(night, index, live=True, show_all=False)
+        return self._page(night, index, live=True, show_all=False, selected=_ccd_param(request))
 
     def page_night(self, request: Request) -> Response:
-        index = self.night(_param(request, "date"))
+        date = _param(request, "date")
+        index = self.night(date)
         if index is None:
-            return _NOT_FOUND
-        return self._page(index.night, index, live=False, show_all=_param(request, "all") == "1")
+            return self._missing(
+                "no such night" if date else "no night given",
+                f"the dataset has no exposure for the night {date!r}"
+                if date
+                else "give a night as YYYY-MM-DD",
+            )
+        show_all = _param(request, "all") == "1"
+        return self._page(index.night, index, False, show_all, selected=_ccd_param(request))
 
     def page_exposure(self, request: Request) -> Response:
         index, row = self._exposure(request)
         if row is None:
-            return _NOT_FOUND
+            night, eid = _param(request, "night"), _param(request, "id")
+            if index is None:
+                return self._missing("no such night", f"the dataset has no night {night!r}")
+            return self._missing(
+                "no such exposure", f"night {index.night} has no exposure {eid!r}", index.night
+            )
         ccd = _param(request, "ccd")
-        selected = int(ccd) if ccd is not None and ccd.isdigit() else None
+        selected = _ccd_param(request)
         if ccd is not None and (
             selected is None or selected not in {c["ccd"] for c in self.ccd_rows(row)}
         ):
-            return _NOT_FOUND
+            return self._missing(
+                "no such CCD",
+                f"exposure {row['exposure_id']} has no CCD {ccd!r}",
+                index.night,
+                _url("/exposure", night=index.night, id=row["exposure_id"]),
+            )
         return self._page(index.night, index, False, False, pinned=row, selected=selected)
+
+    def _missing(self, heading, message, night=None, back=None) -> Response:
+        """A 404 page that says what is missing and lists the nights that have data."""
+        nights = self.nights()
+        parts = [
+            render("nav.html.j2", **_nav_context(night or "", nights, live=False)),
+            render(
+                "missing.html.j2",
+                heading=heading,
+                message=message,
+                nights=nights,
+                back=back,
+            ),
+        ]
+        page = render_page(f"skygrade · {heading}", {"data-night": night or ""}, parts)
+        return Response(404, _HTML, page.encode())
 
     def _page(self, night, index, live, show_all, pinned=None, selected=None) -> Response:
         nights = self.nights()
         rows = index.rows if index else []
-        shown = pinned or (rows[-1] if rows else None)
-        cache = index.cache if index else {}
-        with self._lock:
-            tonight = cache.get(("tonight", show_all))
-            if tonight is None:
-                tonight = cache[("tonight", show_all)] = render_tonight(night, rows, show_all)
-            key = ("exposure", shown["exposure_id"] if shown else None, pinned is None, selected)
-            exposure = cache.get(key)
-            if exposure is None:
-                exposure = cache[key] = (
-                    self._render_exposure(shown, pinned is not None, selected)
-                    if shown
-                    else '<section id="exposure" class="panel"><h2>Latest exposure</h2>'
-                    '<p class="empty">no exposure graded yet tonight</p></section>'
-                )
+        shown = pinned or latest_graded(rows)
+        if shown is None or (
+            selected is not None and selected not in {c["ccd"] for c in self.ccd_rows(shown)}
+        ):
+            selected = None  # the live page: a CCD the newest exposure lacks
+        doc = self.now_doc(nights, index)
         attrs = {
             "data-night": night,
             "data-rev": index.rev if index else "",
             "data-live": "1" if live else "0",
             "data-pinned": pinned["exposure_id"] if pinned else "",
             "data-exposure": shown["exposure_id"] if shown else "",
+            "data-ccd": "" if selected is None else str(selected),
             "data-all": "1" if show_all else "0",
             "data-poll-ms": str(int(self.poll_s * 1000)),
-            "data-colors": json.dumps(
-                {g: "rgb({}, {}, {})".format(*c) for g, c in GRADE_COLORS.items()}
-            ),
         }
-        body = (
-            render_nav(night, nights, live)
-            + render_now(self.now_doc(nights, index))
-            + exposure
-            + tonight
-        )
-        page = render_page(
-            f"skygrade · {'exposure ' + pinned['exposure_id'] if pinned else 'night ' + night}",
-            attrs,
-            body,
-        )
-        return Response(200, _HTML, page.encode())
+        parts = [
+            render("nav.html.j2", **_nav_context(night, nights, live)),
+            render_now(doc),
+            self._exposure_html(index, shown, pinned is not None, selected),
+            render_waiting(doc["waiting"]),
+            self._tonight_html(index, night, show_all),
+        ]
+        title = f"skygrade · {'exposure ' + pinned['exposure_id'] if pinned else 'night ' + night}"
+        return Response(200, _HTML, render_page(title, attrs, parts).encode())
 
-    def _render_exposure(self, row: dict, pinned: bool, selected: int | None) -> str:
+    def _tonight_html(self, index, night: str, show_all: bool) -> Markup:
+        if index is None:
+            return render_tonight(night, [], show_all)
+        with self._lock:
+            key = ("tonight", show_all)
+            if key not in index.cache:
+                index.cache[key] = render_tonight(night, index.rows, show_all, rev=index.rev)
+            return index.cache[key]
+
+    def _exposure_html(self, index, row, pinned: bool, selected: int | None) -> Markup:
+        if row is None:
+            return Markup(
+                '<section id="exposure" class="panel" data-id=""><h2 id="exposure-title">'
+                'Latest exposure</h2><p class="empty">no exposure graded yet tonight</p>'
+                "</section>"
+            )
+        key = ("exposure", row["exposure_id"], pinned, selected)
+        with self._lock:
+            if key not in index.cache:
+                index.cache[key] = self._render_exposure(index, row, pinned, selected)
+            return index.cache[key]
+
+    def _render_exposure(self, index, row: dict, pinned: bool, selected: int | None) -> Markup:
         ccds = self.ccd_rows(row)
         detail = None
         if selected is not None:
-            images = self.image_ccds(row)
             c = next(c for c in ccds if c["ccd"] == selected)
-            thumb = (
-                _url("/thumb", night=row["night"], id=row["exposure_id"], ccd=selected)
-                if selected in images
-                else None
-            )
-            detail = render_ccd_detail(c, thumb)
+            detail = render_ccd_detail(c, self._thumb_url(row, selected))
+        night = row["night"]
+
+        def href_exposure(r):
+            return _url("/exposure", night=night, id=r["exposure_id"])
+
         return render_exposure(
             row,
             ccds,
             title=f"Exposure {row['exposure_id']}" if pinned else "Latest exposure",
             href=lambda k: (
-                _url("/exposure", night=row["night"], id=row["exposure_id"], ccd=k) + "#ccd-detail"
+                _url("/exposure", night=night, id=row["exposure_id"], ccd=k) + "#ccd-detail"
             ),
             detail=detail,
             selected=selected,
+            neighbours=_neighbours(index.rows, row, href_exposure),
         )
+
+    def _thumb_url(self, row: dict, ccd: int) -> str | None:
+        if ccd not in self.image_ccds(row):
+            return None
+        return _url("/thumb", night=row["night"], id=row["exposure_id"], ccd=ccd)
+
+    # ------------------------------------------------------------------ fragments
+
+    def fragment_now(self, request: Request) -> Response:
+        """The Now and Waiting panels (``night``: whose quarantined files are listed; default
+        the live night)."""
+        nights = self.nights()
+        index = self.night(_param(request, "night")) or self.night(self.live_night())
+        doc = self.now_doc(nights, index)
+        text = render_now(doc) + render_waiting(doc["waiting"])
+        return Response(200, _HTML, text.encode())
+
+    def fragment_night(self, request: Request) -> Response:
+        """The night panel (glance, timeline, table) of ``date`` (``all=1``: every row)."""
+        index = self.night(_param(request, "date"))
+        if index is None:
+            return _NOT_FOUND
+        html_ = self._tonight_html(index, index.night, _param(request, "all") == "1")
+        return Response(200, _HTML, html_.encode())
+
+    def fragment_exposure(self, request: Request) -> Response:
+        """The exposure panel of ``night`` / ``id`` (``ccd``: with its details when the
+        exposure has that CCD; ``pinned=1``: titled by its id)."""
+        index, row = self._exposure(request)
+        if row is None:
+            return _NOT_FOUND
+        selected = _ccd_param(request)
+        if selected not in {c["ccd"] for c in self.ccd_rows(row)}:
+            selected = None
+        html_ = self._exposure_html(index, row, _param(request, "pinned") == "1", selected)
+        return Response(200, _HTML, html_.encode())
+
+    def fragment_ccd(self, request: Request) -> Response:
+        """The details of one CCD (``night``, ``id``, ``ccd``)."""
+        _, row = self._exposure(request)
+        selected = _ccd_param(request)
+        if row is None or selected is None:
+            return _NOT_FOUND
+        c = next((c for c in self.ccd_rows(row) if c["ccd"] == selected), None)
+        if c is None:
+            return _NOT_FOUND
+        detail = render_ccd_detail(c, self._thumb_url(row, selected))
+        return Response(200, _HTML, render("ccd_fragment.html.j2", detail=detail).encode())
+
+    # ------------------------------------------------------------------ waiting
+
+    def waiting_items(
+        self, index: NightIndex | None, now: float | None = None, href=None
+    ) -> list[dict]:
+        """The Waiting panel's rows, longest waiting first: the daemon's files not graded yet
+        (:attr:`waiting`) and the quarantined exposures of ``index``'s night (linked by
+        ``href(row)``, default their exposure page)."""
+        now = time.time() if now is None else now
+        if href is None:
+
+            def href(r):
+                return _url("/exposure", night=r["night"], id=r["exposure_id"])
+
+        items = []
+        if self.waiting is not None:
+            try:
+                held = list(self.waiting())
+            except Exception as exc:
+                log.warning("observer: waiting failed: %s", exc)
+                held = []
+            for w in held:
+                name = w.get("exposure_id") or Path(str(w.get("path") or "?")).name
+                items.append(
+                    _waiting(name, w.get("state") or "incoming", w.get("since"), w.get("reason"))
+                )
+        for r in index.rows if index else []:
+            if r["status"] != "graded":
+                since = r.get("arrived_at") or r.get("graded_at") or r.get("time")
+                items.append(
+                    _waiting(r["exposure_id"], r["status"], since, r.get("reason"), href(r))
+                )
+        for w in items:
+            w["waited_s"] = None if w["t"] is None else max(0.0, now - w["t"])
+        return sorted(items, key=lambda w: (w["t"] is None, w["t"] or 0.0, w["id"]))
+
+
+def _waiting(name, state, since, reason, href=None) -> dict:
+    return {
+        "id": str(name),
+        "state": str(state),
+        "t": _unix(since),
+        "reason": reason or "",
+        "href": href,
+    }
+
+
+def _unix(when) -> float | None:
+    """Unix seconds of a datetime, an ISO 8601 text or a number (None when none of these)."""
+    if isinstance(when, dt.datetime):
+        return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+    if isinstance(when, str):
+        try:
+            return _unix(dt.datetime.fromisoformat(when))
+        except ValueError:
+            return None
+    return float(when) if _finite(when) else None
+
+
+def _ccd_param(request: Request) -> int | None:
+    ccd = _param(request, "ccd")
+    return int(ccd) if ccd is not None and ccd.isdigit() and len(ccd) < 6 else None
 
 
 def _ccd_conf(c: dict):
     return c.get(f"p_{c['grade']}") if c.get("grade") else None
+
+
+def latest_graded(rows: list[dict]) -> dict | None:
+    """The latest graded exposure of a night's rows (sorted by time), or None."""
+    return next((r for r in reversed(rows) if r["status"] == "graded"), None)
+
+
+def _neighbours(rows: list[dict], row: dict, href) -> dict:
+    """The previous and next exposure of ``row`` in the night (``{"prev": ..., "next": ...}``,
+    each ``{"id", "href"}`` or None)."""
+    ids = [r["exposure_id"] for r in rows]
+    try:
+        i = ids.index(row["exposure_id"])
+    except ValueError:
+        return {"prev": None, "next": None}
+    out = {}
+    for name, j in (("prev", i - 1), ("next", i + 1)):
+        out[name] = (
+            {"id": rows[j]["exposure_id"], "href": href(rows[j])} if 0 <= j < len(rows) else None
+        )
+    return out
 
 
 def night_span(night: str, rows: list[dict]) -> tuple[dt.datetime, dt.datetime]:
@@ -730,85 +921,171 @@ def night_json(index: NightIndex) -> bytes:
 # --------------------------------------------------------------------------- rendering
 
 
-def render_page(title: str, attrs: dict, body: str, css: str | None = None) -> str:
-    """The HTML document around ``body``; with ``css`` it is self-contained (no script)."""
-    attr_text = "".join(f' {k}="{esc(v)}"' for k, v in attrs.items())
-    if css is None:
-        head = (
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-            '<link rel="stylesheet" href="/static/observer.css">'
+def _environment():
+    """The templates (``observer_assets/*.html.j2``), every one with HTML autoescaping."""
+    import jinja2
+
+    pkg = resources.files("streamer") / "observer_assets"
+    sources = {
+        p.name: p.read_text(encoding="utf-8") for p in pkg.iterdir() if p.name.endswith(".j2")
+    }
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(sources),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["url"] = _url
+    return env
+
+
+TEMPLATES = _environment()
+"""The page's Jinja2 environment: autoescape on, so a value is always text, never markup."""
+
+
+def render(name: str, **context) -> Markup:
+    """Template ``name`` rendered with ``context`` (escaped), as markup for an outer template."""
+    return Markup(TEMPLATES.get_template(name).render(**context))
+
+
+def grade_css() -> Markup:
+    """CSS rules giving each grade's badge, chip and vote its colour (from
+    :data:`GRADE_COLORS`: one palette for the page, the script and the report)."""
+    rules = []
+    for g, (r, gr, b) in GRADE_COLORS.items():
+        rules.append(
+            f".grade[data-grade={g}],.chip[data-grade={g}],.vote[data-grade={g}]"
+            f"{{background:rgb({r}, {gr}, {b});color:#000}}"
         )
-        tail = '<script src="/static/observer.js" defer></script>'
-    else:
-        head = (
-            f'<meta http-equiv="Content-Security-Policy" content="{_STATIC_CSP}">'
-            f"<style>{css}</style>"
-        )
-        tail = ""
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"{head}<title>{esc(title)}</title></head><body{attr_text}>{body}{tail}</body></html>"
+    return Markup("".join(rules))
+
+
+def render_page(title: str, attrs: dict, parts: list, css: str | None = None) -> str:
+    """The HTML document around ``parts``; with ``css`` it is self-contained (no script)."""
+    return TEMPLATES.get_template("page.html.j2").render(
+        title=title,
+        attrs=attrs,
+        parts=parts,
+        css=None if css is None else Markup(css),
+        csp=_CSP if css is None else _STATIC_CSP,
+        grade_css=grade_css(),
+        script=css is None,
     )
 
 
-def render_nav(night: str, nights: list[str], live: bool) -> str:
+def _nav_context(night: str, nights: list[str], live: bool) -> dict:
     earlier = [n for n in nights if n < night]
     later = [n for n in nights if n > night]
-    links = ['<a href="/">live</a>']
-    if earlier:
-        href = esc(_url("/night", date=earlier[-1]))
-        links.append(f'<a rel="prev" href="{href}">&larr; {esc(earlier[-1])}</a>')
-    if later:
-        href = esc(_url("/night", date=later[0]))
-        links.append(f'<a rel="next" href="{href}">{esc(later[0])} &rarr;</a>')
-    return (
-        '<header><h1>skygrade <span class="sub">observer</span></h1><nav>'
-        + " ".join(links)
-        + '<form action="/night" method="get"><label>night <input type="date" name="date" '
-        f'value="{esc(night)}" required></label> <button type="submit">show</button></form>'
-        + ('<span class="live">live</span>' if live else "")
-        + "</nav></header>"
-    )
-
-
-def render_now(doc: dict) -> str:
-    last = doc.get("last_graded")
-    if last:
-        when = dt.datetime.fromisoformat(last["graded_at"])
-        ago = max(0.0, time.time() - when.timestamp())
-        last_text = (
-            f'<span id="now-last-time">{esc(_hms(when))} UT</span> '
-            f'(<span id="now-ago" data-t="{when.timestamp():.3f}">{_ago(ago)}</span>), '
-            f"{esc(last['exposure_id'])} {esc(last['grade'])}"
-        )
-    else:
-        last_text = '<span id="now-last-time">-</span>'
-    alerts = doc.get("alerts") or []
-    items = "".join(
-        f'<li class="alert {esc(str(a.get("level", "")).lower())}"><b>{esc(a.get("level"))}</b> '
-        f"{esc(a.get('rule'))}: {esc(a.get('message'))}</li>"
-        for a in alerts
-    )
-    backlog = doc.get("backlog")
-    return (
-        '<section id="now" class="panel"><h2>Now</h2><dl class="facts">'
-        f'<dt>night</dt><dd id="now-night">{esc(doc["night"])}</dd>'
-        f'<dt>model</dt><dd id="now-model">{esc(doc.get("model_version") or "-")}</dd>'
-        f'<dt>daemon</dt><dd id="now-state" class="state-{esc(doc["state"].replace(" ", "-"))}">'
-        f"{esc(doc['state'])}</dd>"
-        f'<dt>backlog</dt><dd id="now-backlog">{esc("-" if backlog is None else backlog)}</dd>'
-        f'<dt>last graded</dt><dd id="now-last">{last_text}</dd></dl>'
-        f'<ul id="alerts">{items or "<li class=none>no active alert</li>"}</ul></section>'
-    )
+    return {
+        "subtitle": "observer",
+        "static": False,
+        "night": night,
+        "earlier": earlier[-1] if earlier else None,
+        "later": later[0] if later else None,
+        "live": live,
+    }
 
 
 def _ago(seconds: float) -> str:
+    return _duration(seconds) + " ago"
+
+
+def _duration(seconds: float) -> str:
     if seconds < 90:
-        return f"{seconds:.0f} s ago"
+        return f"{seconds:.0f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render_now(doc: dict, now: float | None = None) -> Markup:
+    """The Now panel: daemon state, backlog, last graded and the active alerts (since when)."""
+    now = time.time() if now is None else now
+    last = doc.get("last_graded")
+    last_view = None
+    if last:
+        when = dt.datetime.fromisoformat(last["graded_at"])
+        last_view = {
+            "hms": _hms(when),
+            "t": f"{when.timestamp():.3f}",
+            "ago": _ago(max(0.0, now - when.timestamp())),
+            "exposure_id": last["exposure_id"],
+            "grade": last["grade"],
+        }
+    alerts = []
+    for a in doc.get("alerts") or []:
+        t = _unix(a.get("since"))
+        alerts.append(
+            {
+                "level": a.get("level"),
+                "css": str(a.get("level", "")).lower(),
+                "rule": a.get("rule"),
+                "message": a.get("message"),
+                "t": None if t is None else f"{t:.3f}",
+                "hms": "" if t is None else _hms(dt.datetime.fromtimestamp(t, dt.UTC)),
+                "ago": "" if t is None else _ago(max(0.0, now - t)),
+            }
+        )
+    return render("now.html.j2", doc=doc, last=last_view, alerts=alerts)
+
+
+WAITING_ROWS = 100
+"""Rows of the Waiting panel (longest waiting first); the rest are counted."""
+
+
+def render_waiting(items: list[dict]) -> Markup:
+    """The Waiting panel: files not graded (quarantined, incoming, incomplete), since when."""
+    view = []
+    for w in items[:WAITING_ROWS]:
+        t = w["t"]
+        view.append(
+            w
+            | {
+                "t": None if t is None else f"{t:.3f}",
+                "hms": "-" if t is None else _hms(dt.datetime.fromtimestamp(t, dt.UTC)) + " UT",
+                "waited": "-" if w["waited_s"] is None else _duration(w["waited_s"]),
+            }
+        )
+    return render("waiting.html.j2", items=view, more=max(0, len(items) - WAITING_ROWS))
+
+
+def votes(ccds: list[dict]) -> list[tuple[str, int]]:
+    """The grades of an exposure's graded CCDs, most votes first (ties in :data:`CLASSES`
+    order): ``[("BGP", 2), ("RBT", 1), ("B_SEEING", 1)]``."""
+    counts = Counter(c["grade"] for c in ccds if c.get("grade"))
+    order = {g: i for i, g in enumerate(CLASSES)}
+    return sorted(counts.items(), key=lambda gn: (-gn[1], order.get(gn[0], len(order)), gn[0]))
+
+
+def vote_flag(grade: str | None, tally: list[tuple[str, int]]) -> str | None:
+    """Why the headline grade needs a second look, or None: when another grade has more CCD
+    votes than it (or as many)."""
+    if not grade or not tally:
+        return None
+    mine = dict(tally).get(grade, 0)
+    top_grade, top = tally[0]
+    total = sum(n for _, n in tally)
+    if mine < top:
+        return (
+            f"{grade} is not the majority of the CCDs: {mine} of {total} votes, "
+            f"{top_grade} has {top}"
+        )
+    rivals = [g for g, n in tally if n == mine and g != grade]
+    if rivals:
+        return f"{grade} ties with {', '.join(rivals)}: {mine} of {total} votes each"
+    return None
+
+
+OPTIONAL_FACTS = (
+    ("seeing_arcsec", "seeing", ".2f", '"'),
+    ("seeing_zenith_arcsec", "seeing at zenith", ".2f", '"'),
+    ("sky_mag_arcsec2", "sky", ".2f", " mag/arcsec²"),
+    ("sky_adu_s", "sky rate", ".1f", " ADU/s"),
+    ("airmass", "airmass", ".2f", ""),
+)
+"""Physical measurements shown when the rows have them (column, label, format, unit); the
+dataset does not have these columns yet (issue 22 items 1-5)."""
 
 
 def render_exposure(
@@ -816,16 +1093,13 @@ def render_exposure(
     ccds: list[dict],
     title: str,
     href: Callable[[int], str],
-    detail: str | None = None,
+    detail: Markup | None = None,
     selected: int | None = None,
-) -> str:
-    """The exposure panel: headline, facts, focal plane (and one CCD's details)."""
-    grade = row.get("grade")
-    grade_html = (
-        f'<span class="grade" data-grade="{esc(grade)}">{esc(grade)}</span>'
-        if grade
-        else f'<span class="grade q">{esc(row["status"])}</span>'
-    )
+    neighbours: dict | None = None,
+    hint: str = "select a CCD for its probabilities, hits and image",
+) -> Markup:
+    """The exposure panel: headline, CCD votes, previous / next, facts, focal plane (and one
+    CCD's details)."""
     facts = [
         ("EXPNUM", row["exposure_id"]),
         ("OBJECT", row.get("object")),
@@ -837,21 +1111,36 @@ def render_exposure(
         ("OOD score", _ood_text(row.get("ood_score"))),
         ("model", row.get("model_version")),
     ]
-    facts_html = "".join(
-        f'<dt>{esc(k)}</dt><dd class="f-{esc(k.split()[0].lower())}">{esc(v)}</dd>'
-        for k, v in facts
+    facts += [
+        (label, _num(row[col], fmt, unit))
+        for col, label, fmt, unit in OPTIONAL_FACTS
+        if _finite(row.get(col))
+    ]
+    tally = votes(ccds)
+    neighbours = neighbours or {"prev": None, "next": None}
+    rows, cols, cells = focal_plane_layout_for(row, ccds)
+    return render(
+        "exposure.html.j2",
+        row=row,
+        title=title,
+        conf=_num(row.get("confidence")),
+        votes=tally,
+        flag=vote_flag(row.get("grade"), tally),
+        facts=[(k, "" if v is None else v) for k, v in facts],
+        rows=rows,
+        cols=cols,
+        cells=_cells(ccds, cells, href, selected),
+        detail=detail,
+        hint=hint,
+        prev=neighbours["prev"],
+        next=neighbours["next"],
     )
-    return (
-        f'<section id="exposure" class="panel"><h2 id="exposure-title">{esc(title)}</h2>'
-        '<div id="exposure-summary">'
-        f'<p class="headline">{grade_html} <span class="conf">'
-        f"{_num(row.get('confidence'))}</span> "
-        f'<span class="reason">{esc(row.get("reason"))}</span></p>'
-        f'<dl class="facts">{facts_html}</dl></div>'
-        '<div class="fp-wrap">'
-        + render_focal_plane(row, ccds, href, selected)
-        + f'<div id="ccd-detail" class="detail">{detail or _DETAIL_HINT}</div></div></section>'
-    )
+
+
+def focal_plane_layout_for(row: dict, ccds: list[dict]):
+    n = max([int(row.get("n_ccd") or 0)] + [c["ccd"] + 1 for c in ccds])
+    rows, cols, cells = focal_plane_layout(n)
+    return rows, cols, cells[:n] if n else []
 
 
 def _ood_text(score) -> str:
@@ -862,16 +1151,11 @@ def _ood_text(score) -> str:
     return f"{score:.2f} ({verdict})"
 
 
-_DETAIL_HINT = '<p class="hint">select a CCD for its probabilities, hits and image</p>'
-
-
-def render_focal_plane(row, ccds, href, selected=None) -> str:
-    """One cell per CCD at its place on the focal plane, coloured by grade and confidence."""
+def _cells(ccds, cells, href, selected) -> list[dict]:
+    """One focal-plane cell per CCD at its place, coloured by grade and confidence."""
     by_ccd = {c["ccd"]: c for c in ccds}
-    n = max([int(row.get("n_ccd") or 0)] + [k + 1 for k in by_ccd])
-    rows, cols, cells = focal_plane_layout(n)
     out = []
-    for k, (r, col) in enumerate(cells[:n] if n else []):
+    for k, (r, col) in enumerate(cells):
         c = by_ccd.get(k)
         status = c["status"] if c else "missing"
         grade = c["grade"] if c else None
@@ -880,165 +1164,167 @@ def render_focal_plane(row, ccds, href, selected=None) -> str:
         style = f"grid-row:{r + 1};grid-column:{col + 1}" + (
             f";background-color:{color}" if color else ""
         )
-        label = grade or {"quarantined": "Q", "not_graded": "-", "missing": "?"}.get(status, "?")
         tip = f"ccd{k:02d} {grade or status} {_num(conf)}"
         if c and c.get("reason"):
             tip += f" ({c['reason']})"
-        cls = "ccd" + (" selected" if k == selected else "")
         out.append(
-            f'<a class="{cls}" id="cell-{k}" data-ccd="{k}" data-grade="{esc(grade or "")}" '
-            f'data-status="{esc(status)}" href="{esc(href(k))}" style="{style}" '
-            f'title="{esc(tip)}"><span class="n">{k:02d}</span>'
-            f'<span class="g">{esc(label)}</span></a>'
+            {
+                "k": k,
+                "grade": grade or "",
+                "status": status,
+                "label": grade
+                or {"quarantined": "Q", "not_graded": "-", "missing": "?"}.get(status, "?"),
+                "style": style,
+                "tip": tip,
+                "href": href(k),
+                "selected": k == selected,
+            }
         )
-    return (
-        f'<div id="focal-plane" class="focal-plane" data-rows="{rows}" data-cols="{cols}" '
-        f'style="grid-template-columns:repeat({cols},var(--cell-w))">' + "".join(out) + "</div>"
-    )
+    return out
 
 
-def render_ccd_detail(c: dict, thumb: str | None) -> str:
+def render_ccd_detail(c: dict, thumb: str | None) -> Markup:
     """Class probabilities, sources, medians, the 20 hit counts and the thumbnail of a CCD."""
-    probs = "".join(
-        f'<tr><th>{esc(k)}</th><td class="bar"><span style="width:{100 * p:.0f}%;'
-        f'background-color:rgb{GRADE_COLORS[k]}"></span></td><td>{p:.3f}</td></tr>'
-        for k, p in ((k, c.get(f"p_{k}")) for k in CLASSES)
-        if _finite(p)
-    )
-    hits = c.get("hits") or []
-    hit_cells = "".join(
-        "<tr>" + "".join(f"<td>{int(h)}</td>" for h in hits[i : i + 5]) + "</tr>"
-        for i in range(0, len(hits), 5)
-    )
-    img = (
-        f'<img class="thumb" src="{esc(thumb)}" alt="representative image of ccd{c["ccd"]:02d}">'
-        if thumb
-        else '<p class="noimg">no representative image</p>'
-    )
+    hits = [int(h) for h in c.get("hits") or []]
     facts = [
         ("status", c.get("status")),
         ("sources", c.get("n_sources")),
         ("median elongation", _num(c.get("median_elongation"))),
         ("median ISO0", _num(c.get("median_iso0"), ".1f", " px")),
         ("median background", _num(c.get("median_background"), ".1f", " ADU")),
-        ("reason", c.get("reason") or "-"),
     ]
-    return (
-        f'<h3>ccd{c["ccd"]:02d} <span class="grade" data-grade="{esc(c.get("grade") or "")}">'
-        f"{esc(c.get('grade') or c.get('status'))}</span></h3>{img}"
-        f'<table class="probs">{probs}</table><dl class="facts">'
-        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-        + f'</dl><table class="hits" title="SOM hits per cluster">{hit_cells}</table>'
+    facts += [
+        (label, _num(c[col], fmt, unit))
+        for col, label, fmt, unit in OPTIONAL_FACTS
+        if _finite(c.get(col))
+    ]
+    facts.append(("reason", c.get("reason") or "-"))
+    return render(
+        "ccd_detail.html.j2",
+        c=c,
+        thumb=thumb,
+        probs=[(k, c[f"p_{k}"]) for k in CLASSES if _finite(c.get(f"p_{k}"))],
+        colors={k: "rgb({}, {}, {})".format(*GRADE_COLORS[k]) for k in CLASSES},
+        facts=[(k, "" if v is None else v) for k, v in facts],
+        hits=[hits[i : i + 5] for i in range(0, len(hits), 5)],
     )
 
 
-def render_timeline(night: str, rows: list[dict]) -> str:
-    """SVG: one mark per exposure at its time, coloured by grade, as tall as its confidence."""
-    start, end = night_span(night, rows)
+_X0, _WIDTH, _BASE, _HEIGHT = 40.0, 940.0, 100.0, 80.0
+
+
+def _marks(night: str, rows: list[dict], start, end, href) -> list[dict]:
     span = (end - start).total_seconds() or 1.0
-    x0, width, base, height = 40.0, 940.0, 100.0, 80.0
-    ticks = []
-    hour = start.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
-    while hour < end:
-        x = x0 + width * (hour - start).total_seconds() / span
-        ticks.append(
-            f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{base:.0f}" y2="{base + 4:.0f}"/>'
-            f'<text x="{x:.1f}" y="{base + 16:.0f}">{hour:%H}</text>'
-        )
-        hour += dt.timedelta(hours=1)
     marks = []
     for r in rows:
         if r.get("time") is None:
             continue
+        link = href(r)
         cached = r.get("_mark")
-        if cached is not None and cached[0] == (start, end):
+        if cached is not None and cached[0] == (start, end, link):
             marks.append(cached[1])
             continue
-        x = x0 + width * (r["time"] - start).total_seconds() / span
+        x = _X0 + _WIDTH * (r["time"] - start).total_seconds() / span
         graded = r["status"] == "graded"
-        h = max(height * (r["confidence"] or 0.0), 4.0) if graded else 6.0
-        color = "rgb({}, {}, {})".format(*GRADE_COLORS[r["grade"]]) if graded else "#888"
-        opacity = shade(r["confidence"] or 0.0) if graded else 1.0
+        h = max(_HEIGHT * (r["confidence"] or 0.0), 4.0) if graded else 6.0
         tip = f"{r['exposure_id']} {_hms(r['time'])} UT {r['grade'] or r['status']}"
         tip += f" {r['confidence']:.2f}" if graded else ""
-        mark = (
-            f'<rect class="mark{"" if graded else " q"}" data-id="{esc(r["exposure_id"])}" '
-            f'x="{x - 1.5:.1f}" y="{base - h:.1f}" width="3" height="{h:.1f}" fill="{color}" '
-            f'fill-opacity="{opacity:.2f}"><title>{esc(tip)}</title></rect>'
-        )
-        r["_mark"] = ((start, end), mark)  # kept with the row: a new exposure adds one mark
+        mark = {
+            "id": r["exposure_id"],
+            "cls": "mark" if graded else "mark q",
+            "x": f"{x - 1.5:.1f}",
+            "y": f"{_BASE - h:.1f}",
+            "h": f"{h:.1f}",
+            "fill": "rgb({}, {}, {})".format(*GRADE_COLORS[r["grade"]]) if graded else "#888",
+            "opacity": f"{shade(r['confidence'] or 0.0) if graded else 1.0:.2f}",
+            "tip": tip,
+            "href": link,
+        }
+        r["_mark"] = ((start, end, link), mark)  # kept with the row: a new exposure adds one
         marks.append(mark)
-    return (
-        f'<svg id="timeline" viewBox="0 0 1000 120" role="img" data-start="{start.isoformat()}" '
-        f'data-end="{end.isoformat()}" aria-label="grades through the night (UT hours)">'
-        f'<line class="axis" x1="{x0}" x2="{x0 + width}" y1="{base}" y2="{base}"/>'
-        + "".join(ticks)
-        + f'<text x="{x0 + width}" y="{base + 16:.0f}" class="unit">UT</text>'
-        + f'<g id="marks">{"".join(marks)}</g></svg>'
-    )
+    return marks
 
 
-def render_usable(s: dict) -> str:
-    usable = "-" if s["usable_fraction"] is None else f"{100 * s['usable_fraction']:.0f}%"
-    return (
-        f'<p id="usable">usable (GOOD) so far: <b>{usable}</b> of {s["graded"]} graded; '
-        f"{s['n']} exposure(s), {s['quarantined']} quarantined</p>"
-    )
+def _ticks(start, end) -> list[dict]:
+    span = (end - start).total_seconds() or 1.0
+    ticks = []
+    hour = start.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    while hour < end:
+        x = _X0 + _WIDTH * (hour - start).total_seconds() / span
+        ticks.append({"x": f"{x:.1f}", "label": f"{hour:%H}"})
+        hour += dt.timedelta(hours=1)
+    return ticks
 
 
-def render_table(rows: list[dict], show_all: bool, links: bool = True) -> str:
+def render_tonight(
+    night: str, rows: list[dict], show_all: bool, links: bool = True, rev: str = ""
+) -> Markup:
+    """The night panel: grade chips and legend, time lost, the usable fraction, the timeline
+    (marks link to the exposure pages, or with ``links`` off to the table rows) and the table.
+    """
+    s = summarize(rows)
+    start, end = night_span(night, rows)
+
+    def href(r):
+        if links:
+            return _url("/exposure", night=night, id=r["exposure_id"])
+        return f"#exp-{r['exposure_id']}"
+
     shown = rows[::-1] if show_all else rows[::-1][:TABLE_ROWS]
-    body = []
-    for r in shown:
-        eid = esc(r["exposure_id"])
-        link = (
-            f'<a href="{esc(_url("/exposure", night=r["night"], id=r["exposure_id"]))}">{eid}</a>'
-            if links
-            else eid
-        )
-        grade = r["grade"] or r["status"]
-        body.append(
-            f'<tr id="exp-{eid}" data-id="{eid}"><td>{_hms(r.get("time"))}</td><td>{link}</td>'
-            f"<td>{esc(r.get('object'))}</td><td>{esc(r.get('filter'))}</td>"
-            f'<td class="num">{_num(r.get("exptime"), ".0f")}</td>'
-            f'<td><span class="grade" data-grade="{esc(r["grade"] or "")}">{esc(grade)}</span>'
-            f'</td><td class="num">{_num(r.get("confidence"))}</td>'
-            f'<td class="num">{_num(r.get("latency_s"), ".1f")}</td>'
-            f'<td class="reason">{esc(r.get("reason"))}</td></tr>'
-        )
-    more = (
-        ""
-        if show_all or len(rows) <= TABLE_ROWS
-        else f'<p class="more">latest {TABLE_ROWS} of {len(rows)} shown; '
-        f'<a href="{esc(_url("/night", date=rows[0]["night"], all=1))}">all exposures</a></p>'
-    )
-    return (
-        '<table id="exposures"><thead><tr><th>UT</th><th>EXPNUM</th><th>OBJECT</th>'
-        "<th>FILTER</th><th>EXPTIME</th><th>grade</th><th>conf.</th><th>latency s</th>"
-        f"<th>reason</th></tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
-    )
+    table = [
+        {
+            "id": r["exposure_id"],
+            "href": _url("/exposure", night=r["night"], id=r["exposure_id"]) if links else None,
+            "hms": _hms(r.get("time")),
+            "object": r.get("object") or "",
+            "filter": r.get("filter") or "",
+            "exptime": _num(r.get("exptime"), ".0f"),
+            "grade": r["grade"] or "",
+            "label": r["grade"] or r["status"],
+            "conf": _num(r.get("confidence")),
+            "latency": _num(r.get("latency_s"), ".1f"),
+            "reason": r.get("reason") or "",
+        }
+        for r in shown
+    ]
+    from models.classes import DESCRIPTIONS
 
-
-def render_tonight(night: str, rows: list[dict], show_all: bool, links: bool = True) -> str:
-    """The night panel: usable fraction, timeline and the table (``links``: to exposure pages)."""
-    return (
-        f'<section id="tonight" class="panel"><h2>Night {esc(night)}</h2>'
-        + render_usable(summarize(rows))
-        + render_timeline(night, rows)
-        + render_table(rows, show_all, links=links)
-        + "</section>"
+    usable = "-" if s["usable_fraction"] is None else f"{100 * s['usable_fraction']:.0f}%"
+    return render(
+        "tonight.html.j2",
+        night=night,
+        rev=rev,
+        s=s,
+        usable=usable,
+        chips=[
+            {"grade": g, "n": s["grades"].get(g, 0), "description": DESCRIPTIONS[g]}
+            for g in CLASSES
+        ],
+        lost=[(g, _duration(s["lost_s"][g])) for g in CLASSES if g in s["lost_s"]],
+        links=links,
+        start=start.isoformat(),
+        end=end.isoformat(),
+        x0=_X0,
+        x1=_X0 + _WIDTH,
+        base=_BASE,
+        ticks=_ticks(start, end),
+        marks=_marks(night, rows, start, end, href),
+        table=table,
+        more=None if show_all or len(rows) <= TABLE_ROWS else _url("/night", date=night, all=1),
     )
 
 
 # --------------------------------------------------------------------------- static report
 
 
-def render_static_night(out_dir, night: str) -> str:
+def render_static_night(out_dir, night: str, plot: str | None = None, csv: str | None = None):
     """The night view as one self-contained HTML document (CSS and images inlined, no script).
 
-    The latest exposure's focal plane links every CCD to its details (probabilities, hits and
-    the representative image as an inlined PNG), the timeline and the table list every
-    exposure.
+    The latest graded exposure's focal plane links every CCD to its details (probabilities,
+    hits and the representative image as an inlined PNG); the quarantined files are listed
+    with their reasons; the timeline and the table list every exposure. ``plot``: a
+    ``data:image/png`` URL of the night's plot, shown under the timeline; ``csv``: the name of
+    the CSV written beside the page, linked.
 
     Raises
     ------
@@ -1051,11 +1337,16 @@ def render_static_night(out_dir, night: str) -> str:
         raise LookupError(f"night {night!r} is not in the dataset at {out_dir}")
     css = observer.assets["observer.css"].decode()
     rows = index.rows
-    latest = rows[-1] if rows else None
+    latest = latest_graded(rows)
     parts = [
-        '<header><h1>skygrade <span class="sub">night report</span></h1>'
-        f"<p>night {esc(night)}, written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UT; "
-        f"model {esc(', '.join(summarize(rows)['model_versions']))}</p></header>"
+        render(
+            "nav.html.j2",
+            subtitle="night report",
+            static=True,
+            night=night,
+            written=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+            models=", ".join(summarize(rows)["model_versions"]),
+        )
     ]
     if latest is not None:
         ccds = observer.ccd_rows(latest)
@@ -1066,18 +1357,30 @@ def render_static_night(out_dir, night: str) -> str:
             if c["ccd"] in images:
                 data = base64.b64encode(thumbnail_png(images[c["ccd"]])).decode()
                 thumb = f"data:image/png;base64,{data}"
-            details.append(
-                f'<div class="detail static" id="ccd-{c["ccd"]}">'
-                + render_ccd_detail(c, thumb)
-                + "</div>"
-            )
+            details.append({"ccd": c["ccd"], "html": render_ccd_detail(c, thumb)})
         parts.append(
-            render_exposure(latest, ccds, "Latest exposure", href=lambda k: f"#ccd-{k}").replace(
-                _DETAIL_HINT, '<p class="hint">select a CCD: its details are below</p>'
+            render_exposure(
+                latest,
+                ccds,
+                "Latest exposure",
+                href=lambda k: f"#ccd-{k}",
+                neighbours=_neighbours(rows, latest, lambda r: f"#exp-{r['exposure_id']}"),
+                hint="select a CCD: its details are below",
             )
-            + '<section id="ccds" class="panel"><h2>CCDs of the latest exposure</h2>'
-            + "".join(details)
-            + "</section>"
         )
+    else:
+        parts.append(
+            Markup(
+                '<section id="exposure" class="panel"><h2>Latest exposure</h2>'
+                '<p class="empty">no exposure graded this night</p></section>'
+            )
+        )
+    parts.append(
+        render_waiting(observer.waiting_items(index, href=lambda r: f"#exp-{r['exposure_id']}"))
+    )
+    if latest is not None:
+        parts.append(render("ccds.html.j2", details=details))
     parts.append(render_tonight(night, rows, show_all=True, links=False))
-    return render_page(f"skygrade · night {night}", {"data-night": night}, "".join(parts), css)
+    if plot is not None:
+        parts.append(render("plot.html.j2", png=plot, csv=csv))
+    return render_page(f"skygrade · night {night}", {"data-night": night}, parts, css)

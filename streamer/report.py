@@ -26,6 +26,18 @@ EXAMPLES = (
     "  skygrade report grades --model-version 2026.11.24-101500   # the latest night"
 )
 
+GRADE_COLORS = {
+    "GOOD": (0, 158, 115),
+    "B_SEEING": (240, 228, 66),
+    "BGP": (230, 159, 0),
+    "BT": (213, 94, 0),
+    "RBT": (86, 180, 233),
+}
+"""Grade colours: Okabe & Ito's colour-blind-safe palette (bluish green, yellow, orange,
+vermillion, sky blue), chosen so that every pair stays apart under protan-, deutan- and
+tritanopia at every confidence shade (BT and RBT most of all: warm against cool), on the
+observer page and in the report's plot."""
+
 STATISTICS = (
     ("median_elongation", "median elongation"),
     ("median_iso0", "median ISO0 (px)"),
@@ -113,9 +125,21 @@ def _usable(v) -> bool:
 
 def summarize(rows: list[dict]) -> dict:
     """Counts of a night: ``n``, ``graded``, ``quarantined``, ``grades`` (per class),
-    ``usable_fraction`` (GOOD / graded, None when nothing was graded) and ``model_versions``."""
+    ``usable_fraction`` (GOOD / graded, None when nothing was graded), ``model_versions``,
+    ``lost_s`` (per non-GOOD grade: the sum of the EXPTIME of its exposures, seconds) and
+    ``lost_unknown`` (non-GOOD exposures without an EXPTIME, not in ``lost_s``)."""
     graded = [r for r in rows if r["status"] == "graded"]
     grades = Counter(r["grade"] for r in graded)
+    lost: dict[str, float] = {}
+    unknown = 0
+    for r in graded:
+        if r["grade"] == "GOOD":
+            continue
+        exptime = r.get("exptime")
+        if _usable(exptime):
+            lost[r["grade"]] = lost.get(r["grade"], 0.0) + float(exptime)
+        else:
+            unknown += 1
     return {
         "n": len(rows),
         "graded": len(graded),
@@ -123,6 +147,8 @@ def summarize(rows: list[dict]) -> dict:
         "grades": dict(grades),
         "usable_fraction": grades.get("GOOD", 0) / len(graded) if graded else None,
         "model_versions": sorted({r["model_version"] or "?" for r in rows}),
+        "lost_s": lost,
+        "lost_unknown": unknown,
     }
 
 

@@ -5,9 +5,11 @@ import argparse
 import datetime as dt
 import http.client
 import io
+import itertools
 import json
 import math
 import re
+import time
 
 import numpy as np
 import pytest
@@ -263,8 +265,13 @@ def test_pages_are_server_rendered_and_readable_without_javascript(server, datas
     assert status == 200 and content_type.startswith("text/html")
     for i in range(5):
         assert f'<tr id="exp-28170{i:02d}"' in page  # the table, with no script run
-    # the latest exposure (2817004, quarantined) is shown; its focal plane has 36 cells
-    assert page.count('class="ccd') == 36
+    # the latest GRADED exposure (2817003, 40 CCDs) is shown, not the quarantined 2817004:
+    # that one waits in its own panel, with its reason and how long it has waited
+    assert 'data-exposure="2817003"' in page and page.count('class="ccd') == 40
+    waiting = page.split('<section id="waiting"', 1)[1].split("</section>", 1)[0]
+    assert 'data-id="2817004" data-state="quarantined"' in waiting and "truncated" in waiting
+    assert f'href="/exposure?night={NIGHT}&amp;id=2817004"' in waiting
+    assert re.search(r'class="waited" data-t="[\d.]+">[\d.]+ (s|min|h)<', waiting)
     assert page.count('class="mark') == 5
     assert "usable (GOOD) so far: <b>75%</b> of 4 graded" in page
     # an exposure page: one cell per CCD, coloured by its row's grade, a CCD's details
@@ -372,7 +379,7 @@ def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
     urls = re.findall(r'(?:src|href|action)="([^"]*)"', page)
     assert all(u.startswith(("#", "data:image/png;base64,")) for u in urls), urls
     assert "<style>" in page and "<script" not in page
-    # the latest exposure (2817004) is quarantined: no CCD, so no image; every exposure listed
+    # every exposure listed (the quarantined 2817004 too: the latest graded one is shown)
     for i in range(5):
         assert f'<tr id="exp-28170{i:02d}"' in page
     # a night whose latest exposure has images inlines them, one per graded CCD
@@ -425,3 +432,231 @@ def test_warming_builds_the_live_nights_index_before_the_first_request(dataset, 
     with HttpServer(Metrics().registry, port=0, routes=observer.routes()) as s:
         doc = get_json(s, f"/api/night?date={observer.live_night()}")
     assert reads == [] and len(doc["exposures"]) == 5
+
+
+# --------------------------------------------------------------------------- issue 22: the page
+
+
+def graded_ccds(row, grades):
+    """CCD rows graded ``grades`` (one per CCD, None: quarantined), probabilities 0.7 / 0.075."""
+    rows = []
+    for k, g in enumerate(grades):
+        c = ccd_rows(row, k)[0] | {"ccd": k, "grade": g}
+        c.update({f"p_{x}": None if g is None else (0.7 if x == g else 0.075) for x in CLASSES})
+        if g is None:
+            c.update(status="quarantined", reason="dead_ccd: all zeros", image=None)
+        rows.append(c)
+    return rows
+
+
+def test_votes_beside_the_headline_are_flagged_when_the_headline_is_not_the_majority(
+    server, dataset
+):
+    for i, headline in ((10, "BGP"), (11, "RBT")):
+        r = exposure(i, headline, 5)
+        write_grade_rows(dataset, r, graded_ccds(r, ["BGP", "RBT", "BGP", "B_SEEING", None]))
+    for eid, flagged in (("2817010", False), ("2817011", True)):
+        _, _, body = get(server, f"/exposure?night={NIGHT}&id={eid}")
+        votes = body.decode().split('id="votes"', 1)[1].split("</p>", 1)[0]
+        text = re.sub(r"<[^>]+>", "", votes)
+        assert re.sub(r"\s+", " ", text).endswith(
+            "CCD votes: BGP 2 · B_SEEING 1 · RBT 1"  # ties in CLASSES order
+            + (" ⚠ RBT is not the majority of the CCDs: 1 of 4 votes, BGP has 2" if flagged else "")
+        ), text
+        assert ("flagged" in votes.split(">", 1)[0]) == flagged
+    assert obs.votes([]) == [] and obs.vote_flag("GOOD", []) is None
+    assert obs.vote_flag("GOOD", [("GOOD", 2), ("BT", 2)]) == (
+        "GOOD ties with BT: 2 of 4 votes each"
+    )
+
+
+def test_night_at_a_glance_chips_legend_and_time_lost(server):
+    _, _, body = get(server, f"/night?date={NIGHT}")
+    glance = body.decode().split('<div id="glance">', 1)[1].split("</div>", 1)[0]
+    chips = dict(
+        re.findall(r'<li class="chip" data-grade="(\w+)"[^>]*>\w+ <b class="n">(\d+)', glance)
+    )
+    # latest rows: 2817000 GOOD, 2817001 GOOD (v2), 2817002 GOOD, 2817003 RBT, 2817004 quarantined
+    assert chips == {"GOOD": "3", "B_SEEING": "0", "BGP": "0", "BT": "0", "RBT": "1"}
+    assert re.search(r'class="chip q"[^>]*>quarantined <b class="n">1<', glance)
+    legend = glance.split('id="legend"', 1)[1]
+    assert all(f'data-grade="{g}">{g}</span>' in legend for g in CLASSES)
+    assert "bad tracking: stars trailed" in legend  # models.classes.DESCRIPTIONS
+    lost = re.sub(r"<[^>]+>|\s+", " ", glance.split('id="lost"', 1)[1].split("</p>", 1)[0])
+    assert "time lost (sum of EXPTIME per grade): RBT 5 min" in re.sub(r" +", " ", lost)
+    s = report.summarize([exposure(0, "BT", 4), exposure(1, "BT", 4) | {"exptime": None}])
+    assert s["lost_s"] == {"BT": 300.0} and s["lost_unknown"] == 1
+
+
+def test_navigation_timeline_links_previous_next_and_the_selected_ccd(server):
+    _, _, body = get(server, f"/exposure?night={NIGHT}&id=2817002")
+    page = body.decode()
+    # every timeline mark is a link to its exposure's page
+    marks = re.findall(r'<a href="([^"]+)"><rect class="mark[^"]*" data-id="(\d+)"', page)
+    assert len(marks) == 5
+    assert all(h == f"/exposure?night={NIGHT}&amp;id={i}" for h, i in marks)
+    # previous / next exposure of the night
+    assert f'class="exp-prev" href="/exposure?night={NIGHT}&amp;id=2817001"' in page
+    assert f'class="exp-next" href="/exposure?night={NIGHT}&amp;id=2817003"' in page
+    _, _, body = get(server, f"/exposure?night={NIGHT}&id=2817000")
+    assert 'class="exp-prev none">first of the night' in body.decode()
+    # the live page takes ?ccd= (the address the page's script writes): that CCD's details
+    _, _, body = get(server, "/?ccd=5")
+    page = body.decode()
+    assert 'data-ccd="5"' in page and "<h3>ccd05" in page
+    assert 'class="ccd selected" id="cell-5"' in page
+    status, _, body = get(server, "/?ccd=77")  # not a CCD of the newest exposure: no details
+    assert status == 200 and 'data-ccd=""' in body.decode() and "<h3>ccd" not in body.decode()
+
+
+def test_a_night_or_exposure_without_data_lists_the_nights_that_have_some(server):
+    for path, says in (
+        (
+            "/night?date=2030-01-01",
+            "the dataset has no exposure for the night &#39;2030-01-01&#39;",
+        ),
+        (f"/exposure?night={NIGHT}&id=2817099", f"night {NIGHT} has no exposure &#39;2817099&#39;"),
+        (f"/exposure?night={NIGHT}&id=2817000&ccd=36", "exposure 2817000 has no CCD &#39;36&#39;"),
+    ):
+        status, content_type, body = get(server, path)
+        page = body.decode()
+        assert status == 404 and content_type.startswith("text/html"), path
+        assert says in page and "not found" not in page
+        nights = re.findall(r'<li><a href="/night\?date=([\d-]+)">', page)
+        assert nights == [NIGHT, "2026-11-23"], path  # newest first
+
+
+def test_alerts_show_since_when(dataset):
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=12)
+    alert = {
+        "level": "WARN",
+        "rule": "consecutive_bad",
+        "message": "3 <b>not</b> GOOD",
+        "since": since.isoformat(),
+    }
+    observer = obs.Observer(dataset, status=lambda: {"ok": True, "alerts": [alert]})
+    page = observer.page_live(Request("GET", "/")).body.decode()
+    item = page.split('<ul id="alerts">', 1)[1].split("</ul>", 1)[0]
+    assert "consecutive_bad: 3 &lt;b&gt;not&lt;/b&gt; GOOD" in item
+    assert f"since {since:%H:%M:%S} UT" in item and ">12 min ago<" in item
+    assert f'data-t="{since.timestamp():.3f}"' in item  # the script keeps the age current
+
+
+def test_waiting_panel_lists_the_daemons_incoming_files_with_how_long_they_waited(dataset):
+    now = time.time()
+    held = [
+        {"exposure_id": "2817020", "state": "incoming", "since": now - 30},
+        {
+            "path": "/drop/2817021o.fits",
+            "state": "incomplete",
+            "since": now - 7200,
+            "reason": "2 of 37 HDUs",
+        },
+    ]
+    observer = obs.Observer(dataset, waiting=lambda: held)
+    items = observer.waiting_items(observer.night(NIGHT), now=now)
+    assert [(w["id"], w["state"]) for w in items] == [
+        ("2817004", "quarantined"),
+        ("2817021o.fits", "incomplete"),
+        ("2817020", "incoming"),
+    ]  # longest waiting first (the quarantined one arrived on the dataset's night)
+    assert items[-1]["waited_s"] == pytest.approx(30, abs=1)
+    page = observer.page_live(Request("GET", "/")).body.decode()
+    waiting = page.split('<section id="waiting"', 1)[1].split("</section>", 1)[0]
+    assert re.search(r'data-id="2817021o.fits" data-state="incomplete">.*>2\.0 h<', waiting)
+    assert re.search(r'data-id="2817020" data-state="incoming">.*>30 s<', waiting)
+    assert json.loads(observer.api_now(Request("GET", "/api/now")).body)["waiting"][1]["id"] == (
+        "2817021o.fits"
+    )
+
+
+def test_fragments_are_the_pages_panels_rendered_by_the_same_escaping_templates(server):
+    assert obs.TEMPLATES.autoescape is True
+    _, _, page = get(server, f"/exposure?night={NIGHT}&id=2817002&ccd=1")
+    page = page.decode()
+    for path, element in (
+        (f"/fragment/exposure?night={NIGHT}&id=2817002&ccd=1&pinned=1", '<section id="exposure"'),
+        (f"/fragment/ccd?night={NIGHT}&id=2817002&ccd=1", '<div id="ccd-detail"'),
+        (f"/fragment/night?date={NIGHT}", '<section id="tonight"'),
+        (f"/fragment/now?night={NIGHT}", '<section id="now"'),
+    ):
+        status, content_type, body = get(server, path)
+        text = body.decode()
+        assert status == 200 and content_type.startswith("text/html"), path
+        assert text.startswith(element) and XSS not in text, path
+        assert text.split("\n", 1)[0] in page, path  # the same markup as the page's
+    assert (
+        "&lt;script&gt;alert(1)&lt;/script&gt;"
+        in get(server, f"/fragment/exposure?night={NIGHT}&id=2817002")[2].decode()
+    )
+    for path in (
+        f"/fragment/exposure?night={NIGHT}&id=2817099",
+        f"/fragment/ccd?night={NIGHT}&id=2817002&ccd=9",
+        "/fragment/night?date=2030-01-01",
+    ):
+        assert get(server, path)[0] == 404, path
+    # the script builds no markup and keeps no copy of the classes or their colours
+    js = obs.Observer(".").assets["observer.js"].decode()
+    assert "innerHTML" not in js and not any(f'"{g}"' in js for g in CLASSES)
+    assert "rgb(" not in js
+
+
+def cvd_lab(rgb, alpha, matrix):
+    """CIELAB of ``rgb`` drawn at ``alpha`` over the page's cell background, as a viewer with
+    the colour-vision deficiency ``matrix`` (Machado et al. 2009, severity 1) sees it."""
+
+    def lin(c):
+        c = np.asarray(c, float) / 255
+        return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+    shown = np.asarray(rgb) * alpha + np.array([42, 47, 54]) * (1 - alpha)  # #2a2f36
+    linear = np.clip(np.asarray(matrix) @ lin(shown), 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    x = xyz @ linear / np.array([0.9505, 1.0, 1.089])
+    f = np.where(x > 0.008856, np.cbrt(x), 7.787 * x + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+CVD = {
+    "protan": [
+        [0.152286, 1.052583, -0.204868],
+        [0.114503, 0.786281, 0.099216],
+        [-0.003882, -0.048116, 1.051998],
+    ],
+    "deutan": [
+        [0.367322, 0.860646, -0.227968],
+        [0.280085, 0.672501, 0.047413],
+        [-0.011820, 0.042940, 0.968881],
+    ],
+    "tritan": [
+        [1.255528, -0.076749, -0.178779],
+        [-0.078411, 0.930809, 0.147602],
+        [0.004733, 0.691367, 0.303900],
+    ],
+    "normal": np.eye(3),
+}
+
+
+def test_palette_is_colour_blind_safe_and_separates_bt_from_rbt_when_shaded():
+    shades = [obs.shade(c) for c in np.linspace(0, 1, 6)]
+    colors = obs.GRADE_COLORS
+    for name, m in CVD.items():
+        # BT and RBT apart at any two confidences (delta E, CIE76)
+        worst = min(
+            np.linalg.norm(cvd_lab(colors["BT"], a, m) - cvd_lab(colors["RBT"], b, m))
+            for a in shades
+            for b in shades
+        )
+        assert worst > 10, (name, worst)
+        # every pair of grades apart at the same confidence
+        for g, h in itertools.combinations(CLASSES, 2):
+            d = min(
+                np.linalg.norm(cvd_lab(colors[g], a, m) - cvd_lab(colors[h], a, m)) for a in shades
+            )
+            assert d > 6, (name, g, h, d)
+    # one palette: the page's CSS rules and the report's plot come from GRADE_COLORS
+    css = obs.grade_css()
+    assert all(
+        f"[data-grade={g}]" in css and "rgb({}, {}, {})".format(*colors[g]) in css for g in CLASSES
+    )
+    assert report.GRADE_COLORS is obs.GRADE_COLORS

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -37,6 +37,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 NIGHT = "2026-11-24"
 XSS = "<script>alert(1)</script>"
 GEOMETRY = Geometry(4, 256, 320)
+STALE = (StaleElementReferenceException,)
+"""The page swaps in fresh panels while it polls: an element found a moment ago may be gone."""
 SCREENSHOT = Path(__file__).resolve().parents[2] / "build" / "observer-screenshot.png"
 
 
@@ -107,7 +109,7 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         assert wait_for(lambda: daemon.ledger.counts().get("graded", 0) == 2)
         base = f"http://127.0.0.1:{daemon.server.port}"
         browser.get(base + "/")
-        wait = WebDriverWait(browser, 30)
+        wait = WebDriverWait(browser, 30, ignored_exceptions=STALE)
         latest = str(plans[1].expnum)
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-exposure"))
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-exposure") == latest
@@ -143,7 +145,9 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
                 f"ccd{k:02d}"
             )
         )
-        assert browser.current_url == base + "/"  # done in place, no navigation
+        # done in place, no navigation; the address follows the CCD (a link to share)
+        assert browser.current_url == base + f"/?ccd={k}"
+        assert browser.execute_script("return performance.navigation.type") == 0
         detail = browser.find_element(By.ID, "ccd-detail")
         probs = {
             tr.find_element(By.TAG_NAME, "th").text: tr.find_elements(By.TAG_NAME, "td")[-1].text
@@ -168,7 +172,7 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         drop_exposure(drop, plans[2])
         assert wait_for(lambda: daemon.ledger.counts().get("graded", 0) == 3)
         newest = str(plans[2].expnum)
-        WebDriverWait(browser, 60).until(
+        WebDriverWait(browser, 60, ignored_exceptions=STALE).until(
             lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline .mark")) == 3
         )
         assert browser.execute_script("return window.__sameDocument") == "yes"
@@ -177,15 +181,34 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
             for m in browser.find_elements(By.CSS_SELECTOR, "#timeline .mark")
         ]
         assert ids == [str(p.expnum) for p in plans]
-        WebDriverWait(browser, 30).until(
+        WebDriverWait(browser, 30, ignored_exceptions=STALE).until(
             lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-exposure") == newest
         )
         first_row = browser.find_element(By.CSS_SELECTOR, "#exposures tbody tr")
         assert first_row.get_attribute("data-id") == newest
         assert "watching" in browser.find_element(By.ID, "now-state").text
 
+        # the CCD chosen before stays open on the new exposure; votes beside the headline
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#exposure").get_attribute("data-id") == newest
+            )
+        )
+        assert browser.find_element(By.CSS_SELECTOR, "#ccd-detail h3").text.startswith(
+            f"ccd{k:02d}"
+        )
+        new_rows = [c for c in read_grades(out, "ccds").to_pylist() if c["exposure_id"] == newest]
+        tally = {}
+        for c in new_rows:
+            if c["grade"]:
+                tally[c["grade"]] = tally.get(c["grade"], 0) + 1
+        votes = browser.find_element(By.ID, "votes").text
+        assert votes.startswith("CCD votes:")
+        assert all(f"{g} {n}" in votes for g, n in tally.items()), (votes, tally)
+
         browser.find_element(By.ID, "cell-0").click()  # for the screenshot: one CCD open
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#ccd-detail h3").text[:5] == "ccd00")
+        assert browser.current_url == base + "/?ccd=0"
         shot = tmp_path / "observer.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
@@ -193,6 +216,90 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         shutil.copyfile(shot, SCREENSHOT)
         with capsys.disabled():
             print(f"\nobserver page screenshot: {shot} (copied to {SCREENSHOT})")
+
+        # navigation: a timeline mark is a link to its exposure; previous / next from there
+        first = str(plans[0].expnum)
+        mark = browser.find_element(By.CSS_SELECTOR, f'#timeline .mark[data-id="{first}"]')
+        browser.execute_script(
+            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", mark
+        )
+        wait.until(lambda d: "/exposure?" in d.current_url)
+        assert browser.current_url == base + f"/exposure?night={NIGHT}&id={first}"
+        assert browser.find_element(By.ID, "exposure-title").text == f"Exposure {first}"
+        browser.find_element(By.CSS_SELECTOR, "#exposure .exp-next").click()
+        wait.until(lambda d: d.current_url.endswith(f"id={plans[1].expnum}"))
+        assert browser.find_element(By.CSS_SELECTOR, ".f-object").text == XSS
+        # a shared address with ?ccd= opens that CCD's details without a click
+        browser.get(base + "/?ccd=1")
+        assert browser.find_element(By.CSS_SELECTOR, "#ccd-detail h3").text.startswith("ccd01")
+        # a night without data says so and lists the nights that have some
+        browser.get(base + "/night?date=2030-01-01")
+        links = browser.find_elements(By.CSS_SELECTOR, "#nights a")
+        assert [a.text for a in links] == [NIGHT]
+        assert "no exposure for the night" in browser.find_element(By.ID, "missing").text
     finally:
         daemon.stop(timeout=30)
     assert wait_for(lambda: set(threading.enumerate()) <= before, timeout=10)
+
+
+def _builders():
+    """The hand-made dataset rows of tests/streamer/test_observer.py (one source of rows)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "observer_rows", Path(__file__).with_name("test_observer.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("width", [800, 900])
+def test_nine_ccds_per_row_fit_at_800_px_and_the_palette_is_the_servers(
+    tmp_path, browser, capsys, width
+):
+    from ops.http import HttpServer
+    from ops.metrics import Metrics
+    from streamer.observer import Observer
+    from transforms.sinks import write_grade_rows
+
+    rows = _builders()
+    out = tmp_path / "grades"
+    for i, g in enumerate(["GOOD", "BT", "RBT"]):
+        r = rows.exposure(i, g, 36)
+        write_grade_rows(out, r, rows.ccd_rows(r, i))
+    write_grade_rows(out, rows.exposure(3, None, 36, status="quarantined"), [])
+    browser.set_window_size(width, 1000)
+    with HttpServer(Metrics().registry, port=0, routes=Observer(out).routes()) as server:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        inner = browser.execute_script("return window.innerWidth")
+        assert inner <= width
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= inner
+        panel = browser.find_element(By.ID, "exposure").rect
+        cells = browser.find_elements(By.CSS_SELECTOR, "#focal-plane .ccd")
+        assert len(cells) == 36
+        first_row = [c.rect for c in cells[:9]]
+        assert len({round(r["y"]) for r in first_row}) == 1  # nine side by side
+        assert cells[9].rect["y"] > first_row[0]["y"]
+        assert first_row[-1]["x"] + first_row[-1]["width"] <= panel["x"] + panel["width"]
+        assert all(r["width"] >= 20 for r in first_row), first_row  # still a cell to click
+        # the chips, badges and marks take their colours from the one palette
+        for chip in browser.find_elements(By.CSS_SELECTOR, "#glance .chip[data-grade]"):
+            grade = chip.get_attribute("data-grade")
+            if grade:
+                color = rgba(chip.value_of_css_property("background-color"))[:3]
+                assert color == GRADE_COLORS[grade], grade
+        # the quarantined exposure waits in its own panel, not in the exposure panel
+        assert (
+            browser.find_element(By.TAG_NAME, "body").get_attribute("data-exposure")
+            == (rows.exposure(2, "RBT", 36)["exposure_id"])
+        )
+        waiting = browser.find_element(By.ID, "waiting").text
+        assert "2817003" in waiting and "quarantined" in waiting and "truncated" in waiting
+        shot = tmp_path / f"observer-{width}.png"
+        assert browser.save_screenshot(str(shot))
+        target = SCREENSHOT.with_name(f"observer-screenshot-{width}px.png")
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, target)
+        with capsys.disabled():
+            print(f"\nobserver page at {width} px: {target}")
