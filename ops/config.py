@@ -677,6 +677,30 @@ class TelescopeConfig:
     )
 
 
+MEGACAM_ZERO_POINTS: dict[str, float] = {
+    "u": 25.74,
+    "g": 26.52,
+    "r": 26.22,
+    "i": 26.00,
+    "z": 24.99,
+}
+"""Approximate nominal MegaCam zero points (AB mag of 1 ADU/s at airmass 1) by band letter:
+the default of ``extract.zero_points``. Not calibrations: PHOTZP from the header wins, and a
+site sets its own in the configuration."""
+
+EXPECTED_SOURCES_PER_MPX: dict[str, float] = {
+    "u": 100.0,
+    "g": 115.0,
+    "r": 105.0,
+    "i": 110.0,
+    "z": 70.0,
+}
+"""Clean detections per megapixel in a 100 s exposure on a clear night, by band letter: the
+default of ``extract.expected_sources_per_mpx``. Measured on the simulator (0.7 arcsec, dark
+sky, airmass 1, the default sep settings: 101, 114, 103, 108 and 69 per Mpx); a real field's
+density depends on its galactic latitude, so these are a starting point only."""
+
+
 @config_section
 class ExtractConfig:
     """Source extraction per CCD (SExtractor semantics; defaults are SExtractor's)."""
@@ -719,6 +743,35 @@ class ExtractConfig:
         "Observing night (YYYY-MM-DD) of catalogs without DATE-OBS that do not sit in a "
         "YYYY-MM-DD folder ('catalog' backend; `--night` on the command line); unset: 'unknown'.",
         check=_night_date,
+    )
+    pixel_scale: float = setting(
+        0.187,
+        "Arcsec per pixel (MegaCam: 0.187): the seeing in arcsec and the sky per arcsec^2.",
+        gt=0,
+    )
+    zero_points: Mapping[str, float] = setting(
+        MEGACAM_ZERO_POINTS,
+        "Nominal zero point (AB magnitude of a source giving 1 ADU/s, airmass 1) per FILTER, "
+        "for the sky brightness in mag/arcsec^2; a key may be a full filter name (r.MP9601) or "
+        "its band letter (r). PHOTZP in the header, when present, is used instead. Defaults: "
+        "approximate values for the MegaCam filters, to be checked against the PHOTZP of your "
+        "Elixir-processed files.",
+    )
+    expected_sources_per_mpx: Mapping[str, float] = setting(
+        EXPECTED_SOURCES_PER_MPX,
+        "Clean detections per megapixel expected in a 100 s exposure on a clear night, per "
+        "FILTER (full name or band letter), for source_count_ratio, a transparency proxy (NOT "
+        "a photometric zero point: it also falls with bad seeing, a bright sky or a sparse "
+        "field). Defaults: measured on the simulator's clear exposures at 0.7 arcsec seeing "
+        "with the default detection settings; set them from your own clear nights.",
+        gt=0,
+    )
+    source_count_exponent: float = setting(
+        0.375,
+        "The expected count scales as (EXPTIME / 100 s) ** this: sky-limited depth grows as "
+        "1.25 log10(t) magnitudes and counts as 10 ** (0.3 m), so 0.375 (the simulator's "
+        "counts: 0.36-0.40 from 30 to 600 s).",
+        ge=0,
     )
 
 

@@ -47,6 +47,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from transforms.extract import CcdRejected, make_backend
+from transforms.psf_measure import with_physics
 from transforms.quarantine import Quarantined
 from transforms.representative import ccd_inputs
 from transforms.som_hits import ccd_hits, load_som
@@ -369,6 +370,7 @@ def _measure(meta, ccd: int, extract, som_path: str | None, tile: int):
             "extract_failed",
             f"{meta.path}: CCD {ccd}: {type(exc).__name__}: {exc}",
         )
+    features = with_physics(features, meta, extract)
     features = replace(features, extract_s=time.perf_counter() - start)
     if som_path is None:
         return features

@@ -831,6 +831,9 @@ class ExposureMeta:
         The common CCD shape in numpy order ``(rows, columns)``.
     compressed : bool
         True when the CCDs are tile-compressed (``.fits.fz``).
+    photzp : float or None
+        ``PHOTZP`` of the PRIMARY header (magnitude of 1 ADU/s, Elixir): the zero point of the
+        sky brightness when present.
     """
 
     path: str
@@ -846,6 +849,7 @@ class ExposureMeta:
     ccd_names: tuple[str, ...]
     ccd_shape: tuple[int, ...] = ()
     compressed: bool = False
+    photzp: float | None = None
 
 
 def observing_night(utc: datetime) -> str:
@@ -1096,6 +1100,7 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
         ccd_names=tuple(_ccd_name(h, headers[h.index]) for h in ccds),
         ccd_shape=ccds[0].shape,
         compressed=ccds[0].compressed,
+        photzp=header_float(primary, "PHOTZP"),
     )
 
 
@@ -1148,6 +1153,9 @@ class CcdPixels:
     saturate : float or None
         ``SATURATE`` from the header, else the largest value the stored integer type can hold
         after scaling (65535 for uint16), else ``None`` (float data).
+    bias : float or None
+        ``BIASLVL``, the bias pedestal still in the pixels (the simulator writes it), else
+        ``None`` (bias-subtracted data): taken off the sky level.
     """
 
     index: int
@@ -1156,6 +1164,7 @@ class CcdPixels:
     gain: float | None
     rdnoise: float | None
     saturate: float | None
+    bias: float | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -1293,6 +1302,7 @@ def _read_ccd(layout: FileLayout, headers: list[bytes], index: int) -> CcdPixels
         gain=header_float(header, "GAIN"),
         rdnoise=header_float(header, "RDNOISE"),
         saturate=saturate,
+        bias=header_float(header, "BIASLVL"),
     )
 
 

@@ -89,9 +89,28 @@ class CcdFeatures:
     """The background-subtracted CCD image, kept only when asked (``keep_pixels``) so that the
     representative-image step cuts its stamps without reading the file again. Drop it before
     any shuffle: it is ~38 MB for a full CCD."""
+    saturate: float | None = None
+    """The CCD's SATURATE (ADU), for the choice of unsaturated PSF stars; None: unknown."""
+    bias: float | None = None
+    """The bias level still in the pixels (``BIASLVL``), taken off the sky; None: none."""
+    physics: object | None = field(default=None, compare=False)
+    """Seeing, PSF shape, sky and source counts
+    (:class:`transforms.psf_measure.CcdPhysics`), set by the per-CCD chain after extraction
+    (:func:`transforms.psf_measure.ccd_physics`); None when not measured."""
 
     @classmethod
-    def of(cls, meta, ccd: int, width: int, height: int, sources, backend: str, pixels=None):
+    def of(
+        cls,
+        meta,
+        ccd: int,
+        width: int,
+        height: int,
+        sources,
+        backend: str,
+        pixels=None,
+        saturate: float | None = None,
+        bias: float | None = None,
+    ):
         """The record of CCD ``ccd`` of the exposure described by ``meta`` (an ExposureMeta)."""
         return cls(
             exposure_id=meta.exposure_id,
@@ -103,6 +122,8 @@ class CcdFeatures:
             sources=sources,
             backend=backend,
             pixels=pixels,
+            saturate=saturate,
+            bias=bias,
         )
 
     @property
@@ -433,7 +454,17 @@ class PixelBackend:
         height, width = pixels.data.shape
         table = self.measure(pixels, meta)
         pixels_kept = pixels.data if keep_pixels else None
-        return CcdFeatures.of(meta, ccd, width, height, table, self.name, pixels_kept)
+        return CcdFeatures.of(
+            meta,
+            ccd,
+            width,
+            height,
+            table,
+            self.name,
+            pixels_kept,
+            saturate=pixels.saturate,
+            bias=getattr(pixels, "bias", None),
+        )
 
     def measure(self, pixels, meta) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError

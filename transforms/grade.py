@@ -29,6 +29,7 @@ import numpy as np
 
 from models.aggregate import combine
 from models.classes import CLASSES
+from transforms.psf_measure import CcdPhysics, ExposurePhysics, exposure_physics, seeing_text
 
 SEVERITY = ("RBT", "BT", "BGP", "B_SEEING", "GOOD")
 """Tie-break order, most severe first."""
@@ -65,6 +66,8 @@ class CcdScore:
     training CCD, its probabilities already tempered); NaN when not scored."""
     missing: tuple[str, ...] = field(default=(), compare=False)
     """Inputs the CCD was graded without (``EXPTIME``, ``FLUX_RADIUS``...), for the reason."""
+    physics: CcdPhysics | None = field(default=None, compare=False)
+    """Seeing, PSF shape, sky and source counts of the CCD (reported, not graded on)."""
 
     @property
     def grade(self) -> str | None:
@@ -88,6 +91,8 @@ class ExposureGrade:
     reason: str
     ood: float = float("nan")
     """Median out-of-distribution score of the graded CCDs (> 1: unlike the training data)."""
+    physics: ExposurePhysics = field(default_factory=ExposurePhysics)
+    """Seeing, PSF shape, sky, airmass and source counts: medians over the measured CCDs."""
 
 
 def pick_class(probs: np.ndarray) -> str:
@@ -142,7 +147,9 @@ def missing_text(graded: list[CcdScore]) -> str:
     return f"; graded without {', '.join(names)} (not in the input)" if names else ""
 
 
-def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> ExposureGrade:
+def grade_exposure(
+    exposure_id: str, n_ccd: int, ccds: list[CcdScore], airmass: float | None = None
+) -> ExposureGrade:
     """Aggregate the CCDs of one exposure (see the module docstring for the rules).
 
     Parameters
@@ -153,6 +160,13 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
         CCDs the exposure has (graded or not).
     ccds : list of CcdScore
         Scored CCDs and CCDs that could not be scored (``probs is None`` with a reason).
+    airmass : float, optional
+        The exposure's AIRMASS, for the seeing at zenith.
+
+    The physical measurements (:func:`transforms.psf_measure.exposure_physics`) combine every
+    CCD that has them, graded or not (a CCD without a clean source for the network may still
+    have a sky); the seeing enters the reason as ``seeing 1.21" (0.98" at zenith, 37 stars)``.
+    They never change the grade.
     """
     graded = [c for c in ccds if c.probs is not None]
     skipped = sorted((c for c in ccds if c.probs is None), key=lambda c: c.ccd)
@@ -161,6 +175,7 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
         "median_elongation": _nanmedian(c.median_elongation for c in graded),
         "median_iso0": _nanmedian(c.median_iso0 for c in graded),
         "median_background": _nanmedian(c.median_background for c in graded),
+        "physics": exposure_physics([c.physics for c in ccds if c.physics is not None], airmass),
     }
     skipped_text = ""
     if skipped:
@@ -197,10 +212,12 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
     votes = sum(c.grade == grade for c in graded)
     others = {k: sum(c.grade == k for c in graded) for k in SEVERITY if k != grade}
     other_text = ", ".join(f"{n} {k}" for k, n in others.items() if n)
+    seeing = seeing_text(stats["physics"])
     reason = (
         f"{grade}: {votes}/{len(graded)} CCDs {_VERB[grade]}"
         f"{f' ({other_text})' if other_text else ''}, median elongation "
         f"{stats['median_elongation']:.2f}, median ISO0 {stats['median_iso0']:.0f}"
+        f"{f', {seeing}' if seeing else ''}"
         f"{skipped_text}{missing_text(graded)}{ood_text(graded)}"
     )
     return ExposureGrade(
@@ -215,3 +232,44 @@ def grade_exposure(exposure_id: str, n_ccd: int, ccds: list[CcdScore]) -> Exposu
         reason=reason,
         ood=_nanmedian(c.ood for c in graded),
     )
+
+
+PHYSICS_COLUMNS: tuple[str, ...] = (
+    "seeing_arcsec",
+    "seeing_minor_arcsec",
+    "seeing_zenith_arcsec",
+    "n_psf_stars",
+    "psf_ellipticity",
+    "psf_pa_deg",
+    "sky_adu_s",
+    "sky_mag_arcsec2",
+    "source_count_ratio",
+    "seeing_method",
+)
+"""The physical columns of the CCD rows; the exposure rows have them and ``airmass``."""
+
+
+def _value(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def physics_columns(p: CcdPhysics | ExposurePhysics | None) -> dict:
+    """The row columns of :data:`PHYSICS_COLUMNS` (and ``airmass`` for an exposure); None
+    where not measured."""
+    if p is None:
+        p = CcdPhysics()
+    out = {
+        "seeing_arcsec": _value(p.seeing_arcsec),
+        "seeing_minor_arcsec": _value(p.seeing_minor_arcsec),
+        "seeing_zenith_arcsec": _value(p.seeing_zenith_arcsec),
+        "n_psf_stars": int(p.n_stars),
+        "psf_ellipticity": _value(p.psf_ellipticity),
+        "psf_pa_deg": _value(p.psf_pa_deg),
+        "sky_adu_s": _value(p.sky_adu_s),
+        "sky_mag_arcsec2": _value(p.sky_mag_arcsec2),
+        "source_count_ratio": _value(p.source_count_ratio),
+        "seeing_method": p.method,
+    }
+    if isinstance(p, ExposurePhysics):
+        out["airmass"] = _value(p.airmass)
+    return out

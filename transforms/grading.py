@@ -32,7 +32,8 @@ import apache_beam as beam
 from models.bundle import read_manifest
 from models.classes import CLASSES
 from transforms.exposure import NIGHT_PATTERN, observing_night
-from transforms.grade import CcdScore, grade_exposure
+from transforms.grade import CcdScore, grade_exposure, physics_columns
+from transforms.psf_measure import ExposurePhysics
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.score import ScoreCcds, ScoreExposures
 from transforms.stages import (
@@ -89,7 +90,7 @@ def exposure_row(
         for b in ccd_bad.values()
     ]
     all_ccds = sorted(scores + unscored, key=lambda c: c.ccd)
-    g = grade_exposure(exposure_id, meta.n_ccd, all_ccds)
+    g = grade_exposure(exposure_id, meta.n_ccd, all_ccds, airmass=meta.airmass)
     row = _base_row(
         exposure_id,
         meta.path,
@@ -116,6 +117,7 @@ def exposure_row(
         object=meta.object,
         date_obs=meta.date_obs.isoformat() if meta.date_obs else None,
     )
+    row.update(physics_columns(g.physics))
     for i, c in enumerate(CLASSES):
         row[f"p_{c}"] = None if g.probs is None else float(g.probs[i])
     for stage in STAGES:
@@ -151,6 +153,7 @@ def _base_row(exposure_id, path, night, model_version, config_digest, arrived_at
     }
     row.update({f"p_{c}": None for c in CLASSES})
     row.update({f"{stage}_s": 0.0 for stage in STAGES})
+    row.update(physics_columns(ExposurePhysics()))
     return row
 
 
@@ -173,6 +176,7 @@ def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
         "reason": s.reason,
         "model_version": exposure["model_version"],
         "image": s.image,
+        **physics_columns(s.physics),
     }
     for i, c in enumerate(CLASSES):
         row[f"p_{c}"] = None if s.probs is None else float(s.probs[i])

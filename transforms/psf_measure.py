@@ -1,8 +1,9 @@
 """What observers read of a CCD: seeing in arcsec, PSF shape, sky brightness, source counts.
 
-Pure numpy: no Beam, no sep, no torch, no project import. The per-CCD chain calls
-:func:`ccd_physics` right after extraction, in the Beam stage (:mod:`transforms.stages`) and
-in the CCD pool (:mod:`transforms.ccd_pool`); :func:`exposure_physics` combines the CCDs.
+Pure numpy: no Beam, no sep, no torch (imported from ``ops`` only: the config defaults, the
+log escaping). The per-CCD chain calls :func:`with_physics` (:func:`ccd_physics`) right after
+extraction, in the Beam stage (:mod:`transforms.stages`) and in the CCD pool
+(:mod:`transforms.ccd_pool`); :func:`exposure_physics` combines the CCDs.
 
 Stars (:func:`select_stars`)
 ----------------------------
@@ -561,6 +562,35 @@ def ccd_physics(features, meta, settings=None, saturate=None, bias=None) -> CcdP
         source_count_ratio=float(ratio),
         method=psf.method,
     )
+
+
+def with_physics(features, meta, settings=None):
+    """``features`` with its :class:`CcdPhysics` (``features.physics``) when it can be
+    measured: from the pixels when they were kept, from the table for the catalog backend.
+
+    The one call of the per-CCD chain, in the Beam stage (:mod:`transforms.stages`) and the
+    CCD pool (:mod:`transforms.ccd_pool`). A measurement failure never loses the CCD: it is
+    logged and the CCD goes on without physics.
+    """
+    from dataclasses import replace
+
+    if features.pixels is None and features.backend != "catalog":
+        return features  # a feature cache (training): nothing to report
+    try:
+        physics = ccd_physics(features, meta, settings)
+    except Exception as exc:  # pragma: no cover - defensive: the grade matters more
+        import logging
+
+        from ops.text import escape_controls
+
+        logging.getLogger(__name__).warning(
+            "CCD %d of %s: physical measurements failed: %s",
+            features.ccd,
+            escape_controls(features.exposure_id),
+            escape_controls(f"{type(exc).__name__}: {exc}"),
+        )
+        return features
+    return replace(features, physics=physics)
 
 
 # --------------------------------------------------------------------------- per exposure

@@ -155,6 +155,9 @@ class CcdInputs:
     summary: np.ndarray | None = field(default=None, repr=False)
     """Robust summary statistics of the clean sources (``models.cnn.ccd_summary``), an input of
     the CNN beside the hits; None when not measured."""
+    physics: object | None = field(default=None, compare=False)
+    """Seeing, PSF shape, sky, source counts (:class:`transforms.psf_measure.CcdPhysics`) of
+    the CCD: reported, never an input of the CNN; None when not measured."""
     missing: tuple[str, ...] = ()
     """Inputs the CCD's table lacks (``EXPTIME``, ``FLUX_RADIUS``...: an archive catalog with
     few columns), named in the grade's reason (:func:`models.summary.missing_columns`)."""
@@ -207,6 +210,7 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         has_image=f.pixels is not None,
         reason=hits.reason,
         summary=ccd_summary(t, f.exptime),
+        physics=f.physics,
         missing=(
             *(() if np.isfinite(f.exptime) and f.exptime > 0 else ("EXPTIME",)),
             *missing_columns(t),

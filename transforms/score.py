@@ -83,6 +83,7 @@ def to_score(
         image=inputs.image if inputs.has_image and inputs.reason is None else None,
         missing=inputs.missing,
         ood=float(ood),
+        physics=inputs.physics,
     )
 
 

@@ -340,6 +340,7 @@ def _catalog_meta(
     date_obs = parse_date_obs(path, date_header) if date_header is not None else None
     filter_header, object_header = _first(headers, "FILTER"), _first(headers, "OBJECT")
     airmass_header = _first(headers, "AIRMASS")
+    photzp_header = _first(headers, "PHOTZP")
     names = []
     for i, table in enumerate(layout):
         head = _image_header(hdul, table.imhead_hdu)
@@ -370,6 +371,7 @@ def _catalog_meta(
         n_ccd=len(layout),
         ccd_names=tuple(names),
         ccd_shape=shape,
+        photzp=header_float(photzp_header, "PHOTZP") if photzp_header is not None else None,
     )
 
 

@@ -42,6 +42,29 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+PHYSICS_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("seeing_arcsec", pa.float64()),
+    ("seeing_minor_arcsec", pa.float64()),
+    ("seeing_zenith_arcsec", pa.float64()),
+    ("n_psf_stars", pa.int32()),
+    ("psf_ellipticity", pa.float64()),
+    ("psf_pa_deg", pa.float64()),
+    ("sky_adu_s", pa.float64()),
+    ("sky_mag_arcsec2", pa.float64()),
+    ("source_count_ratio", pa.float64()),
+    ("seeing_method", pa.string()),
+)
+"""What observers read (:mod:`transforms.psf_measure`), in the exposure and CCD rows, null
+where not measured: ``seeing_arcsec`` the median PSF FWHM of the stars (equivalent circle),
+``seeing_minor_arcsec`` along the minor axis (robust to a linear trail),
+``seeing_zenith_arcsec`` times airmass^-0.6, ``n_psf_stars`` the stars used,
+``psf_ellipticity`` and ``psf_pa_deg`` (degrees from +x towards +y), ``sky_adu_s`` (ADU/s per
+pixel, bias removed), ``sky_mag_arcsec2`` (nominal or PHOTZP zero point),
+``source_count_ratio`` (clean detections over the expectation for the filter and exposure
+time: a transparency proxy, not a photometric zero point) and ``seeing_method``
+(``moffat_fit``, ``catalog_flux_radius`` or ``none``). The exposure rows also have
+``airmass`` (the header's)."""
+
 EXPOSURE_SCHEMA = pa.schema(
     [
         ("exposure_id", pa.string()),
@@ -57,6 +80,8 @@ EXPOSURE_SCHEMA = pa.schema(
         ("median_elongation", pa.float64()),
         ("median_iso0", pa.float64()),
         ("median_background", pa.float64()),
+        *PHYSICS_FIELDS,
+        ("airmass", pa.float64()),
         ("exptime", pa.float64()),
         ("filter", pa.string()),
         ("object", pa.string()),
@@ -87,6 +112,7 @@ CCD_SCHEMA = pa.schema(
         ("median_elongation", pa.float64()),
         ("median_iso0", pa.float64()),
         ("median_background", pa.float64()),
+        *PHYSICS_FIELDS,
         ("status", pa.string()),
         ("reason", pa.string()),
         ("model_version", pa.string()),
@@ -229,15 +255,29 @@ def write_grade_rows(
 
 
 def read_grades(out_dir: str | os.PathLike, which: str = "exposures") -> pa.Table:
-    """The whole hive-partitioned ``exposures`` or ``ccds`` dataset as one table."""
+    """The whole hive-partitioned ``exposures`` or ``ccds`` dataset as one table.
+
+    Read with the current schema, so that files written before a column was added (the
+    physical columns of issue 22) give nulls there instead of hiding the column from the
+    whole table (pyarrow otherwise takes the schema of the first file it finds); a dataset
+    whose files disagree with the schema on a column's type is read as its files say.
+    """
     import pyarrow.dataset as ds
 
     root = Path(out_dir) / which
     schema = EXPOSURE_SCHEMA if which == "exposures" else CCD_SCHEMA
     if not root.exists():
         return schema.empty_table()
-    dataset = ds.dataset(root, format="parquet", partitioning="hive", exclude_invalid_files=True)
-    return dataset.to_table()
+    try:
+        dataset = ds.dataset(
+            root, format="parquet", partitioning="hive", exclude_invalid_files=True, schema=schema
+        )
+        return dataset.to_table()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        dataset = ds.dataset(
+            root, format="parquet", partitioning="hive", exclude_invalid_files=True
+        )
+        return dataset.to_table()
 
 
 class _WriteGrades(beam.DoFn):

@@ -30,6 +30,7 @@ from transforms.ccd_pool import (
     start_pool,
 )
 from transforms.extract import CcdFeatures, CcdRejected, SepParams, make_backend
+from transforms.psf_measure import with_physics
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.representative import ccd_inputs
 from transforms.som_hits import ccd_hits, load_som
@@ -125,6 +126,7 @@ class _ExtractCcd(beam.DoFn):
             )
             return
         self.n_sources.update(features.n_sources)
+        features = with_physics(features, meta, self._params)
         yield dataclasses.replace(features, extract_s=time.perf_counter() - start)
 
 
