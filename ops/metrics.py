@@ -21,6 +21,8 @@ from ops.config import CLASSES
 __all__ = [
     "CONFIDENCE_BUCKETS",
     "LATENCY_BUCKETS_S",
+    "SEEING_BUCKETS_ARCSEC",
+    "SKY_BRIGHTNESS_BUCKETS",
     "STAGE_BUCKETS_S",
     "Metrics",
     "label_slug",
@@ -47,6 +49,25 @@ STAGE_BUCKETS_S: tuple[float, ...] = (
 )
 #: Buckets of the exposure OOD score: 1 is the edge of the training data (models.ood).
 OOD_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+#: Buckets of the exposure seeing (PSF FWHM, arcsec) at the thresholds observers use on Mauna
+#: Kea: 0.5 (excellent), 0.6-0.8 (around the MegaCam median of ~0.7), 1.0, 1.2 (the
+#: default ``alerts.seeing_warn_arcsec``), 1.5 and 2.0 (most programmes stop).
+SEEING_BUCKETS_ARCSEC: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0, 3.0)
+#: Buckets of the sky brightness (mag/arcsec^2): twilight / bright Moon (17-19), grey (19-20.5)
+#: and dark time (20.5-22.5; r dark at Mauna Kea ~21.2, g ~22.0).
+SKY_BRIGHTNESS_BUCKETS: tuple[float, ...] = (
+    17.0,
+    18.0,
+    19.0,
+    19.5,
+    20.0,
+    20.5,
+    21.0,
+    21.5,
+    22.0,
+    22.5,
+)
 
 #: Buckets of the exposure confidence (the grade's probability), 0.1 to 1.0.
 CONFIDENCE_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -153,6 +174,12 @@ class Metrics:
         ``skygrade_exposure_ood_score``: out-of-distribution score of each graded exposure
         (the median over its CCDs; above 1 its inputs are unlike the training data and its
         confidence was lowered: ``models.ood``).
+    seeing : Histogram
+        ``skygrade_seeing_arcsec``: seeing (median PSF FWHM of the stars, as measured) of each
+        graded exposure, buckets :data:`SEEING_BUCKETS_ARCSEC`.
+    sky_brightness : Histogram
+        ``skygrade_sky_brightness_mag_arcsec2``: sky brightness of each graded exposure,
+        buckets :data:`SKY_BRIGHTNESS_BUCKETS`.
     backlog : Gauge
         ``skygrade_backlog_exposures``: exposures ready but not yet graded.
     last_graded : Gauge
@@ -227,6 +254,19 @@ class Metrics:
             buckets=OOD_BUCKETS,
             registry=reg,
         )
+        self.seeing = Histogram(
+            "skygrade_seeing_arcsec",
+            "Seeing (median PSF FWHM of the stars, arcsec, not corrected to zenith) of each "
+            "graded exposure.",
+            buckets=SEEING_BUCKETS_ARCSEC,
+            registry=reg,
+        )
+        self.sky_brightness = Histogram(
+            "skygrade_sky_brightness_mag_arcsec2",
+            "Sky brightness (mag/arcsec^2, nominal zero point) of each graded exposure.",
+            buckets=SKY_BRIGHTNESS_BUCKETS,
+            registry=reg,
+        )
         self.backlog = Gauge(
             "skygrade_backlog_exposures", "Exposures ready but not yet graded.", registry=reg
         )
@@ -261,6 +301,8 @@ class Metrics:
             self.latency_seconds,
             self.confidence,
             self.ood,
+            self.seeing,
+            self.sky_brightness,
             self.backlog,
             self.last_graded,
             self.alerts,
@@ -280,6 +322,8 @@ class Metrics:
         n_sources: int,
         stage_seconds: Mapping[str, float],
         ood: float | None = None,
+        seeing_arcsec: float | None = None,
+        sky_mag_arcsec2: float | None = None,
     ) -> None:
         """Record one exposure row (call once per row written).
 
@@ -307,6 +351,8 @@ class Metrics:
             as ``"other"``, non-finite durations skipped.
         ood : float or None
             Out-of-distribution score of a graded exposure; None or NaN is not observed.
+        seeing_arcsec, sky_mag_arcsec2 : float or None
+            Seeing and sky brightness of a graded exposure; None or NaN is not observed.
 
         Raises
         ------
@@ -322,6 +368,10 @@ class Metrics:
                 self.confidence.observe(confidence)
             if _finite(ood):
                 self.ood.observe(ood)
+            if _finite(seeing_arcsec):
+                self.seeing.observe(seeing_arcsec)
+            if _finite(sky_mag_arcsec2):
+                self.sky_brightness.observe(sky_mag_arcsec2)
         else:
             self.exposures_quarantined.labels(reason_slug(reason)).inc()
         if n_ccd_graded > 0:

@@ -360,6 +360,8 @@ class Daemon:
             row.get("n_sources") or 0,
             stages,
             ood=row.get("ood_score"),
+            seeing_arcsec=row.get("seeing_arcsec"),
+            sky_mag_arcsec2=row.get("sky_mag_arcsec2"),
         )
         self.alerts.observe(row)
         if row["status"] == "graded":
