@@ -11,6 +11,8 @@ low_confidence      a graded exposure's confidence below ``low_confidence`` (WAR
 median_elongation   median source elongation at or above ``median_elongation_warn`` (WARN) or
                     ``median_elongation_alarm`` (ALARM): trailed stars, tracking
 median_iso0         median ISO0 above ``median_iso0_warn`` (WARN; off when unset): seeing
+seeing              measured seeing (``seeing_arcsec``, PSF FWHM) at or above
+                    ``seeing_warn_arcsec`` (WARN; off when unset)
 quarantine_rate     ``quarantine_warn`` or more of the last ``quarantine_window`` exposures
                     quarantined (WARN)
 ==================  =====================================================================
@@ -61,6 +63,7 @@ RULES: tuple[str, ...] = (
     "low_confidence",
     "median_elongation",
     "median_iso0",
+    "seeing",
     "quarantine_rate",
 )
 
@@ -189,7 +192,8 @@ class AlertEngine:
         row : mapping
             The exposure row; the keys used are ``exposure_id``, ``grade``, ``status``
             (``"graded"`` or ``"quarantined"``), ``confidence``, ``median_elongation``,
-            ``median_iso0`` and ``reason``. Missing or NaN values leave the rules that need
+            ``median_iso0``, ``seeing_arcsec``, ``seeing_zenith_arcsec``, ``n_psf_stars`` and
+            ``reason``. Missing or NaN values leave the rules that need
             them as they are.
 
         Returns
@@ -215,6 +219,7 @@ class AlertEngine:
                 "low_confidence": self._low_confidence(row, status, exposure_id),
                 "median_elongation": self._elongation(row, status, exposure_id),
                 "median_iso0": self._iso0(row, status, exposure_id),
+                "seeing": self._seeing(row, status, exposure_id),
                 "quarantine_rate": self._quarantine_rate(row, status, exposure_id),
             }
             changes = []
@@ -329,6 +334,26 @@ class AlertEngine:
         if value > limit:
             return "WARN", f"median ISO0 {value:.1f} px > {limit:g} ({eid}): poor seeing"
         return None, f"median ISO0 {value:.1f} px back at or below {limit:g} ({eid})"
+
+    def _seeing(self, row: Mapping, status: str, eid: str | None) -> Any:
+        limit = self.config.seeing_warn_arcsec
+        value = _finite(row.get("seeing_arcsec"))
+        if limit is None or status != "graded" or value is None:
+            return _SKIP
+        zenith = _finite(row.get("seeing_zenith_arcsec"))
+        stars = row.get("n_psf_stars")
+        detail = ", ".join(
+            part
+            for part in (
+                f'{zenith:.2f}" at zenith' if zenith is not None else "",
+                f"{int(stars)} stars" if stars is not None else "",
+            )
+            if part
+        )
+        detail = f" ({detail})" if detail else ""
+        if value >= limit:
+            return "WARN", f'seeing {value:.2f}"{detail} >= {limit:g}" ({eid}): poor seeing'
+        return None, f'seeing {value:.2f}" back below {limit:g}" ({eid})'
 
     def _quarantine_rate(self, row: Mapping, status: str, eid: str | None) -> Any:
         quarantined = status == "quarantined"

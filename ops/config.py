@@ -967,6 +967,13 @@ class AlertsConfig:
         "this; unset disables the rule.",
         gt=0,
     )
+    seeing_warn_arcsec: float | None = setting(
+        1.2,
+        "WARN when an exposure's seeing (median PSF FWHM of its stars, arcsec, as measured: "
+        "not corrected to zenith) reaches this; unset disables the rule. The default is well "
+        "above the MegaCam median on Mauna Kea (~0.7).",
+        gt=0,
+    )
     median_elongation_warn: float = setting(
         1.6, "WARN when an exposure's median source elongation (A/B) reaches this.", ge=1
     )
