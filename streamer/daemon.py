@@ -52,7 +52,7 @@ from ops.text import escape_controls
 from streamer.ledger import Ledger
 from streamer.observer import Observer
 from streamer.watcher import DropWatcher
-from transforms.exposure import exposure_id_from_path
+from transforms.exposure import exposure_id_from_path, pinned
 from transforms.grading import exposure_row
 from transforms.quarantine import Quarantined
 from transforms.sinks import write_grade_rows
@@ -291,9 +291,13 @@ class Daemon:
                     )
                     self._session_key = key
                     self._use_model(read_manifest(self.bundle))
-                rows = self.session.grade(
-                    [entry.path], {entry.path: entry.ready_at or entry.seen_at}
-                )
+                # Opened once, beneath the drop directory, and read only through that open file
+                # (transforms.exposure.pinned): a folder swapped for a symlink after the
+                # watcher's check cannot make the pipeline read a file outside the drop.
+                with pinned(entry.path, self.drop_dir):
+                    rows = self.session.grade(
+                        [entry.path], {entry.path: entry.ready_at or entry.seen_at}
+                    )
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
                 self._failed(entry, exc)
                 continue

@@ -71,6 +71,19 @@ What a header walk cannot see:
 - A file that stays "incomplete" forever (e.g. ``NEXTEND`` larger than the real count) is the
   watcher's to time out and quarantine.
 
+Confined reads
+--------------
+A file named in the drop directory can change between the watcher's check and the grade (a
+night folder swapped for a symlink to somewhere else: before, the grader then read a file
+outside the drop). :func:`pinned` opens the file once, component by component with
+``O_NOFOLLOW`` beneath the drop directory (:func:`ops.files.open_beneath`), and while it is
+held every read this module makes of that path goes to the open file, never the name again:
+:func:`read_meta` records in the metadata the file's ``(st_dev, st_ino)`` and, on Linux, a
+``/proc/<pid>/fd/<n>`` name of the open descriptor, through which the CCD workers (other
+processes) read the same open file. A path it refuses raises ``ExposureError`` with reason
+``outside_drop`` when read; a worker that finds another file than the one pinned raises
+``file_changed``.
+
 Separation of duties: :func:`check_integrity` is purely structural (sizes, blocks, card syntax
 of structural keywords, NEXTEND); it does not care what the HDUs hold. :func:`read_meta` decides
 whether the structure is a gradable exposure.
@@ -78,11 +91,13 @@ whether the structure is a gradable exposure.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +108,8 @@ from typing import NamedTuple
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
+
+from ops.files import OutsideRootError, open_beneath
 
 __all__ = [
     "BLOCK",
@@ -116,6 +133,7 @@ __all__ = [
     "check_integrity",
     "iter_ccds",
     "observing_night",
+    "pinned",
     "read_ccd",
     "read_meta",
 ]
@@ -599,57 +617,173 @@ def _hdu_info(path: str, index: int, header: bytes, header_offset: int) -> HduIn
     )
 
 
-def _walk(
-    path: str | os.PathLike[str], keep_headers: bool = False
-) -> tuple[FileLayout, list[bytes]]:
-    """The header walk behind :func:`check_integrity`; optionally keeps the raw headers."""
+@dataclass(frozen=True)
+class _Pin:
+    """A path held open by :func:`pinned`: its descriptor, or why it was refused."""
+
+    fd: int | None
+    file_id: tuple[int, int] | None
+    error: ExposureError | None = None
+
+
+_PINS: dict[str, _Pin] = {}
+_PINS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def pinned(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Iterator[None]:
+    """Open ``path`` once, beneath ``root``; inside the block this module reads only that file.
+
+    ``path`` is opened with :func:`ops.files.open_beneath` (no symlink followed anywhere below
+    ``root``, the open file's real path checked to be inside it). While the block runs, every
+    read of ``path`` in this process (:func:`check_integrity`, :func:`read_meta`,
+    :func:`read_ccd`...) reads that open file whatever the name now points to, and the
+    metadata :func:`read_meta` returns carries what CCD workers in other processes need to
+    read it too (see "Confined reads" in the module docstring). If ``path`` cannot be opened
+    so, those reads raise ``ExposureError`` instead: ``outside_drop`` (a symlink on the way,
+    or outside ``root``, or not a regular file) or ``unreadable``. The descriptor is closed
+    when the block ends.
+
+    Parameters
+    ----------
+    path : path-like
+        The exposure, as it will be passed to the readers (the same string).
+    root : path-like
+        The drop directory.
+
+    Examples
+    --------
+    >>> with pinned("/drop/2026-11-24/2817001o.fits", "/drop"):  # doctest: +SKIP
+    ...     meta = read_meta("/drop/2026-11-24/2817001o.fits")
+    """
     spath = os.fspath(path)
     try:
-        fh = open(spath, "rb")  # noqa: SIM115 -- closed by the with below
-    except (FileNotFoundError, IsADirectoryError):
+        fd = open_beneath(root, spath)
+    except OutsideRootError as exc:
+        pin = _Pin(None, None, ExposureError(spath, None, "outside_drop", _refusal(exc, root)))
+    except OSError as exc:
+        pin = _Pin(None, None, ExposureError(spath, None, "unreadable", f"cannot open: {exc}"))
+    else:
+        st = os.fstat(fd)
+        pin = _Pin(fd, (st.st_dev, st.st_ino))
+    with _PINS_LOCK:
+        _PINS[spath] = pin
+    try:
+        yield
+    finally:
+        with _PINS_LOCK:
+            if _PINS.get(spath) is pin:
+                del _PINS[spath]
+        if pin.fd is not None:
+            os.close(pin.fd)
+
+
+def _refusal(exc: OSError, root) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return (
+        f"not opened: {exc.strerror}{where}; only regular files inside {os.fspath(root)} are read"
+    )
+
+
+def _pin_of(spath: str) -> _Pin | None:
+    with _PINS_LOCK:
+        return _PINS.get(spath)
+
+
+def _pinned_source(pin: _Pin) -> str | None:
+    """A name of the pinned descriptor that another process can open (Linux), or None."""
+    name = f"/proc/{os.getpid()}/fd/{pin.fd}"
+    return name if pin.fd is not None and os.path.exists(name) else None
+
+
+def _open_exposure(spath: str, source: str | None = None, file_id=None):
+    """The file to read for ``spath``: the pinned one (see :func:`pinned`), the one named by
+    ``source`` (a worker reading a file pinned in another process), else ``spath`` itself;
+    checked to be file ``file_id`` (``(st_dev, st_ino)``) when that is given."""
+    pin = _pin_of(spath)
+    try:
+        if pin is not None:
+            if pin.error is not None:
+                raise pin.error
+            file_id = pin.file_id
+            try:  # a file description of its own (its own offset) on the same open file
+                fh = open(f"/proc/self/fd/{pin.fd}", "rb")  # noqa: SIM115 -- the caller's
+            except OSError:
+                fh = os.fdopen(os.dup(pin.fd), "rb")
+        elif source is not None:
+            fh = open(source, "rb")  # noqa: SIM115 -- the caller closes it
+        else:
+            fh = open(spath, "rb")  # noqa: SIM115 -- the caller closes it
+    except (FileNotFoundError, IsADirectoryError, ExposureError):
         raise
     except OSError as exc:
         raise ExposureError(spath, None, "unreadable", f"cannot open: {exc}") from exc
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise IncompleteFileError(spath, 0, "empty", "file is empty (0 bytes)")
-        hdus: list[HduInfo] = []
-        headers: list[bytes] = []
-        nextend: int | None = None
-        offset = 0
-        while offset < size:
-            index = len(hdus)
-            if index == 0 or (nextend is not None and index <= nextend):
-                expect = _YES
-            else:
-                expect = _MAYBE if nextend is None else _NO
-            header = _read_header(spath, fh, size, index, offset, expect, nextend)
-            info = _hdu_info(spath, index, header, offset)
-            if index == 0:
-                nextend = _nextend(spath, header)
-            end = info.data_offset + info.data_size
-            if end > size:
-                have = max(size - info.data_offset, 0)
-                raise IncompleteFileError(
-                    spath,
-                    index,
-                    "truncated",
-                    f"file ends {end - size} bytes short of the end of this HDU: data unit of "
-                    f"{info.data_size} bytes (padded) at byte {info.data_offset}, {have} present",
-                )
-            hdus.append(info)
-            if keep_headers:
-                headers.append(header)
-            offset = end
-        if nextend is not None and len(hdus) - 1 < nextend:
+    if file_id is not None:
+        st = os.fstat(fh.fileno())
+        if (st.st_dev, st.st_ino) != tuple(file_id):
+            fh.close()
+            raise ExposureError(
+                spath,
+                None,
+                "file_changed",
+                "not the file opened for grading any more (replaced or moved meanwhile)",
+            )
+    return fh
+
+
+def _walk(
+    path: str | os.PathLike[str],
+    keep_headers: bool = False,
+    source: str | None = None,
+    file_id=None,
+) -> tuple[FileLayout, list[bytes]]:
+    """The header walk behind :func:`check_integrity`; optionally keeps the raw headers."""
+    spath = os.fspath(path)
+    with _open_exposure(spath, source, file_id) as fh:
+        return _walk_open(spath, fh, keep_headers)
+
+
+def _walk_open(spath: str, fh, keep_headers: bool) -> tuple[FileLayout, list[bytes]]:
+    """:func:`_walk` on a file already open."""
+    size = os.fstat(fh.fileno()).st_size
+    if size == 0:
+        raise IncompleteFileError(spath, 0, "empty", "file is empty (0 bytes)")
+    hdus: list[HduInfo] = []
+    headers: list[bytes] = []
+    nextend: int | None = None
+    offset = 0
+    while offset < size:
+        index = len(hdus)
+        if index == 0 or (nextend is not None and index <= nextend):
+            expect = _YES
+        else:
+            expect = _MAYBE if nextend is None else _NO
+        header = _read_header(spath, fh, size, index, offset, expect, nextend)
+        info = _hdu_info(spath, index, header, offset)
+        if index == 0:
+            nextend = _nextend(spath, header)
+        end = info.data_offset + info.data_size
+        if end > size:
+            have = max(size - info.data_offset, 0)
             raise IncompleteFileError(
                 spath,
-                len(hdus),
+                index,
                 "truncated",
-                f"file ends after {len(hdus) - 1} of NEXTEND = {nextend} extensions ({size} bytes)",
+                f"file ends {end - size} bytes short of the end of this HDU: data unit of "
+                f"{info.data_size} bytes (padded) at byte {info.data_offset}, {have} present",
             )
-        return FileLayout(path=spath, size=size, hdus=hdus, nextend=nextend), headers
+        hdus.append(info)
+        if keep_headers:
+            headers.append(header)
+        offset = end
+    if nextend is not None and len(hdus) - 1 < nextend:
+        raise IncompleteFileError(
+            spath,
+            len(hdus),
+            "truncated",
+            f"file ends after {len(hdus) - 1} of NEXTEND = {nextend} extensions ({size} bytes)",
+        )
+    return FileLayout(path=spath, size=size, hdus=hdus, nextend=nextend), headers
 
 
 def _nextend(path: str, header: bytes) -> int | None:
@@ -766,7 +900,7 @@ def check_data(path: str | os.PathLike[str], layout: FileLayout | None = None) -
     if layout is None:
         layout = check_integrity(spath)
     digest = hashlib.blake2b(str(layout.size).encode(), digest_size=16)
-    with open(spath, "rb") as fh:
+    with _open_exposure(spath) as fh:
         for hdu in layout.hdus:
             fh.seek(hdu.header_offset)
             header = fh.read(hdu.data_offset - hdu.header_offset)
@@ -831,6 +965,12 @@ class ExposureMeta:
         The common CCD shape in numpy order ``(rows, columns)``.
     compressed : bool
         True when the CCDs are tile-compressed (``.fits.fz``).
+    file_id : tuple of int or None
+        ``(st_dev, st_ino)`` of the file read, when it was :func:`pinned`: a CCD reader
+        refuses any other file (``file_changed``).
+    source : str or None
+        A name of the pinned open descriptor that another process can open
+        (``/proc/<pid>/fd/<n>``, Linux), so that CCD workers read the open file, not the name.
     photzp : float or None
         ``PHOTZP`` of the PRIMARY header (magnitude of 1 ADU/s, Elixir): the zero point of the
         sky brightness when present.
@@ -849,6 +989,8 @@ class ExposureMeta:
     ccd_names: tuple[str, ...]
     ccd_shape: tuple[int, ...] = ()
     compressed: bool = False
+    file_id: tuple[int, int] | None = None
+    source: str | None = None
     photzp: float | None = None
 
 
@@ -1073,6 +1215,9 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
     spath = layout.path
     ccds = _ccd_hdus(spath, layout)
     primary = _parse_header(headers[0])
+    pin = _pin_of(spath)
+    file_id = pin.file_id if pin is not None else None
+    source = _pinned_source(pin) if pin is not None else None
 
     expnum = parse_expnum(spath, header_value(primary, "EXPNUM"), hdu=0)
 
@@ -1101,6 +1246,8 @@ def read_meta(path: str | os.PathLike[str]) -> ExposureMeta:
         ccd_shape=ccds[0].shape,
         compressed=ccds[0].compressed,
         photzp=header_float(primary, "PHOTZP"),
+        file_id=file_id,
+        source=source,
     )
 
 
@@ -1187,14 +1334,13 @@ def _default_saturate(bitpix: int, bscale: float, bzero: float) -> float | None:
     return float(top * bscale + bzero)
 
 
-def _read_plain(path: str, hdu: HduInfo, bscale: float, bzero: float, blank: int | None):
+def _read_plain(fh, path: str, hdu: HduInfo, bscale: float, bzero: float, blank: int | None):
     """One uncompressed image read straight from its data offset, scaled to float32."""
     shape = hdu.shape
     dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}[hdu.bitpix])
     raw = np.empty(shape, dtype=dtype)
-    with open(path, "rb") as fh:
-        fh.seek(hdu.data_offset)
-        got = fh.readinto(memoryview(raw).cast("B"))
+    fh.seek(hdu.data_offset)
+    got = fh.readinto(memoryview(raw).cast("B"))
     if got != raw.nbytes:
         raise IncompleteFileError(
             path, hdu.index, "truncated", f"data unit shrank: read {got} of {raw.nbytes} bytes"
@@ -1215,11 +1361,12 @@ def _read_plain(path: str, hdu: HduInfo, bscale: float, bzero: float, blank: int
     return out
 
 
-def _read_compressed(path: str, hdu: HduInfo) -> np.ndarray:
-    """One tile-compressed image: astropy decompresses just that HDU."""
+def _read_compressed(fh, path: str, hdu: HduInfo) -> np.ndarray:
+    """One tile-compressed image: astropy decompresses just that HDU (from the open file)."""
+    fh.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with fits.open(fh, memmap=False, lazy_load_hdus=True) as hdul:
             comp = hdul[hdu.index]
             if not isinstance(comp, fits.CompImageHDU):
                 raise CorruptFileError(
@@ -1231,7 +1378,13 @@ def _read_compressed(path: str, hdu: HduInfo) -> np.ndarray:
     return out
 
 
-def read_ccd(path: str | os.PathLike[str], index: int) -> CcdPixels:
+def read_ccd(
+    path: str | os.PathLike[str],
+    index: int,
+    *,
+    source: str | None = None,
+    file_id: tuple[int, int] | None = None,
+) -> CcdPixels:
     """Read the pixels of one CCD, in bounded memory, without keeping the file open.
 
     Walks the headers (:func:`check_integrity`, < 1 ms), then reads only that CCD's data unit:
@@ -1245,6 +1398,9 @@ def read_ccd(path: str | os.PathLike[str], index: int) -> CcdPixels:
         A ``.fits`` or ``.fits.fz`` MegaCam exposure.
     index : int
         0-based CCD number: HDU ``index + 1``.
+    source, file_id : optional
+        ``ExposureMeta.source`` / ``ExposureMeta.file_id`` of a :func:`pinned` file: read the
+        open file they name (in any process), and refuse any other (``file_changed``).
 
     Returns
     -------
@@ -1264,11 +1420,13 @@ def read_ccd(path: str | os.PathLike[str], index: int) -> CcdPixels:
     >>> ccd.data.dtype, ccd.shape
     (dtype('float32'), (4612, 2048))
     """
-    layout, headers = _walk(path, keep_headers=True)
-    return _read_ccd(layout, headers, index)
+    spath = os.fspath(path)
+    with _open_exposure(spath, source, file_id) as fh:  # one open: walk and pixels
+        layout, headers = _walk_open(spath, fh, keep_headers=True)
+        return _read_ccd(fh, layout, headers, index)
 
 
-def _read_ccd(layout: FileLayout, headers: list[bytes], index: int) -> CcdPixels:
+def _read_ccd(fh, layout: FileLayout, headers: list[bytes], index: int) -> CcdPixels:
     if isinstance(index, bool) or not isinstance(index, int | np.integer):
         raise TypeError(f"index must be an int, got {type(index).__name__}")
     index = int(index)
@@ -1289,9 +1447,9 @@ def _read_ccd(layout: FileLayout, headers: list[bytes], index: int) -> CcdPixels
     header = _parse_header(raw_header)
     bscale, bzero, blank = _scaling(header)
     if hdu.compressed:
-        data = _read_compressed(path, hdu)
+        data = _read_compressed(fh, path, hdu)
     else:
-        data = _read_plain(path, hdu, bscale, bzero, blank)
+        data = _read_plain(fh, path, hdu, bscale, bzero, blank)
     saturate = header_float(header, "SATURATE")
     if saturate is None:
         saturate = _default_saturate(hdu.bitpix, bscale, bzero)
@@ -1332,10 +1490,16 @@ def iter_ccds(path: str | os.PathLike[str]) -> Iterator[CcdPixels]:
     >>> [c.name for c in iter_ccds("2345678o.fits")][:2]  # doctest: +SKIP
     ['ccd00', 'ccd01']
     """
-    layout, headers = _walk(path, keep_headers=True)
+    spath = os.fspath(path)
+    with _open_exposure(spath) as fh:
+        layout, headers = _walk_open(spath, fh, keep_headers=True)
+        st = os.fstat(fh.fileno())
+    file_id = (st.st_dev, st.st_ino)  # each later open must find this same file
     ccds = _ccd_hdus(layout.path, layout)
     for i in range(len(ccds)):
-        yield _read_ccd(layout, headers, i)
+        with _open_exposure(spath, file_id=file_id) as fh:
+            ccd = _read_ccd(fh, layout, headers, i)
+        yield ccd
 
 
 # ------------------------------------------------------------------------------- quarantine

@@ -443,7 +443,14 @@ class PixelBackend:
         from transforms.exposure import ExposureError, ccd_problem, read_ccd
 
         try:
-            pixels = read_ccd(meta.path, ccd)
+            # The file pinned when the exposure was opened, if it was (the daemon): its open
+            # descriptor, never the name again (transforms.exposure, "Confined reads").
+            pixels = read_ccd(
+                meta.path,
+                ccd,
+                source=getattr(meta, "source", None),
+                file_id=getattr(meta, "file_id", None),
+            )
         except ExposureError as exc:
             raise CcdRejected(exc.reason, str(exc)) from exc
         problem = ccd_problem(pixels)

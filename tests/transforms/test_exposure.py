@@ -27,6 +27,7 @@ from transforms.exposure import (
     check_integrity,
     iter_ccds,
     observing_night,
+    pinned,
     read_ccd,
     read_meta,
 )
@@ -833,6 +834,96 @@ def test_ccd_problem_saturated():
 @pytest.mark.parametrize("shape", [(4096,), (8, 4096), (2, 64, 64)])
 def test_ccd_problem_bad_shape(shape):
     assert ccd_problem(ccd(np.ones(shape))).startswith("bad_shape:")
+
+
+# -------------------------------------------------------------------------- confined reads
+def _drop_with_a_swap(tmp_path):
+    """A drop with night/2345678o.fits, and outside it another exposure of the same name."""
+    drop = tmp_path / "drop"
+    (drop / "night").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    inside = make_mef(drop / "night" / "2345678o.fits", primary={"EXPNUM": 1111111})
+    outside = make_mef(tmp_path / "secret" / "2345678o.fits", primary={"EXPNUM": 9999999}, n_ccd=2)
+    return drop, inside, outside
+
+
+def _swap(drop, outside):
+    """The night folder swapped for a symlink to a folder outside the drop."""
+    (drop / "night").rename(drop / "night.old")
+    (drop / "night").symlink_to(outside.parent)
+
+
+def test_a_pinned_file_is_read_through_its_descriptor_whatever_the_name_becomes(tmp_path):
+    """Issue 21, item 9: the grader reopened the path by name, so a night folder swapped for a
+    symlink between the watcher's check and the grade made it read a file outside the drop.
+    Pinned, the metadata and the pixels (here and in another process, as the CCD workers
+    read them) come from the file opened, not from what the name points to afterwards."""
+    import subprocess
+    import sys
+
+    drop, inside, outside = _drop_with_a_swap(tmp_path)
+    path = str(inside)
+    expected = read_ccd(inside, 1).data
+    with pinned(path, drop):
+        _swap(drop, outside)
+        meta = read_meta(path)
+        assert (meta.expnum, meta.n_ccd) == (1111111, 3)
+        assert meta.file_id is not None
+        assert check_integrity(path).n_extensions == 3
+        np.testing.assert_array_equal(
+            read_ccd(path, 1, source=meta.source, file_id=meta.file_id).data, expected
+        )
+        if meta.source is not None:  # Linux: a CCD worker opens the descriptor by /proc
+            code = (
+                "import sys, numpy as np; from transforms.exposure import read_ccd; "
+                "d = read_ccd(sys.argv[1], 1, source=sys.argv[2], "
+                "file_id=(int(sys.argv[3]), int(sys.argv[4]))).data; "
+                "print(float(d.sum()))"
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", code, path, meta.source, *map(str, meta.file_id)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=Path(__file__).parents[2],
+            )
+            assert out.returncode == 0, out.stderr
+            assert float(out.stdout) == float(expected.sum())
+    # Not pinned, the same name now reads the file outside: what the pin protects against.
+    assert read_meta(path).expnum == 9999999
+
+
+@pytest.mark.parametrize("how", ["folder-swapped", "file-link"])
+def test_a_path_through_a_symlink_is_refused_as_outside_drop_unread(tmp_path, how, monkeypatch):
+    drop, inside, outside = _drop_with_a_swap(tmp_path)
+    if how == "folder-swapped":
+        _swap(drop, outside)
+    else:
+        inside.unlink()
+        inside.symlink_to(outside)
+    opened = []
+    real_open = open
+
+    def spy(file, *args, **kwargs):
+        opened.append(os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "open", spy, raising=False)
+    with pinned(str(inside), drop):
+        for read in (read_meta, check_integrity):
+            with pytest.raises(ExposureError) as info:
+                read(str(inside))
+            assert info.value.reason == "outside_drop"
+            assert "not opened" in info.value.message
+    assert opened == []  # nothing was read, by name or otherwise
+
+
+def test_a_ccd_reader_refuses_another_file_than_the_one_pinned(tmp_path, mef):
+    other = make_mef(tmp_path / "other.fits")
+    st = os.stat(other)
+    with pytest.raises(ExposureError) as info:
+        read_ccd(mef, 0, file_id=(st.st_dev, st.st_ino))
+    assert info.value.reason == "file_changed"
 
 
 def test_module_imports_no_beam():
