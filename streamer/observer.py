@@ -66,7 +66,14 @@ from markupsafe import Markup
 
 from models.classes import CLASSES
 from ops.http import Request, Response
-from streamer.report import GRADE_COLORS, latest_per_exposure, summarize
+from streamer.report import (
+    GRADE_COLORS,
+    PHYSICAL,
+    counts_by_filter,
+    latest_per_exposure,
+    summarize,
+    to_reobserve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1077,17 +1084,6 @@ def vote_flag(grade: str | None, tally: list[tuple[str, int]]) -> str | None:
     return None
 
 
-OPTIONAL_FACTS = (
-    ("seeing_arcsec", "seeing", ".2f", '"'),
-    ("seeing_zenith_arcsec", "seeing at zenith", ".2f", '"'),
-    ("sky_mag_arcsec2", "sky", ".2f", " mag/arcsec²"),
-    ("sky_adu_s", "sky rate", ".1f", " ADU/s"),
-    ("airmass", "airmass", ".2f", ""),
-)
-"""Physical measurements shown when the rows have them (column, label, format, unit); the
-dataset does not have these columns yet (issue 22 items 1-5)."""
-
-
 def render_exposure(
     row: dict,
     ccds: list[dict],
@@ -1113,7 +1109,7 @@ def render_exposure(
     ]
     facts += [
         (label, _num(row[col], fmt, unit))
-        for col, label, fmt, unit in OPTIONAL_FACTS
+        for col, label, unit, fmt in PHYSICAL
         if _finite(row.get(col))
     ]
     tally = votes(ccds)
@@ -1195,7 +1191,7 @@ def render_ccd_detail(c: dict, thumb: str | None) -> Markup:
     ]
     facts += [
         (label, _num(c[col], fmt, unit))
-        for col, label, fmt, unit in OPTIONAL_FACTS
+        for col, label, unit, fmt in PHYSICAL
         if _finite(c.get(col))
     ]
     facts.append(("reason", c.get("reason") or "-"))
@@ -1318,7 +1314,9 @@ def render_tonight(
 
 
 def render_static_night(out_dir, night: str, plot: str | None = None, csv: str | None = None):
-    """The night view as one self-contained HTML document (CSS and images inlined, no script).
+    """The morning report of a night as one self-contained HTML document (CSS and images
+    inlined, no script): grades per filter, what to re-observe, the plot, the night panel,
+    the quarantined files, then the latest graded exposure.
 
     The latest graded exposure's focal plane links every CCD to its details (probabilities,
     hits and the representative image as an inlined PNG); the quarantined files are listed
@@ -1348,7 +1346,44 @@ def render_static_night(out_dir, night: str, plot: str | None = None, csv: str |
             models=", ".join(summarize(rows)["model_versions"]),
         )
     ]
-    if latest is not None:
+    from streamer.report import physical_stats
+
+    again = [
+        {
+            "id": r["exposure_id"],
+            "hms": _hms(r.get("time")),
+            "object": r.get("object") or "",
+            "filter": r.get("filter") or "",
+            "exptime": _num(r.get("exptime"), ".0f"),
+            "grade": r["grade"],
+            "conf": _num(r.get("confidence")),
+            "reason": r.get("reason") or "",
+        }
+        for r in to_reobserve(rows)
+    ]
+    parts.append(
+        render(
+            "morning.html.j2",
+            classes=CLASSES,
+            filters=counts_by_filter(rows),
+            physical=physical_stats(rows),
+            again=again,
+        )
+    )
+    if plot is not None:
+        parts.append(render("plot.html.j2", png=plot, csv=csv))
+    parts.append(render_tonight(night, rows, show_all=True, links=False))
+    parts.append(
+        render_waiting(observer.waiting_items(index, href=lambda r: f"#exp-{r['exposure_id']}"))
+    )
+    if latest is None:
+        parts.append(
+            Markup(
+                '<section id="exposure" class="panel"><h2>Latest exposure</h2>'
+                '<p class="empty">no exposure graded this night</p></section>'
+            )
+        )
+    else:
         ccds = observer.ccd_rows(latest)
         images = observer.images(latest)
         details = []
@@ -1368,19 +1403,29 @@ def render_static_night(out_dir, night: str, plot: str | None = None, csv: str |
                 hint="select a CCD: its details are below",
             )
         )
-    else:
-        parts.append(
-            Markup(
-                '<section id="exposure" class="panel"><h2>Latest exposure</h2>'
-                '<p class="empty">no exposure graded this night</p></section>'
-            )
-        )
-    parts.append(
-        render_waiting(observer.waiting_items(index, href=lambda r: f"#exp-{r['exposure_id']}"))
-    )
-    if latest is not None:
         parts.append(render("ccds.html.j2", details=details))
-    parts.append(render_tonight(night, rows, show_all=True, links=False))
-    if plot is not None:
-        parts.append(render("plot.html.j2", png=plot, csv=csv))
     return render_page(f"skygrade · night {night}", {"data-night": night}, parts, css)
+
+
+def render_static_empty(out_dir) -> str:
+    """The morning report of a dataset with no night yet: one short self-contained page."""
+    observer = Observer(out_dir)
+    parts = [
+        render(
+            "nav.html.j2",
+            subtitle="night report",
+            static=True,
+            night="-",
+            written=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+            models="-",
+        ),
+        render(
+            "missing.html.j2",
+            heading="no night yet",
+            message=f"the dataset at {out_dir} has no graded exposure yet",
+            nights=[],
+            back=None,
+        ),
+    ]
+    css = observer.assets["observer.css"].decode()
+    return render_page("skygrade · no night yet", {"data-night": ""}, parts, css)

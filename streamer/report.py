@@ -1,4 +1,10 @@
-"""``skygrade report``: a night's summary from the grades dataset, as text and a PNG plot.
+"""``skygrade report``: the morning report of a night from the grades dataset: text, a PNG plot,
+a CSV of every exposure and the observer page's night view as one HTML file.
+
+About the night, not the last exposure: counts per grade per filter, the time lost to each
+non-GOOD grade, seeing / sky / airmass statistics when the rows carry them, the exposures to
+re-observe (non-GOOD, with their reasons), the quarantined files and the timeline. An empty
+dataset and a night with only quarantined files give a short report that says so (exit 0).
 
 The night's exposure rows are read from ``DIR/exposures/night=NIGHT/`` (any file name: the
 daemon's ``<exposure_id>.parquet`` and the backfill's ``<exposure_id>.<version>.parquet``). When
@@ -17,12 +23,16 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-HELP = "summarise a night of grades: grade counts, usable fraction, timeline (text and PNG)"
+HELP = (
+    "the morning report of a night: grades per filter, time lost, what to re-observe, "
+    "quarantined files, timeline (text, PNG, CSV, HTML)"
+)
 EXAMPLES = (
     "examples:\n"
     "  skygrade report --night 2026-11-24 grades\n"
     "  skygrade report --night 2026-11-24 grades --png night.png\n"
-    "  skygrade report --night 2026-11-24 grades --html night.html   # the observer page, static\n"
+    "  skygrade report --night 2026-11-24 grades --html night.html   # + night.csv beside it\n"
+    "  skygrade report --night 2026-11-24 grades --csv night.csv\n"
     "  skygrade report grades --model-version 2026.11.24-101500   # the latest night"
 )
 
@@ -45,6 +55,43 @@ STATISTICS = (
     ("confidence", "confidence"),
 )
 """Exposure columns plotted under the grades, with their axis labels."""
+
+PHYSICAL = (
+    ("seeing_arcsec", "seeing", '"', ".2f"),
+    ("seeing_zenith_arcsec", "seeing at zenith", '"', ".2f"),
+    ("sky_mag_arcsec2", "sky", " mag/arcsec2", ".2f"),
+    ("sky_adu_s", "sky rate", " ADU/s", ".1f"),
+    ("airmass", "airmass", "", ".2f"),
+)
+"""Physical measurements (column, label, unit, format) reported when the rows have them: the
+dataset has no such column yet (issue 22 items 1-5); the page and the report show them as soon
+as it does."""
+
+CSV_COLUMNS = (
+    "night",
+    "exposure_id",
+    "time",
+    "object",
+    "filter",
+    "exptime",
+    "status",
+    "grade",
+    "confidence",
+    *(f"p_{c}" for c in ("GOOD", "B_SEEING", "BGP", "BT", "RBT")),
+    "n_ccd",
+    "n_ccd_graded",
+    "n_sources",
+    "median_elongation",
+    "median_iso0",
+    "median_background",
+    "ood_score",
+    "latency_s",
+    "model_version",
+    "path",
+    "reason",
+)
+"""Columns of the report's CSV, one row per exposure (then any :data:`PHYSICAL` column the
+rows have)."""
 
 
 def nights(out_dir: str | os.PathLike) -> list[str]:
@@ -152,8 +199,62 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
+def counts_by_filter(rows: list[dict]) -> dict[str, dict]:
+    """Per filter (``?`` when the header had none), sorted: ``n``, the count of each grade and
+    ``quarantined``."""
+    from models.classes import CLASSES
+
+    out: dict[str, dict] = {}
+    for r in rows:
+        f = out.setdefault(r.get("filter") or "?", {"n": 0, **dict.fromkeys(CLASSES, 0)})
+        f["n"] += 1
+        if r["status"] == "graded" and r["grade"] in f:
+            f[r["grade"]] += 1
+    for f in out.values():
+        f["quarantined"] = f["n"] - sum(f[c] for c in CLASSES)
+    return dict(sorted(out.items()))
+
+
+def to_reobserve(rows: list[dict]) -> list[dict]:
+    """The graded exposures that are not GOOD, in time order: what to re-observe."""
+    return [r for r in rows if r["status"] == "graded" and r["grade"] != "GOOD"]
+
+
+def physical_stats(rows: list[dict]) -> list[tuple[str, str, str, int, float, float, float]]:
+    """(label, unit, format, n, median, min, max) of each :data:`PHYSICAL` column the graded
+    rows have a value of."""
+    import statistics
+
+    out = []
+    for column, label, unit, fmt in PHYSICAL:
+        values = [
+            float(r[column])
+            for r in rows
+            if r["status"] == "graded" and _usable(r.get(column)) and not isinstance(r[column], str)
+        ]
+        if values:
+            out.append(
+                (label, unit, fmt, len(values), statistics.median(values), min(values), max(values))
+            )
+    return out
+
+
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _ut(when: dt.datetime | None) -> str:
+    return when.astimezone(dt.UTC).strftime("%H:%M:%S") if when else "--:--:--"
+
+
 def format_report(night: str, rows: list[dict]) -> str:
-    """The text report: header, grade counts, hourly timeline (UTC), quarantined exposures."""
+    """The text report: header, grades per filter, time lost, physical statistics (when the
+    rows have them), hourly timeline (UTC), the exposures to re-observe and the quarantined."""
     import statistics
 
     from models.classes import CLASSES
@@ -166,11 +267,44 @@ def format_report(night: str, rows: list[dict]) -> str:
         f"night {night}: {s['n']} exposure(s), {s['graded']} graded, "
         f"{s['quarantined']} quarantined; usable (GOOD) {usable} of graded; "
         f"model {', '.join(s['model_versions'])}",
-        "grades: "
-        + "  ".join(
-            f"{c} {n} ({100 * n / max(s['graded'], 1):.0f}%)"
-            for c, n in ((c, s["grades"].get(c, 0)) for c in CLASSES)
-        ),
+    ]
+    if not s["graded"]:
+        lines.append("no exposure graded: every file of the night was quarantined (below)")
+    else:
+        lost = " · ".join(
+            f"{c} {duration_text(s['lost_s'][c])}" for c in CLASSES if c in s["lost_s"]
+        )
+        lines += [
+            "grades: "
+            + "  ".join(
+                f"{c} {n} ({100 * n / max(s['graded'], 1):.0f}%)"
+                for c, n in ((c, s["grades"].get(c, 0)) for c in CLASSES)
+            ),
+            "time lost (sum of EXPTIME per grade): "
+            + (lost or "none")
+            + (
+                f" ({s['lost_unknown']} exposure(s) without EXPTIME not counted)"
+                if s["lost_unknown"]
+                else ""
+            ),
+            "",
+            "grades per filter:",
+            f"  {'filter':<12} {'n':>4} " + " ".join(f"{c:>8}" for c in CLASSES) + f" {'Q':>4}",
+        ]
+        for name, f in counts_by_filter(rows).items():
+            lines.append(
+                f"  {name[:12]:<12} {f['n']:>4} "
+                + " ".join(f"{f[c]:>8}" for c in CLASSES)
+                + f" {f['quarantined']:>4}"
+            )
+        physical = physical_stats(rows)
+        if physical:
+            lines += ["", "measured (graded exposures): median [min, max]"]
+            lines += [
+                f"  {label}: {med:{fmt}}{unit} [{lo:{fmt}}, {hi:{fmt}}] ({n} exposures)"
+                for label, unit, fmt, n, med, lo, hi in physical
+            ]
+    lines += [
         "",
         "timeline (UTC hour; grades; median elongation / ISO0 / background; confidence):",
         f"{'hour':>13}  {'n':>3}  " + " ".join(f"{c:>8}" for c in CLASSES) + f"  {'Q':>3}"
@@ -185,7 +319,7 @@ def format_report(night: str, rows: list[dict]) -> str:
         counts = Counter(r["grade"] for r in graded)
 
         def med(column, graded=graded):
-            values = [r[column] for r in graded if _usable(r[column])]
+            values = [r[column] for r in graded if _usable(r.get(column))]
             return statistics.median(values) if values else float("nan")
 
         lines.append(
@@ -195,6 +329,15 @@ def format_report(night: str, rows: list[dict]) -> str:
             f"{med('median_iso0'):6.1f}  {med('median_background'):8.1f}  "
             f"{med('confidence'):4.2f}"
         )
+    again = to_reobserve(rows)
+    if again:
+        lines += ["", f"to re-observe ({len(again)} not GOOD; UT, EXPNUM, OBJECT, FILTER, grade):"]
+        lines += [
+            f"  {_ut(r['time'])} {r['exposure_id']} {(r.get('object') or '-')[:20]} "
+            f"{r.get('filter') or '-'} {r['grade']} {r['confidence']:.2f}: "
+            f"{(r['reason'] or '')[:100]}"
+            for r in again
+        ]
     quarantined = [r for r in rows if r["status"] != "graded"]
     if quarantined:
         lines += ["", "quarantined:"]
@@ -202,33 +345,60 @@ def format_report(night: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_night(night: str, rows: list[dict], png: str | os.PathLike) -> Path:
-    """Write a PNG of the grade and the key statistics of each exposure through the night.
+def format_empty(out_dir: str | os.PathLike) -> str:
+    """The report of a dataset without any night yet."""
+    return f"{out_dir}: no night in the dataset yet (nothing graded)"
 
-    Panels share the time axis (``date_obs``, else ``graded_at``): the grade (one row per
-    class, quarantined exposures as crosses), then median elongation, median ISO0, median
-    background and confidence.
 
-    Raises
-    ------
-    ValueError
-        ``rows`` is empty (nothing to plot).
+def night_axis(night: str, rows: list[dict]) -> tuple[dt.datetime, dt.datetime]:
+    """The plot's time range: the exposures' times, padded by 10 minutes; the night (18:00 to
+    07:00 HST) when no exposure has a time."""
+    times = [r["time"] for r in rows if r.get("time") is not None]
+    if not times:
+        start = dt.datetime.fromisoformat(night).replace(tzinfo=dt.UTC) + dt.timedelta(hours=28)
+        return start, start + dt.timedelta(hours=13)
+    pad = dt.timedelta(minutes=10)
+    return min(times) - pad, max(times) + pad
+
+
+def plot_night(night: str, rows: list[dict], png: str | os.PathLike | None = None):
+    """Write a PNG of :func:`night_figure`; ``png`` None: return the PNG's bytes instead of a
+    path."""
+    import io
+
+    fig = night_figure(night, rows)
+    if png is None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    return png
+
+
+def night_figure(night: str, rows: list[dict]):
+    """The grade and the key statistics of each exposure through the night, a figure.
+
+    Panels share the time axis (``date_obs``, else ``graded_at``; hours UT): the grade (one
+    row per class, quarantined exposures as crosses), then median elongation, median ISO0,
+    median background and confidence; a panel without a value says so. With no exposure, or
+    none graded, only the grade panel, over the night.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import DateFormatter
     from matplotlib.figure import Figure
 
     from models.classes import CLASSES
 
-    if not rows:
-        raise ValueError(f"night {night}: no exposure row to plot")
     timed = [r for r in rows if r["time"] is not None]
     times = [r["time"].astimezone(dt.UTC).replace(tzinfo=None) for r in timed]
-    colors = dict(
-        zip(CLASSES, ("tab:green", "tab:orange", "tab:purple", "tab:red", "tab:brown"), strict=True)
-    )
-    fig = Figure(figsize=(10, 2 + 1.6 * (1 + len(STATISTICS))), layout="constrained")
+    colors = {c: tuple(v / 255 for v in GRADE_COLORS[c]) for c in CLASSES}
+    s = summarize(rows)
+    stats = STATISTICS if s["graded"] else ()
+    fig = Figure(figsize=(10, 2.4 + 1.6 * (1 + len(stats))), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1 + len(STATISTICS), 1, sharex=True)
+    axes = fig.subplots(1 + len(stats), 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
     for c in CLASSES:
         sel = [
@@ -242,17 +412,30 @@ def plot_night(night: str, rows: list[dict], png: str | os.PathLike) -> Path:
     ax.set_yticks(range(len(CLASSES) + 1), [*CLASSES, "quarantined"])
     ax.set_ylim(-0.5, len(CLASSES) + 0.5)
     ax.invert_yaxis()
-    s = summarize(rows)
+    ax.grid(alpha=0.3)
     usable = "-" if s["usable_fraction"] is None else f"{100 * s['usable_fraction']:.0f}%"
     ax.set_title(
-        f"night {night}: {s['n']} exposures, {s['graded']} graded, usable (GOOD) {usable}; "
-        f"model {', '.join(s['model_versions'])}"
+        f"night {night}: {s['n']} exposures, {s['graded']} graded, "
+        f"{s['quarantined']} quarantined, usable (GOOD) {usable}; "
+        f"model {', '.join(s['model_versions']) or '-'}",
+        fontsize=10,
     )
-    for ax, (column, label) in zip(axes[1:], STATISTICS, strict=True):
+    if not s["graded"]:
+        ax.text(
+            0.5,
+            0.5,
+            "no exposure" if not rows else "no exposure graded: every file quarantined",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="0.3",
+        )
+    for ax, (column, label) in zip(axes[1:], stats, strict=True):
         pts = [
             (t, r[column], r["grade"])
             for t, r in zip(times, timed, strict=True)
-            if r["status"] == "graded" and _usable(r[column])
+            if r["status"] == "graded" and _usable(r.get(column))
         ]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="0.7", lw=0.8, zorder=1)
         ax.scatter(
@@ -262,13 +445,39 @@ def plot_night(night: str, rows: list[dict], png: str | os.PathLike) -> Path:
             s=14,
             zorder=2,
         )
+        if not pts:
+            ax.text(0.5, 0.5, "no value", transform=ax.transAxes, ha="center", color="0.4")
+            ax.set_yticks([])
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("UTC (date_obs, else graded_at)")
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    return png
+    start, end = night_axis(night, rows)
+    axes[-1].set_xlim(start.replace(tzinfo=None), end.replace(tzinfo=None))
+    axes[-1].xaxis.set_major_formatter(DateFormatter("%H:%M"))
+    axes[-1].set_xlabel(f"UT from {start:%Y-%m-%d %H:%M} (date_obs, else graded_at)")
+    return fig
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Every exposure of ``rows`` as CSV (:data:`CSV_COLUMNS`, then the :data:`PHYSICAL`
+    columns the rows have); ``time`` in ISO 8601 UTC."""
+    import csv
+    import io
+
+    extra = [c for c, *_ in PHYSICAL if any(c in r for r in rows)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, *extra])
+    for r in rows:
+        out = []
+        for column in (*CSV_COLUMNS, *extra):
+            v = r.get(column)
+            if column == "time" and v is not None:
+                v = v.astimezone(dt.UTC).isoformat()
+            elif isinstance(v, float) and math.isnan(v):
+                v = ""
+            out.append("" if v is None else v)
+        writer.writerow(out)
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- command line
@@ -282,11 +491,19 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--png", type=Path, default=None, help="also write a plot here")
     parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="also write every exposure of the night here as CSV (default with --html: beside "
+        "the HTML file, same name, .csv)",
+    )
+    parser.add_argument(
         "--html",
         type=Path,
         default=None,
-        help="also write the observer page's night view here: one self-contained HTML file "
-        "(CSS and images inlined, no script)",
+        help="also write the morning report here: the observer page's night view, the plot "
+        "and what to re-observe in one self-contained HTML file (CSS and images inlined, no "
+        "script), with the CSV beside it",
     )
     parser.add_argument(
         "--model-version",
@@ -295,16 +512,32 @@ def add_arguments(parser) -> None:
     )
 
 
+def _is_empty_dataset(path: Path) -> bool:
+    """A directory the daemon has made but not written a night into yet."""
+    if (path / "exposures").is_dir():
+        return not nights(path)
+    return path.is_dir() and all(
+        p.name in ("ccds", "images", "ledger.sqlite") or p.name.startswith(".")
+        for p in path.iterdir()
+    )
+
+
 def command(args, cfg) -> int:
     """Run ``skygrade report``; returns the exit code."""
+    from ops.files import atomic_write_text
     from streamer.cli import EXIT_FAILURE, EXIT_OK, UsageError, parse_nights
 
+    if _is_empty_dataset(args.dataset) and args.night is None:
+        print(format_empty(args.dataset))
+        if args.png is not None:
+            print(f"plot: {write_png(args.dataset, None, args.png)}")
+        if args.html is not None:
+            print(f"page: {write_html(args.dataset, None, args.html)}")
+        return EXIT_OK
     if not (args.dataset / "exposures").is_dir():
         raise UsageError(f"{args.dataset} is not a grades dataset (no exposures/ directory)")
+    available = nights(args.dataset)
     if args.night is None:
-        available = nights(args.dataset)
-        if not available:
-            raise UsageError(f"{args.dataset}: no night in the dataset")
         night = available[-1]
     else:
         chosen = parse_nights(args.night)
@@ -312,23 +545,58 @@ def command(args, cfg) -> int:
             raise UsageError(f"--night: give one night, got {args.night!r}")
         night = chosen[0]
     rows = night_rows(args.dataset, night, args.model_version)
-    print(format_report(night, rows))
     if not rows:
+        print(
+            f"night {night}: no exposure in {args.dataset}; nights with data: "
+            + (", ".join(available[-10:]) or "none")
+        )
         return EXIT_FAILURE
+    print(format_report(night, rows))
     if args.png is not None:
         print(f"plot: {plot_night(night, rows, args.png)}")
+    csv_path = args.csv
+    if csv_path is None and args.html is not None:
+        csv_path = args.html.with_suffix(".csv")
+    if csv_path is not None:
+        print(f"csv: {atomic_write_text(csv_path, csv_text(rows))}")
     if args.html is not None:
-        print(f"page: {write_html(args.dataset, night, args.html)}")
+        csv_href = None
+        if csv_path is not None and csv_path.resolve().parent == args.html.resolve().parent:
+            csv_href = csv_path.name
+        print(f"page: {write_html(args.dataset, night, args.html, rows=rows, csv=csv_href)}")
     return EXIT_OK
 
 
-def write_html(out_dir: str | os.PathLike, night: str, path: str | os.PathLike) -> Path:
-    """Write the night view of the observer page as one self-contained HTML file, atomically.
+def write_png(out_dir, night: str | None, path: str | os.PathLike) -> Path:
+    """The plot of an empty dataset (``night`` None: tonight's axis) or of a night."""
+    from transforms.exposure import observing_night
 
-    See :func:`streamer.observer.render_static_night` (each exposure's latest grade, as the
-    live page shows it).
+    night = night or observing_night(dt.datetime.now(dt.UTC))
+    rows = night_rows(out_dir, night) if (Path(out_dir) / "exposures").is_dir() else []
+    return plot_night(night, rows, path)
+
+
+def write_html(
+    out_dir: str | os.PathLike,
+    night: str | None,
+    path: str | os.PathLike,
+    rows: list[dict] | None = None,
+    csv: str | None = None,
+) -> Path:
+    """Write the morning report as one self-contained HTML file, atomically: the observer
+    page's night view (:func:`streamer.observer.render_static_night`, each exposure's latest
+    grade, as the live page shows it), the exposures to re-observe, the grades per filter and
+    the plot inlined; ``csv``: the name of the CSV written beside it, linked. ``night`` None:
+    the short page of a dataset with no night yet.
     """
-    from ops.files import atomic_write_text
-    from streamer.observer import render_static_night
+    import base64
 
-    return atomic_write_text(path, render_static_night(out_dir, night))
+    from ops.files import atomic_write_text
+    from streamer.observer import render_static_empty, render_static_night
+
+    if night is None:
+        return atomic_write_text(path, render_static_empty(out_dir))
+    if rows is None:
+        rows = night_rows(out_dir, night)
+    png = "data:image/png;base64," + base64.b64encode(plot_night(night, rows)).decode()
+    return atomic_write_text(path, render_static_night(out_dir, night, plot=png, csv=csv))

@@ -377,7 +377,8 @@ def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
     assert f"page: {out}" in capsys.readouterr().out
     page = out.read_text()
     urls = re.findall(r'(?:src|href|action)="([^"]*)"', page)
-    assert all(u.startswith(("#", "data:image/png;base64,")) for u in urls), urls
+    assert all(u.startswith(("#", "data:image/png;base64,")) or u == "night.csv" for u in urls)
+    assert (tmp_path / "night.csv").is_file()  # the CSV beside the page, linked
     assert "<style>" in page and "<script" not in page
     # every exposure listed (the quarantined 2817004 too: the latest graded one is shown)
     for i in range(5):
@@ -386,7 +387,7 @@ def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
     new = exposure(9, "BT", 4)
     write_grade_rows(dataset, new, ccd_rows(new, 9))
     page = report.write_html(dataset, NIGHT, out).read_text()
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 3 + 1  # + the night's plot
     assert page.count('href="#ccd-') == 4
     with pytest.raises(LookupError, match="not in the dataset"):
         obs.render_static_night(dataset, "2030-01-01")
