@@ -874,14 +874,17 @@ class WatchConfig:
         "either way (every file is in the ledger until it is graded or quarantined).",
     )
     max_attempts: int = setting(
-        3,
-        "Times an exposure may be caught mid-grading by a crash before it is quarantined "
-        "(a file that crashes the daemon must not crash it all night).",
+        5,
+        "Times grading an exposure may fail on the exposure itself (its results cannot be "
+        "written, the pipeline raised on it, a crash of the daemon while grading it) before it "
+        "is quarantined as too_many_attempts; a dataset that cannot be written at all does not "
+        "count. With retry_s 10 the fifth failure comes about 150 s after the first.",
         ge=1,
     )
     retry_s: float = setting(
         10.0,
-        "First back-off (s) after a failed write of the results; doubles up to 300 s.",
+        "First back-off (s) after a failed grading or write of an exposure; doubles with each "
+        "failure of that exposure, up to 300 s. Other exposures are graded meanwhile.",
         gt=0,
     )
     shutdown_timeout_s: float = setting(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
 import threading
@@ -46,10 +47,11 @@ from pathlib import Path
 from models.bundle import MANIFEST, read_manifest
 from ops.alerts import AlertDispatcher, AlertEngine
 from ops.config import Config, ConfigError, Problem
+from ops.files import atomic_write_bytes
 from ops.http import HttpServer
 from ops.metrics import Metrics
 from ops.text import escape_controls
-from streamer.ledger import Ledger
+from streamer.ledger import TOO_MANY_ATTEMPTS, Ledger
 from streamer.observer import Observer
 from streamer.watcher import DropWatcher
 from transforms.exposure import exposure_id_from_path, pinned
@@ -92,6 +94,7 @@ class Daemon:
         self.last_graded: dict | None = None
         self.session = None  # the grading pipeline (streamer.session), built on first use
         self._session_key: tuple | None = None  # the bundle the session was built for
+        self._output_failures = 0  # failed writes in a row while the output is unwritable
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,7 +112,7 @@ class Daemon:
         self.dispatcher = AlertDispatcher.from_config(self.cfg.alerts, self.metrics)
         self.dispatcher.start()
         self.alerts = AlertEngine(self.cfg.alerts, sink=self.dispatcher.send, metrics=self.metrics)
-        self.observer = Observer(self.out_dir, status=self.health)
+        self.observer = Observer(self.out_dir, status=self.health, waiting=self.waiting)
         self._warm = threading.Thread(target=self.observer.warm, name="skygrade-observer-warm")
         self._warm.start()
         self.server = HttpServer(
@@ -239,16 +242,41 @@ class Daemon:
             return
         # The detail names the file: no control character of its name goes into the reason.
         reason, detail = escape_controls(reason), escape_controls(detail)
-        q = Quarantined(exposure_id, str(path), None, "watch", reason, detail)
-        row, _ = exposure_row(
-            exposure_id, None, [], [q], str(self.manifest.get("version")), "", time.time()
-        )
-        # The row first, the ledger second: a failed write raises, and the watcher offers the
-        # file again later; once the ledger holds it as quarantined it is never written again.
-        write_grade_rows(self.out_dir, row, [])
+        arrived = time.time()
+        try:
+            row = self._write_refusal(exposure_id, str(path), reason, detail, arrived)
+        except OSError as exc:
+            # Not raised to the watcher, which offered the file again every second with a
+            # traceback each time (issue 21, item 3): the refusal waits in the ledger, and the
+            # grader writes its row on the back-off schedule of any failed write.
+            _, new = self.ledger.observe(
+                exposure_id, str(path), size, mtime, ready_at=arrived, refused=f"{reason}: {detail}"
+            )
+            if new:
+                log.error(
+                    "quarantine row of %s not written (%s); retrying in %.0f s",
+                    escape_controls(path),
+                    escape_controls(f"{type(exc).__name__}: {exc}"),
+                    self.cfg.watch.retry_s,
+                )
+                self._wake.set()
+            return
+        # The row first, the ledger second: once the ledger holds it as quarantined it is never
+        # written again.
         self.ledger.quarantine(exposure_id, str(path), f"{reason}: {detail}", size, mtime)
         self._account(row)
         log.warning("quarantined %s: %s: %s", escape_controls(path), reason, detail)
+
+    def _write_refusal(
+        self, exposure_id: str, path: str, reason: str, detail: str, arrived: float | None
+    ) -> dict:
+        """Write the quarantine row of a file graded by nobody; returns the row."""
+        q = Quarantined(exposure_id, path, None, "watch", reason, detail)
+        row, _ = exposure_row(
+            exposure_id, None, [], [q], str(self.manifest.get("version")), "", arrived
+        )
+        write_grade_rows(self.out_dir, row, [])
+        return row
 
     # ------------------------------------------------------------------ grading
 
@@ -263,11 +291,9 @@ class Daemon:
                 self.stopping.wait(self.cfg.watch.retry_s)
 
     def _grade_pending(self) -> None:
-        from streamer.session import GradingSession
-
         wc = self.cfg.watch
         while not self.stopping.is_set():
-            waiting = self.ledger.pending(wc.backlog_policy)
+            waiting = [e for e in self.ledger.pending(wc.backlog_policy) if not self._gone(e)]
             self.metrics.backlog.set(len(waiting))
             now = time.time()
             # An exposure waiting out the back-off of a failure is not due: the others go first.
@@ -278,29 +304,31 @@ class Daemon:
                 self._wake.wait(timeout)
                 self._wake.clear()
                 continue
+            if due[0].reason is None and not self._session_ready():
+                self.stopping.wait(wc.retry_s)  # the bundle cannot be loaded: no exposure's fault
+                continue
             entry = self.ledger.claim(due[0].key)
             if entry is None:
                 continue
             try:
-                key = self._bundle_key()
-                if self.session is None or key != self._session_key:
-                    # Built on the grader thread when first needed, and again when the bundle
-                    # changes on disk (a symlink swapped to a new version: no restart needed).
-                    self.session = GradingSession(
-                        self.out_dir, self.bundle, self.cfg, ccd_workers=wc.ccd_workers
-                    )
-                    self._session_key = key
-                    self._use_model(read_manifest(self.bundle))
-                # Opened once, beneath the drop directory, and read only through that open file
-                # (transforms.exposure.pinned): a folder swapped for a symlink after the
-                # watcher's check cannot make the pipeline read a file outside the drop.
-                with pinned(entry.path, self.drop_dir):
-                    rows = self.session.grade(
-                        [entry.path], {entry.path: entry.ready_at or entry.seen_at}
-                    )
+                if entry.reason is not None:  # refused by the watcher; its row is to be written
+                    slug, _, detail = entry.reason.partition(": ")
+                    arrived = entry.ready_at or entry.seen_at
+                    rows = [
+                        self._write_refusal(entry.exposure_id, entry.path, slug, detail, arrived)
+                    ]
+                else:
+                    # Opened once, beneath the drop directory, and read only through that open file
+                    # (transforms.exposure.pinned): a folder swapped for a symlink after the
+                    # watcher's check cannot make the pipeline read a file outside the drop.
+                    with pinned(entry.path, self.drop_dir):
+                        rows = self.session.grade(
+                            [entry.path], {entry.path: entry.ready_at or entry.seen_at}
+                        )
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
                 self._failed(entry, exc)
                 continue
+            self._output_failures = 0
             row = rows[0] if rows else None
             if row is None:
                 self.ledger.finish(entry.key, "quarantined", "no_row: the pipeline wrote nothing")
@@ -321,20 +349,119 @@ class Daemon:
                 escape_controls(row["reason"]),
             )
 
+    def _session_ready(self) -> bool:
+        """Build the grading session when first needed, and again when the bundle changes on
+        disk (a symlink swapped to a new version: no restart needed). False when it cannot be
+        built: that is the bundle's fault, not the exposure's, and counts against none."""
+        from streamer.session import GradingSession
+
+        try:
+            key = self._bundle_key()
+            if self.session is None or key != self._session_key:
+                self.session = GradingSession(
+                    self.out_dir, self.bundle, self.cfg, ccd_workers=self.cfg.watch.ccd_workers
+                )
+                self._session_key = key
+                self._use_model(read_manifest(self.bundle))
+        except Exception as exc:
+            log.error(
+                "model bundle %s cannot be loaded (%s); retrying in %.0f s",
+                escape_controls(self.bundle),
+                escape_controls(f"{type(exc).__name__}: {exc}"),
+                self.cfg.watch.retry_s,
+            )
+            return False
+        return True
+
+    def _gone(self, entry) -> bool:
+        """Whether a waiting exposure's file was deleted; if so it leaves the pending work (a
+        file an operator removed is not retried forever)."""
+        if entry.next_attempt_at is None or os.path.lexists(entry.path):
+            return False  # only the ones that failed before are looked at, before each pass
+        try:
+            self.ledger.quarantine(
+                entry.exposure_id,
+                entry.path,
+                "deleted: the file was removed before it could be graded",
+                entry.size,
+                entry.mtime_ns,
+            )
+        except ValueError:  # claimed or finished meanwhile
+            return False
+        log.warning(
+            "%s was deleted after %d failed attempt(s): no longer retried",
+            escape_controls(entry.path),
+            entry.failures,
+        )
+        return True
+
+    def _output_writable(self) -> str | None:
+        """None if a file can be written into the grades dataset, else what failed."""
+        probe = self.out_dir / "exposures" / f".skygrade-probe-{os.getpid()}"
+        try:
+            atomic_write_bytes(probe, b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def _failed(self, entry, exc: Exception) -> None:
         """A grading that raised: back to the ledger, due again after its own back-off (which
-        doubles with each failure of this exposure, up to :data:`MAX_BACKOFF_S`); one log line
-        per attempt, and the other exposures are graded meanwhile."""
-        failures = entry.failures + 1
-        delay = min(self.cfg.watch.retry_s * 2 ** (failures - 1), MAX_BACKOFF_S)
+        doubles with each failure, up to :data:`MAX_BACKOFF_S`); one log line per attempt, and
+        the other exposures are graded meanwhile.
+
+        The failure counts against the exposure only when the output itself is writable (a
+        probe file can be written beside the rows): a read-only or full dataset is nobody's
+        exposure's fault and must not quarantine the night. An exposure that failed
+        ``watch.max_attempts`` times on its own is quarantined as ``too_many_attempts``."""
+        wc = self.cfg.watch
         error = f"{type(exc).__name__}: {exc}"
-        self.ledger.retry_later(entry.key, delay, error)
+        output_error = self._output_writable()
+        own = output_error is None
+        if own:
+            failures = n = entry.failures + 1
+        else:
+            failures = entry.failures
+            self._output_failures += 1
+            n = self._output_failures
+        if own and failures >= wc.max_attempts:
+            self._give_up(entry, failures, error)
+            return
+        delay = min(wc.retry_s * 2 ** (n - 1), MAX_BACKOFF_S)
+        self.ledger.retry_later(entry.key, delay, error, count=own)
         log.error(
-            "grading %s failed (%s); retrying in %.0f s (attempt %d)",
+            "grading %s failed (%s); retrying in %.0f s (%s)",
             escape_controls(entry.path),
             escape_controls(error),
             delay,
+            f"attempt {failures} of {wc.max_attempts}"
+            if own
+            else f"the output cannot be written: {escape_controls(output_error)}",
+        )
+
+    def _give_up(self, entry, failures: int, error: str) -> None:
+        """Quarantine an exposure that failed ``failures`` times on its own."""
+        reason = f"{TOO_MANY_ATTEMPTS}: {failures} failed attempts, the last: {error}"
+        self.ledger.finish(entry.key, "quarantined", reason)
+        slug, _, detail = reason.partition(": ")
+        try:
+            row = self._write_refusal(
+                entry.exposure_id, entry.path, slug, detail, entry.ready_at or entry.seen_at
+            )
+        except OSError as exc:  # most likely what failed all along: the ledger holds it
+            self.metrics.exposures_quarantined.labels(TOO_MANY_ATTEMPTS).inc()
+            log.warning(
+                "quarantine row of %s not written either (%s): the ledger holds it",
+                escape_controls(entry.path),
+                escape_controls(exc),
+            )
+        else:
+            self._account(row)
+        log.error(
+            "%s quarantined after %d failed attempts: %s",
+            escape_controls(entry.path),
             failures,
+            escape_controls(error),
         )
 
     def _bundle_key(self) -> tuple[str, int]:
@@ -370,6 +497,22 @@ class Daemon:
         self.alerts.observe(row)
         if row["status"] == "graded":
             self.last_graded = row
+
+    def waiting(self) -> list[dict]:
+        """The files held but not graded yet, for the observer page's Waiting panel: the
+        ledger's ``seen`` rows (``incoming``), since they were ready."""
+        ledger = self.ledger
+        if ledger is None:
+            return []
+        return [
+            {
+                "exposure_id": e.exposure_id,
+                "path": e.path,
+                "state": "incoming",
+                "since": e.ready_at or e.seen_at,
+            }
+            for e in ledger.pending()
+        ]
 
     def health(self) -> dict:
         """The /healthz document."""

@@ -15,7 +15,9 @@ States
 
     quarantine():  (nothing) ──▶ quarantined (reason)    files refused before they are observed
 
-- ``seen``: observed and waiting to be graded (:meth:`Ledger.pending` lists these).
+- ``seen``: observed and waiting to be graded (:meth:`Ledger.pending` lists these). A ``seen``
+  row with a ``reason`` is a file the watcher refused whose quarantine row could not be written
+  yet: the grader writes that row instead of grading the file.
 - ``grading``: claimed by a worker; ``attempts`` counts the claims that were not handed back.
 - ``graded`` / ``quarantined``: final. A quarantined row always carries a ``reason`` slug.
 
@@ -372,6 +374,7 @@ class Ledger:
         size: int,
         mtime_ns: int,
         ready_at: float | None = None,
+        refused: str | None = None,
     ) -> tuple[Entry, bool]:
         """Record a complete file, or find the row that already records it.
 
@@ -385,6 +388,9 @@ class Ledger:
             ``st_size`` and ``st_mtime_ns`` of the file when it was found complete.
         ready_at : float, optional
             Unix time the watcher found it complete (defaults to none; ``seen_at`` is set).
+        refused : str, optional
+            Why the watcher refused the file, when its quarantine row is still to be written
+            (kept as the row's ``reason``, control characters escaped).
 
         Returns
         -------
@@ -411,7 +417,15 @@ class Ledger:
             if existing is not None:
                 return existing, False
             key = self._insert(
-                conn, exposure_id, spath, size, mtime_ns, "seen", time.time(), ready_at=ready_at
+                conn,
+                exposure_id,
+                spath,
+                size,
+                mtime_ns,
+                "seen",
+                time.time(),
+                reason=None if refused is None else escape_controls(refused),
+                ready_at=ready_at,
             )
             entry = self._row(conn, key)
         log.debug(

@@ -8,6 +8,7 @@ Prism runner, which downloads a binary at run time).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -686,7 +687,7 @@ def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: s
     import pyarrow.parquet as pq
 
     from transforms.exposure import ExposureError, exposure_id_from_path, read_meta
-    from transforms.sinks import version_tag
+    from transforms.sinks import exposure_file_name
 
     rows = []
     for path in paths:
@@ -694,7 +695,7 @@ def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: s
             exposure_id = read_meta(path).exposure_id
         except (ExposureError, OSError, ValueError):
             exposure_id = exposure_id_from_path(path)
-        name = f"{exposure_id}.{version_tag(model_version)}.parquet"
+        name = glob.escape(exposure_file_name(exposure_id, model_version))
         for file in sorted(Path(out_dir).glob(f"exposures/night=*/{name}")):
             for row in pq.read_table(file).to_pylist():
                 row["night"] = file.parent.name.removeprefix("night=")

@@ -6,6 +6,7 @@ with ``os.replace``, so a reader (or a crash) never sees half a file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -152,6 +153,44 @@ def version_tag(model_version: str) -> str:
     return _UNSAFE.sub("_", model_version)
 
 
+#: Longest exposure id (UTF-8 bytes) that goes into a file name as it is; see
+#: :func:`exposure_file_name`.
+MAX_NAME_ID_BYTES = 96
+#: Longest model version tag (bytes) that goes into a file name as it is.
+MAX_NAME_TAG_BYTES = 64
+_NAME_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _bounded(text: str, limit: int) -> str:
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit and not text.startswith(".") and "/" not in text and "\0" not in text:
+        return text
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{_NAME_SAFE.sub('_', text)[:40]}~{digest}"
+
+
+def exposure_file_name(exposure_id: str, model_version: str) -> str:
+    """The file name of an exposure's rows: ``<exposure_id>.<version_tag>.parquet``, bounded.
+
+    An exposure id comes from the header (EXPNUM: 7 digits) or, without one, from the file
+    name, which may be up to 255 bytes long: as it was, it made a name the file system
+    refuses (``ENAMETOOLONG``, issue 21 item 3). An id longer than
+    :data:`MAX_NAME_ID_BYTES` bytes (or one that could not be a name) becomes its first 40
+    characters, made safe, then ``~`` and 16 hex digits of its SHA-256; a version tag longer
+    than :data:`MAX_NAME_TAG_BYTES` the same way. The name stays under 200 bytes, which leaves
+    room for the temporary name of an atomic write (:func:`ops.files.atomic_path`).
+
+    Examples
+    --------
+    >>> exposure_file_name("2817001", "v1")
+    '2817001.v1.parquet'
+    >>> len(exposure_file_name("x" * 250, "v1").encode()) < 200
+    True
+    """
+    tag = _bounded(version_tag(model_version), MAX_NAME_TAG_BYTES)
+    return f"{_bounded(exposure_id, MAX_NAME_ID_BYTES)}.{tag}.parquet"
+
+
 def grade_paths(
     out_dir: str | os.PathLike, night: str, exposure_id: str, model_version: str
 ) -> tuple[Path, Path]:
@@ -161,10 +200,11 @@ def grade_paths(
     ``ccds/``): one file per exposure per model version. Regrading with the same model
     replaces the file (exactly one row per exposure and version, whatever crashed in
     between); a new model writes its rows beside the old ones. The exposure id is the part of
-    the file name before the first dot.
+    the file name before the first dot, unless it is too long for a file name
+    (:func:`exposure_file_name`: then a hash stands for it; the rows hold it in full).
     """
     out = Path(out_dir)
-    name = f"{exposure_id}.{version_tag(model_version)}.parquet"
+    name = exposure_file_name(exposure_id, model_version)
     return (
         out / "exposures" / f"night={night}" / name,
         out / "ccds" / f"night={night}" / name,

@@ -239,3 +239,100 @@ def test_an_exposure_that_cannot_be_written_holds_up_no_other(
         f"good exposures graded {waited:.1f} s after the failure; latencies "
         f"{[round(r['latency_s'], 1) for r in rows]}"
     )
+
+
+def _config(daemon_config, **watch):
+    import dataclasses
+
+    return dataclasses.replace(
+        daemon_config, watch=dataclasses.replace(daemon_config.watch, **watch)
+    )
+
+
+def test_names_too_long_for_the_output_are_written_under_a_bounded_name(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, item 3: an exposure id taken from a file name of ~230 bytes made an output
+    name over 255 bytes (ENAMETOOLONG), retried forever. Both the watcher's refusal and a
+    graded exposure without EXPNUM are now written, under a name that stays short."""
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=32, class_mix={"GOOD": 1})[0]
+    data = exposure_bytes(plan, Geometry(1, 256, 320)).replace(b"EXPNUM  =", b"EXPNUX  =")
+    garbage, no_expnum = night / ("g" * 230 + ".fits"), night / ("n" * 230 + ".fits")
+    daemon = Daemon(drop, out, bundle, daemon_config)
+    daemon.start()
+    try:
+        garbage.write_bytes(b"garbage " * 400)
+        no_expnum.write_bytes(data)
+        assert wait_for(
+            lambda: (
+                daemon.ledger.counts()["graded"] == 1 and daemon.ledger.counts()["quarantined"] == 1
+            ),
+            timeout=40,
+        ), daemon.ledger.counts()
+    finally:
+        daemon.stop(timeout=30)
+    rows = {r["path"]: r for r in read_grades(out).to_pylist()}
+    assert rows[str(garbage)]["status"] == "quarantined"
+    assert rows[str(garbage)]["reason"].startswith("not_fits: ")
+    assert rows[str(no_expnum)]["status"] == "graded"
+    assert rows[str(no_expnum)]["exposure_id"] == "n" * 230
+    names = [p.name for p in out.rglob("*") if p.is_file()]
+    assert names and max(len(n.encode()) for n in names) < 200
+
+
+def test_an_exposure_that_keeps_failing_is_quarantined_after_max_attempts(
+    bundle, tmp_path, daemon_config, wait_for, caplog
+):
+    """Issue 21, item 3: an exposure that cannot be written was retried forever with an ERROR
+    and a traceback each time. After ``watch.max_attempts`` failures of its own it is
+    quarantined with the reason; one log line per attempt, no traceback."""
+    caplog.set_level("INFO")
+    cfg = _config(daemon_config, retry_s=0.1, max_attempts=3)
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=33, class_mix={"GOOD": 1})[0]
+    daemon = Daemon(drop, out, bundle, cfg)
+    daemon.start()
+    try:
+        _blocked(night, out, plan, exposure_bytes(plan, Geometry(1, 256, 320)), "daemon-test")
+        assert wait_for(lambda: daemon.ledger.counts()["quarantined"] == 1, timeout=40)
+        entry = daemon.ledger.latest(plan.filename[:7])
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{daemon.server.port}/metrics", timeout=5
+        ).read()
+    finally:
+        daemon.stop(timeout=30)
+    assert entry.reason.startswith("too_many_attempts: 3 failed attempts, the last: ")
+    assert "IsADirectoryError" in entry.reason
+    assert b'skygrade_exposures_quarantined_total{reason="too_many_attempts"} 1.0' in text
+    ours = [r for r in caplog.records if r.name.startswith("streamer")]
+    failed = [r for r in ours if "failed" in r.getMessage() and r.levelname == "ERROR"]
+    assert len(failed) == 3, [r.getMessage() for r in failed]  # 2 retries, then given up
+    assert not [r for r in ours if r.exc_info], "a traceback was logged"
+
+
+def test_a_deleted_file_leaves_the_pending_work(bundle, tmp_path, daemon_config, wait_for):
+    """Issue 21, item 3: a failing exposure whose file is deleted is no longer retried."""
+    cfg = _config(daemon_config, retry_s=60.0)
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=34, class_mix={"GOOD": 1})[0]
+    daemon = Daemon(drop, out, bundle, cfg)
+    daemon.start()
+    try:
+        path = _blocked(
+            night, out, plan, exposure_bytes(plan, Geometry(1, 256, 320)), "daemon-test"
+        )
+        eid = plan.filename[:7]
+        assert wait_for(lambda: getattr(daemon.ledger.latest(eid), "failures", 0) == 1, 40)
+        path.unlink()
+        assert wait_for(lambda: daemon.ledger.counts()["seen"] == 0, timeout=10)
+        entry = daemon.ledger.latest(eid)
+    finally:
+        daemon.stop(timeout=30)
+    assert entry.state == "quarantined" and entry.reason.startswith("deleted: ")
