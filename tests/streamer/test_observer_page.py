@@ -187,6 +187,7 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         first_row = browser.find_element(By.CSS_SELECTOR, "#exposures tbody tr")
         assert first_row.get_attribute("data-id") == newest
         assert "watching" in browser.find_element(By.ID, "now-state").text
+        assert daemon.observer.waiting == daemon.waiting  # the Waiting panel hears the ledger
 
         # the CCD chosen before stays open on the new exposure; votes beside the headline
         wait.until(
@@ -303,3 +304,23 @@ def test_nine_ccds_per_row_fit_at_800_px_and_the_palette_is_the_servers(
         shutil.copyfile(shot, target)
         with capsys.disabled():
             print(f"\nobserver page at {width} px: {target}")
+
+
+def test_the_daemon_tells_the_waiting_panel_its_incoming_files():
+    """Daemon.waiting: the ledger's rows waiting to be graded, since they were ready."""
+    from types import SimpleNamespace
+
+    from streamer.ledger import Entry
+
+    def entry(eid, ready_at):
+        return Entry(
+            1, eid, f"/drop/{eid}o.fits", 10, 1, 1, "seen", None, 0, 5.0, None, None, None, ready_at
+        )
+
+    ledger = SimpleNamespace(pending=lambda: [entry("1", 7.0), entry("2", None)])
+    got = Daemon.waiting(SimpleNamespace(ledger=ledger))
+    assert got == [
+        {"exposure_id": "1", "path": "/drop/1o.fits", "state": "incoming", "since": 7.0},
+        {"exposure_id": "2", "path": "/drop/2o.fits", "state": "incoming", "since": 5.0},
+    ]
+    assert Daemon.waiting(SimpleNamespace(ledger=None)) == []
