@@ -58,3 +58,63 @@ def test_a_night_folder_swapped_for_a_symlink_after_the_check_is_never_read(
     (row,) = rows
     assert row["status"] == "quarantined" and row["reason"].startswith("outside_drop: "), row
     assert counts.get("graded", 0) == 0
+
+
+def _graded_total(metrics: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("skygrade_exposures_graded_total{")
+    )
+
+
+def test_links_and_a_preallocated_copy_are_graded_once_each(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, items 4 and 10, end to end: a file with a symlink and a hard link to it in the
+    drop, and a copy into preallocated space that pauses twice in its last CCD, are two
+    exposures: two grades in the metrics and two rows (before: the links graded the first
+    one up to three times, and the copy was graded at each pause, on partial data)."""
+    import os
+    import time
+    import urllib.request
+
+    from transforms.exposure import check_integrity
+
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / NIGHT
+    night.mkdir(parents=True)
+    first, second = plan_night(NIGHT, 2, seed=22, class_mix={"GOOD": 1})
+    geometry = Geometry(1, 256, 320)
+    daemon = Daemon(drop, out, bundle, daemon_config)
+    daemon.start()
+    try:
+        target = night / first.filename
+        target.write_bytes(exposure_bytes(first, geometry))
+        (drop / first.filename).symlink_to(target)
+        os.link(target, drop / f"copy-{first.filename}")
+        data = exposure_bytes(second, geometry)
+        (tmp_path / "layout.fits").write_bytes(data)  # outside the drop: to learn its layout
+        last = check_integrity(tmp_path / "layout.fits").hdus[-1]
+        path = night / second.filename
+        stops = [last.data_offset + last.data_bytes // 3, last.data_offset + last.data_bytes // 2]
+        with open(path, "wb") as fh:
+            fh.truncate(len(data))  # the space reserved first
+        with open(path, "r+b") as fh:
+            pos = 0
+            for stop in [*stops, len(data)]:
+                fh.write(data[pos:stop])
+                fh.flush()
+                pos = stop
+                time.sleep(4 * daemon_config.watch.settle_s)
+        assert wait_for(lambda: daemon.ledger.counts().get("graded", 0) >= 2)
+        time.sleep(1.0)  # time for a second grade of either, had one been coming
+        base = f"http://127.0.0.1:{daemon.server.port}"
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        counts = daemon.ledger.counts()
+    finally:
+        daemon.stop(timeout=30)
+    assert _graded_total(metrics) == 2.0, counts
+    rows = read_grades(out).to_pylist()
+    assert sorted(r["exposure_id"] for r in rows) == sorted([str(first.expnum), str(second.expnum)])
+    assert all(r["status"] == "graded" for r in rows)
