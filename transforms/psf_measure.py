@@ -28,10 +28,11 @@ The :data:`MAX_STARS` brightest of them are measured.
 
 Seeing (pixel mode, ``method = "moffat_fit"``)
 ----------------------------------------------
-Each star's stamp (background-subtracted pixels) is fitted by least squares with an elliptical
-Moffat profile ``I = A (1 + dx' Q dx)^-beta + c`` integrated over the pixel (sub-sampled on an
-``os x os`` grid: at 0.5" the FWHM is 2.7 px and point sampling reads it ~3% small), with free
-centre, amplitude, shape matrix ``Q``, ``beta`` and local background. The FWHM along an axis
+Each star's stamp (its border median subtracted) is fitted by least squares with an
+elliptical Moffat profile ``I = A (1 + dx' Q dx)^-beta + c`` integrated over the pixel
+(sub-sampled on an ``os x os`` grid, os 3 to 1 as the PSF grows: at 0.5" the FWHM is 2.7 px
+and point sampling reads it ~3% small), with free centre, amplitude, shape matrix ``Q``,
+``beta`` and local background. The FWHM along an axis
 is ``2 sqrt((2^(1/beta) - 1) / lambda)`` with ``lambda`` an eigenvalue of ``Q``. Per CCD:
 
 - ``seeing`` is the median over the stars of the equivalent-circle FWHM
@@ -86,7 +87,7 @@ ZENITH_EXPONENT = -0.6
 """Seeing scales as airmass^0.6 (Kolmogorov turbulence): FWHM at zenith = FWHM * X^-0.6."""
 MIN_PEAK_SNR = 20.0
 """A PSF star's peak is at least this many times the pixel noise."""
-MAX_STARS = 40
+MAX_STARS = 30
 """The brightest stars fitted per CCD (the median changes little beyond)."""
 MIN_STARS = 3
 """Fewer usable stars than this: the CCD's seeing is NaN."""
@@ -159,7 +160,7 @@ def _locus(radius: np.ndarray) -> float:
 
 def stamp_half(r0: float) -> int:
     """Half-size (pixels) of a PSF star's stamp for a stellar half-light radius ``r0``."""
-    return int(np.clip(math.ceil(3.0 * r0) + 3, 6, 30))
+    return int(np.clip(math.ceil(2.5 * r0) + 2, 6, 30))
 
 
 def select_stars(
@@ -352,7 +353,7 @@ def fit_moffat(stamp: np.ndarray, fwhm_guess: float, os_: int = 1) -> StarFit | 
 
 def _oversample(r0: float) -> int:
     """Sub-samples per pixel side: pixel integration matters for small PSFs only."""
-    return 4 if r0 < 3.0 else 2 if r0 < 5.5 else 1
+    return 3 if r0 < 3.0 else 2 if r0 < 5.5 else 1
 
 
 def fit_stars(
@@ -369,7 +370,14 @@ def fit_stars(
         stamp = pixels[cy - half : cy + half + 1, cx - half : cx + half + 1]
         if stamp.shape != (2 * half + 1, 2 * half + 1):
             continue
-        fit = fit_moffat(np.asarray(stamp, np.float64), 2.0 * r0, os_)
+        stamp = np.asarray(stamp, np.float64)
+        # the local sky (median of the border) first: the pixels may still hold the sky (the
+        # sextractor backend keeps them as read); the fit's constant takes what is left
+        border = np.concatenate([stamp[0], stamp[-1], stamp[1:-1, 0], stamp[1:-1, -1]])
+        border = border[np.isfinite(border)]
+        if border.size:
+            stamp = stamp - float(np.median(border))
+        fit = fit_moffat(stamp, 2.0 * r0, os_)
         if fit is not None:
             fits.append(fit)
     return _clip(fits)

@@ -129,3 +129,23 @@ def test_reason_without_stars_has_no_seeing_and_physics_never_change_the_grade()
     )
     c = grade_exposure("1", 4, [*plain, unscored])
     assert c.physics.sky_mag_arcsec2 == 19.0
+
+
+def test_photzp_and_the_bias_level_come_from_the_headers(exposure, tmp_path):
+    from astropy.io import fits
+
+    from transforms.exposure import read_ccd, read_meta
+
+    _, path = exposure
+    assert read_meta(path).photzp is None
+    with fits.open(path) as hdul:
+        biaslvl = hdul[1].header["BIASLVL"]
+    assert read_ccd(path, 0).bias == pytest.approx(biaslvl)
+    primary = fits.PrimaryHDU()
+    primary.header.update(EXPNUM=2100002, EXPTIME=60.0, PHOTZP=26.05, NEXTEND=1)
+    primary.header["DATE-OBS"] = "2026-11-25T08:00:00"
+    ccd = fits.ImageHDU(np.full((64, 64), 1000, np.uint16), name="ccd00")
+    other = tmp_path / "2100002o.fits"
+    fits.HDUList([primary, ccd]).writeto(other)
+    assert read_meta(other).photzp == pytest.approx(26.05)
+    assert read_ccd(other, 0).bias is None  # processed data: no pedestal to take off
