@@ -97,6 +97,7 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -626,7 +627,7 @@ class _Pin:
     error: ExposureError | None = None
 
 
-_PINS: dict[str, _Pin] = {}
+_PINS: dict[str, list[_Pin]] = {}  # path -> its pins, innermost last
 _PINS_LOCK = threading.Lock()
 
 
@@ -667,12 +668,14 @@ def pinned(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Iterat
         st = os.fstat(fd)
         pin = _Pin(fd, (st.st_dev, st.st_ino))
     with _PINS_LOCK:
-        _PINS[spath] = pin
+        _PINS.setdefault(spath, []).append(pin)
     try:
         yield
     finally:
         with _PINS_LOCK:
-            if _PINS.get(spath) is pin:
+            pins = _PINS[spath]
+            pins.remove(pin)
+            if not pins:
                 del _PINS[spath]
         if pin.fd is not None:
             os.close(pin.fd)
@@ -687,7 +690,8 @@ def _refusal(exc: OSError, root) -> str:
 
 def _pin_of(spath: str) -> _Pin | None:
     with _PINS_LOCK:
-        return _PINS.get(spath)
+        pins = _PINS.get(spath)
+        return pins[-1] if pins else None
 
 
 def _pinned_source(pin: _Pin) -> str | None:
@@ -713,11 +717,16 @@ def _open_exposure(spath: str, source: str | None = None, file_id=None):
         elif source is not None:
             fh = open(source, "rb")  # noqa: SIM115 -- the caller closes it
         else:
-            fh = open(spath, "rb")  # noqa: SIM115 -- the caller closes it
+            fh = open(spath, "rb", opener=_open_nonblocking)  # noqa: SIM115 -- the caller's
     except (FileNotFoundError, IsADirectoryError, ExposureError):
         raise
     except OSError as exc:
         raise ExposureError(spath, None, "unreadable", f"cannot open: {exc}") from exc
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        # A FIFO (or device) put in the place of a file after its stat: never read from it.
+        fh.close()
+        raise ExposureError(spath, None, "unreadable", "not a regular file")
+    os.set_blocking(fh.fileno(), True)
     if file_id is not None:
         st = os.fstat(fh.fileno())
         if (st.st_dev, st.st_ino) != tuple(file_id):
@@ -729,6 +738,11 @@ def _open_exposure(spath: str, source: str | None = None, file_id=None):
                 "not the file opened for grading any more (replaced or moved meanwhile)",
             )
     return fh
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``open``'s opener: O_NONBLOCK, so that opening a FIFO cannot wait for a writer."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _walk(

@@ -918,6 +918,46 @@ def test_a_path_through_a_symlink_is_refused_as_outside_drop_unread(tmp_path, ho
     assert opened == []  # nothing was read, by name or otherwise
 
 
+def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tmp_path):
+    """The watcher stats a file, then walks it by name: a FIFO swapped in meanwhile blocked
+    the open (and the watcher with it) until some writer came along. Opened non-blocking and
+    checked to be a regular file, it is refused at once."""
+    import threading
+
+    path = tmp_path / "2345678o.fits"
+    os.mkfifo(path)
+    outcome = []
+
+    def walk():
+        try:
+            check_integrity(path)
+        except ExposureError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=walk, daemon=True)
+    thread.start()
+    thread.join(5.0)
+    if thread.is_alive():  # blocked: let it go before failing
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        thread.join(5.0)
+        pytest.fail("opening a FIFO blocked the header walk")
+    ((exc,),) = [outcome]
+    assert (exc.reason, exc.message) == ("unreadable", "not a regular file")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_pins_of_one_path_nest(tmp_path, nested):
+    drop, inside, _ = _drop_with_a_swap(tmp_path)
+    with pinned(str(inside), drop):
+        if nested:
+            with pinned(str(inside), drop):
+                pass
+        assert ex._pin_of(str(inside)) is not None  # the outer pin still holds
+        assert read_meta(str(inside)).file_id is not None
+    assert ex._pin_of(str(inside)) is None
+
+
 def test_a_ccd_reader_refuses_another_file_than_the_one_pinned(tmp_path, mef):
     other = make_mef(tmp_path / "other.fits")
     st = os.stat(other)
