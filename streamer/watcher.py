@@ -37,9 +37,11 @@ Outcomes
     by ``(st_dev, st_ino)``; before, a symlink to a file in the drop graded it twice). If
     ``on_ready`` raises, the file stays a candidate and is offered again after another
     ``settle_s`` (an exposure must not vanish because, say, the ledger disk was full).
-``on_reject(path, reason, message)``, also once per identity. ``message`` names the file and
-the problem with every control character escaped (:func:`ops.text.escape_controls`), as is every
-name the watcher logs: a newline in a file name cannot forge a log line or a reason.
+``on_reject(path, reason, message)``, also once per identity, and once per file: another name
+of a file rejected as it is (a hard link) is neither rejected nor reported. ``message`` names
+the file and the problem with every control character escaped
+(:func:`ops.text.escape_controls`), as is every name the watcher logs: a newline in a file name
+cannot forge a log line or a reason.
 
 - ``outside_drop``: the real path (symlinks followed) lies outside the real drop directory. The
   file is never opened.
@@ -163,6 +165,7 @@ class _Candidate:
     incomplete: tuple[Identity, IncompleteFileError] | None = None  # last walk's verdict
     warned_slow: bool = False  # the "still growing" warning was logged
     fingerprint: str = ""  # check_data's digest of the content, from the last walk
+    file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the last stat
 
 
 class DropWatcher:
@@ -481,6 +484,18 @@ class DropWatcher:
         if not stat.S_ISREG(st.st_mode):
             self._reject(path, identity, "unreadable", f"{path}: not a regular file")
             return
+        cand.file_id = (st.st_dev, st.st_ino)
+        known = self._files.get(cand.file_id)
+        if known is not None and known[0] != path and known[1] == identity:
+            # Another name of a file reported or rejected as it is (a hard link, a symlink).
+            del self._candidates[path]
+            self._reported[path] = identity
+            log.info(
+                "%s is %s (same file), done already: not reported again",
+                escape_controls(path),
+                escape_controls(known[0]),
+            )
+            return
         if identity != cand.identity:
             cand.identity = identity
             cand.stable_since = now
@@ -600,9 +615,13 @@ class DropWatcher:
         # keeps it as the reason text (the path handed over is the real one).
         reason, message = escape_controls(reason), escape_controls(message)
         log.warning("rejected %s: %s: %s", escape_controls(path), reason, message)
+        if cand.file_id is not None:
+            self._files[cand.file_id] = (path, identity)  # its other names: not again
         try:
             self.on_reject(Path(path), reason, message)
         except Exception:
+            if cand.file_id is not None:
+                self._files.pop(cand.file_id, None)
             what = f"on_reject({escape_controls(path)}, {reason!r}) failed"
             self._retry_later(path, cand, what)
 

@@ -494,6 +494,20 @@ def test_a_file_with_two_names_in_the_drop_is_reported_once(drop, start_watcher,
     assert rec.rejected == []
 
 
+def test_a_bad_file_with_two_names_is_rejected_once(drop, start_watcher):
+    """A hard link to a non-FITS file is the same file: one quarantine, not one per name."""
+    rec = Recorder()
+    start_watcher(rec)
+    (drop / "store").mkdir()
+    garbage = drop / "store" / "2817001o.fits"
+    garbage.write_bytes(b"observing log, not an image\n" * 200)
+    os.link(garbage, drop / "2817002o.fits")
+    rec.wait(lambda r: r.rejected)
+    time.sleep(QUIET_S)
+    assert len(rec.rejected) == 1 and rec.rejected[0][1] == "not_fits", rec.rejected
+    assert rec.ready == []
+
+
 def test_unreadable_file_rejected(drop, start_watcher, monkeypatch):
     real_open = open
 
