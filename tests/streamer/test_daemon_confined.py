@@ -1,4 +1,6 @@
-"""The daemon reads only files inside its drop directory, however the names change meanwhile."""
+"""The daemon under hostile input: it reads only files inside its drop directory, however the
+names change meanwhile, grades a file once whatever its names or the way it was copied, and
+bounds its HTTP clients as configured (issue 21, items 4, 9, 10, 12)."""
 
 import pytest
 
@@ -118,3 +120,22 @@ def test_links_and_a_preallocated_copy_are_graded_once_each(
     rows = read_grades(out).to_pylist()
     assert sorted(r["exposure_id"] for r in rows) == sorted([str(first.expnum), str(second.expnum)])
     assert all(r["status"] == "graded" for r in rows)
+
+
+def test_the_http_bounds_come_from_the_config(bundle, tmp_path, daemon_config):
+    """metrics.request_timeout_s and metrics.max_connections reach the daemon's server (issue
+    21, item 12)."""
+    import dataclasses
+
+    from ops.config import MetricsConfig
+
+    cfg = dataclasses.replace(
+        daemon_config, metrics=MetricsConfig(port=0, request_timeout_s=3.5, max_connections=5)
+    )
+    (tmp_path / "drop").mkdir()
+    daemon = Daemon(tmp_path / "drop", tmp_path / "grades", bundle, cfg)
+    daemon.start()
+    try:
+        assert (daemon.server.request_timeout_s, daemon.server.max_connections) == (3.5, 5)
+    finally:
+        daemon.stop(timeout=30)
