@@ -64,15 +64,17 @@ from urllib.parse import quote
 import numpy as np
 from markupsafe import Markup
 
-from models.classes import CLASSES
+from models.classes import CLASSES, DESCRIPTIONS
 from ops.http import Request, Response
 from streamer.report import (
     GRADE_COLORS,
     PHYSICAL,
     counts_by_filter,
     latest_per_exposure,
+    physical_stats,
     summarize,
     to_reobserve,
+    trends,
 )
 
 log = logging.getLogger(__name__)
@@ -1209,36 +1211,49 @@ def render_ccd_detail(c: dict, thumb: str | None) -> Markup:
 _X0, _WIDTH, _BASE, _HEIGHT = 40.0, 940.0, 100.0, 80.0
 
 
-def _marks(night: str, rows: list[dict], start, end, href) -> list[dict]:
+_MARK = TEMPLATES.get_template("mark.html.j2")
+
+
+def _mark_href(r: dict) -> str:
+    return _url("/exposure", night=r["night"], id=r["exposure_id"])
+
+
+def _mark_anchor(r: dict) -> str:
+    return f"#exp-{r['exposure_id']}"
+
+
+def _marks(night: str, rows: list[dict], start, end, href) -> Markup:
+    """The timeline's marks, one link per exposure; each mark's markup is made once and kept
+    with its row (a new exposure renders one mark, not a thousand)."""
     span = (end - start).total_seconds() or 1.0
     marks = []
     for r in rows:
         if r.get("time") is None:
             continue
-        link = href(r)
         cached = r.get("_mark")
-        if cached is not None and cached[0] == (start, end, link):
+        if cached is not None and cached[0] == (start, end, href):
             marks.append(cached[1])
             continue
+        link = href(r)
         x = _X0 + _WIDTH * (r["time"] - start).total_seconds() / span
         graded = r["status"] == "graded"
         h = max(_HEIGHT * (r["confidence"] or 0.0), 4.0) if graded else 6.0
         tip = f"{r['exposure_id']} {_hms(r['time'])} UT {r['grade'] or r['status']}"
         tip += f" {r['confidence']:.2f}" if graded else ""
-        mark = {
-            "id": r["exposure_id"],
-            "cls": "mark" if graded else "mark q",
-            "x": f"{x - 1.5:.1f}",
-            "y": f"{_BASE - h:.1f}",
-            "h": f"{h:.1f}",
-            "fill": "rgb({}, {}, {})".format(*GRADE_COLORS[r["grade"]]) if graded else "#888",
-            "opacity": f"{shade(r['confidence'] or 0.0) if graded else 1.0:.2f}",
-            "tip": tip,
-            "href": link,
-        }
-        r["_mark"] = ((start, end, link), mark)  # kept with the row: a new exposure adds one
+        mark = _MARK.render(
+            id=r["exposure_id"],
+            cls="mark" if graded else "mark q",
+            x=f"{x - 1.5:.1f}",
+            y=f"{_BASE - h:.1f}",
+            h=f"{h:.1f}",
+            fill="rgb({}, {}, {})".format(*GRADE_COLORS[r["grade"]]) if graded else "#888",
+            opacity=f"{shade(r['confidence'] or 0.0) if graded else 1.0:.2f}",
+            tip=tip,
+            href=link,
+        )
+        r["_mark"] = ((start, end, href), mark)
         marks.append(mark)
-    return marks
+    return Markup("".join(marks))
 
 
 def _ticks(start, end) -> list[dict]:
@@ -1261,11 +1276,7 @@ def render_tonight(
     s = summarize(rows)
     start, end = night_span(night, rows)
 
-    def href(r):
-        if links:
-            return _url("/exposure", night=night, id=r["exposure_id"])
-        return f"#exp-{r['exposure_id']}"
-
+    href = _mark_href if links else _mark_anchor
     shown = rows[::-1] if show_all else rows[::-1][:TABLE_ROWS]
     table = [
         {
@@ -1283,8 +1294,28 @@ def render_tonight(
         }
         for r in shown
     ]
-    from models.classes import DESCRIPTIONS
-
+    span = (end - start).total_seconds() or 1.0
+    strips = []
+    for column, label in trends(rows):
+        pts = [
+            (_X0 + _WIDTH * (r["time"] - start).total_seconds() / span, float(r[column]))
+            for r in rows
+            if r["status"] == "graded" and r.get("time") is not None and _finite(r.get(column))
+        ]
+        if not pts:
+            continue
+        lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+        scale = (hi - lo) or 1.0
+        strips.append(
+            {
+                "column": column,
+                "label": label,
+                "points": " ".join(f"{x:.1f},{52 - 44 * (v - lo) / scale:.1f}" for x, v in pts),
+                "lo": f"{lo:.2f}",
+                "hi": f"{hi:.2f}",
+                "last": f"{pts[-1][1]:.2f}",
+            }
+        )
     usable = "-" if s["usable_fraction"] is None else f"{100 * s['usable_fraction']:.0f}%"
     return render(
         "tonight.html.j2",
@@ -1305,6 +1336,7 @@ def render_tonight(
         base=_BASE,
         ticks=_ticks(start, end),
         marks=_marks(night, rows, start, end, href),
+        strips=strips,
         table=table,
         more=None if show_all or len(rows) <= TABLE_ROWS else _url("/night", date=night, all=1),
     )
@@ -1346,8 +1378,6 @@ def render_static_night(out_dir, night: str, plot: str | None = None, csv: str |
             models=", ".join(summarize(rows)["model_versions"]),
         )
     ]
-    from streamer.report import physical_stats
-
     again = [
         {
             "id": r["exposure_id"],

@@ -58,14 +58,26 @@ STATISTICS = (
 
 PHYSICAL = (
     ("seeing_arcsec", "seeing", '"', ".2f"),
+    ("seeing_minor_arcsec", "seeing, minor axis", '"', ".2f"),
     ("seeing_zenith_arcsec", "seeing at zenith", '"', ".2f"),
+    ("n_psf_stars", "PSF stars", "", ".0f"),
+    ("psf_ellipticity", "PSF ellipticity", "", ".3f"),
     ("sky_mag_arcsec2", "sky", " mag/arcsec2", ".2f"),
     ("sky_adu_s", "sky rate", " ADU/s", ".1f"),
+    ("source_count_ratio", "sources / expected", "", ".2f"),
     ("airmass", "airmass", "", ".2f"),
 )
-"""Physical measurements (column, label, unit, format) reported when the rows have them: the
-dataset has no such column yet (issue 22 items 1-5); the page and the report show them as soon
-as it does."""
+"""The physical measurements of the rows (column, label, unit, format;
+:data:`transforms.sinks.PHYSICS_FIELDS`), reported where a row has a value: rows written before
+they were measured have none, and then nothing is shown. ``sources / expected`` is a
+transparency proxy, not a photometric zero point."""
+
+TRENDS = (
+    ("seeing_arcsec", 'seeing (")'),
+    ("sky_mag_arcsec2", "sky (mag/arcsec2)"),
+)
+"""Physical columns plotted through the night (under the grades, and beside the page's
+timeline) when the rows have values of them."""
 
 CSV_COLUMNS = (
     "night",
@@ -239,6 +251,15 @@ def physical_stats(rows: list[dict]) -> list[tuple[str, str, str, int, float, fl
     return out
 
 
+def trends(rows: list[dict]) -> tuple[tuple[str, str], ...]:
+    """The :data:`TRENDS` that some graded row of ``rows`` has a value of."""
+    return tuple(
+        (column, label)
+        for column, label in TRENDS
+        if any(r["status"] == "graded" and _usable(r.get(column)) for r in rows)
+    )
+
+
 def duration_text(seconds: float) -> str:
     """``45 s``, ``12 min``, ``1.5 h``."""
     if seconds < 90:
@@ -395,7 +416,7 @@ def night_figure(night: str, rows: list[dict]):
     times = [r["time"].astimezone(dt.UTC).replace(tzinfo=None) for r in timed]
     colors = {c: tuple(v / 255 for v in GRADE_COLORS[c]) for c in CLASSES}
     s = summarize(rows)
-    stats = STATISTICS if s["graded"] else ()
+    stats = (*trends(rows), *STATISTICS) if s["graded"] else ()
     fig = Figure(figsize=(10, 2.4 + 1.6 * (1 + len(stats))), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1 + len(stats), 1, sharex=True, squeeze=False)[:, 0]

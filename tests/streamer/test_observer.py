@@ -661,3 +661,33 @@ def test_palette_is_colour_blind_safe_and_separates_bt_from_rbt_when_shaded():
         f"[data-grade={g}]" in css and "rgb({}, {}, {})".format(*colors[g]) in css for g in CLASSES
     )
     assert report.GRADE_COLORS is obs.GRADE_COLORS
+
+
+def test_seeing_and_sky_beside_the_timeline_and_in_the_facts_when_the_rows_have_them(
+    server, dataset
+):
+    _, _, body = get(server, f"/night?date={NIGHT}")
+    assert 'class="trend"' not in body.decode()  # rows written before they were measured
+    for i in (10, 11, 12):
+        r = exposure(i, "GOOD", 4) | {
+            "seeing_arcsec": 0.6 + 0.1 * (i - 10),
+            "sky_mag_arcsec2": 20.5,
+            "airmass": 1.25,
+        }
+        write_grade_rows(dataset, r, ccd_rows(r, i))
+    _, _, body = get(server, f"/night?date={NIGHT}")
+    page = body.decode()
+    seeing = page.split('id="trend-seeing_arcsec"', 1)[1].split("</svg>", 1)[0]
+    points = re.search(r'<polyline points="([^"]+)"', seeing)[1].split()
+    assert len(points) == 3  # the graded rows with a value, on the timeline's time axis
+    marks = dict(re.findall(r'data-id="(\d+)" x="([\d.]+)"', page))
+    assert [float(p.split(",")[0]) for p in points] == pytest.approx(
+        [float(marks[f"28170{i}"]) + 1.5 for i in (10, 11, 12)], abs=0.11
+    )
+    assert ">0.80<" in seeing and ">0.60<" in seeing and "seeing (&#34;): 0.80 now" in seeing
+    assert 'id="trend-sky_mag_arcsec2"' in page
+    _, _, body = get(server, f"/exposure?night={NIGHT}&id=2817012")
+    facts = body.decode().split('id="exposure-summary"', 1)[1].split("</dl>", 1)[0]
+    assert '<dt>seeing</dt><dd class="f-seeing">0.80"</dd>' in facts.replace("&#34;", '"')
+    assert '<dt>airmass</dt><dd class="f-airmass">1.25</dd>' in facts
+    assert "sky" in facts and "20.50 mag/arcsec2" in facts

@@ -244,3 +244,16 @@ def test_quarantine_only_night_html_and_png(tmp_path, capsys):
     )
     assert "nothing: every graded exposure is GOOD" in page
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_shows_seeing_and_sky_through_the_night_when_the_rows_have_them(dataset):
+    rows = report.night_rows(dataset, NIGHT)
+    labels = [a.get_ylabel() for a in report.night_figure(NIGHT, rows).axes[1:]]
+    assert labels == [label for _, label in report.STATISTICS]
+    for i, r in enumerate(rows):
+        r.update(seeing_arcsec=0.7 + 0.05 * i, sky_mag_arcsec2=20.0)
+    fig = report.night_figure(NIGHT, rows)
+    assert [a.get_ylabel() for a in fig.axes[1:3]] == ['seeing (")', "sky (mag/arcsec2)"]
+    seeing = fig.axes[1].collections[0].get_offsets()[:, 1]
+    graded = [r["seeing_arcsec"] for r in rows if r["status"] == "graded"]
+    assert list(seeing) == pytest.approx(graded)
