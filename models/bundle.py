@@ -212,5 +212,41 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     return ModelBundle(som, cnn, manifest)
 
 
+def check_bundle(path: str | os.PathLike) -> ModelBundle:
+    """Load the whole bundle at ``path`` and check it, weights included; returns it.
+
+    :func:`load_bundle` (manifest, SOM, every network's state_dict, which must fit the
+    manifest's shapes), then every number in it must be finite: a bundle with NaN weights would
+    load and grade every exposure the same. What the daemon runs on a bundle before it grades
+    with it, at start and before a swap.
+
+    Raises
+    ------
+    BundleError
+        Saying what is wrong.
+    """
+    import numpy as np
+
+    bundle = load_bundle(path)
+    arrays = {
+        "som.codebook": bundle.som.codebook,
+        "som.scaling.center": bundle.som.scaling.center,
+        "som.scaling.scale": bundle.som.scaling.scale,
+    }
+    bad = [name for name, a in arrays.items() if not np.isfinite(np.asarray(a, float)).all()]
+    bad += [
+        f"cnn {name}"
+        for name, t in bundle.cnn.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise BundleError(
+            f"{path}: model bundle holds values that are not finite in {len(bad)} array(s): "
+            + ", ".join(bad[:3])
+            + (" ..." if len(bad) > 3 else "")
+        )
+    return bundle
+
+
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
 """The shipped pretrained bundle."""

@@ -192,6 +192,9 @@ class Metrics:
     webhook_failures : Counter
         ``skygrade_alert_webhook_failures_total``: alerts the webhook did not accept after
         every retry.
+    bundle_refusals : Counter
+        ``skygrade_bundle_refusals_total``: model bundles found on disk (a symlink swapped to
+        a new version) that failed their check and were not used.
     model_info : Info
         ``skygrade_model_info{version, ...}``: the model bundle in use.
 
@@ -288,6 +291,11 @@ class Metrics:
             "Alerts the webhook did not accept after every retry.",
             registry=reg,
         )
+        self.bundle_refusals = Counter(
+            "skygrade_bundle_refusals",
+            "Model bundles swapped in on disk that failed their check and were not used.",
+            registry=reg,
+        )
         self.model_info = Info(
             "skygrade_model", "The model bundle grading exposures.", registry=reg
         )
@@ -308,6 +316,7 @@ class Metrics:
             self.alerts,
             self.alerts_dropped,
             self.webhook_failures,
+            self.bundle_refusals,
             self.model_info,
         )
 

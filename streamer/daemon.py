@@ -44,7 +44,7 @@ import threading
 import time
 from pathlib import Path
 
-from models.bundle import MANIFEST, read_manifest
+from models.bundle import MANIFEST, check_bundle
 from ops.alerts import AlertDispatcher, AlertEngine
 from ops.config import Config, ConfigError, Problem
 from ops.files import atomic_write_bytes
@@ -84,7 +84,13 @@ class Daemon:
         self.out_dir = Path(out_dir)
         self.bundle = Path(bundle)
         self.cfg = cfg
-        self.manifest = read_manifest(self.bundle)
+        # The whole bundle, weights included, is loaded and checked before anything starts: a
+        # bad one is refused here (BundleError: `skygrade watch` exits 2 saying why) rather
+        # than retried all night.
+        self.manifest = check_bundle(self.bundle).manifest
+        self._checked_key = self._bundle_key()
+        self._refused_key: tuple | None = None  # a bundle on disk refused, not graded with
+        self.bundle_problem: str | None = None  # why, while it is on disk
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -351,27 +357,61 @@ class Daemon:
 
     def _session_ready(self) -> bool:
         """Build the grading session when first needed, and again when the bundle changes on
-        disk (a symlink swapped to a new version: no restart needed). False when it cannot be
-        built: that is the bundle's fault, not the exposure's, and counts against none."""
+        disk (a symlink swapped to a new version: no restart needed).
+
+        A new bundle is loaded and checked whole (:func:`models.bundle.check_bundle`) before
+        it is used: a bad one is refused once (logged, counted in
+        ``skygrade_bundle_refusals_total``) and grading goes on with the bundle in use. The
+        session is built on the bundle's real directory, so a symlink pointing elsewhere since
+        does not change what it loads. False when there is no bundle to grade with: that is
+        the bundle's fault, not the exposure's, and counts against none."""
         from streamer.session import GradingSession
 
         try:
             key = self._bundle_key()
-            if self.session is None or key != self._session_key:
-                self.session = GradingSession(
-                    self.out_dir, self.bundle, self.cfg, ccd_workers=self.cfg.watch.ccd_workers
+        except OSError as exc:
+            key = (str(self.bundle), -1)
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if self.session is not None and key == self._session_key:
+                return True
+            if key == self._refused_key:
+                return self._keep_old(key)
+            problem = None
+            real = Path(key[0])
+            try:
+                manifest = (
+                    self.manifest if key == self._checked_key else check_bundle(real).manifest
                 )
-                self._session_key = key
-                self._use_model(read_manifest(self.bundle))
-        except Exception as exc:
-            log.error(
-                "model bundle %s cannot be loaded (%s); retrying in %.0f s",
-                escape_controls(self.bundle),
-                escape_controls(f"{type(exc).__name__}: {exc}"),
-                self.cfg.watch.retry_s,
-            )
-            return False
+                session = GradingSession(
+                    self.out_dir, real, self.cfg, ccd_workers=self.cfg.watch.ccd_workers
+                )
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            if key != self._refused_key:
+                self._refused_key, self.bundle_problem = key, problem
+                self.metrics.bundle_refusals.inc()
+                log.error(
+                    "model bundle %s refused (%s); %s",
+                    escape_controls(self.bundle),
+                    escape_controls(problem),
+                    "still grading with the bundle in use"
+                    if self._keep_old(key)
+                    else f"nothing can be graded until it is replaced (checked every "
+                    f"{self.cfg.watch.retry_s:.0f} s)",
+                )
+            return self._keep_old(key)
+        self.session, self._session_key = session, key
+        self._checked_key = key
+        self._refused_key = self.bundle_problem = None
+        self._use_model(manifest)
         return True
+
+    def _keep_old(self, refused: tuple) -> bool:
+        """Whether the session in use may go on after ``refused`` was refused: it was built on
+        another directory (a bundle rewritten in place took the old one's files with it)."""
+        return self.session is not None and self._session_key[0] != refused[0]
 
     def _gone(self, entry) -> bool:
         """Whether a waiting exposure's file was deleted; if so it leaves the pending work (a

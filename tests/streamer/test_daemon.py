@@ -3,6 +3,7 @@
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -299,16 +300,15 @@ def test_an_exposure_that_keeps_failing_is_quarantined_after_max_attempts(
     daemon.start()
     try:
         _blocked(night, out, plan, exposure_bytes(plan, Geometry(1, 256, 320)), "daemon-test")
-        assert wait_for(lambda: daemon.ledger.counts()["quarantined"] == 1, timeout=40)
+        counted = b'skygrade_exposures_quarantined_total{reason="too_many_attempts"} 1.0'
+        url = f"http://127.0.0.1:{daemon.server.port}/metrics"
+        assert wait_for(lambda: counted in urllib.request.urlopen(url, timeout=5).read(), 40)
         entry = daemon.ledger.latest(plan.filename[:7])
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{daemon.server.port}/metrics", timeout=5
-        ).read()
     finally:
         daemon.stop(timeout=30)
+    assert entry.state == "quarantined"
     assert entry.reason.startswith("too_many_attempts: 3 failed attempts, the last: ")
     assert "IsADirectoryError" in entry.reason
-    assert b'skygrade_exposures_quarantined_total{reason="too_many_attempts"} 1.0' in text
     ours = [r for r in caplog.records if r.name.startswith("streamer")]
     failed = [r for r in ours if "failed" in r.getMessage() and r.levelname == "ERROR"]
     assert len(failed) == 3, [r.getMessage() for r in failed]  # 2 retries, then given up
@@ -336,3 +336,84 @@ def test_a_deleted_file_leaves_the_pending_work(bundle, tmp_path, daemon_config,
     finally:
         daemon.stop(timeout=30)
     assert entry.state == "quarantined" and entry.reason.startswith("deleted: ")
+
+
+def _bad_copies(bundle, where):
+    """Two bad copies of ``bundle``: weights that are not a torch file, and NaN weights."""
+    import shutil
+
+    import torch
+
+    from models.bundle import load_bundle
+
+    garbled = Path(shutil.copytree(bundle, where / "garbled"))
+    (garbled / "cnn.pt").write_bytes(b"not a torch file " * 64)
+    good = load_bundle(bundle)
+    with torch.no_grad():
+        next(good.cnn.parameters()).fill_(float("nan"))
+    nan = ModelBundle(good.som, good.cnn, {"version": "nan-weights"}).save(where / "nan")
+    return garbled, nan
+
+
+def test_a_bad_bundle_is_refused_at_start(bundle, tmp_path, daemon_config):
+    """Issue 21, item 8: ``watch --bundle BAD`` started and failed on every exposure; the whole
+    bundle, weights included, is checked first (the CLI exits 2 with this message)."""
+    from models.bundle import BundleError
+
+    garbled, nan = _bad_copies(bundle, tmp_path)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    with pytest.raises(BundleError, match="cannot load model bundle"):
+        Daemon(drop, tmp_path / "out", garbled, daemon_config)
+    with pytest.raises(BundleError, match="not finite"):
+        Daemon(drop, tmp_path / "out", nan, daemon_config)
+
+
+def test_a_bad_bundle_swapped_in_is_refused_and_the_old_one_kept(
+    bundle, tmp_path, daemon_config, wait_for, caplog
+):
+    """Issue 21, item 8: a bad bundle behind the symlink stopped all grading until rollback.
+    It is checked before use, refused once (logged, counted), the bundle in use goes on; a good
+    one swapped in later is taken."""
+    import os
+
+    from models.bundle import load_bundle
+
+    caplog.set_level("INFO")
+    garbled, _ = _bad_copies(bundle, tmp_path)
+    old = load_bundle(bundle)
+    new = ModelBundle(old.som, old.cnn, {"version": "daemon-test-3"}).save(tmp_path / "b3")
+    current = tmp_path / "current"
+    current.symlink_to(bundle)
+
+    def swap(target):
+        (tmp_path / "next").symlink_to(target)
+        os.replace(tmp_path / "next", current)
+
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    (drop / "2026-11-25").mkdir(parents=True)
+    plans = plan_night("2026-11-25", 4, seed=35, class_mix={"GOOD": 1})
+    daemon = Daemon(drop, out, current, daemon_config)
+    daemon.start()
+    try:
+        for i, plan in enumerate(plans):
+            if i == 1:
+                swap(garbled)
+            if i == 3:
+                swap(new)
+            path = drop / "2026-11-25" / plan.filename
+            path.write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
+            assert wait_for(lambda n=i + 1: daemon.ledger.counts()["graded"] == n, timeout=40), (
+                daemon.ledger.counts()
+            )
+            if i == 2:
+                text = urllib.request.urlopen(
+                    f"http://127.0.0.1:{daemon.server.port}/metrics", timeout=5
+                ).read()
+    finally:
+        daemon.stop(timeout=30)
+    rows = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+    assert [r["model_version"] for r in rows] == ["daemon-test"] * 3 + ["daemon-test-3"]
+    assert b"skygrade_bundle_refusals_total 1.0" in text
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "still grading with the bundle in use" in refused[0].getMessage()

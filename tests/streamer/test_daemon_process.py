@@ -370,3 +370,21 @@ def test_bad_inputs_are_quarantined_and_grading_goes_on(bundle, dirs, tmp_path):
         assert rows[name[:7]]["status"] == "quarantined"
         assert rows[name[:7]]["reason"].startswith(f"{reason}: ")
     assert [r["status"] for r in rows.values() if r["path"].endswith(good_name)] == ["graded"]
+
+
+def test_watch_with_a_bad_bundle_exits_2_saying_why(bundle, dirs, tmp_path):
+    """Issue 21, item 8: ``watch --bundle BAD`` (weights that do not load) started and retried
+    forever; it is checked whole at start and the command exits 2 with the reason."""
+    import shutil
+
+    drop, out = dirs
+    bad = Path(shutil.copytree(bundle, tmp_path / "bad"))
+    (bad / "cnn.pt").write_bytes(b"not a torch file " * 64)
+    config = write_config(tmp_path / "skygrade.yaml")
+    cmd = [sys.executable, "-m", "streamer.cli", "--config", str(config), "watch"]
+    cmd += ["--drop", str(drop), "--out", str(out), "--bundle", str(bad)]
+    done = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"{bad}: cannot load model bundle" in done.stderr
