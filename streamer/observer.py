@@ -778,10 +778,14 @@ class Observer:
         return Response(200, _HTML, text.encode())
 
     def fragment_night(self, request: Request) -> Response:
-        """The night panel (glance, timeline, table) of ``date`` (``all=1``: every row)."""
+        """The night panel (glance, timeline, table) of ``date`` (``all=1``: every row); with
+        ``rev`` equal to the current one only ``<p id="unchanged">`` (what the page polls: the
+        panel carries ``data-rev`` and ``data-latest``, the latest graded exposure)."""
         index = self.night(_param(request, "date"))
         if index is None:
             return _NOT_FOUND
+        if _param(request, "rev") == index.rev:
+            return Response(200, _HTML, b'<p id="unchanged"></p>')
         html_ = self._tonight_html(index, index.night, _param(request, "all") == "1")
         return Response(200, _HTML, html_.encode())
 
@@ -1317,10 +1321,12 @@ def render_tonight(
             }
         )
     usable = "-" if s["usable_fraction"] is None else f"{100 * s['usable_fraction']:.0f}%"
+    latest = latest_graded(rows)
     return render(
         "tonight.html.j2",
         night=night,
         rev=rev,
+        latest=latest["exposure_id"] if latest else "",
         s=s,
         usable=usable,
         chips=[

@@ -102,21 +102,24 @@
 
   // ---------------------------------------------------------------- night
 
+  // The night panel, when it changed (the server answers <p id="unchanged"> to the same rev);
+  // then the exposure panel of the latest graded exposure (or of the pinned one).
   async function pollNight() {
-    const d = await (await fetchOk("/api/night?" + q({ date: night, rev: rev }))).json();
-    if (d.unchanged) return;
+    const params = { date: night, rev: rev };
+    if (showAll) params.all = 1;
+    const text = await (await fetchOk("/fragment/night?" + q(params))).text();
+    const fresh = new DOMParser().parseFromString(text, "text/html").getElementById("tonight");
+    if (!fresh) return;
     const before = new Set([...document.querySelectorAll("#exposures tbody tr")]
       .map((tr) => tr.dataset.id));
-    await swap("/fragment/night?" + q(showAll ? { date: night, all: 1 } : { date: night }),
-      "tonight");
+    document.getElementById("tonight").replaceWith(document.adoptNode(fresh));
     for (const tr of document.querySelectorAll("#exposures tbody tr")) {
       if (before.size && !before.has(tr.dataset.id)) tr.classList.add("new");
     }
-    rev = d.rev;
+    tick();
+    rev = fresh.dataset.rev;
     body.dataset.rev = rev;
-    let latest = "";
-    for (const e of d.exposures) if (e.status === "graded") latest = e.exposure_id;
-    const target = pinned || latest;
+    const target = pinned || fresh.dataset.latest;
     if (target) await loadExposure(target);
   }
 

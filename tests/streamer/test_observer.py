@@ -596,6 +596,14 @@ def test_fragments_are_the_pages_panels_rendered_by_the_same_escaping_templates(
         "/fragment/night?date=2030-01-01",
     ):
         assert get(server, path)[0] == 404, path
+    # the page polls the night panel with its rev: the same rev is a few bytes, a new one the
+    # panel, with the latest graded exposure (the exposure panel to load) in data-latest
+    rev = get_json(server, f"/api/night?date={NIGHT}")["rev"]
+    assert get(server, f"/fragment/night?date={NIGHT}&rev={rev}")[2] == b'<p id="unchanged"></p>'
+    text = get(server, f"/fragment/night?date={NIGHT}&rev=old")[2].decode()
+    assert text.startswith(
+        f'<section id="tonight" class="panel" data-rev="{rev}" data-latest="2817003">'
+    )
     # the script builds no markup and keeps no copy of the classes or their colours
     js = obs.Observer(".").assets["observer.js"].decode()
     assert "innerHTML" not in js and not any(f'"{g}"' in js for g in CLASSES)
