@@ -149,3 +149,41 @@ def test_photzp_and_the_bias_level_come_from_the_headers(exposure, tmp_path):
     fits.HDUList([primary, ccd]).writeto(other)
     assert read_meta(other).photzp == pytest.approx(26.05)
     assert read_ccd(other, 0).bias is None  # processed data: no pedestal to take off
+
+
+def test_catalog_backend_reports_what_a_catalog_allows(exposure, tmp_path):
+    """A FITS_1.0 catalog (no pixels): seeing from FLUX_RADIUS, said so; sky, PHOTZP, airmass."""
+    from astropy.io import fits
+
+    from ops.config import ExtractConfig
+    from transforms.extract import FEATURE_COLUMNS, sep_features
+    from transforms.psf_measure import with_physics
+    from transforms.sextractor import CatalogBackend
+
+    plan, path = exposure
+    primary = fits.PrimaryHDU()
+    primary.header.update(EXPTIME=plan.exptime, FILTER=plan.filter, AIRMASS=1.4, PHOTZP=26.3)
+    primary.header["DATE-OBS"] = "2026-11-25T08:00:00"
+    tables = []
+    with fits.open(path) as hdul:
+        for ccd in range(GEO.n_ccd):
+            hdu = hdul[ccd + 1]
+            table = sep_features(hdu.data.astype(np.float32), hdu.header["SATURATE"])
+            cols = [fits.Column(name=c, format="E", array=table[c]) for c in FEATURE_COLUMNS]
+            tables.append(fits.BinTableHDU.from_columns(cols, name="OBJECTS"))
+    catalog = tmp_path / "2100001p.cat"
+    fits.HDUList([primary, *tables]).writeto(catalog)
+    backend = CatalogBackend(ExtractConfig())
+    meta = backend.open(str(catalog))
+    assert meta.photzp == pytest.approx(26.3)
+    features = with_physics(backend.features(meta, 0), meta, ExtractConfig())
+    phys = features.physics
+    assert phys.method == "catalog_flux_radius"
+    assert phys.n_stars >= 3
+    # 2 x FLUX_RADIUS: exact for a Gaussian, high for the Moffat (beta 3) of the simulator
+    assert 1.05 < phys.seeing_arcsec / _truth(plan, 0) < 1.5
+    assert phys.seeing_zenith_arcsec == pytest.approx(phys.seeing_arcsec * 1.4**-0.6)
+    assert phys.zero_point == pytest.approx(26.3)
+    # the catalog's BACKGROUND still holds the bias (no BIASLVL in a catalog): sky reads high
+    truth_sky = T.FILTERS[plan.filter].sky_rate
+    assert phys.sky_adu_s > truth_sky
