@@ -876,9 +876,18 @@ class WatchConfig:
     max_attempts: int = setting(
         5,
         "Times grading an exposure may fail on the exposure itself (its results cannot be "
-        "written, the pipeline raised on it, a crash of the daemon while grading it) before it "
-        "is quarantined as too_many_attempts; a dataset that cannot be written at all does not "
-        "count. With retry_s 10 the fifth failure comes about 150 s after the first.",
+        "written, the pipeline raised on it) before it is quarantined as too_many_attempts; a "
+        "dataset that cannot be written at all, a bundle that cannot be loaded and a kill or "
+        "restart of the daemon do not count. With retry_s 10 the fifth failure comes about "
+        "150 s after the first.",
+        ge=1,
+    )
+    max_interruptions: int = setting(
+        10,
+        "Times an exposure may be caught mid-grading by a crash or kill of the daemon before "
+        "it is quarantined as crash_loop (a file that crashes the daemon must not crash it all "
+        "night). A kill from outside looks the same as a crash, so this is kept well above "
+        "the restarts a good exposure can meet.",
         ge=1,
     )
     retry_s: float = setting(

@@ -112,7 +112,7 @@ class Daemon:
             raise FileNotFoundError(f"drop directory {self.drop_dir} does not exist")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.out_dir / LEDGER_FILE)
-        recovered = self.ledger.recover(max_attempts=wc.max_attempts)
+        recovered = self.ledger.recover(max_interruptions=wc.max_interruptions)
         if recovered:
             log.info("recovered %d exposure(s) caught mid-grading", len(recovered))
         self.dispatcher = AlertDispatcher.from_config(self.cfg.alerts, self.metrics)

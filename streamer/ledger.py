@@ -26,6 +26,12 @@ with :meth:`Ledger.retry_later`: ``failures`` counts it and ``next_attempt_at`` 
 due again. :meth:`Ledger.pending` with ``due_at`` lists only the rows due by then, so one
 exposure waiting out its back-off holds up no other.
 
+A row caught in ``grading`` by a crash or a kill of the daemon is an *interruption*, not a
+failure: :meth:`Ledger.recover` counts it in ``interruptions`` and leaves ``failures`` alone, so
+a good exposure in flight during unrelated kills is never quarantined as
+``too_many_attempts``. Only a long run of interruptions (``max_interruptions``, a guard against a
+file that crashes the daemon each time) quarantines it, as ``crash_loop``.
+
 A new version supersedes the older versions of the same exposure that are still waiting
 (``seen``): they end ``quarantined`` with reason ``"superseded"``, so that the file, which now
 holds the new content, is graded once and every row still ends in a final state.
@@ -105,8 +111,10 @@ ORDERS = ("fifo", "newest-first")
 SCHEMA_VERSION = 2
 #: Reason given to a waiting row when a newer version of its exposure is observed.
 SUPERSEDED = "superseded"
-#: Reason given by :meth:`Ledger.recover` to a row that has used up its attempts.
+#: Reason given to a row that failed too many times on its own (the daemon's ``max_attempts``).
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+#: Reason given by :meth:`Ledger.recover` to a row caught mid-grading too many times.
+CRASH_LOOP = "crash_loop"
 
 _BUSY_TIMEOUT_S = 30.0
 
@@ -130,6 +138,7 @@ CREATE TABLE IF NOT EXISTS exposures (
     failures      INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
     last_error    TEXT,
+    interruptions INTEGER NOT NULL DEFAULT 0,
     UNIQUE (exposure_id, path, size, mtime_ns),
     UNIQUE (exposure_id, version)
 );
@@ -139,13 +148,15 @@ CREATE INDEX IF NOT EXISTS exposures_done ON exposures (exposure_id, size, mtime
 
 _COLUMNS = (
     "key, exposure_id, path, size, mtime_ns, version, state, reason, attempts, seen_at, "
-    "started_at, finished_at, model_version, ready_at, failures, next_attempt_at, last_error"
+    "started_at, finished_at, model_version, ready_at, failures, next_attempt_at, last_error, "
+    "interruptions"
 )
 #: Columns added after schema version 1, with their definitions (added by ``ALTER TABLE``).
 _ADDED_COLUMNS = {
     "failures": "INTEGER NOT NULL DEFAULT 0",
     "next_attempt_at": "REAL",
     "last_error": "TEXT",
+    "interruptions": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -185,6 +196,9 @@ class Entry:
         Unix time before which a failed row is not due again (None: due now).
     last_error : str or None
         What the last failure was.
+    interruptions : int
+        Times the row was caught mid-grading by a crash or kill of the daemon
+        (:meth:`Ledger.recover`); not failures of the exposure.
     """
 
     key: int
@@ -204,6 +218,7 @@ class Entry:
     failures: int = 0
     next_attempt_at: float | None = None
     last_error: str | None = None
+    interruptions: int = 0
 
     @property
     def done(self) -> bool:
@@ -662,18 +677,20 @@ class Ledger:
             )
             return self._row(conn, key)
 
-    def recover(self, max_attempts: int | None = None) -> list[Entry]:
+    def recover(self, max_interruptions: int | None = None) -> list[Entry]:
         """Put every row caught in ``grading`` by a crash back to ``seen`` (call at start-up).
 
+        Each such row counts one more ``interruption``; its ``failures`` (what counts toward
+        ``too_many_attempts``) are left alone: a kill of the daemon is not the exposure's fault.
         A row caught in ``grading`` for which a newer version of the exposure exists is not
         retried but quarantined with reason ``"superseded"``: the file holds the new content.
 
         Parameters
         ----------
-        max_attempts : int, optional
-            A row that has already been claimed this many times is not retried again but
-            quarantined with reason ``"too_many_attempts"``: an exposure that kills the daemon
-            every time must not crash-loop it all night. By default every row is retried.
+        max_interruptions : int, optional
+            A row caught mid-grading this many times is not retried again but quarantined with
+            reason ``"crash_loop"``: an exposure that kills the daemon every time must not
+            crash-loop it all night. By default every row is retried.
 
         Returns
         -------
@@ -683,23 +700,32 @@ class Ledger:
         Raises
         ------
         ValueError
-            If ``max_attempts`` is given and < 1.
+            If ``max_interruptions`` is given and < 1.
         """
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if max_interruptions is not None and max_interruptions < 1:
+            raise ValueError(f"max_interruptions must be >= 1, got {max_interruptions!r}")
         with self._tx() as conn:
             now = time.time()
-            if max_attempts is not None:
+            conn.execute(
+                "UPDATE exposures SET interruptions = interruptions + 1 WHERE state = 'grading'"
+            )
+            if max_interruptions is not None:
                 given_up = conn.execute(
                     "UPDATE exposures SET state = 'quarantined', reason = ?, finished_at = ? "
-                    "WHERE state = 'grading' AND attempts >= ? RETURNING exposure_id, attempts",
-                    (TOO_MANY_ATTEMPTS, now, max_attempts),
+                    "WHERE state = 'grading' AND interruptions >= ? "
+                    "RETURNING exposure_id, interruptions",
+                    (
+                        f"{CRASH_LOOP}: caught mid-grading by {max_interruptions} crashes or "
+                        "kills of the daemon",
+                        now,
+                        max_interruptions,
+                    ),
                 ).fetchall()
-                for exposure_id, attempts in given_up:
+                for exposure_id, interruptions in given_up:
                     log.error(
                         "exposure %s was being graded at %d crashes in a row: quarantined",
                         escape_controls(exposure_id),
-                        attempts,
+                        interruptions,
                     )
             stale = conn.execute(
                 "UPDATE exposures AS old SET state = 'quarantined', reason = ?, finished_at = ? "

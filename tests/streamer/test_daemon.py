@@ -417,3 +417,41 @@ def test_a_bad_bundle_swapped_in_is_refused_and_the_old_one_kept(
     assert b"skygrade_bundle_refusals_total 1.0" in text
     refused = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 1 and "still grading with the bundle in use" in refused[0].getMessage()
+
+
+def test_an_exposure_in_flight_during_three_kills_is_still_graded(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, item 6: three unrelated kills of the daemon while it graded the same good
+    exposure took it to too_many_attempts (watch.max_attempts 3): each restart counted as an
+    attempt. Kills are interruptions, not failures of the exposure; it is graded."""
+    from streamer.ledger import Ledger
+    from transforms.exposure import exposure_id_from_path
+
+    cfg = _config(daemon_config, max_attempts=3)
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=36, class_mix={"GOOD": 1})[0]
+    path = night / plan.filename
+    path.write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
+    st = path.stat()
+    eid = exposure_id_from_path(path)
+    ledgers = [Ledger(out / "ledger.sqlite")]
+    entry, _ = ledgers[0].observe(eid, str(path), st.st_size, st.st_mtime_ns, ready_at=1.0)
+    for kill in range(3):  # claimed, then the daemon is killed (the ledger is never closed)
+        if kill:
+            ledgers.append(Ledger(out / "ledger.sqlite"))
+            ledgers[-1].recover()
+        assert ledgers[-1].claim(entry.key) is not None
+    daemon = Daemon(drop, out, bundle, cfg)
+    daemon.start()
+    try:
+        assert wait_for(lambda: daemon.ledger.get(entry.key).done, timeout=40)
+        final = daemon.ledger.get(entry.key)
+    finally:
+        daemon.stop(timeout=30)
+        for led in ledgers:
+            led.close()
+    assert (final.state, final.reason, final.failures) == ("graded", None, 0)
+    assert final.interruptions == 3

@@ -228,6 +228,8 @@ def test_kill_9_mid_grading_then_restart_loses_nothing_and_duplicates_nothing(
         regraded = ledger.get(victim.key)
         assert "recovered 1 exposure(s) caught mid-grading" in proc.text()
     assert regraded.state == "graded" and regraded.attempts == 2
+    # the kill is an interruption, not a failure of the exposure (issue 21, item 6)
+    assert (regraded.interruptions, regraded.failures) == (1, 0)
     assert final == {"seen": 0, "grading": 0, "graded": len(files), "quarantined": 0}
     rows = read_grades(out).to_pylist()
     ids = [r["exposure_id"] for r in rows]

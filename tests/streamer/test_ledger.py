@@ -231,6 +231,7 @@ def test_recover_after_simulated_crash(tmp_path):
         back = restarted.recover()
         assert [e.key for e in back] == [a.key]
         assert back[0].state == "seen" and back[0].attempts == 1
+        assert (back[0].interruptions, back[0].failures) == (1, 0)
         assert [e.key for e in restarted.pending()] == [a.key, c.key]
         assert restarted.get(b.key).state == "graded"
         assert restarted.recover() == []
@@ -239,19 +240,41 @@ def test_recover_after_simulated_crash(tmp_path):
     crashed.close()
 
 
-def test_recover_gives_up_after_max_attempts(ledger):
+def test_recover_gives_up_after_max_interruptions(ledger):
     entry, _ = _observe(ledger)
-    for attempt in (1, 2):  # crashes while grading it, twice: retried
+    for n in (1, 2):  # crashes while grading it, twice: retried
         ledger.claim(entry.key)
-        assert [(e.key, e.attempts) for e in ledger.recover(max_attempts=3)] == [
-            (entry.key, attempt)
-        ]
+        back = ledger.recover(max_interruptions=3)
+        assert [(e.key, e.interruptions, e.failures) for e in back] == [(entry.key, n, 0)]
     ledger.claim(entry.key)  # third crash: given up
-    assert ledger.recover(max_attempts=3) == []
+    assert ledger.recover(max_interruptions=3) == []
     final = ledger.get(entry.key)
-    assert (final.state, final.reason) == ("quarantined", "too_many_attempts")
-    with pytest.raises(ValueError, match="max_attempts"):
-        ledger.recover(max_attempts=0)
+    assert final.state == "quarantined" and final.reason.startswith("crash_loop: ")
+    with pytest.raises(ValueError, match="max_interruptions"):
+        ledger.recover(max_interruptions=0)
+
+
+def test_kills_of_the_daemon_are_not_failures_of_the_exposure(tmp_path):
+    """Issue 21, item 6: an exposure in flight during three unrelated kills reached
+    too_many_attempts (every claim counted). A restart after a kill counts an interruption,
+    never a failure; failures come only from retry_later, and the exposure is graded."""
+    path = tmp_path / "ledger.sqlite"
+    first = Ledger(path)
+    entry, _ = _observe(first)
+    first.claim(entry.key)
+    first.retry_later(entry.key, 0.0, "OSError: disk hiccup")  # one failure of its own
+    first.claim(entry.key)
+    killed = [first]
+    for _ in range(3):  # killed mid-grading (connection never closed), restarted, claimed
+        restarted = Ledger(path)
+        killed.append(restarted)
+        (back,) = restarted.recover(max_interruptions=10)
+        assert back.key == entry.key and back.state == "seen"
+        assert restarted.claim(entry.key) is not None
+    final = restarted.finish(entry.key, "graded")
+    assert (final.failures, final.interruptions, final.reason) == (1, 3, None)
+    for led in killed:
+        led.close()
 
 
 def test_recover_does_not_retry_a_superseded_version(ledger):
