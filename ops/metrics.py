@@ -24,6 +24,7 @@ __all__ = [
     "SEEING_BUCKETS_ARCSEC",
     "SKY_BRIGHTNESS_BUCKETS",
     "STAGE_BUCKETS_S",
+    "WRITE_FAILURE_KINDS",
     "Metrics",
     "label_slug",
     "reason_slug",
@@ -68,6 +69,9 @@ SKY_BRIGHTNESS_BUCKETS: tuple[float, ...] = (
     22.0,
     22.5,
 )
+
+#: Label values of ``skygrade_write_failures_total``: whose fault a failed grading was.
+WRITE_FAILURE_KINDS = ("exposure", "output")
 
 #: Buckets of the exposure confidence (the grade's probability), 0.1 to 1.0.
 CONFIDENCE_BUCKETS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -192,6 +196,13 @@ class Metrics:
     webhook_failures : Counter
         ``skygrade_alert_webhook_failures_total``: alerts the webhook did not accept after
         every retry.
+    write_failures : Counter
+        ``skygrade_write_failures_total{kind}``: gradings whose rows could not be written or
+        whose pipeline raised, by kind: ``exposure`` (that exposure alone failed; it is retried,
+        then quarantined) or ``output`` (nothing can be written into the dataset).
+    oldest_pending_age : Gauge
+        ``skygrade_oldest_pending_age_seconds``: age of the oldest exposure waiting to be graded
+        or being graded (0 when none), read at scrape time from the daemon's ledger.
     bundle_refusals : Counter
         ``skygrade_bundle_refusals_total``: model bundles found on disk (a symlink swapped to
         a new version) that failed their check and were not used.
@@ -291,6 +302,20 @@ class Metrics:
             "Alerts the webhook did not accept after every retry.",
             registry=reg,
         )
+        self.write_failures = Counter(
+            "skygrade_write_failures",
+            "Gradings that failed (rows not written, pipeline raised), by kind: exposure "
+            "(that exposure alone) or output (nothing can be written).",
+            ["kind"],
+            registry=reg,
+        )
+        for kind in WRITE_FAILURE_KINDS:  # both series exist from the start, at 0
+            self.write_failures.labels(kind)
+        self.oldest_pending_age = Gauge(
+            "skygrade_oldest_pending_age_seconds",
+            "Age of the oldest exposure waiting to be graded or being graded (0 when none).",
+            registry=reg,
+        )
         self.bundle_refusals = Counter(
             "skygrade_bundle_refusals",
             "Model bundles swapped in on disk that failed their check and were not used.",
@@ -316,6 +341,8 @@ class Metrics:
             self.alerts,
             self.alerts_dropped,
             self.webhook_failures,
+            self.write_failures,
+            self.oldest_pending_age,
             self.bundle_refusals,
             self.model_info,
         )

@@ -101,6 +101,10 @@ class Daemon:
         self.session = None  # the grading pipeline (streamer.session), built on first use
         self._session_key: tuple | None = None  # the bundle the session was built for
         self._output_failures = 0  # failed writes in a row while the output is unwritable
+        self.output_problem: str | None = None  # why nothing can be written, while it lasts
+        self.bundle_blocked = False  # no bundle to grade with (health says so)
+        self._probe: tuple[float, str | None] = (0.0, None)  # last probe of the output by health
+        self.metrics.oldest_pending_age.set_function(self._oldest_pending_age)
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -310,9 +314,11 @@ class Daemon:
                 self._wake.wait(timeout)
                 self._wake.clear()
                 continue
-            if due[0].reason is None and not self._session_ready():
-                self.stopping.wait(wc.retry_s)  # the bundle cannot be loaded: no exposure's fault
-                continue
+            if due[0].reason is None:
+                self.bundle_blocked = not self._session_ready()
+                if self.bundle_blocked:  # the bundle cannot be loaded: no exposure's fault
+                    self.stopping.wait(wc.retry_s)
+                    continue
             entry = self.ledger.claim(due[0].key)
             if entry is None:
                 continue
@@ -334,7 +340,7 @@ class Daemon:
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
                 self._failed(entry, exc)
                 continue
-            self._output_failures = 0
+            self._output_failures, self.output_problem = 0, None
             row = rows[0] if rows else None
             if row is None:
                 self.ledger.finish(entry.key, "quarantined", "no_row: the pipeline wrote nothing")
@@ -464,6 +470,8 @@ class Daemon:
             failures = entry.failures
             self._output_failures += 1
             n = self._output_failures
+            self.output_problem = output_error
+        self.metrics.write_failures.labels("exposure" if own else "output").inc()
         if own and failures >= wc.max_attempts:
             self._give_up(entry, failures, error)
             return
@@ -554,17 +562,64 @@ class Daemon:
             for e in ledger.pending()
         ]
 
+    def _oldest_pending_age(self) -> float:
+        """Seconds since the oldest exposure not yet final arrived (0 when none): read by
+        ``skygrade_oldest_pending_age_seconds`` at each scrape."""
+        ledger = self.ledger
+        try:
+            oldest = None if ledger is None else ledger.oldest_pending()
+        except Exception:  # a closed ledger (stopping): nothing pending that we know of
+            return 0.0
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def problems(self) -> list[str]:
+        """Why the daemon is not doing its job right now (empty when it is): /healthz is 503
+        with these while any holds. No grade can be written (the dataset is read-only,
+        missing, full), there is no bundle to grade with, or an exposure keeps failing."""
+        problems = []
+        output = self.output_problem
+        if output is None:  # nothing failed lately: look (at most every 5 s, a file made and
+            when, output = self._probe  # removed beside the rows)
+            if time.monotonic() - when > 5.0:
+                output = self._output_writable()
+                self._probe = (time.monotonic(), output)
+        if output is not None:
+            problems.append(f"cannot write grades into {self.out_dir}: {output}")
+        if self.bundle_blocked:
+            problems.append(f"model bundle {self.bundle} cannot be loaded: {self.bundle_problem}")
+        ledger = self.ledger
+        for entry in [] if ledger is None else ledger.failing(min_failures=2)[:5]:
+            due = max(0.0, (entry.next_attempt_at or 0.0) - time.time())
+            problems.append(
+                f"exposure {entry.exposure_id} ({entry.path}) failed {entry.failures} times, "
+                f"next attempt in {due:.0f} s: {entry.last_error}"
+            )
+        return [escape_controls(p) for p in problems]
+
     def health(self) -> dict:
-        """The /healthz document."""
+        """The /healthz document: ``ok`` false (HTTP 503) while the daemon is stopping, a
+        thread of it is dead, or :meth:`problems` lists something."""
         counts = self.ledger.counts() if self.ledger is not None else {}
         last = self.last_graded
         watcher = getattr(self, "watcher", None)
         grading = bool(self._threads) and all(t.is_alive() for t in self._threads)
+        problems = self.problems()
+        if not grading and self._threads:
+            problems.append("the grader thread is not running")
+        warnings = []
+        if self.bundle_problem is not None and not self.bundle_blocked:
+            warnings.append(
+                f"model bundle {self.bundle} refused, grading with version "
+                f"{self.manifest.get('version')}: {self.bundle_problem}"
+            )
         return {
             "ok": not self.stopping.is_set()
             and watcher is not None
             and watcher.running
-            and grading,
+            and grading
+            and not problems,
+            "problems": problems,
+            "warnings": [escape_controls(w) for w in warnings],
             "model_version": self.manifest.get("version"),
             "backlog": counts.get("seen", 0),
             "counts": counts,

@@ -782,6 +782,25 @@ class Ledger:
             ).fetchall()
         return [Entry(*row) for row in rows]
 
+    def oldest_pending(self) -> float | None:
+        """Arrival time (``ready_at``, else ``seen_at``) of the oldest row not yet final."""
+        with self._lock:
+            (when,) = self._db.execute(
+                "SELECT MIN(COALESCE(ready_at, seen_at)) FROM exposures "
+                "WHERE state IN ('seen', 'grading')"
+            ).fetchone()
+        return when
+
+    def failing(self, min_failures: int = 1) -> list[Entry]:
+        """Rows still waiting that failed at least ``min_failures`` times, most failures first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM exposures WHERE state IN ('seen', 'grading') "
+                "AND failures >= ? ORDER BY failures DESC, key",
+                (min_failures,),
+            ).fetchall()
+        return [Entry(*row) for row in rows]
+
     def next_due(self) -> float | None:
         """The earliest ``next_attempt_at`` of the rows waiting out a back-off, or None."""
         with self._lock:

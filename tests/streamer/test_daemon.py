@@ -455,3 +455,123 @@ def test_an_exposure_in_flight_during_three_kills_is_still_graded(
             led.close()
     assert (final.state, final.reason, final.failures) == ("graded", None, 0)
     assert final.interruptions == 3
+
+
+def _get(daemon, path):
+    """(status, body) of a GET on the daemon's server; a 503 is an answer, not an error."""
+    import urllib.error
+
+    url = f"http://127.0.0.1:{daemon.server.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _sample(text, name):
+    import re
+
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found[1])
+
+
+def test_healthz_is_503_with_the_reason_while_no_grade_can_be_written(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, item 7: /healthz said ok while every write failed. It is 503 with the reason
+    until the output is repaired; the failed writes and the age of the oldest waiting exposure
+    are metrics."""
+    import json
+
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    out.mkdir()
+    blocker = out / "exposures"  # a file where the dataset's directory goes: nothing writes
+    blocker.write_text("not a directory\n")
+    plan = plan_night("2026-11-24", 1, seed=37, class_mix={"GOOD": 1})[0]
+    daemon = Daemon(drop, out, bundle, _config(daemon_config, retry_s=0.3))
+    daemon.start()
+    try:
+        (night / plan.filename).write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
+        output_failed = 'skygrade_write_failures_total{kind="output"}'
+        assert wait_for(lambda: (_sample(_get(daemon, "/metrics")[1], output_failed) or 0) >= 1)
+        status, body = _get(daemon, "/healthz")
+        metrics = _get(daemon, "/metrics")[1]
+        blocker.unlink()
+        assert wait_for(lambda: daemon.ledger.counts()["graded"] == 1, timeout=30)
+        assert wait_for(lambda: _get(daemon, "/healthz")[0] == 200, timeout=10)
+        after = _get(daemon, "/metrics")[1]
+    finally:
+        daemon.stop(timeout=30)
+    assert status == 503, body
+    doc = json.loads(body)
+    assert doc["ok"] is False
+    assert [p for p in doc["problems"] if p.startswith(f"cannot write grades into {out}")], doc
+    assert _sample(metrics, "skygrade_oldest_pending_age_seconds") > 0
+    assert _sample(metrics, 'skygrade_write_failures_total{kind="exposure"}') == 0
+    assert _sample(after, "skygrade_oldest_pending_age_seconds") == 0
+
+
+def test_healthz_is_503_while_an_exposure_keeps_failing(bundle, tmp_path, daemon_config, wait_for):
+    """Issue 21, item 7: an exposure that loops (fails again and again) shows in /healthz."""
+    import json
+
+    cfg = _config(daemon_config, retry_s=0.3, max_attempts=50)
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=38, class_mix={"GOOD": 1})[0]
+    daemon = Daemon(drop, out, bundle, cfg)
+    daemon.start()
+    try:
+        _blocked(night, out, plan, exposure_bytes(plan, Geometry(1, 256, 320)), "daemon-test")
+        assert wait_for(lambda: _get(daemon, "/healthz")[0] == 503, timeout=30)
+        doc = json.loads(_get(daemon, "/healthz")[1])
+        metrics = _get(daemon, "/metrics")[1]
+    finally:
+        daemon.stop(timeout=30)
+    (problem,) = doc["problems"]
+    assert problem.startswith(f"exposure {plan.filename[:7]} (") and "IsADirectoryError" in problem
+    assert _sample(metrics, 'skygrade_write_failures_total{kind="exposure"}') >= 2
+
+
+def test_healthz_is_503_while_the_bundle_cannot_be_loaded(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, item 7: a bundle rewritten in place with bad weights (nothing to fall back
+    on) stops grading: /healthz says so until it is repaired, and no exposure is blamed."""
+    import json
+    import os
+    import shutil
+
+    own = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    good_weights = (own / "cnn.pt").read_bytes()
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    night = drop / "2026-11-24"
+    night.mkdir(parents=True)
+    plan = plan_night("2026-11-24", 1, seed=39, class_mix={"GOOD": 1})[0]
+    daemon = Daemon(drop, out, own, daemon_config)
+    daemon.start()
+
+    def touch_manifest():
+        st = (own / "manifest.json").stat()
+        os.utime(own / "manifest.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    try:
+        (own / "cnn.pt").write_bytes(b"not a torch file " * 64)
+        touch_manifest()
+        (night / plan.filename).write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
+        assert wait_for(lambda: _get(daemon, "/healthz")[0] == 503, timeout=30)
+        doc = json.loads(_get(daemon, "/healthz")[1])
+        (own / "cnn.pt").write_bytes(good_weights)
+        touch_manifest()
+        assert wait_for(lambda: daemon.ledger.counts()["graded"] == 1, timeout=30)
+        entry = daemon.ledger.latest(plan.filename[:7])
+        assert wait_for(lambda: _get(daemon, "/healthz")[0] == 200, timeout=10)
+    finally:
+        daemon.stop(timeout=30)
+    (problem,) = doc["problems"]
+    assert problem.startswith(f"model bundle {own} cannot be loaded: "), problem
+    assert entry.failures == 0

@@ -147,7 +147,14 @@ class DaemonProcess:
             return bool(found)
 
         wait_for(listening, START_TIMEOUT_S, "the metrics port", self)
-        wait_for(lambda: self.get("/healthz") is not None, 10.0, "/healthz", self)
+
+        def answers() -> bool:  # 200, or 503 with the reason (a test may break the output)
+            try:
+                return health_of(self)[0] in (200, 503)
+            except OSError:
+                return False
+
+        wait_for(answers, 10.0, "/healthz", self)
 
     def get(self, path: str) -> str | None:
         try:
@@ -165,6 +172,17 @@ class DaemonProcess:
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(10)
         return poll_until(lambda: not session_members(self.pid), 10.0)
+
+
+def health_of(proc: DaemonProcess) -> tuple[int, str]:
+    """(HTTP status, body) of the daemon's /healthz; a 503 is an answer, not an error."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(proc.url + "/healthz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 @contextlib.contextmanager
@@ -313,7 +331,9 @@ def test_failing_sink_keeps_exposures_pending_until_they_can_be_written(bundle, 
             assert c["seen"] + c["grading"] == 2, c
             assert "on_reject(" not in proc.text()  # the watcher did not have to retry it
             assert proc.proc.poll() is None
-            assert '"ok": true' in (proc.get("/healthz") or "")
+            # /healthz tells the truth: 503, saying why (issue 21, item 7)
+            status, body = health_of(proc)
+            assert status == 503 and "cannot write grades into" in body, (status, body)
             blocker.unlink()
             wait_for(
                 lambda: ledger.counts()["graded"] == 1 and ledger.counts()["quarantined"] == 1,
