@@ -446,7 +446,7 @@ class Daemon:
         probe = self.out_dir / "exposures" / f".skygrade-probe-{os.getpid()}"
         try:
             atomic_write_bytes(probe, b"")
-            probe.unlink()
+            probe.unlink(missing_ok=True)  # a concurrent probe (health, grader) took it
         except OSError as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
