@@ -292,7 +292,8 @@ def run_evaluate(
     r = rules
     notes.append(
         f"Exposure rule: the mean of the CCDs' probabilities (shipped) grades {r['mean']:.1%} "
-        f"of the {r['n']} exposures right, the normalised geometric mean {r['geometric']:.1%}."
+        f"of the {r['n']} exposures right, the normalised geometric mean {r['geometric']:.1%}, "
+        f"the vote pool (half vote shares, half mean) {r['vote']:.1%}."
     )
     agree_rows = agreement(data, probs["full"], evaluated, read_label_sets(archive).also)
     if agree_rows["n_also"]:
@@ -402,18 +403,20 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
 
 def rule_comparison(data, probs: np.ndarray) -> dict:
     """Exposure accuracy of the shipped exposure rule (:func:`models.aggregate.combine`, the
-    mean) beside the normalised geometric mean it replaced, on the same CCD probabilities."""
-    from models.aggregate import combine, geometric_mean
+    mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
+    probabilities."""
+    from models.aggregate import combine, geometric_mean, vote_pool
 
     ids = sorted(set(data.exposure.tolist()))
-    right = {"mean": 0, "geometric": 0}
+    right = {"mean": 0, "geometric": 0, "vote": 0}
     for e in ids:
         m = data.exposure == e
         truth = int(np.bincount(data.label[m]).argmax())
         right["mean"] += int(np.argmax(combine(probs[m])) == truth)
         right["geometric"] += int(np.argmax(geometric_mean(probs[m])) == truth)
+        right["vote"] += int(np.argmax(vote_pool(probs[m])) == truth)
     n = max(len(ids), 1)
-    return {"n": len(ids), "mean": right["mean"] / n, "geometric": right["geometric"] / n}
+    return {"n": len(ids), **{rule: count / n for rule, count in right.items()}}
 
 
 def agreement(data, probs: np.ndarray, evaluated, also: dict) -> dict:

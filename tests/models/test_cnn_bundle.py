@@ -82,15 +82,16 @@ def _sources(
     minor = rng.normal(0.6 * radius, 0.03, n)
     major = minor * elongation * np.exp(rng.normal(0.0, major_scatter, n))
     angle = rng.uniform(-90, 90, n) if theta is None else rng.normal(theta, 5.0, n)
+    flux = rng.pareto(1.5, n) + 1
     return {
         "X_IMAGE": x,
         "Y_IMAGE": rng.uniform(1, height, n),
-        "ISO0": rng.uniform(5, 50, n),
+        "ISO0": 5.0 * flux**0.5 * rng.uniform(0.9, 1.1, n),  # a footprint grows with flux
         "ELONGATION": rng.normal(elongation, 0.02, n),
         "ELLIPTICITY": np.full(n, 0.05),
         "CLASS_STAR": np.full(n, 3e-4),
         "FLAGS": rng.choice([0, 2], n),
-        "FLUX": rng.pareto(1.5, n) + 1,
+        "FLUX": flux,
         "FLUX_RADIUS": rng.normal(radius, 0.05, n),
         "A_IMAGE": major,
         "B_IMAGE": minor,
@@ -106,7 +107,7 @@ def test_ccd_summary_is_the_same_on_quarter_and_full_size_ccds():
     assert quarter.shape == (len(SUMMARY_FEATURES),)
     # theta_alignment of random orientations is noise ~ 1/sqrt(n): small on both, not equal
     t = SUMMARY_FEATURES.index("theta_alignment")
-    assert quarter[t] < 0.15 and full[t] < 0.15
+    assert quarter[t] < 0.25 and full[t] < 0.25  # 125 and 500 sources in the brightest quarter
     keep = np.arange(len(SUMMARY_FEATURES)) != t
     np.testing.assert_allclose(quarter[keep], full[keep], atol=0.02)
     assert quarter[SUMMARY_FEATURES.index("log_sky_rate")] == pytest.approx(np.log10(5.0))
