@@ -23,10 +23,24 @@ import numpy as np
 from astropy.io import fits
 
 from models.classes import CLASSES
+from models.summary import bright_mask
 from transforms.exposure import exposure_id_from_path
 
 FULL_CCD_PIXELS = 2048 * 4612
-STATS = ("sources/CCD", "FLAGS==0", "elong clean", "elong all", "ISO0 clean", "ISO0 all", "BKG")
+STATS = (
+    "sources/CCD",
+    "FLAGS==0",
+    "elong clean",
+    "elong bright",
+    "elong all",
+    "ISO0 clean",
+    "ISO0 all",
+    "BKG",
+)
+"""Per CCD: detections (scaled to a full CCD), the FLAGS == 0 fraction, median ELONGATION of
+the FLAGS == 0 sources, of their brightest quarter by ISO0 (:func:`models.summary.bright_mask`,
+what the network's shape statistics read), and of all unsaturated ones; median ISO0 of the
+clean and the unsaturated; median BACKGROUND."""
 
 
 def _labels(root: Path) -> dict[str, str]:
@@ -45,11 +59,15 @@ def ccd_stats(table, pixels: int | None) -> np.ndarray | None:
     iso = np.asarray(table["ISO0"], dtype=float)
     clean, unsat = flags == 0, (flags & 4) == 0
     scale = FULL_CCD_PIXELS / pixels if pixels else 1.0
+    bright = np.zeros_like(clean)
+    if clean.any():
+        bright[np.flatnonzero(clean)[bright_mask(iso[clean])]] = True
     return np.array(
         [
             len(flags) * scale,
             clean.mean(),
             np.median(elong[clean]) if clean.any() else np.nan,
+            np.median(elong[bright]) if bright.any() else np.nan,
             np.median(elong[unsat]) if unsat.any() else np.nan,
             np.median(iso[clean]) if clean.any() else np.nan,
             np.median(iso[unsat]) if unsat.any() else np.nan,
