@@ -6,6 +6,7 @@ with ``os.replace``, so a reader (or a crash) never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -272,7 +273,10 @@ def write_grade_rows(
     The exposure file is the commit mark: its presence means the exposure is done, and the
     images and CCD rows it refers to are already in place. Writing the same exposure with the
     same model again (a regrade after a crash) replaces the files, so the dataset holds each
-    exposure exactly once per model version. CCD rows may carry an ``image`` (the CCD's
+    exposure exactly once per model version; an earlier outcome in another night's partition
+    (a quarantine row filed under the night of arrival, then the graded row under the night of
+    DATE-OBS: issue 21 item 5) is removed once the new one is in place
+    (:func:`remove_other_nights`). CCD rows may carry an ``image`` (the CCD's
     representative image, not a parquet column): those go to :func:`images_path` of the
     exposure file, as uint8 (:func:`write_images`). Reasons are written with their control
     characters escaped (:func:`ops.text.escape_controls`).
@@ -291,7 +295,56 @@ def write_grade_rows(
     if images:
         write_images(images_path(exp_path), images)
     write_parquet_atomic(rows_table(ccd_rows, CCD_SCHEMA), ccd_path)
-    return write_parquet_atomic(rows_table([row], EXPOSURE_SCHEMA), exp_path)
+    written = write_parquet_atomic(rows_table([row], EXPOSURE_SCHEMA), exp_path)
+    names = {exp_path.name, exposure_file_name(row["exposure_id"], row["model_version"])}
+    remove_other_nights(out_dir, row["night"], names)
+    return written
+
+
+def remove_other_nights(out_dir: str | os.PathLike, night: str, names: set[str]) -> int:
+    """Remove the files named ``names`` (an exposure's files for one model version) from every
+    night partition but ``night``; returns how many exposure files went.
+
+    One exposure, one row per model version, whichever night its outcomes were filed under: a
+    file quarantined as truncated has no readable DATE-OBS and goes under the night of its
+    arrival; completed later, it is graded under the night of its DATE-OBS. The later outcome
+    replaces the earlier one, as it does within a night. Called once the new exposure file is
+    in place, so a crash in between leaves two rows, never none; and the daemon commits an
+    exposure to its ledger only after its rows are written, so after such a crash it writes
+    the exposure again and this removal is finished then. In each old night the exposure file
+    (the commit mark) goes first, then the CCD file and the images; a partition left empty is
+    removed, so that no empty night is listed (the observer's live night is the latest).
+    """
+    out = Path(out_dir)
+    keep = f"night={night}"
+    removed = 0
+    for tree in ("exposures", "ccds", "images"):
+        root = out / tree
+        try:
+            with os.scandir(root) as entries:
+                folders = [
+                    e.name
+                    for e in entries
+                    if e.name.startswith("night=")
+                    and e.name != keep
+                    and e.is_dir(follow_symlinks=False)
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for folder in folders:
+            gone = 0
+            for name in names:
+                file = root / folder / (name if tree != "images" else f"{Path(name).stem}.npz")
+                try:
+                    os.unlink(file)
+                except FileNotFoundError:
+                    continue
+                gone += 1
+            if gone:
+                removed += gone if tree == "exposures" else 0
+                with contextlib.suppress(OSError):  # only if empty: a writer keeps it
+                    os.rmdir(root / folder)
+    return removed
 
 
 def read_grades(out_dir: str | os.PathLike, which: str = "exposures") -> pa.Table:

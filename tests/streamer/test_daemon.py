@@ -575,3 +575,39 @@ def test_healthz_is_503_while_the_bundle_cannot_be_loaded(
     (problem,) = doc["problems"]
     assert problem.startswith(f"model bundle {own} cannot be loaded: "), problem
     assert entry.failures == 0
+
+
+def test_a_truncated_file_completed_later_has_one_row_in_the_night_of_its_date_obs(
+    bundle, tmp_path, daemon_config, wait_for
+):
+    """Issue 21, item 5: a file quarantined as truncated (no DATE-OBS read: filed under the
+    night of its arrival) and completed later was graded under the night of its DATE-OBS and
+    kept both rows. The later outcome replaces the earlier one: one row, one night, everywhere
+    (read_grades, the report, the observer's /api/nights)."""
+    import json
+
+    from streamer.report import nights
+
+    cfg = _config(daemon_config, incomplete_timeout_s=0.5)
+    drop, out = tmp_path / "drop", tmp_path / "grades"
+    drop.mkdir()  # no night folder: the quarantine row takes the night of arrival
+    plan = plan_night("2026-11-24", 1, seed=41, class_mix={"GOOD": 1})[0]
+    data = exposure_bytes(plan, Geometry(1, 256, 320))
+    eid = plan.filename[:7]
+    daemon = Daemon(drop, out, bundle, cfg)
+    daemon.start()
+    try:
+        (drop / plan.filename).write_bytes(data[: len(data) // 2])
+        assert wait_for(lambda: daemon.ledger.counts()["quarantined"] == 1, timeout=30)
+        (first,) = read_grades(out).to_pylist()
+        assert first["status"] == "quarantined" and first["reason"].startswith("truncated")
+        assert first["night"] != "2026-11-24"
+        (drop / plan.filename).write_bytes(data)  # the rest of the copy arrives
+        assert wait_for(lambda: daemon.ledger.counts()["graded"] == 1, timeout=30)
+        status, body = _get(daemon, "/api/nights")
+    finally:
+        daemon.stop(timeout=30)
+    rows = [r for r in read_grades(out).to_pylist() if r["exposure_id"] == eid]
+    assert [(r["night"], r["status"]) for r in rows] == [("2026-11-24", "graded")]
+    assert nights(out) == ["2026-11-24"]
+    assert status == 200 and json.loads(body)["nights"] == ["2026-11-24"], body

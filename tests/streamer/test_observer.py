@@ -112,7 +112,8 @@ def dataset(tmp_path):
     later = exposure(1, "GOOD", 36, version="v2")  # exposure 1 regraded by a later model
     later["graded_at"] += 86400
     write_backfill_rows(out, later, ccd_rows(later, 7))
-    other = exposure(0, "BGP", 4) | {"night": "2026-11-23"}
+    # another night's exposure (an exposure id is in one night only: issue 21 item 5)
+    other = exposure(10, "BGP", 4) | {"night": "2026-11-23"}
     write_grade_rows(out, other, ccd_rows(other, 3))
     return out
 

@@ -54,7 +54,8 @@ def dataset(tmp_path):
     later = row(3, "GOOD", 60, version="v2")
     later["graded_at"] += 86400
     write_backfill_rows(out, later, [])
-    write_grade_rows(out, row(0, "BT", 0) | {"night": "2026-11-23"}, [])  # another night
+    # another night's exposure (an exposure id is in one night only: issue 21 item 5)
+    write_grade_rows(out, row(10, "BT", 0) | {"night": "2026-11-23"}, [])
     return out
 
 
