@@ -55,3 +55,16 @@ def escape_controls(text: object) -> str:
     """
     text = str(text)
     return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
+def duration_text(seconds: float) -> str:
+    """A wait or a loss in the unit a person reads it in.
+
+    >>> duration_text(45), duration_text(720), duration_text(5400)
+    ('45 s', '12 min', '1.5 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

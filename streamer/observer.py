@@ -66,6 +66,7 @@ from markupsafe import Markup
 
 from models.classes import CLASSES, DESCRIPTIONS
 from ops.http import Request, Response
+from ops.text import duration_text
 from streamer.report import (
     GRADE_COLORS,
     PHYSICAL,
@@ -1001,15 +1002,7 @@ def _nav_context(night: str, nights: list[str], live: bool) -> dict:
 
 
 def _ago(seconds: float) -> str:
-    return _duration(seconds) + " ago"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return duration_text(seconds) + " ago"
 
 
 def render_now(doc: dict, now: float | None = None) -> Markup:
@@ -1057,7 +1050,7 @@ def render_waiting(items: list[dict]) -> Markup:
             | {
                 "t": None if t is None else f"{t:.3f}",
                 "hms": "-" if t is None else _hms(dt.datetime.fromtimestamp(t, dt.UTC)) + " UT",
-                "waited": "-" if w["waited_s"] is None else _duration(w["waited_s"]),
+                "waited": "-" if w["waited_s"] is None else duration_text(w["waited_s"]),
             }
         )
     return render("waiting.html.j2", items=view, more=max(0, len(items) - WAITING_ROWS))
@@ -1333,7 +1326,7 @@ def render_tonight(
             {"grade": g, "n": s["grades"].get(g, 0), "description": DESCRIPTIONS[g]}
             for g in CLASSES
         ],
-        lost=[(g, _duration(s["lost_s"][g])) for g in CLASSES if g in s["lost_s"]],
+        lost=[(g, duration_text(s["lost_s"][g])) for g in CLASSES if g in s["lost_s"]],
         links=links,
         start=start.isoformat(),
         end=end.isoformat(),

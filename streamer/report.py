@@ -21,6 +21,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from ops.text import duration_text
+
 log = logging.getLogger(__name__)
 
 HELP = (
@@ -258,15 +260,6 @@ def trends(rows: list[dict]) -> tuple[tuple[str, str], ...]:
         for column, label in TRENDS
         if any(r["status"] == "graded" and _usable(r.get(column)) for r in rows)
     )
-
-
-def duration_text(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``1.5 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _ut(when: dt.datetime | None) -> str:
