@@ -316,6 +316,17 @@ class Ledger:
                 raise
             conn.execute("COMMIT")
 
+    @classmethod
+    def _grading_row(cls, conn, key: int, verb: str, detail: str = "") -> Entry:
+        """The row ``key``, which must be in ``grading`` (else ValueError naming its state)."""
+        current = cls._row(conn, key)
+        if current.state != "grading":
+            raise ValueError(
+                f"cannot {verb} exposure {current.exposure_id} v{current.version} "
+                f"(key {key}){detail}: it is in state {current.state!r}, not 'grading'"
+            )
+        return current
+
     @staticmethod
     def _row(conn: sqlite3.Connection, key: int) -> Entry:
         row = conn.execute(f"SELECT {_COLUMNS} FROM exposures WHERE key = ?", (key,)).fetchone()
@@ -518,12 +529,7 @@ class Ledger:
             raise ValueError(f"a quarantined exposure needs a reason, got {reason!r}")
         reason = None if reason is None else escape_controls(reason)
         with self._tx() as conn:
-            current = self._row(conn, key)
-            if current.state != "grading":
-                raise ValueError(
-                    f"cannot finish exposure {current.exposure_id} v{current.version} "
-                    f"(key {key}) as {state!r}: it is in state {current.state!r}, not 'grading'"
-                )
+            self._grading_row(conn, key, "finish", f" as {state!r}")
             conn.execute(
                 "UPDATE exposures SET state = ?, reason = ?, model_version = ?, finished_at = ? "
                 "WHERE key = ?",
@@ -624,12 +630,7 @@ class Ledger:
             If the row is not in ``grading`` (the message names its state).
         """
         with self._tx() as conn:
-            current = self._row(conn, key)
-            if current.state != "grading":
-                raise ValueError(
-                    f"cannot release exposure {current.exposure_id} v{current.version} "
-                    f"(key {key}): it is in state {current.state!r}, not 'grading'"
-                )
+            self._grading_row(conn, key, "release")
             conn.execute(
                 "UPDATE exposures SET state = 'seen', attempts = MAX(attempts - 1, 0), "
                 "started_at = NULL WHERE key = ?",
@@ -664,12 +665,7 @@ class Ledger:
             If the row is not in ``grading`` (the message names its state).
         """
         with self._tx() as conn:
-            current = self._row(conn, key)
-            if current.state != "grading":
-                raise ValueError(
-                    f"cannot retry exposure {current.exposure_id} v{current.version} "
-                    f"(key {key}): it is in state {current.state!r}, not 'grading'"
-                )
+            self._grading_row(conn, key, "retry")
             conn.execute(
                 "UPDATE exposures SET state = 'seen', failures = failures + ?, "
                 "next_attempt_at = ?, last_error = ? WHERE key = ?",
