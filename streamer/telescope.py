@@ -11,13 +11,16 @@ Physics, per CCD (pixel scale 0.187 arcsec/px):
 
 - sources: stars and galaxies with magnitudes from a power law ``dN/dm ~ 10**(0.3 m)``, rendered
   as flux-scaled stamps of a pixel-integrated kernel (sub-pixel phases for the compact kernel);
-- PSF: elliptical Moffat whose FWHM varies smoothly over the focal plane and between CCD
-  regions, convolved with the tracking path of the exposure (a segment for ``BT``, a random walk
-  and/or field rotation for ``RBT``), galaxies are Gaussians convolved with that kernel;
+- PSF: elliptical Moffat (beta 2-5) or Kolmogorov (the long-exposure atmosphere, wings falling
+  as r**(-11/3)) whose FWHM varies smoothly over the focal plane and between CCD regions,
+  convolved with the tracking path of the exposure (a segment for ``BT``, a random walk
+  and/or field rotation for ``RBT``); galaxies (Gaussian, exponential and de Vaucouleurs
+  profiles) are convolved with that kernel;
 - sky: per-filter rate times a sky factor, vignetting, linear (log) moonlight gradient, scattered
-  light blobs and a cloud transmission field for ``BGP``;
-- detector: Poisson (Gaussian approximation) and read noise, bias pedestal, saturation with bleed
-  columns, cosmic rays (rate proportional to the exposure time), bad columns and rare dead CCDs.
+  light blobs and arcs and a cloud transmission field for ``BGP``;
+- detector: Poisson (Gaussian approximation) and read noise, bias pedestal with an offset between
+  the two amplifier halves of a CCD, saturation with bleed columns, cosmic rays (rate
+  proportional to the exposure time), bad columns and rare dead CCDs.
 
 The class parameter distributions overlap at their edges, as the real grades do.
 """
@@ -25,6 +28,7 @@ The class parameter distributions overlap at their edges, as the real grades do.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -69,6 +73,7 @@ _BIAS_LEVEL = 200.0
 _MAX_HALF = 110  # cap on a kernel's half size, pixels
 _N_GALAXY_TEMPLATES = 10
 _COMPANION_FRACTION = 0.35
+_LOG_HALF_LIGHT_22 = math.log(3.2)  # typical galaxy half-light radius at magnitude 22: 0.6", in px
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +207,7 @@ FILTERS: dict[str, _Filter] = {
 }
 
 _TRAIL_MODES = ("none", "linear", "walk", "rotation", "walk+rotation")
+_PSF_MODELS = ("moffat", "kolmogorov")
 
 
 @dataclass(frozen=True)
@@ -233,7 +239,9 @@ class ExposurePlan:
     seeing : float
         Delivered FWHM at the centre of the focal plane, arcsec.
     beta : float
-        Moffat beta of the PSF.
+        Moffat beta of the PSF (unused by the Kolmogorov model).
+    psf_model : str
+        ``"moffat"`` or ``"kolmogorov"``.
     psf_ellip, psf_angle : float
         Intrinsic PSF ellipticity (1 - b/a) and position angle (degrees).
     trail_mode : str
@@ -259,6 +267,9 @@ class ExposurePlan:
         Fraction of the field under clouds (0-1).
     transparency : float
         Overall photometric transparency.
+    amp_offset : float
+        Scale (ADU) of the bias offset between a CCD's two amplifier halves; each CCD draws
+        its own offset, normal with this standard deviation (0: none).
     """
 
     expnum: int
@@ -287,12 +298,16 @@ class ExposurePlan:
     cloud_min: float = 1.0
     cloud_cover: float = 0.0
     transparency: float = 1.0
+    psf_model: str = "moffat"
+    amp_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.label not in CLASSES:
             raise ValueError(f"label must be one of {CLASSES}, got {self.label!r}")
         if self.filter not in FILTERS:
             raise ValueError(f"filter must be one of {sorted(FILTERS)}, got {self.filter!r}")
+        if self.psf_model not in _PSF_MODELS:
+            raise ValueError(f"psf_model must be one of {_PSF_MODELS}, got {self.psf_model!r}")
         if self.trail_mode not in _TRAIL_MODES:
             raise ValueError(f"trail_mode must be one of {_TRAIL_MODES}, got {self.trail_mode!r}")
         if not self.exptime > 0:
@@ -343,10 +358,21 @@ def _night_start_utc(night_date: date) -> datetime:
 
 
 def _draw_exptime(rng: np.random.Generator) -> float:
-    # MegaCam exposures run from snapshots of ~10 s to 20-minute narrow-band exposures.
+    # MegaCam exposures run from 5 s snapshots (standards, twilight) to 20-minute narrow-band.
     if rng.random() < 0.5:
         return float(rng.choice([30.0, 60.0, 300.0, 600.0]))
-    return float(np.round(np.exp(rng.uniform(np.log(10.0), np.log(1200.0)))))
+    return float(np.round(np.exp(rng.uniform(np.log(5.0), np.log(1200.0)))))
+
+
+def _draw_instrument(rng: np.random.Generator) -> dict[str, object]:
+    """PSF family and amplifier offsets, from their own random stream (so that adding them left
+    every other parameter of a plan as it was)."""
+    # About a third of nights are dominated by the free atmosphere (Kolmogorov, wings ~r^-11/3,
+    # broader than any Moffat of beta >= 2), the others by dome and optics (Moffat).
+    model = "kolmogorov" if rng.random() < 0.35 else "moffat"
+    # Bias residuals between the two amplifiers of a CCD: usually none, sometimes tens of ADU.
+    offset = float(np.exp(rng.uniform(np.log(0.5), np.log(20.0)))) if rng.random() < 0.3 else 0.0
+    return {"psf_model": model, "amp_offset": offset}
 
 
 def _draw_conditions(rng: np.random.Generator, label: str) -> dict[str, object]:
@@ -420,6 +446,7 @@ def _make_plan(
     dec = round(float(rng.uniform(-25.0, 75.0)), 5)
     obj = f"F{int(ra):03d}{int(round(dec)):+03d}"
     conditions = _draw_conditions(rng, label)
+    conditions.update(_draw_instrument(np.random.default_rng([seed, expnum, 0x1257])))
     return ExposurePlan(
         expnum=expnum,
         label=label,
@@ -546,6 +573,43 @@ def _moffat_grid(
     return (1.0 + r2) ** (-beta)
 
 
+@functools.cache
+def _kolmogorov_profile() -> tuple[np.ndarray, np.ndarray]:
+    """Radial profile of the long-exposure Kolmogorov PSF: (radius / FWHM, peak-normalised).
+
+    The inverse Fourier transform of the atmospheric transfer function
+    ``exp(-3.44 (f lambda / r0)**(5/3))`` on a 2048^2 grid with 16 samples per FWHM (FWHM ~
+    0.976 lambda / r0), read along one axis; the radius is rescaled so that the half maximum
+    lies at exactly 0.5 FWHM. Computed once per process (~0.3 s).
+    """
+    n, per_fwhm = 2048, 16.0
+    lam_r0 = per_fwhm / 0.976  # samples
+    f = np.fft.fftfreq(n)
+    k = np.hypot(f[:, None], f[None, :])
+    psf = np.fft.fftshift(np.fft.ifft2(np.exp(-3.44 * (k * lam_r0) ** (5.0 / 3.0))).real)
+    prof = psf[n // 2, n // 2 :]
+    prof = np.clip(prof / prof[0], 0.0, None)
+    r = np.arange(prof.size) / per_fwhm
+    i = int(np.argmax(prof < 0.5))
+    r_half = r[i - 1] + (prof[i - 1] - 0.5) / (prof[i - 1] - prof[i]) * (r[i] - r[i - 1])
+    return r * (0.5 / r_half), prof
+
+
+def _psf_grid(
+    n: int, step: float, fwhm: float, beta: float, ellip: float, angle: float, model: str
+) -> np.ndarray:
+    """Elliptical PSF of the plan's model sampled on an ``n x n`` grid (centred as Moffat's)."""
+    if model == "moffat":
+        return _moffat_grid(n, step, fwhm, beta, ellip, angle)
+    coords = (np.arange(n) - (n - 1) / 2.0) * step
+    x, y = np.meshgrid(coords, coords)
+    xr, yr = _rotated(x, y, angle)
+    q = max(1.0 - ellip, 0.05)
+    r = np.hypot(xr * math.sqrt(q), yr / math.sqrt(q)) / fwhm
+    radius, prof = _kolmogorov_profile()
+    return np.interp(r, radius, prof, right=0.0)
+
+
 def _deposit(step: float, path: np.ndarray) -> np.ndarray:
     """Bilinear deposit of equally weighted path points (pixels) on a grid of odd size.
 
@@ -616,14 +680,15 @@ def _build_kernels(
     angle: float,
     path: np.ndarray | None,
     galaxy_shapes: np.ndarray,
+    model: str = "moffat",
 ) -> _KernelSet:
-    """Build the kernels of one region: PSF (Moffat) convolved with the tracking path."""
+    """Build the kernels of one region: PSF (``model``) convolved with the tracking path."""
     extent = _path_extent(path)
     core_half = min(_MAX_HALF, int(math.ceil(3.0 * fwhm + extent + 2)))
     os_ = 4 if core_half <= 24 else 2 if core_half <= 60 else 1
     n = (2 * core_half + 1) * os_
     step = 1.0 / os_
-    psf = _moffat_grid(n, step, fwhm, beta, ellip, angle)
+    psf = _psf_grid(n, step, fwhm, beta, ellip, angle, model)
     if path is not None and extent > 0.05:
         psf = _convolve_same(psf, _deposit(step, path))
     # The oversampled grid is centred on the centre of pixel h; phase q (a sub-pixel shift of
@@ -638,7 +703,7 @@ def _build_kernels(
     pix0 = core[(os_ // 2) * os_ + (os_ // 2)].astype(np.float64)
     wide_half = min(_MAX_HALF, int(math.ceil(12.0 * fwhm + extent + 2)))
     nw = 2 * wide_half + 1
-    wide = _moffat_grid(nw, 1.0, fwhm, beta, ellip, angle)
+    wide = _psf_grid(nw, 1.0, fwhm, beta, ellip, angle, model)
     if path is not None and extent > 0.05:
         wide = _convolve_same(wide, _deposit(1.0, path))
     wide = (wide / wide.sum()).astype(np.float32)
@@ -676,6 +741,7 @@ class _Context:
     walk: np.ndarray | None  # (n, 2) pixels, centred
     dwell: np.ndarray  # (k, 2): position along a linear trail (-0.5..0.5), flux fraction
     blobs: np.ndarray  # (k, 4): u, v, size, amplitude
+    arcs: np.ndarray  # (k, 5): centre u, v, radius, width, amplitude (rings of scattered light)
     cloud_modes: np.ndarray  # (m, 4): ku, kv, phase, amplitude
     cloud_threshold: float
     vignetting: float
@@ -719,8 +785,22 @@ def _context(plan: ExposurePlan, geometry: Geometry) -> _Context:
     if cover >= 1:
         threshold = 10.0
     vign = float(rng.uniform(0.15, 0.3))
+    # Scattered light also comes as arcs (reflections of a bright star off the field): rings
+    # centred outside the mosaic whose edge crosses it. Drawn last so earlier draws keep.
+    n_arcs = int(rng.random() < 0.5) * int(rng.integers(1, 3)) if plan.scatter > 0 else 0
+    phi = rng.uniform(0.0, 2.0 * math.pi, n_arcs)
+    dist = rng.uniform(1.2, 2.2, n_arcs)
+    arcs = np.column_stack(
+        [
+            dist * np.cos(phi),
+            dist * np.sin(phi),
+            dist + rng.uniform(-0.9, -0.2, n_arcs),
+            rng.uniform(0.03, 0.15, n_arcs),
+            plan.scatter * rng.uniform(0.2, 0.7, n_arcs),
+        ]
+    )
     return _Context(
-        plan, geometry, (xc, yc), radius, coeffs, walk, dwell, blobs, modes, threshold, vign
+        plan, geometry, (xc, yc), radius, coeffs, walk, dwell, blobs, arcs, modes, threshold, vign
     )
 
 
@@ -806,6 +886,9 @@ def _fields(ctx: _Context, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np
     sky = np.exp(plan.sky_gradient * (u * math.cos(g) + v * math.sin(g)))
     for bu, bv, size, amp in ctx.blobs:
         sky = sky + amp * np.exp(-((u - bu) ** 2 + (v - bv) ** 2) / (2 * size * size))
+    for au, av, rad, width, amp in ctx.arcs:
+        ring = (np.hypot(u - au, v - av) - rad) / width
+        sky = sky + amp * np.exp(-0.5 * ring * ring)
     trans = np.ones_like(u)
     if plan.cloud_min < 1.0:
         f = np.zeros_like(u)
@@ -899,6 +982,10 @@ def _render_ccd(ctx: _Context, ccd: int) -> tuple[np.ndarray, _CcdMeta]:
     signal += noise
     del noise
     signal += meta.bias
+    if plan.amp_offset > 0:
+        # The right amplifier's bias residual against the left one (MegaCam: 2 amps per CCD).
+        amp_rng = np.random.default_rng([plan.seed, plan.expnum, ccd, 0xA3F])
+        signal[:, width // 2 :] += float(plan.amp_offset * amp_rng.standard_normal())
     if not meta.dead:
         _add_cosmic_rays(rng, signal, plan.exptime, meta.gain)
     np.clip(signal, 0.0, meta.saturate, out=signal)
@@ -922,6 +1009,16 @@ def _galaxy_profile(r: np.ndarray, profile: int) -> np.ndarray:
     return np.exp(-7.669 * ((r / 4.0) ** 0.25 - 1.0)) * (r <= 8.0)
 
 
+def _galaxy_templates(
+    rng: np.random.Generator, mag: np.ndarray, half_light: np.ndarray
+) -> np.ndarray:
+    """Template index of each source if it is a galaxy: brighter galaxies are larger (apparent
+    size falls ~0.1 dex per magnitude, 0.15 dex scatter), so that the brightest isolated
+    sources hold resolved, intrinsically elongated galaxies as real fields do."""
+    want = _LOG_HALF_LIGHT_22 - 0.23 * (mag - 22.0) + rng.normal(0.0, 0.35, mag.size)
+    return np.abs(np.log(half_light)[None, :] - want[:, None]).argmin(axis=1)
+
+
 def _add_sources(
     ctx: _Context,
     rng: np.random.Generator,
@@ -937,7 +1034,9 @@ def _add_sources(
     # spheroids (de Vaucouleurs) and compact Gaussians, so that their outer isophotes break
     # into deblended pieces as real ones do under a low DEBLEND_MINCONT.
     profile = rng.choice(3, _N_GALAXY_TEMPLATES, p=[0.25, 0.55, 0.2])
-    half_light = np.clip(np.exp(rng.normal(np.log(2.6), 0.5, _N_GALAXY_TEMPLATES)), 0.8, 14.0)
+    half_light = np.clip(
+        np.exp(rng.normal(_LOG_HALF_LIGHT_22, 0.6, _N_GALAXY_TEMPLATES)), 0.8, 14.0
+    )
     galaxy_shapes = np.column_stack(
         [
             half_light / np.array([1.177, 1.678, 4.0])[profile],
@@ -958,7 +1057,7 @@ def _add_sources(
             fwhm = _fwhm_at(ctx, u, v)
             path = _trail_path(ctx, u, v, fwhm)
             ks = _build_kernels(
-                fwhm, plan.beta, plan.psf_ellip, plan.psf_angle, path, galaxy_shapes
+                fwhm, plan.beta, plan.psf_ellip, plan.psf_angle, path, galaxy_shapes, plan.psf_model
             )
             region_core[j, i] = (len(kernels), ks.oversample)
             kernels.extend(ks.core)
@@ -1012,7 +1111,7 @@ def _add_sources(
     flux = 10 ** (-0.4 * (mag - zp)) * trans
     p_gal = np.clip(0.15 + 0.12 * (mag - 18.0), 0.1, 0.75)
     is_gal = rng.random(n) < p_gal
-    gal_tpl = rng.integers(0, _N_GALAXY_TEMPLATES, n)
+    gal_tpl = _galaxy_templates(rng, mag, half_light)
     reg_y = np.clip((y * ry / height).astype(np.int64), 0, ry - 1)
     reg_x = np.clip((x * rx / width).astype(np.int64), 0, rx - 1)
     core0 = np.empty(n, dtype=np.int64)
@@ -1120,6 +1219,8 @@ def _primary_header(plan: ExposurePlan, geometry: Geometry) -> fits.Header:
     h["SIMSEED"] = (plan.seed, "simulation seed")
     h["SIMSEEIN"] = (round(plan.seeing, 4), "truth: FWHM at field centre [arcsec]")
     h["SIMBETA"] = (round(plan.beta, 4), "truth: Moffat beta")
+    h["SIMPSF"] = (plan.psf_model, "truth: PSF model")
+    h["SIMAMP"] = (round(plan.amp_offset, 3), "truth: amplifier offset scale [ADU]")
     h["SIMTRMOD"] = (plan.trail_mode, "truth: tracking error model")
     h["SIMTRAIL"] = (round(plan.trail_length, 3), "truth: trail / walk length [px]")
     h["SIMTRANG"] = (round(plan.trail_angle, 3), "truth: trail direction [deg]")

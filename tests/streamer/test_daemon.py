@@ -1,5 +1,6 @@
 """The daemon end to end, in process, on tiny exposures (bounded in time)."""
 
+import dataclasses
 import threading
 import time
 import urllib.request
@@ -592,6 +593,7 @@ def test_a_truncated_file_completed_later_has_one_row_in_the_night_of_its_date_o
     drop, out = tmp_path / "drop", tmp_path / "grades"
     drop.mkdir()  # no night folder: the quarantine row takes the night of arrival
     plan = plan_night("2026-11-24", 1, seed=41, class_mix={"GOOD": 1})[0]
+    plan = dataclasses.replace(plan, exptime=300.0)  # enough clean sources on a tiny CCD
     data = exposure_bytes(plan, Geometry(1, 256, 320))
     eid = plan.filename[:7]
     daemon = Daemon(drop, out, bundle, cfg)

@@ -70,7 +70,7 @@ def test_plan_night_times_expnums_and_labels():
     assert times[0] >= plans[0].date_obs.replace(day=2, hour=5, minute=0, second=0, microsecond=0)
     assert times[-1] <= plans[0].date_obs.replace(day=2, hour=15, minute=30, second=0)
     assert {p.label for p in plans} == {"GOOD", "BT"}
-    assert all(10 <= p.exptime <= 1200 for p in plans)  # snapshots to 20-minute exposures
+    assert all(5 <= p.exptime <= 1200 for p in plans)  # snapshots to 20-minute exposures
     assert plan_night(NIGHT, 40, seed=3, class_mix={"GOOD": 3, "BT": 1}) == plans
     assert plan_night(NIGHT, 5, seed=4, class_mix={"GOOD": 1})[0].expnum != expnums[0]
     assert plan_night(NIGHT, 2, 3, {"GOOD": 1}, first_expnum=2_000_000)[1].expnum == 2_000_001

@@ -1,0 +1,102 @@
+"""The simulator's wider sky (issue 20 item 1): Kolmogorov PSFs, scattered-light arcs and
+amplifier offsets, each drawn and each visible in the pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from models.classes import CLASSES
+from streamer.telescope import (
+    Geometry,
+    _context,
+    _fields,
+    _galaxy_templates,
+    _kolmogorov_profile,
+    _psf_grid,
+    plan_night,
+    render_exposure,
+)
+
+TINY = Geometry(2, 256, 320)
+NIGHT = "2024-03-01"
+
+
+def _half_light_over_fwhm(grid: np.ndarray, step: float, fwhm: float) -> float:
+    n = grid.shape[0]
+    yy, xx = np.indices(grid.shape)
+    r = np.hypot(xx - (n - 1) / 2, yy - (n - 1) / 2).ravel() * step
+    order = np.argsort(r)
+    cum = np.cumsum(grid.ravel()[order])
+    return float(r[order][np.searchsorted(cum / cum[-1], 0.5)] / fwhm)
+
+
+def test_kolmogorov_profile_has_unit_fwhm_and_the_theoretical_half_light_radius():
+    radius, prof = _kolmogorov_profile()
+    assert prof[0] == 1.0 and np.all(np.diff(prof[:200]) <= 0)
+    assert abs(np.interp(0.5, radius, prof) - 0.5) < 1e-3  # half maximum at 0.5 FWHM
+    fwhm = 6.0
+    grid = _psf_grid(1601, 0.25, fwhm, 3.0, 0.0, 0.0, "kolmogorov")
+    # Kolmogorov: half-light radius 0.5548 lambda/r0, FWHM 0.9759 lambda/r0 -> 0.5685 FWHM.
+    assert abs(_half_light_over_fwhm(grid, 0.25, fwhm) - 0.5685) < 0.01
+    # Its wings fall as r^(-11/3): between 5 and 10 FWHM the slope is close to -11/3.
+    r5, r10 = np.interp([5.0, 10.0], radius, prof)
+    assert -4.0 < np.log(r10 / r5) / np.log(2.0) < -3.4
+
+
+def test_elliptical_kolmogorov_has_the_axis_ratio_asked():
+    grid = _psf_grid(241, 0.25, 8.0, 3.0, 0.2, 0.0, "kolmogorov")
+    row, col = grid[120], grid[:, 120]
+    width = [np.count_nonzero(v >= v.max() / 2) for v in (row, col)]
+    assert abs(width[1] / width[0] - 0.8) < 0.05  # minor / major = 1 - ellipticity
+
+
+def test_nights_draw_both_psf_models_and_some_amplifier_offsets():
+    plans = plan_night(NIGHT, 80, 3, {c: 1.0 for c in CLASSES})
+    models = [p.psf_model for p in plans]
+    assert 0.15 < models.count("kolmogorov") / len(plans) < 0.55
+    offsets = [p.amp_offset for p in plans]
+    assert 0.1 < np.mean([o > 0 for o in offsets]) < 0.5
+    assert all(0.0 <= o <= 20.0 for o in offsets)
+
+
+def test_amplifier_offset_steps_the_bias_between_the_two_halves():
+    plan = plan_night(NIGHT, 1, 0, {"GOOD": 1.0})[0]
+    flat = dataclasses.replace(plan, amp_offset=0.0)
+    stepped = dataclasses.replace(plan, amp_offset=40.0)
+    a = np.asarray(render_exposure(flat, TINY)[1].data, dtype=np.float64)
+    b = np.asarray(render_exposure(stepped, TINY)[1].data, dtype=np.float64)
+    diff = b - a
+    left, right = diff[:, : TINY.width // 2], diff[:, TINY.width // 2 :]
+    assert np.all(left == 0.0)
+    step = float(np.median(right))
+    assert abs(step) > 1.0 and np.all(np.abs(right - step) <= 1.0)  # one offset, rounding
+
+
+def test_scattered_light_arcs_brighten_a_ring_of_the_sky():
+    plans = [p for p in plan_night(NIGHT, 60, 5, {"BGP": 1.0}) if p.scatter > 0]
+    with_arcs = [p for p in plans if len(_context(p, TINY).arcs)]
+    assert with_arcs and len(with_arcs) < len(plans)  # about half of the scattered-light skies
+    ctx = _context(with_arcs[0], TINY)
+    au, av, rad, width, amp = ctx.arcs[0]
+    # Where the ring crosses the mosaic the sky is brighter by about the arc's amplitude.
+    t = np.linspace(0.0, 2.0 * np.pi, 2000)
+    u, v = au + rad * np.cos(t), av + rad * np.sin(t)
+    inside = np.hypot(u, v) < 1.0  # within the field, where vignetting is under 6%
+    assert inside.any()
+    u, v = u[inside], v[inside]
+    sky, _ = _fields(ctx, u, v)
+    bare, _ = _fields(dataclasses.replace(ctx, arcs=ctx.arcs[:0]), u, v)
+    assert np.all(sky >= bare) and np.min(sky - bare) > 0.9 * amp
+
+
+def test_brighter_galaxies_take_larger_templates():
+    rng = np.random.default_rng(0)
+    half_light = np.exp(np.linspace(np.log(0.8), np.log(14.0), 10))
+    mag = np.repeat([18.0, 22.0, 25.0], 2000)
+    size = half_light[_galaxy_templates(rng, mag, half_light)].reshape(3, -1)
+    med = np.median(size, axis=1)
+    assert med[0] > 1.8 * med[1] > 1.8 * 1.5 * med[2]  # ~0.1 dex per magnitude
+    assert 2.5 < med[1] < 4.0  # ~0.6" (3.2 px) at magnitude 22
+    assert np.std(np.log10(size[1])) > 0.08  # with scatter at a given magnitude
