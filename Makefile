@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# lint-imports: the import rules of pyproject.toml's [tool.importlinter] (no cycles, the layers)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 sysdeps:
 	@for c in $(APT_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
@@ -113,4 +115,4 @@ bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache .ruff_cache .import_linter_cache

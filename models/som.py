@@ -13,8 +13,8 @@ Pipeline of one source:
    median and divides by its interquartile range, then clips to +-5 so that one wild source
    cannot pull a neuron.
 3. The best-matching unit (BMU) is found with chunked matrix distances (:func:`best_matching_units`)
-   rather than minisom's per-sample ``winner``: ~150k sources of a full exposure in well under
-   0.2 s.
+   rather than minisom's per-sample ``winner``: a full exposure's sources in a fraction of a
+   second (benchmarks/som.py; the figure is in benchmarks/README.md).
 4. The neuron's cluster comes from :func:`ward_clusters` over the codebook.
 """
 
@@ -74,8 +74,9 @@ def measured_mask(table: dict[str, np.ndarray]) -> np.ndarray:
     (as the real graded ones are) is mostly deblended pieces of galaxies and star halos,
     elongated whatever the PSF, and how many there are depends on the site's configuration,
     not on the sky; the isolated sources keep the PSF's shape under any configuration
-    (REFERENCE.md). A CCD with fewer than :data:`MIN_ISOLATED` of them (a trailed CCD under
-    stock deblending, where the trails are pieces) uses all its clean sources instead.
+    (docs/model.md, "Real archive catalogs and skies the simulator never drew"). A CCD with
+    fewer than :data:`MIN_ISOLATED` of them (a trailed CCD under stock deblending, where the
+    trails are pieces) uses all its clean sources instead.
     """
     clean = clean_mask(table)
     isolated = clean & (np.asarray(table["FLAGS"]) == 0)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from streamer.cli_common import not_beam_noise
 from streamer.progress import Progress
 from transforms.exposure import read_ccd
 from transforms.sextractor import CATALOG_PARAMETERS, REQUIRED_COLUMNS
@@ -311,9 +312,7 @@ def catalog_archive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamer.cli import _not_beam_noise
-
-    logging.getLogger().addFilter(_not_beam_noise)  # Beam's import warns about Google Cloud
+    logging.getLogger().addFilter(not_beam_noise)  # Beam's import warns about Google Cloud
     parser = argparse.ArgumentParser(
         prog="python -m streamer.archive_catalogs",
         description=(

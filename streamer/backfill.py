@@ -41,6 +41,15 @@ from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 import apache_beam as beam
 
+from streamer.cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    UsageError,
+    add_bundle_option,
+    add_runner_options,
+    bundle_from_args,
+    parse_nights,
+)
 from transforms.sinks import grade_paths, write_grade_rows
 
 if TYPE_CHECKING:
@@ -516,8 +525,6 @@ def _read_written(files: dict[str, Path], model_version: str) -> list[dict]:
 
 def add_arguments(parser) -> None:
     """Declare ``skygrade backfill``'s arguments."""
-    from streamer.cli import _add_bundle_option, _add_runner_options
-
     parser.add_argument("archive", type=Path, help="directory tree of exposures (or catalogs)")
     parser.add_argument(
         "--out",
@@ -547,8 +554,8 @@ def add_arguments(parser) -> None:
         default=32,
         help="exposures per Beam job (what a crash can lose; progress granularity); default 32",
     )
-    _add_bundle_option(parser)
-    _add_runner_options(parser)
+    add_bundle_option(parser)
+    add_runner_options(parser)
     parser.add_argument(
         "--ccd-workers",
         type=int,
@@ -578,7 +585,6 @@ def add_arguments(parser) -> None:
 def command(args, cfg) -> int:
     """Run ``skygrade backfill``; returns the exit code."""
     from ops.config import with_backend
-    from streamer.cli import EXIT_FAILURE, EXIT_OK, UsageError, _bundle, parse_nights
     from streamer.pipelines import DASK_RUNNERS, pipeline_options
 
     if not args.archive.is_dir():
@@ -609,7 +615,7 @@ def command(args, cfg) -> int:
     summary = run_backfill(
         args.archive,
         args.out,
-        _bundle(args),
+        bundle_from_args(args),
         cfg,
         nights=nights,
         force=args.force,

@@ -4,7 +4,8 @@ Every subcommand is a pair of functions: ``_add_<name>(parser)`` declares its ar
 an example in its epilog) and ``_cmd_<name>(args) -> int`` runs it. Heavy modules are imported
 inside the command that needs them, so ``skygrade --help`` stays fast.
 
-Exit codes: 0 success, 1 failure while running, 2 usage or configuration error.
+Exit codes: 0 success, 1 failure while running, 2 usage or configuration error. They, the
+usage error and the options the command modules share are in :mod:`streamer.cli_common`.
 """
 
 from __future__ import annotations
@@ -18,58 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ops.config import Config, ConfigError, load_config, with_backend
+from streamer.cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_bundle_option,
+    add_runner_options,
+    bundle_from_args,
+    not_beam_noise,
+    parse_nights,
+    parse_shape,
+)
 
 log = logging.getLogger("skygrade")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A command-line value that is wrong; reported with exit code 2."""
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def parse_nights(text: str) -> list[str]:
-    """Parse ``2026-11-01``, ``2026-11-01..2026-11-07`` or a comma list of either.
-
-    Examples
-    --------
-    >>> parse_nights("2026-11-01..2026-11-03")
-    ['2026-11-01', '2026-11-02', '2026-11-03']
-    """
-    nights: list[str] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        first, sep, last = part.partition("..")
-        try:
-            start = dt.date.fromisoformat(first)
-            end = dt.date.fromisoformat(last) if sep else start
-        except ValueError:
-            raise UsageError(
-                f"--nights: {part!r} is not a date or range (YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD)"
-            ) from None
-        if end < start:
-            raise UsageError(f"--nights: range {part!r} ends before it starts")
-        nights += [
-            (start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)
-        ]
-    if not nights:
-        raise UsageError("--nights: no night given")
-    return sorted(set(nights))
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    """Parse ``WIDTHxHEIGHT`` (FITS NAXIS1 x NAXIS2), e.g. ``2048x4612``."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(
-            f"--ccd-shape: expected WIDTHxHEIGHT like 2048x4612, got {text!r}"
-        ) from None
-    if width < 64 or height < 64:
-        raise UsageError(f"--ccd-shape: each side must be >= 64 pixels, got {text!r}")
-    return width, height
 
 
 def _setup_logging(args: argparse.Namespace, cfg: Config | None) -> None:
@@ -90,22 +55,7 @@ def _setup_logging(args: argparse.Namespace, cfg: Config | None) -> None:
         logging.getLogger("apache_beam").setLevel("WARNING")
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel("ERROR")
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_not_beam_noise)
-
-
-_BEAM_NOISE = (
-    # Beam's import, about Google Cloud clients skygrade does not use.
-    "apitools not found",
-    # RunInference, on every model load and batch: Beam looks for `resource` only after an
-    # import of scipy (which skygrade does not need) succeeded, and reports it missing.
-    "Resource module is not available",
-)
-
-
-def _not_beam_noise(record: logging.LogRecord) -> bool:
-    """Logging filter: drop Beam warnings that say nothing about skygrade."""
-    message = record.getMessage()
-    return not any(text in message for text in _BEAM_NOISE)
+            handler.addFilter(not_beam_noise)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -226,21 +176,6 @@ def _tonight() -> str:
 # --------------------------------------------------------------------------- extract
 
 
-def _add_runner_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="local worker processes (Beam multi_processing); default 1",
-    )
-    p.add_argument(
-        "--runner",
-        default="FnApiRunner",
-        help="Beam runner (FnApiRunner, DirectRunner, dask, FlinkRunner...; see "
-        "docs/runners.md); default FnApiRunner",
-    )
-
-
 def _add_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", type=Path, help="exposures (.fits, .fits.fz) or catalogs")
     p.add_argument("--out", type=Path, required=True, help="directory for <exposure>.parquet")
@@ -259,7 +194,7 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
         "(cheaper than Beam worker processes for a few exposures; use with --workers 1); "
         "default 0: CCDs are spread by the Beam runner",
     )
-    _add_runner_options(p)
+    add_runner_options(p)
 
 
 def _cmd_extract(args: argparse.Namespace, cfg: Config) -> int:
@@ -300,23 +235,6 @@ def _cmd_extract(args: argparse.Namespace, cfg: Config) -> int:
 # --------------------------------------------------------------------------- grade
 
 
-def _add_bundle_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bundle",
-        type=Path,
-        default=None,
-        help="model bundle directory (default: the shipped models/default)",
-    )
-
-
-def _bundle(args: argparse.Namespace) -> Path:
-    from models.bundle import DEFAULT_BUNDLE, read_manifest
-
-    bundle = args.bundle or DEFAULT_BUNDLE
-    read_manifest(bundle)  # a missing or mismatched bundle is a usage error, said up front
-    return bundle
-
-
 def _add_grade(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", type=Path, help="exposures (.fits, .fits.fz) or catalogs")
     p.add_argument(
@@ -337,8 +255,8 @@ def _add_grade(p: argparse.ArgumentParser) -> None:
         help="YYYY-MM-DD night of catalogs that carry no DATE-OBS and sit in no YYYY-MM-DD "
         "folder (default: extract.catalog_night, else 'unknown')",
     )
-    _add_bundle_option(p)
-    _add_runner_options(p)
+    add_bundle_option(p)
+    add_runner_options(p)
 
 
 def format_grade_table(rows: list[dict]) -> str:
@@ -361,7 +279,7 @@ def _cmd_grade(args: argparse.Namespace, cfg: Config) -> int:
     missing = [str(f) for f in args.files if not f.exists()]
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
-    bundle = _bundle(args)
+    bundle = bundle_from_args(args)
     cfg = with_backend(cfg, args.backend)
     if args.night is not None:
         try:
@@ -396,7 +314,7 @@ def _add_watch(p: argparse.ArgumentParser) -> None:
         required=True,
         help="grades dataset + ledger (exposures/, ccds/, ledger.sqlite)",
     )
-    _add_bundle_option(p)
+    add_bundle_option(p)
 
 
 def _cmd_watch(args: argparse.Namespace, cfg: Config) -> int:
@@ -405,7 +323,7 @@ def _cmd_watch(args: argparse.Namespace, cfg: Config) -> int:
     if not args.drop.is_dir():
         raise UsageError(f"--drop {args.drop} is not a directory")
     try:
-        Daemon(args.drop, args.out, _bundle(args), cfg).run_forever()
+        Daemon(args.drop, args.out, bundle_from_args(args), cfg).run_forever()
     except ConfigError as exc:  # a setting refused at start (metrics.port in use): name the file
         if exc.source is None and args.config is not None:
             raise ConfigError(exc.problems, str(args.config)) from exc
@@ -434,7 +352,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         "catalog mode knows SExtractor's measurements; each catalog follows its exposure's "
         "side of the split",
     )
-    _add_runner_options(p)
+    add_runner_options(p)
 
 
 def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
@@ -644,7 +562,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``skygrade`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    logging.getLogger().addFilter(_not_beam_noise)
+    logging.getLogger().addFilter(not_beam_noise)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

@@ -1,24 +1,23 @@
 """The daemon at the data drop: watcher -> ledger -> one Beam pipeline per exposure -> parquet,
 Prometheus metrics, alerts.
 
-Execution design, chosen by measurement (REFERENCE.md, benchmarks/extract.py):
+Execution design, chosen by measurement (benchmarks/latency.py and benchmarks/extract.py; the
+figures are in benchmarks/README.md):
 
 - A streaming Beam pipeline on the FnApiRunner delivers elements from a queue in milliseconds,
   but its GroupByKey (needed to gather an exposure's CCDs into one grade) emits only at
   shutdown, and the BundleBasedDirectRunner's streaming is broken (apache/beam#26577).
-- A bounded pipeline per ready exposure on the in-process FnApiRunner costs ~0.09 s of
-  overhead per run for a trivial graph, and it is the same ``GradeExposures`` that
-  ``skygrade grade`` and the backfill run, so the daemon grades exactly like the batch tools.
-  For the real graph, building it and translating it to the runner's proto cost ~0.85 s per
+- A bounded pipeline per ready exposure on the in-process FnApiRunner costs little overhead
+  per run for a trivial graph, and it is the same ``GradeExposures`` that ``skygrade grade``
+  and the backfill run, so the daemon grades exactly like the batch tools. For the real graph,
+  building it and translating it to the runner's proto cost more than the daemon's budget per
   exposure, and a CoGroupByKey split it into 5 stages: the daemon's
   :class:`~streamer.session.GradingSession` builds graph and proto once and reruns the proto
-  per exposure, and with a CCD pool ``GradeExposures`` is one shuffle-free stage. Measured by
-  benchmarks/latency.py (section 2).
+  per exposure, and with a CCD pool ``GradeExposures`` is one shuffle-free stage.
 - sep holds the GIL: CCDs run in parallel only in separate processes. Beam's
-  ``multi_processing`` mode restarts its workers every run (~7 CPU-s of fixed cost measured),
-  so the daemon uses a pool of CCD worker processes created once and reused by every
-  exposure (``ccd_workers``; transforms/ccd_pool.py): a 4-exposure batch took 4.9 s on the
-  warm pool against 16.4 s in one process on the same (loaded) machine.
+  ``multi_processing`` mode restarts its workers every run (a fixed cost of CPU-seconds per
+  run), so the daemon uses a pool of CCD worker processes created once and reused by every
+  exposure (``ccd_workers``; transforms/ccd_pool.py), several times faster than one process.
 - The model bundle and SOM load once per process (RunInference's handler and the SOM go
   through process-level caches).
 

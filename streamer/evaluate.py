@@ -28,6 +28,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from streamer.cli_common import (
+    EXIT_OK,
+    UsageError,
+    add_bundle_option,
+    add_runner_options,
+    bundle_from_args,
+)
+
 log = logging.getLogger(__name__)
 
 TREE_DEPTH = 3
@@ -555,8 +563,6 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``skygrade evaluate``."""
-    from streamer.cli import _add_bundle_option, _add_runner_options
-
     parser.add_argument("archive", type=Path, help="labelled archive (exposures + labels.csv)")
     parser.add_argument(
         "--out", type=Path, required=True, help="report directory (report.md, .json, .png)"
@@ -575,21 +581,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extraction backend (default: extract.backend of the config); 'catalog' scores an "
         "archive of SExtractor catalogs in catalog mode",
     )
-    _add_bundle_option(parser)
-    _add_runner_options(parser)
+    add_bundle_option(parser)
+    add_runner_options(parser)
 
 
 def command(args: argparse.Namespace, cfg) -> int:
     """Run ``skygrade evaluate`` and print a short summary; returns the exit code."""
     from ops.config import with_backend
-    from streamer.cli import EXIT_OK, UsageError, _bundle
     from streamer.pipelines import pipeline_options
 
     if not args.archive.is_dir():
         raise UsageError(f"archive {args.archive} is not a directory")
     cfg = with_backend(cfg, args.backend)
     out = run_evaluate(
-        _bundle(args),
+        bundle_from_args(args),
         args.archive,
         args.out,
         cfg,

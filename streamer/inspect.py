@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from streamer.cli_common import UsageError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ops.config import Config
     from transforms.representative import CcdInputs
@@ -409,7 +411,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, cfg: Config) -> int:
     """Run ``skygrade inspect``; returns the exit code (0, or 2 for a bad request)."""
     from models.bundle import DEFAULT_BUNDLE
-    from streamer.cli import UsageError
 
     if not args.file.exists():
         raise UsageError(f"no such file: {args.file}")

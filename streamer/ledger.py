@@ -59,8 +59,9 @@ Threads and processes
 ---------------------
 A :class:`Ledger` holds one connection, opened with ``check_same_thread=False`` and guarded by a
 lock, so it may be shared by the watcher callback, the grading worker and a status endpoint.
-Every write is a ``BEGIN IMMEDIATE`` transaction, so several processes (the daemon and a
-``skygrade status``) may open the same file; ``busy_timeout`` makes them wait for each other.
+Every write is a ``BEGIN IMMEDIATE`` transaction, so several processes (``skygrade watch`` and
+an ``sqlite3`` shell opened on ``ledger.sqlite`` to look, say) may open the same file;
+``busy_timeout`` makes them wait for each other.
 
 Examples
 --------

@@ -67,7 +67,7 @@ from markupsafe import Markup
 from models.classes import CLASSES, DESCRIPTIONS
 from ops.http import Request, Response
 from ops.text import duration_text
-from streamer.report import (
+from streamer.night_summary import (
     GRADE_COLORS,
     PHYSICAL,
     counts_by_filter,
@@ -260,7 +260,7 @@ class NightIndex:
     changes.
 
     Rows are the dataset's exposure rows (each exposure's latest ``graded_at``, as ``skygrade
-    report``), with ``night``, ``time`` (:func:`streamer.report.row_time`) and ``_file`` (the
+    report``), with ``night``, ``time`` (:func:`streamer.night_summary.row_time`) and ``_file`` (the
     parquet file's name, from which the CCD rows and images are found).
     """
 

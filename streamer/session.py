@@ -2,11 +2,11 @@
 
 Building a Beam pipeline is not free: applying ``GradeExposures`` (RunInference alone expands
 into a dozen transforms whose DoFns Beam inspects method by method) and translating the graph
-to its runner proto took ~0.85 s per exposure on this machine, more than the 0.2 s the daemon
-may spend on top of the work itself. :class:`GradingSession` builds the graph and its proto
-once; every exposure then runs the same proto on the same in-process ``FnApiRunner``. What
-changes between runs enters at run time, through this module's state, which the in-process
-runner shares with its caller:
+to its runner proto cost more per exposure than the 0.2 s the daemon may spend on top of the
+work itself (benchmarks/latency.py, section 2; the figure is in benchmarks/README.md).
+:class:`GradingSession` builds the graph and its proto once; every exposure then runs the same
+proto on the same in-process ``FnApiRunner``. What changes between runs enters at run time,
+through this module's state, which the in-process runner shares with its caller:
 
 - the paths to grade: the pipeline starts from one constant token, and a DoFn swaps it for the
   paths put in the inbox under that token (:class:`_TakeInbox`);

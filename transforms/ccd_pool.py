@@ -1,12 +1,11 @@
 """CCD-level parallelism with worker processes that live as long as the process using them.
 
 Why: sep holds the GIL, so CCDs of one exposure run in parallel only in separate processes.
-Beam's ``multi_processing`` mode starts fresh SDK workers for every pipeline run (~1.1-1.3 s
-each, plus imports: measured ~7 CPU-s of fixed cost per run, REFERENCE.md and
-benchmarks/extract.py), which is fine for a backfill of thousands of exposures but not for
-the daemon, which runs one small bounded pipeline per exposure as it lands. Here the pool is
-created once per process (on first use, or early with :func:`start_pool`) and reused by every
-later pipeline run.
+Beam's ``multi_processing`` mode starts fresh SDK workers for every pipeline run (a fixed
+cost of several CPU-seconds per run: benchmarks/extract.py, figures in benchmarks/README.md),
+which is fine for a backfill of thousands of exposures but not for the daemon, which runs one
+small bounded pipeline per exposure as it lands. Here the pool is created once per process (on
+first use, or early with :func:`start_pool`) and reused by every later pipeline run.
 
 Each worker runs the whole per-CCD chain (read pixels, extract, SOM hits, representative
 image) and returns only the small :class:`~transforms.representative.CcdInputs` (or a
@@ -15,11 +14,12 @@ quarantine record): the 38 MB of pixels never cross a process boundary.
 Workers are forked from a fork server (``multiprocessing``'s "forkserver" start method): a
 clean single-threaded process started once, which imports the per-CCD chain once and forks
 every worker from there. Forking the parent itself is unsafe (it runs Beam's gRPC threads), and
-spawning fresh interpreters makes every worker import the chain again: ~1 CPU-s each, measured
-~0.9 s more wall and CPU per pool start on 2 cores than the fork server. This module and the
-chain it runs (:mod:`transforms.extract`, :mod:`transforms.som_hits`,
-:mod:`transforms.representative`) never import Beam or torch (Beam alone took ~1.3 s and
-~130 MB per process); their Beam wrappers are in :mod:`transforms.stages`.
+spawning fresh interpreters makes every worker import the chain again, so every pool start
+costs more wall and CPU than with the fork server. This module and the chain it runs
+(:mod:`transforms.extract`, :mod:`transforms.som_hits`, :mod:`transforms.representative`) never
+import Beam or torch (Beam alone costs each process a second and more of import and over
+100 MB); their Beam wrappers are in :mod:`transforms.stages`. The figures are in
+benchmarks/README.md.
 
 The pool dies with the process that uses it, even under ``kill -9`` (before, every kill left
 the fork server, the resource tracker and each worker running for good: the workers hold the

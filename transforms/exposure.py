@@ -11,8 +11,8 @@ This module has no Beam in it. It offers, from cheapest to dearest:
 :func:`check_integrity`
     The header walk. Reads only the header blocks (never a pixel) and proves that every HDU the
     headers announce is wholly present, that nothing follows the last one and that the number of
-    extensions matches ``NEXTEND``. About 40 us per HDU: ~1.5 ms on a 680 MB exposure on a
-    busy 2-core machine, whatever the file size.
+    extensions matches ``NEXTEND``. Milliseconds per exposure, whatever the file size
+    (benchmarks/README.md).
 :func:`read_meta`
     The walk plus header validation: the exposure id, night, EXPTIME, filter, CCD names, and the
     rule that every extension is a 2-D image of one common shape.

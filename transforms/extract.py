@@ -65,7 +65,7 @@ SATURATION_MARGIN = 0.98
 (pixels clipped exactly at SATURATE read a hair below it after background arithmetic)."""
 BAD_FLAGS = ~(FLAG_NEIGHBOURS | FLAG_BLENDED)
 """Bits that make a detection unusable. Blended sources are kept: on trailed CCDs nearly all
-sources are blended and the blended fraction is itself a signal (REFERENCE.md)."""
+sources are blended and the blended fraction is itself a signal."""
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def exposure_row(
     config_digest: str,
     arrived_at: float | None,
 ) -> tuple[dict, list[dict]]:
-    """The exposure row and its CCD rows (see ARCHITECTURE.md "Contracts")."""
+    """The exposure row and its CCD rows (columns: ``EXPOSURE_SCHEMA`` and ``CCD_SCHEMA`` of
+    :mod:`transforms.sinks`)."""
     now = time.time()
     if meta is None:  # refused when opened: the first (exposure-level) quarantine record
         q = next(b for b in bad if b.ccd is None)

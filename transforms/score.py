@@ -1,9 +1,10 @@
 """CNN scoring of CCDs through Beam's RunInference.
 
 :class:`BundleModelHandler` loads the model bundle through a process-level cache
-(:func:`load_bundle_cached`): RunInference calls ``load_model`` once per DoFn instance and,
-without the cache, again on every pipeline run of a long-lived daemon (REFERENCE.md). With it
-a worker process loads the bundle once, and again only if the bundle's manifest changes on disk.
+(:func:`load_bundle_cached`): RunInference calls ``load_model`` once per DoFn instance, and
+every pipeline run sets up DoFn instances of its own, so without the cache a long-lived daemon
+(one pipeline run per exposure) would load the bundle per exposure. With it a worker process
+loads the bundle once, and again only if the bundle's manifest changes on disk.
 """
 
 from __future__ import annotations

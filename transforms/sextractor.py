@@ -22,9 +22,9 @@ method's features); ``ELONGATION`` / ``ELLIPTICITY`` may instead be derived from
 ``A_IMAGE``, ``B_IMAGE``, ``THETA_IMAGE``.
 
 ``CLASS_STAR`` in real archived catalogs is ~3e-4 for every source (SExtractor was run with a wrong
-``SEEING_FWHM``; see REFERENCE.md). When the median ``CLASS_STAR`` of a CCD is below
-:data:`CLASS_STAR_FLOOR` and ``FLUX_RADIUS`` and ``FLUX_ISO`` are present, it is recomputed with
-:func:`transforms.extract.stellarity`, as the sep backend does.
+``SEEING_FWHM``; docs/model.md, "Real SExtractor catalogs"). When the median ``CLASS_STAR`` of a
+CCD is below :data:`CLASS_STAR_FLOOR` and ``FLUX_RADIUS`` and ``FLUX_ISO`` are present, it is
+recomputed with :func:`transforms.extract.stellarity`, as the sep backend does.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The work itself is plain Python in :mod:`transforms.extract`, :mod:`transforms.s
 :mod:`transforms.representative` and :mod:`transforms.ccd_pool`, which never import Beam.
 That is on purpose: the CCD pool's fork server (:mod:`transforms.ccd_pool`) imports the whole
 chain before it forks its first worker, and that start-up is paid inside the first exposure's
-wall time. Without Beam the chain imports in ~1.0 s and 54 MB instead of ~2.7 s and 187 MB
-(measured on this machine). This module wraps the same functions into DoFns and PTransforms
+wall time, and without Beam the chain imports in well under half the time and memory
+(benchmarks/README.md). This module wraps the same functions into DoFns and PTransforms
 for the pipelines.
 """
 

@@ -216,6 +216,7 @@ def test_apt_get_installs_without_recommends_and_cleans_its_lists(dockerfile, fi
             assert args.index("apt-get update") < args.index("apt-get install"), args
             assert "--no-install-recommends" in args and " -y" in args, args
             assert args.index("rm -rf /var/lib/apt/lists/*") > args.index("apt-get install")
+    assert installs, "no RUN installs with apt-get: the checks above checked nothing"
     (entrypoint,) = final["ENTRYPOINT"]
     if Path(exec_form(entrypoint)[0]).name == "tini":
         assert any("tini" in a for a in final["RUN"] if "apt-get install" in a)

@@ -177,7 +177,7 @@ def test_dask_scheduler_option_needs_the_dask_runner(archive, tmp_path):
     args = parser.parse_args(
         [str(archive), "--out", str(tmp_path), "--dask-scheduler", "tcp://127.0.0.1:1"]
     )
-    from streamer.cli import UsageError
+    from streamer.cli_common import UsageError
 
     with pytest.raises(UsageError, match="--dask-scheduler needs --runner dask"):
         backfill.command(args, Config())

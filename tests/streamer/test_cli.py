@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from streamer.cli import build_parser, main, parse_nights, parse_shape
+from streamer.cli import UsageError, build_parser, main, parse_nights, parse_shape
 
 
 def test_parse_nights_ranges_and_lists():
@@ -14,15 +14,15 @@ def test_parse_nights_ranges_and_lists():
         "2026-12-01",
         "2026-12-02",
     ]
-    with pytest.raises(Exception, match="ends before it starts"):
+    with pytest.raises(UsageError, match="ends before it starts"):
         parse_nights("2026-11-03..2026-11-01")
-    with pytest.raises(Exception, match="not a date or range"):
+    with pytest.raises(UsageError, match="not a date or range"):
         parse_nights("yesterday")
 
 
 def test_parse_shape():
     assert parse_shape("2048x4612") == (2048, 4612)
-    with pytest.raises(Exception, match="WIDTHxHEIGHT"):
+    with pytest.raises(UsageError, match="WIDTHxHEIGHT"):
         parse_shape("big")
 
 

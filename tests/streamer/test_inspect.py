@@ -96,7 +96,7 @@ def test_a_bad_ccd_index_is_a_clear_error(exposure, bundle, tmp_path, ccd):
 
 
 def test_command_line(exposure, bundle, tmp_path, capsys):
-    from streamer.cli import UsageError
+    from streamer.cli_common import UsageError
 
     parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

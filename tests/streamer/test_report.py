@@ -167,7 +167,7 @@ def test_command_line(dataset, tmp_path, capsys):
     assert capsys.readouterr().out == (
         f"night 2026-01-01: no exposure in {dataset}; nights with data: 2026-11-23, {NIGHT}\n"
     )
-    from streamer.cli import UsageError
+    from streamer.cli_common import UsageError
 
     with pytest.raises(UsageError, match="not a grades dataset"):
         report.command(parser.parse_args([str(tmp_path)]), Config())
