@@ -122,7 +122,9 @@ class Daemon:
         self.dispatcher = AlertDispatcher.from_config(self.cfg.alerts, self.metrics)
         self.dispatcher.start()
         self.alerts = AlertEngine(self.cfg.alerts, sink=self.dispatcher.send, metrics=self.metrics)
-        self.observer = Observer(self.out_dir, status=self.health, waiting=self.waiting)
+        self.observer = Observer(
+            self.out_dir, status=self.health, waiting=self.waiting, drop_dir=self.drop_dir
+        )
         self._warm = threading.Thread(target=self.observer.warm, name="skygrade-observer-warm")
         self._warm.start()
         self.server = HttpServer(
