@@ -55,7 +55,8 @@ ASINH_SOFTENING = 0.05
 """Softening of the asinh stretch, as a fraction of the display range: linear below it,
 logarithmic above."""
 CACHE_BYTES = 16 * 1024 * 1024
-"""Bound on the cached PNGs, bytes (a CCD preview is ~20 kB, a full focal plane ~250 kB)."""
+"""Bound on the cached PNGs, bytes (a full-size CCD preview is ~15-20 kB, a full focal plane
+~160-180 kB: some 90 exposures' mosaics)."""
 CACHE_ITEMS = 512
 
 
@@ -262,9 +263,9 @@ def hits_png(c: dict, stored: np.ndarray | None) -> bytes:
     if stored is not None and stored.shape[0] % rows == 0 and stored.shape[1] % cols == 0:
         tile = stored.shape[0] // rows
         image = lo + np.asarray(stored, dtype=np.float32) * np.float32((hi - lo) / 255.0)
-    else:  # no stored image: the counts on blank tiles
+    else:  # no stored image: the counts under empty (background) tiles
         tile = 16
-        image = np.full((rows * tile, cols * tile), lo, dtype=np.float32)
+        image = np.full((rows * tile, cols * tile), np.nan, dtype=np.float32)
     elong = c.get("median_elongation")
     inputs = CcdInputs(
         exposure_id=str(c.get("exposure_id") or ""),

@@ -391,8 +391,9 @@ def test_pending_lists_the_copies_still_arriving_with_their_state(drop, start_wa
     assert w["reason"] == "truncated: waiting for the rest of the copy"
     assert before - 5.0 < w["since"] <= time.time()
     growing = drop / "2817002o.fits"
+    deadline = time.monotonic() + 5.0
     with growing.open("wb") as fh:  # written a little at a time, faster than it settles
-        for _ in range(6):
+        while time.monotonic() < deadline:
             fh.write(exposure()[:100])
             fh.flush()
             time.sleep(SETTLE_S / 4)
