@@ -890,11 +890,7 @@ class Observer:
 
     def fragment_ccd(self, request: Request) -> Response:
         """The details of one CCD (``night``, ``id``, ``ccd``)."""
-        _, row = self._exposure(request)
-        selected = _ccd_param(request)
-        if row is None or selected is None:
-            return _NOT_FOUND
-        c = next((c for c in self.ccd_rows(row) if c["ccd"] == selected), None)
+        row, c = self._ccd_row(request)
         if c is None:
             return _NOT_FOUND
         detail = self._ccd_detail(row, c)
