@@ -258,6 +258,20 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         links = browser.find_elements(By.CSS_SELECTOR, "#nights a")
         assert [a.text for a in links] == [NIGHT]
         assert "no exposure for the night" in browser.find_element(By.ID, "missing").text
+
+        # a copy still arriving appears on the Waiting panel as the page polls, as incomplete
+        browser.get(base + "/")
+        late = plan_night(NIGHT, 1, seed=12, class_mix={"GOOD": 1})[0]
+        data = exposure_bytes(late, GEOMETRY)
+        (drop / NIGHT / late.filename).write_bytes(data[: len(data) // 3])
+        row = f'#waiting-list tr[data-id="{late.filename}"]'
+        WebDriverWait(browser, 30, ignored_exceptions=STALE).until(
+            lambda d: (
+                [e.get_attribute("data-state") for e in d.find_elements(By.CSS_SELECTOR, row)]
+                == ["incomplete"]
+            )
+        )
+        assert "waiting for the rest of the copy" in browser.find_element(By.ID, "waiting").text
     finally:
         daemon.stop(timeout=30)
     assert wait_for(lambda: set(threading.enumerate()) <= before, timeout=10)
