@@ -624,11 +624,13 @@ class Observer:
                 if c["ccd"] in images
                 else None
             )
+            doc["preview"] = self._preview_url("/preview", row, ccd=c["ccd"])
             out.append(doc)
         return {
             "exposure": _public(row),
             "ccds": out,
             "layout": {"n_ccd": n, "rows": rows, "cols": cols},
+            "mosaic": self._preview_url("/mosaic", row),
         }
 
     def api_exposure(self, request: Request) -> Response:

@@ -3,6 +3,7 @@ simulated exposures, and their endpoints (issue 22 item 10)."""
 
 import http.client
 import io
+import json
 import os
 
 import numpy as np
@@ -238,6 +239,11 @@ def test_the_preview_endpoints_serve_pngs_of_the_files_in_the_drop(server, drop)
     )
     status, kind, body = get(server, f"/hits?night={NIGHT}&id={eid}&ccd=0")
     assert (status, kind) == (200, "image/png") and png_array(body).ndim == 3
+    # the JSON names them for other tools
+    status, _, body = get(server, f"/api/exposure?night={NIGHT}&id={eid}")
+    doc = json.loads(body)
+    assert doc["mosaic"] == f"/mosaic?night={NIGHT}&id={eid}"
+    assert doc["ccds"][2]["preview"] == f"/preview?night={NIGHT}&id={eid}&ccd=2"
     # cached: asked again, nothing is read or drawn again
     made = server.observer.previews.cache.made
     for _ in range(2):
@@ -345,3 +351,22 @@ def test_the_page_shows_the_previews_beside_the_representative_image(server, dro
         i = page.index(f'src="{src}?')
         url = page[i + 5 : page.index('"', i + 5)].replace("&amp;", "&")
         assert get(server, url)[:2] == (200, "image/png"), url
+
+
+def test_a_tile_compressed_exposure_previews_as_the_plain_one(drop, tmp_path):
+    from astropy.io import fits
+
+    from streamer.telescope import render_exposure
+
+    root, plans = drop
+    plain = str(root / NIGHT / plans[0].filename)
+    hdul = render_exposure(plans[0], GEOMETRY)
+    fz = tmp_path / plans[0].filename.replace(".fits", ".fits.fz")
+    ccds = [fits.CompImageHDU(h.data, header=h.header) for h in hdul[1:]]
+    fits.HDUList([hdul[0], *ccds]).writeto(fz)
+    previews = pv.Previews(tmp_path)
+    with pinned(plain, root):
+        want = pv.ccd_preview(plain, 4).image
+    got = png_array(previews.ccd_png(str(fz), str(plans[0].expnum), 4))
+    np.testing.assert_array_equal(got, want)  # RICE on 16-bit integers is lossless
+    assert png_array(previews.mosaic_png(str(fz), str(plans[0].expnum))).shape == (427, 309)
