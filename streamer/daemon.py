@@ -121,7 +121,9 @@ class Daemon:
         self.dispatcher = AlertDispatcher.from_config(self.cfg.alerts, self.metrics)
         self.dispatcher.start()
         self.alerts = AlertEngine(self.cfg.alerts, sink=self.dispatcher.send, metrics=self.metrics)
-        self.observer = Observer(self.out_dir, status=self.health, waiting=self.waiting)
+        self.observer = Observer(
+            self.out_dir, status=self.health, waiting=self.waiting, drop_dir=self.drop_dir
+        )
         self._warm = threading.Thread(target=self.observer.warm, name="skygrade-observer-warm")
         self._warm.start()
         self.server = HttpServer(
@@ -547,19 +549,23 @@ class Daemon:
 
     def waiting(self) -> list[dict]:
         """The files held but not graded yet, for the observer page's Waiting panel: the
-        ledger's ``seen`` rows (``incoming``), since they were ready."""
-        ledger = self.ledger
-        if ledger is None:
-            return []
-        return [
+        watcher's files still being copied (``copying``, ``incomplete``: :meth:`DropWatcher.
+        pending`) and the ledger's ``seen`` rows (``incoming``, since they were ready). A
+        file in both (graded once, being rewritten) is listed once, as the watcher sees it."""
+        watcher, ledger = getattr(self, "watcher", None), self.ledger
+        copying = [] if watcher is None else watcher.pending()
+        seen = {w["path"] for w in copying}
+        incoming = [
             {
                 "exposure_id": e.exposure_id,
                 "path": e.path,
                 "state": "incoming",
                 "since": e.ready_at or e.seen_at,
             }
-            for e in ledger.pending()
+            for e in ([] if ledger is None else ledger.pending())
+            if e.path not in seen
         ]
+        return copying + incoming
 
     def _oldest_pending_age(self) -> float:
         """Seconds since the oldest exposure not yet final arrived (0 when none): read by

@@ -314,12 +314,25 @@ def _panel_title(panel: CcdPanel, single: bool) -> str:
 
 
 def _draw(inspection: Inspection, png_path: Path, stretch: str, single: bool) -> Path:
+    from ops.files import atomic_write_bytes
+
+    atomic_write_bytes(png_path, render_png(inspection, stretch, single))
+    log.info("wrote %s (%d CCD panel(s))", png_path, len(inspection.panels))
+    return png_path
+
+
+def render_png(inspection: Inspection, stretch: str = "asinh", single: bool = True) -> bytes:
+    """The PNG :func:`inspect_exposure` writes, as bytes: one large panel (``single``) or the
+    focal-plane grid of small ones. The observer page draws a CCD's SOM hit grid with it."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from models.mosaic import tile_grid
-    from ops.files import atomic_path
 
+    if stretch not in STRETCHES:
+        raise InspectError(f"stretch must be one of {', '.join(STRETCHES)}, got {stretch!r}")
     title, tile, panels = inspection
     gap = max(1, tile // 16)
     band = max(6, int(round(tile * 0.4)))
@@ -365,10 +378,9 @@ def _draw(inspection: Inspection, png_path: Path, stretch: str, single: bool) ->
                 color="black" if count else "0.6",
             )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig_h))
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", facecolor="white")
-    log.info("wrote %s (%d CCD panel(s))", png_path, n)
-    return png_path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    return buf.getvalue()
 
 
 def _grey():

@@ -17,6 +17,9 @@ page that says what is missing and lists the nights that have data):
 ``/fragment/exposure?night=N&id=X``  the exposure panel, HTML (``ccd``, ``pinned=1``)
 ``/fragment/ccd?night=N&id=X&ccd=K`` one CCD's details, HTML
 ``/thumb?night=N&id=X&ccd=K``        a CCD's representative image, PNG
+``/preview?night=N&id=X&ccd=K``      a CCD's pixels binned to ~256 px tall, PNG (``stretch``)
+``/mosaic?night=N&id=X``             the whole focal plane's pixels binned, PNG (``stretch``)
+``/hits?night=N&id=X&ccd=K``         a CCD's SOM hits by cluster as ``skygrade inspect``, PNG
 ``/api/now``                         daemon state, backlog, last graded, alerts, waiting
 ``/api/nights``                      the nights in the dataset
 ``/api/night?date=N[&rev=R]``        summary + every exposure row of a night
@@ -367,6 +370,10 @@ class Observer:
         ``model_version``, ``backlog``, ``alerts``, ...). None: no daemon (state "offline").
     poll_s : float, optional
         Seconds between the page's polls (default :data:`POLL_S`).
+    drop_dir : path-like, optional
+        The drop directory: the pixel previews (``/preview``, ``/mosaic``,
+        :mod:`streamer.preview`) read the exposure files there, and nowhere else. None: no
+        pixel previews (404, and the page does not offer them).
     waiting : callable, optional
         Returns the files the daemon holds but has not graded, for the Waiting panel: dicts
         with ``exposure_id`` (or ``path``), ``state`` (``incoming``, ``grading`` or
@@ -385,7 +392,10 @@ class Observer:
         status: Callable[[], dict] | None = None,
         poll_s: float = POLL_S,
         waiting: Callable[[], list[dict]] | None = None,
+        drop_dir=None,
     ):
+        from streamer.preview import PreviewCache, Previews
+
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
         self.out_dir = Path(out_dir)
@@ -398,6 +408,8 @@ class Observer:
         self._ccds = _LRU()
         self._images = _LRU()
         self._pngs = _LRU()
+        self.previews = None if drop_dir is None else Previews(drop_dir)
+        self._hit_pngs = PreviewCache(max_bytes=8 * 1024 * 1024)
         pkg = resources.files("streamer") / "observer_assets"
         self.assets = {name: (pkg / name).read_bytes() for name in ASSETS}
 
@@ -408,6 +420,9 @@ class Observer:
             "/night": self.page_night,
             "/exposure": self.page_exposure,
             "/thumb": self.thumb,
+            "/preview": self.preview,
+            "/mosaic": self.mosaic,
+            "/hits": self.hits,
             "/api/now": self.api_now,
             "/api/nights": self.api_nights,
             "/api/night": self.api_night,
@@ -609,11 +624,13 @@ class Observer:
                 if c["ccd"] in images
                 else None
             )
+            doc["preview"] = self._preview_url("/preview", row, ccd=c["ccd"])
             out.append(doc)
         return {
             "exposure": _public(row),
             "ccds": out,
             "layout": {"n_ccd": n, "rows": rows, "cols": cols},
+            "mosaic": self._preview_url("/mosaic", row),
         }
 
     def api_exposure(self, request: Request) -> Response:
@@ -629,6 +646,61 @@ class Observer:
             return _NOT_FOUND
         png = self._thumb_png(row, int(ccd))
         return _NOT_FOUND if png is None else Response(200, _PNG, png)
+
+    def _ccd_row(self, request: Request) -> tuple[dict | None, dict | None]:
+        """The exposure row and the CCD row a request names (None, None when either is not in
+        the dataset)."""
+        _, row = self._exposure(request)
+        selected = _ccd_param(request)
+        if row is None or selected is None:
+            return None, None
+        c = next((c for c in self.ccd_rows(row) if c["ccd"] == selected), None)
+        return (row, c) if c is not None else (None, None)
+
+    def _preview_png(self, make) -> Response:
+        """A pixel preview (:mod:`streamer.preview`); 404 when there is no drop directory, the
+        file is not (any more) that exposure in it, or it cannot be read."""
+        from streamer.preview import PreviewError
+        from transforms.exposure import ExposureError
+
+        if self.previews is None:
+            return _NOT_FOUND
+        try:
+            return Response(200, _PNG, make(self.previews))
+        except (ExposureError, PreviewError, OSError) as exc:
+            log.info("observer: no preview: %s", exc)
+            return _NOT_FOUND
+
+    def preview(self, request: Request) -> Response:
+        """``/preview``: one CCD's pixels, binned (``stretch``: asinh or zscale)."""
+        row, c = self._ccd_row(request)
+        if c is None or not row.get("path"):
+            return _NOT_FOUND
+        stretch = _param(request, "stretch") or "asinh"
+        return self._preview_png(
+            lambda p: p.ccd_png(row["path"], row["exposure_id"], c["ccd"], stretch)
+        )
+
+    def mosaic(self, request: Request) -> Response:
+        """``/mosaic``: the whole focal plane's pixels, binned (``stretch``)."""
+        _, row = self._exposure(request)
+        if row is None or not row.get("path"):
+            return _NOT_FOUND
+        stretch = _param(request, "stretch") or "asinh"
+        return self._preview_png(lambda p: p.mosaic_png(row["path"], row["exposure_id"], stretch))
+
+    def hits(self, request: Request) -> Response:
+        """``/hits``: a CCD's SOM hits by cluster over its representative image."""
+        from streamer.preview import hits_png
+
+        row, c = self._ccd_row(request)
+        if c is None or not c.get("hits"):
+            return _NOT_FOUND
+        key, images = self._images_keyed(row)
+        stored = images.get(c["ccd"])
+        drawn = (c["hits"], c.get("n_sources"), c.get("median_elongation"), c.get("reason"))
+        cache_key = (key, row["night"], row["_file"], c["ccd"], repr(drawn))
+        return Response(200, _PNG, self._hit_pngs.get_or(cache_key, lambda: hits_png(c, stored)))
 
     # ------------------------------------------------------------------ pages
 
@@ -744,7 +816,7 @@ class Observer:
         detail = None
         if selected is not None:
             c = next(c for c in ccds if c["ccd"] == selected)
-            detail = render_ccd_detail(c, self._thumb_url(row, selected))
+            detail = self._ccd_detail(row, c)
         night = row["night"]
 
         def href_exposure(r):
@@ -760,6 +832,22 @@ class Observer:
             detail=detail,
             selected=selected,
             neighbours=_neighbours(index.rows, row, href_exposure),
+            mosaic=self._preview_url("/mosaic", row),
+        )
+
+    def _preview_url(self, path: str, row: dict, **params) -> str | None:
+        """The URL of a pixel preview of ``row``, or None when previews are not served."""
+        if self.previews is None or not row.get("path"):
+            return None
+        return _url(path, night=row["night"], id=row["exposure_id"], **params)
+
+    def _ccd_detail(self, row: dict, c: dict) -> Markup:
+        k = c["ccd"]
+        hits = None
+        if c.get("hits"):
+            hits = _url("/hits", night=row["night"], id=row["exposure_id"], ccd=k)
+        return render_ccd_detail(
+            c, self._thumb_url(row, k), self._preview_url("/preview", row, ccd=k), hits
         )
 
     def _thumb_url(self, row: dict, ccd: int) -> str | None:
@@ -804,14 +892,10 @@ class Observer:
 
     def fragment_ccd(self, request: Request) -> Response:
         """The details of one CCD (``night``, ``id``, ``ccd``)."""
-        _, row = self._exposure(request)
-        selected = _ccd_param(request)
-        if row is None or selected is None:
-            return _NOT_FOUND
-        c = next((c for c in self.ccd_rows(row) if c["ccd"] == selected), None)
+        row, c = self._ccd_row(request)
         if c is None:
             return _NOT_FOUND
-        detail = render_ccd_detail(c, self._thumb_url(row, selected))
+        detail = self._ccd_detail(row, c)
         return Response(200, _HTML, render("ccd_fragment.html.j2", detail=detail).encode())
 
     # ------------------------------------------------------------------ waiting
@@ -1092,6 +1176,7 @@ def render_exposure(
     selected: int | None = None,
     neighbours: dict | None = None,
     hint: str = "select a CCD for its probabilities, hits and image",
+    mosaic: str | None = None,
 ) -> Markup:
     """The exposure panel: headline, CCD votes, previous / next, facts, focal plane (and one
     CCD's details)."""
@@ -1129,6 +1214,7 @@ def render_exposure(
         hint=hint,
         prev=neighbours["prev"],
         next=neighbours["next"],
+        mosaic=mosaic,
     )
 
 
@@ -1178,9 +1264,15 @@ def _cells(ccds, cells, href, selected) -> list[dict]:
     return out
 
 
-def render_ccd_detail(c: dict, thumb: str | None) -> Markup:
-    """Class probabilities, sources, medians, the 20 hit counts and the thumbnail of a CCD."""
-    hits = [int(h) for h in c.get("hits") or []]
+def render_ccd_detail(
+    c: dict, thumb: str | None, preview: str | None = None, hits_png: str | None = None
+) -> Markup:
+    """Class probabilities, sources, medians, the hit counts by cluster (laid out as the
+    representative image's tiles) and the representative image of a CCD; with ``preview``
+    (a URL) its binned pixels beside it, with ``hits_png`` the hits drawn over the tiles as
+    ``skygrade inspect`` draws them."""
+    from streamer.preview import PREVIEW_HEIGHT, hit_grid
+
     facts = [
         ("status", c.get("status")),
         ("sources", c.get("n_sources")),
@@ -1201,7 +1293,10 @@ def render_ccd_detail(c: dict, thumb: str | None) -> Markup:
         probs=[(k, c[f"p_{k}"]) for k in CLASSES if _finite(c.get(f"p_{k}"))],
         colors={k: "rgb({}, {}, {})".format(*GRADE_COLORS[k]) for k in CLASSES},
         facts=[(k, "" if v is None else v) for k, v in facts],
-        hits=[hits[i : i + 5] for i in range(0, len(hits), 5)],
+        hits=hit_grid(c.get("hits") or []),
+        preview=preview,
+        preview_height=PREVIEW_HEIGHT,
+        hits_png=hits_png,
     )
 
 

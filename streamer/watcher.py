@@ -349,6 +349,47 @@ class DropWatcher:
         """Whether the worker thread is alive."""
         return self._worker is not None and self._worker.is_alive()
 
+    def pending(self) -> list[dict]:
+        """The files seen but not reported nor rejected yet, for the observer page's Waiting
+        panel, oldest first: dicts with ``path``, ``state``, ``since`` (Unix seconds: when the
+        watcher first saw it) and ``reason``.
+
+        ``state`` is ``incomplete`` for a file the integrity walk found not whole (a copy still
+        arriving: the reason says what is missing; it is rejected as ``truncated`` once
+        unchanged for ``incomplete_timeout_s``) and ``copying`` for one still changing or not
+        yet settled. Callable from any thread: it reads a copy of the worker's candidates.
+        """
+        for _ in range(5):
+            try:
+                candidates = list(self._candidates.items())
+                break
+            except RuntimeError:  # changed size during the copy: the worker is busy; again
+                continue
+        else:
+            return []
+        wall, mono = time.time(), time.monotonic()
+        out = []
+        for path, cand in candidates:
+            if cand.identity is None:
+                continue  # not looked at yet (maybe a directory, or gone already)
+            verdict = cand.incomplete
+            if verdict is not None and verdict[0] == cand.identity:
+                state = "incomplete"
+                reason = f"{verdict[1].reason}: waiting for the rest of the copy"
+            else:
+                state = "copying"
+                changed = mono - cand.stable_since
+                reason = f"being written: last changed {changed:.0f} s ago"
+            out.append(
+                {
+                    "path": path,
+                    "state": state,
+                    "since": wall - (mono - cand.first_seen),
+                    "reason": reason,
+                }
+            )
+        return sorted(out, key=lambda w: w["since"])
+
     def scan(self) -> int:
         """Enqueue every file under the drop directory whose name the watcher would consider.
 

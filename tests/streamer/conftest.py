@@ -60,3 +60,18 @@ def wait_for():
         return False
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def observer_rows():
+    """The hand-made grades rows of tests/streamer/test_observer.py (``exposure``,
+    ``ccd_rows``): one source of rows for the page's other tests."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "observer_rows", Path(__file__).with_name("test_observer.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -154,8 +154,9 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
             for tr in detail.find_elements(By.CSS_SELECTOR, "table.probs tr")
         }
         assert probs == {cls: f"{rows[k][f'p_{cls}']:.3f}" for cls in CLASSES}
-        hits = [int(td.text) for td in detail.find_elements(By.CSS_SELECTOR, "table.hits td")]
-        assert hits == rows[k]["hits"]
+        cells = detail.find_elements(By.CSS_SELECTOR, "table.hits td")
+        assert [td.text for td in cells] == [f"#{j} {n}" for j, n in enumerate(rows[k]["hits"])]
+        assert [int(td.find_element(By.CLASS_NAME, "n").text) for td in cells] == rows[k]["hits"]
         assert str(rows[k]["n_sources"]) in detail.text
         img = detail.find_element(By.CSS_SELECTOR, "img.thumb")
         wait.until(lambda d: d.execute_script("return arguments[0].complete", img))
@@ -164,6 +165,25 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         )
         tile = read_manifest(bundle)["cnn"]["shape"]["tile"]
         assert size == [5 * tile, 4 * tile]  # 20 tiles, 4 rows of 5
+        # beside it the CCD's pixels, binned, and the whole focal plane's (from the drop file)
+        for css, want in (
+            ("#ccd-detail img.preview", [GEOMETRY.width // 2, GEOMETRY.height // 2]),
+            ("#mosaic img", [4 * GEOMETRY.width + 3 * 80, GEOMETRY.height]),  # 1 row of 4
+        ):
+            wait.until(
+                lambda d, css=css: d.execute_script(
+                    "const i = document.querySelector(arguments[0]);"
+                    "return i && i.complete && i.naturalWidth > 0",
+                    css,
+                )
+            )
+            got = browser.execute_script(
+                "const i = document.querySelector(arguments[0]);"
+                "return [i.naturalWidth, i.naturalHeight, i.alt]",
+                css,
+            )
+            assert got[:2] == want, css
+            assert got[2].startswith("binned preview of the pixels of "), got
 
         # a newly graded exposure gains a mark on the timeline, without a reload
         marks = browser.find_elements(By.CSS_SELECTOR, "#timeline .mark")
@@ -238,33 +258,35 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         links = browser.find_elements(By.CSS_SELECTOR, "#nights a")
         assert [a.text for a in links] == [NIGHT]
         assert "no exposure for the night" in browser.find_element(By.ID, "missing").text
+
+        # a copy still arriving appears on the Waiting panel as the page polls, as incomplete
+        browser.get(base + "/")
+        late = plan_night(NIGHT, 1, seed=12, class_mix={"GOOD": 1})[0]
+        data = exposure_bytes(late, GEOMETRY)
+        (drop / NIGHT / late.filename).write_bytes(data[: len(data) // 3])
+        row = f'#waiting-list tr[data-id="{late.filename}"]'
+        WebDriverWait(browser, 30, ignored_exceptions=STALE).until(
+            lambda d: (
+                [e.get_attribute("data-state") for e in d.find_elements(By.CSS_SELECTOR, row)]
+                == ["incomplete"]
+            )
+        )
+        assert "waiting for the rest of the copy" in browser.find_element(By.ID, "waiting").text
     finally:
         daemon.stop(timeout=30)
     assert wait_for(lambda: set(threading.enumerate()) <= before, timeout=10)
 
 
-def _builders():
-    """The hand-made dataset rows of tests/streamer/test_observer.py (one source of rows)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "observer_rows", Path(__file__).with_name("test_observer.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("width", [800, 900])
 def test_nine_ccds_per_row_fit_at_800_px_and_the_palette_is_the_servers(
-    tmp_path, browser, capsys, width
+    tmp_path, browser, capsys, width, observer_rows
 ):
     from ops.http import HttpServer
     from ops.metrics import Metrics
     from streamer.observer import Observer
     from transforms.sinks import write_grade_rows
 
-    rows = _builders()
+    rows = observer_rows
     out = tmp_path / "grades"
     for i, g in enumerate(["GOOD", "BT", "RBT"]):
         r = rows.exposure(i, g, 36)

@@ -372,6 +372,42 @@ def test_a_slow_copy_still_growing_past_the_timeout_is_waited_for(drop, start_wa
     assert "still being written" in caplog.text
 
 
+def test_pending_lists_the_copies_still_arriving_with_their_state(drop, start_watcher):
+    """What the observer page's Waiting panel shows: a file cut short is ``incomplete`` (the
+    walk's verdict), one still growing ``copying``; both leave the list once reported."""
+    rec = Recorder()
+    watcher = start_watcher(rec, incomplete_timeout_s=30.0)
+    half = drop / "2817001o.fits"
+    half.write_bytes(exposure()[: len(exposure()) // 2])
+    before = time.time()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        pending = watcher.pending()
+        if [w["state"] for w in pending] == ["incomplete"]:
+            break
+        time.sleep(POLL_S)
+    (w,) = pending
+    assert w["path"] == str(half) and w["state"] == "incomplete"
+    assert w["reason"] == "truncated: waiting for the rest of the copy"
+    assert before - 5.0 < w["since"] <= time.time()
+    growing = drop / "2817002o.fits"
+    deadline = time.monotonic() + 5.0
+    with growing.open("wb") as fh:  # written a little at a time, faster than it settles
+        while time.monotonic() < deadline:
+            fh.write(exposure()[:100])
+            fh.flush()
+            time.sleep(SETTLE_S / 4)
+            states = {Path(w["path"]).name: w["state"] for w in watcher.pending()}
+            if states.get(growing.name) == "copying":
+                break
+    assert states == {half.name: "incomplete", growing.name: "copying"}
+    growing.write_bytes(exposure(1))
+    with half.open("ab") as fh:
+        fh.write(exposure()[len(exposure()) // 2 :])
+    rec.wait_ready(2)
+    assert watcher.pending() == []
+
+
 def test_not_fits_rejected_at_once(drop, start_watcher):
     rec = Recorder()
     start_watcher(rec)
