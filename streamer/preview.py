@@ -7,7 +7,7 @@ What the page shows beside a CCD's representative image (issue 22 item 10):
     (a full MegaCam CCD, 2048 x 4612, is binned 19 x 19 into 107 x 242), stretched to 8 bits.
 :func:`mosaic_preview`
     Every CCD of the exposure binned alike (to about :data:`MOSAIC_HEIGHT` pixels tall in all)
-    and laid out as the page's focal plane (:func:`streamer.observer.focal_plane_layout`:
+    and laid out as the page's focal plane (:func:`streamer.page_images.focal_plane_layout`:
     MegaCam's 4 rows of 9, ``ccd00`` top left, as :mod:`streamer.telescope` lays them), with
     one display range for all, so a CCD brighter than the others shows it.
 :func:`hits_png`
@@ -39,6 +39,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
+from streamer.page_images import focal_plane_layout, png_gray8
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,6 @@ def ccd_preview(
 
 def mosaic_cells(n_ccd: int) -> tuple[int, int, list[tuple[int, int]]]:
     """Rows, columns and each CCD's (row, column) from the top left: the page's focal plane."""
-    from streamer.observer import focal_plane_layout
 
     return focal_plane_layout(n_ccd)
 
@@ -369,7 +370,6 @@ class Previews:
         PreviewError
             The file there is another exposure now.
         """
-        from streamer.observer import png_gray8
         from transforms.exposure import pinned, read_meta
 
         with pinned(path, self.drop_dir):
