@@ -244,3 +244,12 @@ def make_dirs(tmp_path: Path) -> tuple[Path, Path]:
     drop, out = tmp_path / "drop", tmp_path / "grades"
     (drop / NIGHT).mkdir(parents=True)
     return drop, out
+
+
+def metric_total(text: str, family: str) -> float:
+    """The sum of every sample of ``family`` (all its labels) in a /metrics text."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(f"{family}{{") or line.startswith(f"{family} ")
+    )
