@@ -28,7 +28,9 @@ exposure under a fixed name, atomically), then marks it final. A crash between t
 recovered at start-up (the entry goes back to ``seen`` and is regraded, replacing the same
 file), so nothing is lost and nothing appears twice. A failing sink (read-only disk) leaves
 the entry pending; it is retried with back-off on its own schedule (``next_attempt_at`` in the
-ledger), so the other exposures are graded meanwhile. A file the watcher refuses is the exception:
+ledger), so the other exposures are graded meanwhile; once the output can be written again (a
+grade written, or the grader's look at it every ``retry_s``), the exposures that waited only for
+it are due at once, not after their back-off. A file the watcher refuses is the exception:
 its quarantine row is written before its ledger entry, and a failed write is retried by the
 watcher (a crash between the two rewrites the same row at restart).
 """
