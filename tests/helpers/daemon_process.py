@@ -93,9 +93,9 @@ def wait_for(predicate, timeout: float, what: str, proc: DaemonProcess | None = 
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{log}")
 
 
-def session_members(sid: int) -> list[tuple[int, str]]:
-    """(pid, state) of every live (not zombie) process in session ``sid``, from /proc."""
-    members = []
+def live_processes():
+    """(pid, /proc entry, the fields of its stat after the command name) of every live (not
+    zombie) process: ``fields[0]`` is the state, then ppid, process group, session..."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -104,10 +104,13 @@ def session_members(sid: int) -> list[tuple[int, str]]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        state, session = fields[0], int(fields[3])
-        if session == sid and state not in ("Z", "X"):
-            members.append((int(entry.name), state))
-    return members
+        if fields[0] not in ("Z", "X"):
+            yield int(entry.name), entry, fields
+
+
+def session_members(sid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every live (not zombie) process in session ``sid``, from /proc."""
+    return [(pid, f[0]) for pid, _, f in live_processes() if int(f[3]) == sid]
 
 
 class DaemonProcess:
@@ -208,16 +211,10 @@ def health_of(proc: DaemonProcess) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def daemon(
-    tmp_path: Path,
-    config: Path,
-    drop: Path,
-    out: Path,
-    bundle: Path,
-    unprivileged: bool = False,
-):
-    """Start a daemon, wait until it serves its metrics; always kill its session at the end."""
-    proc = start_daemon(tmp_path, config, drop, out, bundle, unprivileged)
+def daemon(*args, **kwargs):
+    """Start a daemon (:func:`start_daemon`'s arguments), wait until it serves its metrics;
+    always kill its session at the end."""
+    proc = start_daemon(*args, **kwargs)
     try:
         proc.wait_ready()
         yield proc
