@@ -953,7 +953,9 @@ class MetricsConfig:
     )
     max_connections: int = setting(
         32,
-        "Connections served at once (one thread each); more are answered 503 at once and closed.",
+        "Connections served at once (one thread each); more are answered 503 at once and "
+        "closed. A connection gets its thread once it has sent something: silent ones hold "
+        "none (up to 256, then the oldest is closed) and are closed at the request timeout.",
         ge=1,
     )
 

@@ -13,12 +13,19 @@ liked, and 200 such clients kept 61 threads alive. The server closes a connectio
 deadline, and serves at most ``max_connections`` at once: a connection beyond that is answered
 ``503`` at once, from the accepting thread, and closed (no thread is started for it).
 
+A connection gets its thread only once it has sent something: until then it is held, threadless,
+by the serving thread (at most :data:`MAX_SILENT` of them, the oldest closed beyond that) and
+closed at its deadline too. Before, ``max_connections`` clients that connected and sent nothing
+took every thread, and /metrics answered every other client 503 for as long as they kept
+reconnecting (the fault suite's flood of 32 silent clients against 8 connections).
+
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
 
 import contextlib
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -41,6 +48,9 @@ _BUILTIN = ("/metrics", "/healthz")
 #: Defaults of :class:`HttpServer` (and of the ``metrics`` section of the configuration).
 REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
+#: Connections held at once that have sent nothing yet (no thread each: a file descriptor);
+#: beyond it, the oldest is closed.
+MAX_SILENT = 256
 _BUSY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 34\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
@@ -107,9 +117,25 @@ class _Server(ThreadingHTTPServer):
         self.threads_lock = threading.Lock()
         self.refused = 0  # connections answered 503 because max_connections were open
         self.expired = 0  # connections closed at their request deadline
+        # Connections that have sent nothing yet -> (client address, deadline), oldest first;
+        # only the serving thread touches it (process_request, service_actions).
+        self.silent: dict[Any, tuple[Any, float]] = {}
         super().__init__(address, _RequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        deadline = time.monotonic() + self.owner.request_timeout_s
+        if not _readable([request]):  # nothing sent yet: held without a thread
+            self.silent[request] = (client_address, deadline)
+            if len(self.silent) > MAX_SILENT:
+                oldest = next(iter(self.silent))
+                del self.silent[oldest]
+                self.expired += 1
+                self.shutdown_request(oldest)
+            return
+        self._start(request, client_address, deadline)
+
+    def _start(self, request: Any, client_address: Any, deadline: float) -> None:
+        """A thread for a connection that has sent something, or 503 if all are taken."""
         with self.threads_lock:
             busy = len(self.request_threads) >= self.owner.max_connections
         if busy:
@@ -123,7 +149,7 @@ class _Server(ThreadingHTTPServer):
         )
         with self.threads_lock:
             self.request_threads[thread] = request
-            self.deadlines[thread] = time.monotonic() + self.owner.request_timeout_s
+            self.deadlines[thread] = deadline
         thread.start()
 
     def _refuse(self, request: Any, client_address: Any) -> None:
@@ -142,6 +168,15 @@ class _Server(ThreadingHTTPServer):
         then ends; the thread itself closes the socket.
         """
         now = time.monotonic()
+        if self.silent:
+            for connection in _readable(list(self.silent)):  # sent something (or closed)
+                client_address, deadline = self.silent.pop(connection)
+                self._start(connection, client_address, deadline)
+            for connection, (_, deadline) in list(self.silent.items()):
+                if deadline <= now:
+                    del self.silent[connection]
+                    self.expired += 1
+                    self.shutdown_request(connection)
         with self.threads_lock:
             late = [
                 (t, self.request_threads[t])
@@ -171,6 +206,22 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("error while serving %s", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        silent, self.silent = self.silent, {}
+        for connection in silent:
+            self.shutdown_request(connection)
+
+
+def _readable(connections: list) -> list:
+    """The connections with something to read (data, or the client's close), without waiting."""
+    poller = select.poll()
+    by_fd = {}
+    for connection in connections:
+        by_fd[connection.fileno()] = connection
+        poller.register(connection, select.POLLIN | select.POLLPRI)
+    return [by_fd[fd] for fd, _ in poller.poll(0)]
 
 
 class _Server6(_Server):

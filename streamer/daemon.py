@@ -27,7 +27,9 @@ exposure under a fixed name, atomically), then marks it final. A crash between t
 recovered at start-up (the entry goes back to ``seen`` and is regraded, replacing the same
 file), so nothing is lost and nothing appears twice. A failing sink (read-only disk) leaves
 the entry pending; it is retried with back-off on its own schedule (``next_attempt_at`` in the
-ledger), so the other exposures are graded meanwhile. A file the watcher refuses is the exception:
+ledger), so the other exposures are graded meanwhile; once the output can be written again (a
+grade written, or the grader's look at it every ``retry_s``), the exposures that waited only for
+it are due at once, not after their back-off. A file the watcher refuses is the exception:
 its quarantine row is written before its ledger entry, and a failed write is retried by the
 watcher (a crash between the two rewrites the same row at restart).
 """
@@ -100,6 +102,8 @@ class Daemon:
         self.session = None  # the grading pipeline (streamer.session), built on first use
         self._session_key: tuple | None = None  # the bundle the session was built for
         self._output_failures = 0  # failed writes in a row while the output is unwritable
+        self._output_waiting: set[int] = set()  # ledger keys held back by it, not by themselves
+        self._output_looked = 0.0  # monotonic time the grader last looked at a broken output
         self.output_problem: str | None = None  # why nothing can be written, while it lasts
         self.bundle_blocked = False  # no bundle to grade with (health says so)
         self._probe: tuple[float, str | None] = (0.0, None)  # last probe of the output by health
@@ -310,6 +314,8 @@ class Daemon:
             # An exposure waiting out the back-off of a failure is not due: the others go first.
             due = [e for e in waiting if (e.next_attempt_at or 0.0) <= now]
             if not due:
+                if self._output_repaired():
+                    continue
                 later = [e.next_attempt_at for e in waiting if e.next_attempt_at]
                 timeout = wc.poll_s if not later else max(0.0, min(wc.poll_s, min(later) - now))
                 self._wake.wait(timeout)
@@ -341,7 +347,7 @@ class Daemon:
             except Exception as exc:  # sink or pipeline failure: keep it pending, retry later
                 self._failed(entry, exc)
                 continue
-            self._output_failures, self.output_problem = 0, None
+            self._output_usable()  # written: the output works (again)
             row = rows[0] if rows else None
             if row is None:
                 self.ledger.finish(entry.key, "quarantined", "no_row: the pipeline wrote nothing")
@@ -452,6 +458,31 @@ class Daemon:
             return f"{type(exc).__name__}: {exc}"
         return None
 
+    def _output_repaired(self) -> bool:
+        """While no grade can be written, look at the output again (at most every
+        ``retry_s``); True once it can be written, the exposures that waited for it made due.
+
+        Before, they waited out the back-off they had built up while it was broken (which
+        doubles with each failed write, up to 300 s): the fault suite's output, read-only for
+        4 s, took 19 s to catch up once repaired, and /healthz stayed 503 meanwhile."""
+        if self.output_problem is None:
+            return False
+        now = time.monotonic()
+        if now - self._output_looked < self.cfg.watch.retry_s:
+            return False
+        self._output_looked = now
+        if self._output_writable() is not None:
+            return False
+        self._output_usable()
+        return True
+
+    def _output_usable(self) -> None:
+        """The output can be written (again): no problem, and what waited for it is due."""
+        waiting, self._output_waiting = self._output_waiting, set()
+        self._output_failures, self.output_problem = 0, None
+        if waiting and self.ledger.due_now(waiting):
+            log.info("the output can be written again: %d exposure(s) due now", len(waiting))
+
     def _failed(self, entry, exc: Exception) -> None:
         """A grading that raised: back to the ledger, due again after its own back-off (which
         doubles with each failure, up to :data:`MAX_BACKOFF_S`); one log line per attempt, and
@@ -472,6 +503,7 @@ class Daemon:
             self._output_failures += 1
             n = self._output_failures
             self.output_problem = output_error
+            self._output_waiting.add(entry.key)
         self.metrics.write_failures.labels("exposure" if own else "output").inc()
         if own and failures >= wc.max_attempts:
             self._give_up(entry, failures, error)

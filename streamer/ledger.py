@@ -674,6 +674,20 @@ class Ledger:
             )
             return self._row(conn, key)
 
+    def due_now(self, keys) -> int:
+        """Make the rows ``keys`` still waiting (``seen``) due at once, whatever their back-off;
+        returns how many. For the rows that waited for the output to be writable again."""
+        keys = [int(k) for k in keys]
+        if not keys:
+            return 0
+        with self._tx() as conn:
+            marks = ",".join("?" * len(keys))
+            return conn.execute(
+                f"UPDATE exposures SET next_attempt_at = NULL "
+                f"WHERE state = 'seen' AND key IN ({marks})",
+                keys,
+            ).rowcount
+
     def recover(self, max_interruptions: int | None = None) -> list[Entry]:
         """Put every row caught in ``grading`` by a crash back to ``seen`` (call at start-up).
 

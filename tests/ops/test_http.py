@@ -280,3 +280,25 @@ def test_the_config_defaults_are_the_servers():
         http.REQUEST_TIMEOUT_S,
         http.MAX_CONNECTIONS,
     )
+
+
+def test_silent_clients_hold_no_thread_and_metrics_still_answers(metrics):
+    """Clients that connect and send nothing, three times ``max_connections`` of them, get no
+    thread: /metrics answers at once (before, they took every thread and it answered 503),
+    and they are closed at their deadline."""
+    import socket
+
+    server = HttpServer(metrics.registry, port=0, request_timeout_s=1.0, max_connections=4)
+    server.start()
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(12)]
+    try:
+        time.sleep(0.3)
+        assert _request_threads() == []
+        assert get(server, "/metrics")[0] == 200
+        for sock in silent:  # closed by the server at the 1 s deadline: EOF
+            assert sock.recv(1) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
+    assert _request_threads() == []

@@ -11,6 +11,8 @@ import pytest
 from models.bundle import ModelBundle
 from streamer.daemon import Daemon
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from tests.helpers.bundles import bad_copies
+from tests.helpers.daemon_process import metric_sample
 from transforms.sinks import read_grades
 
 
@@ -339,29 +341,12 @@ def test_a_deleted_file_leaves_the_pending_work(bundle, tmp_path, daemon_config,
     assert entry.state == "quarantined" and entry.reason.startswith("deleted: ")
 
 
-def _bad_copies(bundle, where):
-    """Two bad copies of ``bundle``: weights that are not a torch file, and NaN weights."""
-    import shutil
-
-    import torch
-
-    from models.bundle import load_bundle
-
-    garbled = Path(shutil.copytree(bundle, where / "garbled"))
-    (garbled / "cnn.pt").write_bytes(b"not a torch file " * 64)
-    good = load_bundle(bundle)
-    with torch.no_grad():
-        next(good.cnn.parameters()).fill_(float("nan"))
-    nan = ModelBundle(good.som, good.cnn, {"version": "nan-weights"}).save(where / "nan")
-    return garbled, nan
-
-
 def test_a_bad_bundle_is_refused_at_start(bundle, tmp_path, daemon_config):
     """Issue 21, item 8: ``watch --bundle BAD`` started and failed on every exposure; the whole
     bundle, weights included, is checked first (the CLI exits 2 with this message)."""
     from models.bundle import BundleError
 
-    garbled, nan = _bad_copies(bundle, tmp_path)
+    garbled, nan = bad_copies(bundle, tmp_path)
     drop = tmp_path / "drop"
     drop.mkdir()
     with pytest.raises(BundleError, match="cannot load model bundle"):
@@ -381,7 +366,7 @@ def test_a_bad_bundle_swapped_in_is_refused_and_the_old_one_kept(
     from models.bundle import load_bundle
 
     caplog.set_level("INFO")
-    garbled, _ = _bad_copies(bundle, tmp_path)
+    garbled, _ = bad_copies(bundle, tmp_path)
     old = load_bundle(bundle)
     new = ModelBundle(old.som, old.cnn, {"version": "daemon-test-3"}).save(tmp_path / "b3")
     current = tmp_path / "current"
@@ -470,13 +455,6 @@ def _get(daemon, path):
         return exc.code, exc.read().decode()
 
 
-def _sample(text, name):
-    import re
-
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return None if found is None else float(found[1])
-
-
 def test_healthz_is_503_with_the_reason_while_no_grade_can_be_written(
     bundle, tmp_path, daemon_config, wait_for
 ):
@@ -497,7 +475,9 @@ def test_healthz_is_503_with_the_reason_while_no_grade_can_be_written(
     try:
         (night / plan.filename).write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
         output_failed = 'skygrade_write_failures_total{kind="output"}'
-        assert wait_for(lambda: (_sample(_get(daemon, "/metrics")[1], output_failed) or 0) >= 1)
+        assert wait_for(
+            lambda: (metric_sample(_get(daemon, "/metrics")[1], output_failed) or 0) >= 1
+        )
         status, body = _get(daemon, "/healthz")
         metrics = _get(daemon, "/metrics")[1]
         blocker.unlink()
@@ -510,9 +490,9 @@ def test_healthz_is_503_with_the_reason_while_no_grade_can_be_written(
     doc = json.loads(body)
     assert doc["ok"] is False
     assert [p for p in doc["problems"] if p.startswith(f"cannot write grades into {out}")], doc
-    assert _sample(metrics, "skygrade_oldest_pending_age_seconds") > 0
-    assert _sample(metrics, 'skygrade_write_failures_total{kind="exposure"}') == 0
-    assert _sample(after, "skygrade_oldest_pending_age_seconds") == 0
+    assert metric_sample(metrics, "skygrade_oldest_pending_age_seconds") > 0
+    assert metric_sample(metrics, 'skygrade_write_failures_total{kind="exposure"}') == 0
+    assert metric_sample(after, "skygrade_oldest_pending_age_seconds") == 0
 
 
 def test_healthz_is_503_while_an_exposure_keeps_failing(bundle, tmp_path, daemon_config, wait_for):
@@ -535,7 +515,7 @@ def test_healthz_is_503_while_an_exposure_keeps_failing(bundle, tmp_path, daemon
         daemon.stop(timeout=30)
     (problem,) = doc["problems"]
     assert problem.startswith(f"exposure {plan.filename[:7]} (") and "IsADirectoryError" in problem
-    assert _sample(metrics, 'skygrade_write_failures_total{kind="exposure"}') >= 2
+    assert metric_sample(metrics, 'skygrade_write_failures_total{kind="exposure"}') >= 2
 
 
 def test_healthz_is_503_while_the_bundle_cannot_be_loaded(

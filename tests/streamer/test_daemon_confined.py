@@ -7,6 +7,7 @@ import pytest
 from streamer.daemon import Daemon
 from streamer.ledger import Ledger
 from streamer.telescope import Geometry, exposure_bytes, plan_night
+from tests.helpers.daemon_process import metric_total
 from transforms.sinks import read_grades
 
 NIGHT = "2026-11-24"
@@ -62,14 +63,6 @@ def test_a_night_folder_swapped_for_a_symlink_after_the_check_is_never_read(
     assert counts.get("graded", 0) == 0
 
 
-def _graded_total(metrics: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("skygrade_exposures_graded_total{")
-    )
-
-
 def test_links_and_a_preallocated_copy_are_graded_once_each(
     bundle, tmp_path, daemon_config, wait_for
 ):
@@ -116,7 +109,7 @@ def test_links_and_a_preallocated_copy_are_graded_once_each(
         counts = daemon.ledger.counts()
     finally:
         daemon.stop(timeout=30)
-    assert _graded_total(metrics) == 2.0, counts
+    assert metric_total(metrics, "skygrade_exposures_graded_total") == 2.0, counts
     rows = read_grades(out).to_pylist()
     assert sorted(r["exposure_id"] for r in rows) == sorted([str(first.expnum), str(second.expnum)])
     assert all(r["status"] == "graded" for r in rows)

@@ -4,36 +4,35 @@ killed, with its whole session, in a ``finally``."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from streamer.ledger import Ledger
-from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
-from transforms.exposure import exposure_id_from_path
+from streamer.telescope import Geometry, write_progressively
+from tests.helpers.daemon_process import (
+    GRADE_TIMEOUT_S,
+    NIGHT,
+    REPO,
+    SHUTDOWN_TIMEOUT_S,
+    START_TIMEOUT_S,
+    daemon,
+    exposures,
+    health_of,
+    ids_of,
+    make_dirs,
+    poll_until,
+    session_members,
+    wait_for,
+    write_config,
+)
 from transforms.sinks import read_grades
-
-REPO = Path(__file__).resolve().parents[2]
-NIGHT = "2026-11-24"
-#: Seconds a daemon may take to import Beam and torch and answer on its metrics port.
-START_TIMEOUT_S = 60.0
-#: Seconds for the exposures of one test to reach their final state.
-GRADE_TIMEOUT_S = 60.0
-#: ``watch.shutdown_timeout_s`` given to the daemons; a SIGTERM must end one within it.
-SHUTDOWN_TIMEOUT_S = 20.0
-
-#: One 256x320 CCD: a few hundred kB, graded in about a second.
-SMALL = Geometry(1, 256, 320)
-
-_LISTENING = re.compile(r"metrics on http://([^:/\s]+):(\d+)/metrics")
 
 
 @pytest.fixture(scope="module")
@@ -43,158 +42,7 @@ def bundle(tmp_path_factory, tiny_bundle):
 
 @pytest.fixture
 def dirs(tmp_path):
-    drop, out = tmp_path / "drop", tmp_path / "grades"
-    (drop / NIGHT).mkdir(parents=True)
-    return drop, out
-
-
-def write_config(path: Path, **watch) -> Path:
-    settings = {
-        "settle_s": 0.2,
-        "poll_s": 0.05,
-        "rescan_s": "null",
-        "ccd_workers": 1,
-        "retry_s": 0.3,
-        "shutdown_timeout_s": SHUTDOWN_TIMEOUT_S,
-        **watch,
-    }
-    lines = ["watch:", *(f"  {k}: {v}" for k, v in settings.items()), "metrics:", "  port: 0"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def exposures(n: int, seed: int, geometry: Geometry = SMALL) -> list[tuple[str, bytes]]:
-    """``n`` tiny exposures: (file name, FITS bytes)."""
-    plans = plan_night(NIGHT, n, seed=seed, class_mix={"GOOD": 1})
-    return [(p.filename, exposure_bytes(p, geometry)) for p in plans]
-
-
-def ids_of(files: list[tuple[str, bytes]]) -> list[str]:
-    return [exposure_id_from_path(name) for name, _ in files]
-
-
-def poll_until(predicate, timeout: float) -> bool:
-    """Whether ``predicate()`` became true within ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def wait_for(predicate, timeout: float, what: str, proc: DaemonProcess | None = None) -> None:
-    """Wait for ``predicate()``; fail (with the daemon's log) on a timeout or if it exits."""
-
-    def done() -> bool:
-        if predicate():
-            return True
-        if proc is not None and proc.proc.poll() is not None:
-            pytest.fail(f"the daemon exited ({proc.proc.returncode}) waiting for {what}:\n{proc}")
-        return False
-
-    if not poll_until(done, timeout):
-        log = "" if proc is None else f":\n{proc}"
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{log}")
-
-
-def session_members(sid: int) -> list[tuple[int, str]]:
-    """(pid, state) of every live (not zombie) process in session ``sid``, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, session = fields[0], int(fields[3])
-        if session == sid and state not in ("Z", "X"):
-            members.append((int(entry.name), state))
-    return members
-
-
-class DaemonProcess:
-    """One ``skygrade watch`` process in its own session, logging to a file."""
-
-    def __init__(self, config: Path, drop: Path, out: Path, bundle: Path, log: Path) -> None:
-        self.log = log
-        cmd = [sys.executable, "-m", "streamer.cli", "--config", str(config), "watch"]
-        cmd += ["--drop", str(drop), "--out", str(out), "--bundle", str(bundle)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.pid = self.proc.pid
-        self.url = ""
-
-    def text(self) -> str:
-        """Everything the daemon has logged so far."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def __str__(self) -> str:
-        return self.text()[-6000:]  # the end of the log, for failure messages
-
-    def wait_ready(self) -> None:
-        """Wait for the start-up log line naming the metrics port, then for /healthz."""
-
-        def listening() -> bool:
-            found = _LISTENING.search(self.text())
-            if found:
-                self.url = f"http://{found[1]}:{found[2]}"
-            return bool(found)
-
-        wait_for(listening, START_TIMEOUT_S, "the metrics port", self)
-
-        def answers() -> bool:  # 200, or 503 with the reason (a test may break the output)
-            try:
-                return health_of(self)[0] in (200, 503)
-            except OSError:
-                return False
-
-        wait_for(answers, 10.0, "/healthz", self)
-
-    def get(self, path: str) -> str | None:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                return response.read().decode()
-        except OSError:
-            return None
-
-    def kill(self) -> bool:
-        """SIGKILL the daemon's process group (it and its CCD workers) and reap the daemon.
-
-        Returns whether the daemon's session is empty (zombies aside) within 10 s.
-        """
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        return poll_until(lambda: not session_members(self.pid), 10.0)
-
-
-def health_of(proc: DaemonProcess) -> tuple[int, str]:
-    """(HTTP status, body) of the daemon's /healthz; a 503 is an answer, not an error."""
-    import urllib.error
-
-    try:
-        with urllib.request.urlopen(proc.url + "/healthz", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-@contextlib.contextmanager
-def daemon(tmp_path: Path, config: Path, drop: Path, out: Path, bundle: Path):
-    """Start a daemon, wait until it serves its metrics; always kill its session at the end."""
-    n = len(list(tmp_path.glob("daemon-*.log"))) + 1
-    proc = DaemonProcess(config, drop, out, bundle, tmp_path / f"daemon-{n}.log")
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.kill()
+    return make_dirs(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ tests

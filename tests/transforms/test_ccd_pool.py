@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.daemon_process import live_processes, poll_until
+
 REPO = Path(__file__).resolve().parents[2]
 #: Seconds the pool's processes may take to go once their parent is killed.
 ORPHAN_TIMEOUT_S = 5.0
@@ -55,28 +57,15 @@ ccd_pool.set_pdeathsig = lambda: False
 def group_members(pgid: int) -> list[tuple[int, int, str]]:
     """(pid, ppid, command line) of every live (not zombie) process in group ``pgid``."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, entry, fields in live_processes():
+        if int(fields[2]) != pgid:
             continue
         try:
-            stat = (entry / "stat").read_text()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, ppid, group = fields[0], int(fields[1]), int(fields[2])
-        if group == pgid and state not in ("Z", "X"):
-            members.append((int(entry.name), ppid, cmdline[:120]))
+        members.append((pid, int(fields[1]), cmdline[:120]))
     return members
-
-
-def poll_until(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @contextlib.contextmanager
