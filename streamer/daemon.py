@@ -45,7 +45,8 @@ from pathlib import Path
 
 from models.bundle import MANIFEST, check_bundle
 from ops.alerts import AlertDispatcher, AlertEngine
-from ops.config import Config, ConfigError, Problem
+from ops.config import Config
+from ops.config_schema import ConfigError, Problem
 from ops.files import atomic_write_bytes
 from ops.http import HttpServer
 from ops.metrics import Metrics
