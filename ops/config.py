@@ -1,9 +1,9 @@
-"""Configuration: one YAML file -> frozen, typed, documented config objects.
+"""Configuration: the sections of skygrade's YAML file, and loading it.
 
-A section is a frozen dataclass decorated with :func:`config_section`; each of its fields is
-declared with :func:`setting` (a leaf value with a ``doc`` and optional constraints) or
-:func:`section` (a nested section). Validation, YAML rendering, ``to_dict`` and the field listing
-are generic: they are driven by the type hints and the field metadata, never written per field.
+Each section is a frozen, typed, documented dataclass (the engine that makes it one, and checks
+every value with its dotted key path, is :mod:`ops.config_schema`; the YAML reading and writing
+is :mod:`ops.config_yaml`). :class:`Config` holds one attribute per section; :func:`load_config`
+reads and validates a file into it.
 
 Adding a section later takes two steps::
 
@@ -16,603 +16,54 @@ Adding a section later takes two steps::
     # and on Config:
     som: SomConfig = section(SomConfig, "The self-organizing map (`skygrade train`).")
 
-Supported field types: ``bool``, ``int``, ``float`` (ints accepted and stored as float; bools are
-never numbers), ``str``, ``Literal[...]``, ``X | None``, ``tuple[T, T]`` and ``tuple[T, ...]`` of
-scalars (written as YAML lists), ``Mapping[str, T]`` / ``dict[str, T]`` of scalars (stored as a
-hashable, picklable :class:`FrozenMap`) and nested sections. Constraints in the field metadata:
-``gt``, ``ge``, ``lt``, ``le`` (on a number, on each item of a tuple, on each value of a mapping),
-``choices`` (the allowed keys of a mapping, named ``key_label`` in messages) and ``check`` (a
-callable that gets the converted value and returns an error text or None).
-
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
-import operator
 import os
 import re
-import reprlib
-import textwrap
-import types
-import typing
-from collections.abc import Iterable, Iterator, Mapping
-from functools import cache
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args, get_origin
+from collections.abc import Mapping
+from typing import Literal
 
-import yaml
+from ops.config_schema import (
+    ConfigError,
+    Problem,
+    build_section,
+    config_section,
+    join_path,
+    section,
+    section_fields,
+    setting,
+    show_value,
+    to_dict,
+    type_text,
+)
+from ops.config_yaml import read_yaml
 
 __all__ = [
     "CLASSES",
     "AlertsConfig",
     "Config",
-    "ConfigError",
-    "FrozenMap",
+    "ExtractConfig",
     "LoggingConfig",
     "MetricsConfig",
-    "Problem",
+    "SomConfig",
     "TelescopeConfig",
+    "TrainConfig",
+    "WatchConfig",
     "check_http_url",
     "config_digest",
-    "config_section",
     "documented_fields",
     "load_config",
     "parse_config",
-    "render_yaml",
-    "section",
-    "setting",
-    "to_dict",
+    "with_backend",
 ]
 
 # The five image-quality classes, in model output order. Must equal models.classes.CLASSES: ops
 # imports none of the other packages, so the tuple is repeated here and a test checks they agree.
 CLASSES: tuple[str, ...] = ("GOOD", "B_SEEING", "BGP", "BT", "RBT")
-
-_INVALID: Any = object()  # returned by converters after they record a problem
-_NONE_TYPE = type(None)
-_SCALARS = (bool, int, float, str)
-_META_KEYS = frozenset({"doc", "gt", "ge", "lt", "le", "choices", "key_label", "check"})
-_BOUNDS = (
-    ("gt", ">", operator.gt),
-    ("ge", ">=", operator.ge),
-    ("lt", "<", operator.lt),
-    ("le", "<=", operator.le),
-)
-_NOUNS = {  # type: (as "expected ...", singular, plural)
-    bool: ("true or false", "boolean", "booleans"),
-    int: ("an integer", "integer", "integers"),
-    float: ("a number", "number", "numbers"),
-    str: ("a string", "string", "strings"),
-}
-_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
-_IS_SECTION = "__skygrade_config_section__"
-
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = 8
-
-
-def _show(value: Any) -> str:
-    """Short repr of a (possibly large) value for an error message."""
-    if isinstance(value, FrozenMap):
-        value = dict(value)
-    text = repr(value)
-    return text if len(text) <= 100 else _repr.repr(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-class Problem(NamedTuple):
-    """One problem in a configuration: the dotted key path (None for the whole file) and text."""
-
-    path: str | None
-    message: str
-
-
-class ConfigError(ValueError):
-    """A configuration could not be read or is invalid.
-
-    The message has one line per problem, each ``<source>: <dotted.key.path>: <what is wrong>``,
-    so that an operator can fix every mistake in one go.
-
-    Parameters
-    ----------
-    problems : iterable of Problem, or str
-        What is wrong; a plain string is one problem about the whole file.
-    source : str, optional
-        Where the configuration came from (a file name), or None.
-
-    Attributes
-    ----------
-    problems : tuple of Problem
-        Every problem found, in document order.
-    path : str or None
-        Dotted key path of the first problem, or None when it concerns the whole file.
-    source : str or None
-        The file name (or ``"<config>"``) the configuration came from.
-    """
-
-    def __init__(self, problems: Iterable[Problem] | str, source: str | None = None) -> None:
-        if isinstance(problems, str):
-            problems = [Problem(None, problems)]
-        self.problems: tuple[Problem, ...] = tuple(Problem(*p) for p in problems)
-        self.source = source
-        self.path = self.problems[0].path if self.problems else None
-        super().__init__(self.problems, source)
-
-    def __str__(self) -> str:
-        return "\n".join(
-            ": ".join(part for part in (self.source, p.path, p.message) if part)
-            for p in self.problems
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Immutable mapping for mapping-valued fields
-
-
-class FrozenMap(Mapping):
-    """An immutable, hashable, picklable mapping; the stored form of mapping-valued fields.
-
-    It compares equal to any mapping with the same items (``FrozenMap(a=1) == {"a": 1}``) and
-    keeps the order in which its items were given.
-    """
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping | Iterable[tuple[Any, Any]] = (), /) -> None:
-        self._data = dict(data)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._data == dict(other.items())
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
-
-
-# --------------------------------------------------------------------------------------------
-# Declaring sections and fields
-
-
-def setting(default: Any, doc: str, /, **constraints: Any) -> Any:
-    """Declare a documented leaf field of a config section.
-
-    Parameters
-    ----------
-    default : object
-        The default value; it must itself be valid. A dict becomes a :class:`FrozenMap` and a
-        list a tuple, so defaults stay immutable.
-    doc : str
-        What the field does, for the YAML comments, ``--help`` and error messages.
-    **constraints
-        Any of ``gt``, ``ge``, ``lt``, ``le`` (numbers), ``choices`` (allowed mapping keys),
-        ``key_label`` (what a mapping key is called in messages, default ``"key"``) and ``check``
-        (callable taking the converted value, returning an error text or None).
-
-    Returns
-    -------
-    dataclasses.Field
-        To be assigned as the class attribute's default.
-
-    Examples
-    --------
-    >>> cadence_s: float = setting(60.0, "Seconds between exposures.", gt=0)  # doctest: +SKIP
-    """
-    if isinstance(default, Mapping):
-        default = FrozenMap(default)
-    elif isinstance(default, list):
-        default = tuple(default)
-    return dataclasses.field(default=default, metadata={"doc": doc, **constraints})
-
-
-def section(cls: type, doc: str, /) -> Any:
-    """Declare a nested section field whose default is ``cls()``.
-
-    Parameters
-    ----------
-    cls : type
-        A class decorated with :func:`config_section`.
-    doc : str
-        What the section configures; rendered as a comment above it.
-
-    Returns
-    -------
-    dataclasses.Field
-        To be assigned as the class attribute's default.
-
-    Examples
-    --------
-    >>> telescope: TelescopeConfig = section(TelescopeConfig, "The telescope.")  # doctest: +SKIP
-    """
-    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
-
-
-def config_section(cls: type) -> type:
-    """Make ``cls`` a config section: a frozen, slotted, keyword-only dataclass.
-
-    The declaration is checked at once (every field has a doc, a supported type, valid
-    constraints and a valid default), so a mistake fails at import rather than in production.
-    Instances validate and normalise their values when constructed, also from Python code
-    (``TelescopeConfig(cadence_s=-1)`` raises :class:`ConfigError`). A ``__post_init__`` defined
-    on the class runs after that, for checks across fields; it may raise :class:`ConfigError`
-    with problems whose paths are field names.
-
-    Parameters
-    ----------
-    cls : type
-        The class to decorate.
-
-    Returns
-    -------
-    type
-        The dataclass.
-
-    Raises
-    ------
-    TypeError
-        If a field lacks a doc or a default, has an unsupported type or unknown metadata.
-    """
-    user_hook = cls.__dict__.get("__post_init__")
-
-    def __post_init__(self: Any) -> None:
-        _normalise(self)
-        if user_hook is not None:
-            user_hook(self)
-
-    cls.__post_init__ = __post_init__
-    setattr(cls, _IS_SECTION, True)
-    cls = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
-    _spec(cls)
-    try:
-        cls()
-    except (ConfigError, TypeError) as exc:
-        raise TypeError(f"{cls.__name__}: the defaults are not a valid config: {exc}") from None
-    return cls
-
-
-def _is_section(tp: Any) -> bool:
-    return isinstance(tp, type) and getattr(tp, _IS_SECTION, False) is True
-
-
-class _Field(NamedTuple):
-    """A field of a section, as the generic machinery sees it."""
-
-    name: str
-    type: Any  # the type with ``| None`` removed
-    optional: bool
-    meta: Mapping[str, Any]
-    section: type | None  # the section class when the field is a nested section
-
-    @property
-    def doc(self) -> str:
-        return self.meta["doc"]
-
-
-@cache
-def _spec(cls: type) -> tuple[_Field, ...]:
-    """Check and describe the fields of a section class (once per class)."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        where = f"{cls.__name__}.{f.name}"
-        meta = dict(f.metadata)
-        doc = meta.get("doc")
-        if not isinstance(doc, str) or not doc.strip():
-            raise TypeError(f"{where}: every config field needs a non-empty 'doc' in its metadata")
-        unknown = set(meta) - _META_KEYS
-        if unknown:
-            raise TypeError(
-                f"{where}: unknown metadata {sorted(unknown)}; valid: {sorted(_META_KEYS)}"
-            )
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise TypeError(f"{where}: every config field needs a default")
-        tp, optional = _split_optional(hints[f.name], where)
-        if _is_section(tp):
-            if optional or set(meta) != {"doc"}:
-                raise TypeError(f"{where}: a section cannot be optional or constrained")
-            out.append(_Field(f.name, tp, False, meta, tp))
-            continue
-        _check_type(tp, meta, where)
-        out.append(_Field(f.name, tp, optional, meta, None))
-    return tuple(out)
-
-
-def _split_optional(tp: Any, where: str) -> tuple[Any, bool]:
-    if get_origin(tp) in (types.UnionType, typing.Union):
-        args = get_args(tp)
-        rest = [a for a in args if a is not _NONE_TYPE]
-        if len(rest) != 1 or len(args) != 2:
-            raise TypeError(f"{where}: only 'X | None' unions are supported, got {tp}")
-        return rest[0], True
-    return tp, False
-
-
-def _element(tp: Any) -> Any:
-    """The scalar type that numeric bounds apply to: the type, tuple items or mapping values."""
-    origin = get_origin(tp)
-    if origin is tuple:
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        return args[0] if len(set(args)) == 1 else None
-    if origin in (dict, Mapping):
-        return get_args(tp)[1]
-    return tp
-
-
-def _check_type(tp: Any, meta: Mapping[str, Any], where: str) -> None:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Literal:
-        if not all(isinstance(a, _SCALARS) for a in args):
-            raise TypeError(f"{where}: Literal choices must be scalars, got {tp}")
-    elif origin is tuple:
-        items = args[:1] if len(args) == 2 and args[1] is Ellipsis else args
-        if not items or not all(a in _SCALARS for a in items):
-            raise TypeError(f"{where}: tuples must hold bool/int/float/str, got {tp}")
-    elif origin in (dict, Mapping):
-        if len(args) != 2 or args[0] is not str or args[1] not in _SCALARS:
-            raise TypeError(f"{where}: mappings must be Mapping[str, bool/int/float/str], got {tp}")
-    elif tp not in _SCALARS:
-        raise TypeError(f"{where}: unsupported config type {tp}")
-    has_bounds = any(key in meta for key, _, _ in _BOUNDS)
-    if has_bounds and _element(tp) not in (int, float):
-        raise TypeError(f"{where}: gt/ge/lt/le apply to numbers only, not {tp}")
-    if ("choices" in meta or "key_label" in meta) and origin not in (dict, Mapping):
-        raise TypeError(f"{where}: 'choices' and 'key_label' apply to mapping keys only")
-    if "check" in meta and not callable(meta["check"]):
-        raise TypeError(f"{where}: 'check' must be callable")
-
-
-# --------------------------------------------------------------------------------------------
-# Describing what is allowed
-
-
-def _bounds_text(meta: Mapping[str, Any]) -> str:
-    parts = [f"{op} {meta[key]!r}" for key, op, _ in _BOUNDS if meta.get(key) is not None]
-    return " " + " and ".join(parts) if parts else ""
-
-
-def _describe(tp: Any, meta: Mapping[str, Any], optional: bool = False) -> str:
-    """What is allowed, in words: 'a number > 0', "one of 'a', 'b'", 'a list of 2 integers'."""
-    origin, args = get_origin(tp), get_args(tp)
-    bounds = _bounds_text(meta)
-    if origin is Literal:
-        text = "one of " + ", ".join(repr(a) for a in args)
-    elif origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            text = f"a list of {_NOUNS[args[0]][2]}{bounds}"
-        elif len(set(args)) == 1:
-            text = f"a list of {len(args)} {_NOUNS[args[0]][2]}{bounds}"
-        else:
-            text = "a list [" + ", ".join(_TYPE_NAMES[a] for a in args) + "]"
-    elif origin in (dict, Mapping):
-        label = meta.get("key_label", "key")
-        if meta.get("choices") is not None:
-            label += " (" + ", ".join(map(str, meta["choices"])) + ")"
-        text = f"a mapping of {label} to {_NOUNS[args[1]][1]}{bounds}"
-    else:
-        text = _NOUNS[tp][0] + bounds
-    return f"{text} or null" if optional else text
-
-
-def _type_text(spec: _Field) -> str:
-    """Type of a field for help output: 'float (> 0)', 'tuple[int, int] | None (each >= 64)'."""
-    tp, meta = spec.type, spec.meta
-    origin, args = get_origin(tp), get_args(tp)
-    if spec.section is not None:
-        return "section"
-    if origin is Literal:
-        text = " | ".join(repr(a) for a in args)
-    elif origin is tuple:
-        inner = [("..." if a is Ellipsis else _TYPE_NAMES[a]) for a in args]
-        text = f"tuple[{', '.join(inner)}]"
-    elif origin in (dict, Mapping):
-        text = f"mapping[str, {_TYPE_NAMES[args[1]]}]"
-    else:
-        text = _TYPE_NAMES[tp]
-    if spec.optional:
-        text += " | None"
-    notes = []
-    if meta.get("choices") is not None:
-        notes.append(f"{meta.get('key_label', 'key')}: " + ", ".join(map(str, meta["choices"])))
-    bounds = _bounds_text(meta).strip()
-    if bounds:
-        each = {tuple: "each ", dict: "values ", Mapping: "values "}.get(origin, "")
-        notes.append(each + bounds)
-    return f"{text} ({'; '.join(notes)})" if notes else text
-
-
-def _suggest(word: Any, valid: Iterable[str]) -> str:
-    """' did you mean 'x'?' for a close match of ``word`` among ``valid``, else ''."""
-    if not isinstance(word, str):
-        return ""
-    valid = list(valid)
-    folded = {v.casefold(): v for v in valid}
-    if word.casefold() in folded:
-        return f" did you mean {folded[word.casefold()]!r}?"
-    close = difflib.get_close_matches(word, valid, n=1)
-    return f" did you mean {close[0]!r}?" if close else ""
-
-
-# --------------------------------------------------------------------------------------------
-# Converting and checking values
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _scalar(tp: Any, value: Any) -> Any:
-    """Convert ``value`` to the scalar type ``tp`` or return _INVALID (no message)."""
-    if tp is bool:
-        return value if isinstance(value, bool) else _INVALID
-    if isinstance(value, bool):  # bool is an int subclass, but never a number here
-        return _INVALID
-    if tp is int:
-        return value if isinstance(value, int) else _INVALID
-    if tp is float:
-        return float(value) if isinstance(value, int | float) else _INVALID
-    return value if isinstance(value, tp) else _INVALID
-
-
-def _in_bounds(value: Any, meta: Mapping[str, Any]) -> bool:
-    return all(test(value, meta[key]) for key, _, test in _BOUNDS if meta.get(key) is not None)
-
-
-def _number(
-    tp: Any,
-    value: Any,
-    meta: Mapping[str, Any],
-    path: str,
-    out: list[Problem],
-    optional: bool = False,
-) -> Any:
-    """Convert one scalar (a field, a tuple item or a mapping value) and check its bounds.
-
-    A value of the wrong type is told the type ('expected an integer, got 'abc''); a value out
-    of range is told the range too ('expected a number > 0, got -3').
-    """
-    converted = _scalar(tp, value)
-    null = " or null" if optional else ""
-    if converted is _INVALID:
-        out.append(Problem(path, f"expected {_NOUNS[tp][0]}{null}, got {_show(value)}"))
-        return _INVALID
-    if isinstance(converted, float) and not math.isfinite(converted):
-        out.append(Problem(path, f"expected a finite number{null}, got {_show(value)}"))
-        return _INVALID
-    if tp in (int, float) and not _in_bounds(converted, meta):
-        allowed = _NOUNS[tp][0] + _bounds_text(meta) + null
-        out.append(Problem(path, f"expected {allowed}, got {_show(value)}"))
-        return _INVALID
-    return converted
-
-
-def _convert(spec: _Field, value: Any, path: str, out: list[Problem]) -> Any:
-    """Validate and normalise the value of a leaf field; record problems in ``out``."""
-    if value is None and spec.optional:
-        return None
-    tp, meta = spec.type, spec.meta
-    origin, args = get_origin(tp), get_args(tp)
-    expected = _describe(tp, meta, spec.optional)
-    n_problems = len(out)
-    if origin is Literal:
-        if not any(type(value) is type(a) and value == a for a in args):
-            hint = _suggest(value, [a for a in args if isinstance(a, str)])
-            hint = f";{hint}" if hint else ""
-            out.append(Problem(path, f"expected {expected}, got {_show(value)}{hint}"))
-            return _INVALID
-        result = value
-    elif origin is tuple:
-        variadic = len(args) == 2 and args[1] is Ellipsis
-        if not isinstance(value, list | tuple) or (not variadic and len(value) != len(args)):
-            out.append(Problem(path, f"expected {expected}, got {_show(value)}"))
-            return _INVALID
-        items = [args[0]] * len(value) if variadic else list(args)
-        result = tuple(
-            _number(t, v, meta, f"{path}[{i}]", out)
-            for i, (t, v) in enumerate(zip(items, value, strict=True))
-        )
-    elif origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            out.append(Problem(path, f"expected {expected}, got {_show(value)}"))
-            return _INVALID
-        choices, label = meta.get("choices"), meta.get("key_label", "key")
-        result = {}
-        for key, item in value.items():
-            sub = _join(path, key)
-            if not isinstance(key, str):
-                out.append(Problem(sub, f"expected a string {label}, got {_show(key)}"))
-            elif choices is not None and key not in choices:
-                hint = _suggest(key, choices)
-                valid = ", ".join(map(str, choices))
-                out.append(Problem(sub, f"unknown {label};{hint} expected one of {valid}"))
-            else:
-                result[key] = _number(args[1], item, meta, sub, out)
-        result = FrozenMap(result)
-    else:
-        result = _number(tp, value, meta, path, out, spec.optional)
-    if len(out) > n_problems:
-        return _INVALID
-    check = meta.get("check")
-    if check is not None:
-        error = check(result)
-        if error:
-            out.append(Problem(path, error))
-            return _INVALID
-    return result
-
-
-def _normalise(obj: Any) -> None:
-    """``__post_init__`` of every section: validate and normalise the fields in place."""
-    problems: list[Problem] = []
-    for spec in _spec(type(obj)):
-        value = getattr(obj, spec.name)
-        if spec.section is not None:
-            if not isinstance(value, spec.section):
-                expected = f"a {spec.section.__name__}"
-                problems.append(Problem(spec.name, f"expected {expected}, got {_show(value)}"))
-            continue
-        converted = _convert(spec, value, spec.name, problems)
-        if converted is not _INVALID:
-            object.__setattr__(obj, spec.name, converted)
-    if problems:
-        raise ConfigError(problems, f"{type(obj).__name__}(...)")
-
-
-def _build(cls: type, data: Any, path: str, out: list[Problem]) -> Any:
-    """Build section ``cls`` from parsed YAML, merged over its defaults; record problems."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        what = f"the {path} section" if path else "the top level"
-        out.append(Problem(path or None, f"expected a mapping for {what}, got {_show(data)}"))
-        return _INVALID
-    specs = {spec.name: spec for spec in _spec(cls)}
-    n_problems = len(out)
-    kwargs = {}
-    for key, value in data.items():
-        sub = _join(path, key)
-        spec = specs.get(key) if isinstance(key, str) else None
-        if spec is None:
-            where = f"in {path}" if path else "at the top level"
-            hint = _suggest(key, specs)
-            out.append(
-                Problem(sub, f"unknown key;{hint} valid keys {where}: {', '.join(sorted(specs))}")
-            )
-            continue
-        if spec.section is not None:
-            kwargs[key] = _build(spec.section, value, sub, out)
-        else:
-            kwargs[key] = _convert(spec, value, sub, out)
-    if len(out) > n_problems:
-        return _INVALID
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:  # a cross-field check in the section's own __post_init__
-        out.extend(
-            Problem(_join(path, p.path) if p.path else path or None, p.message)
-            for p in exc.problems
-        )
-        return _INVALID
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,7 +79,7 @@ def _night_date(night: str | None) -> str | None:
 def _positive_total(mix: Mapping[str, float]) -> str | None:
     if sum(mix.values()) > 0:
         return None
-    return f"expected at least one class with a weight > 0, got {_show(mix)}"
+    return f"expected at least one class with a weight > 0, got {show_value(mix)}"
 
 
 @config_section
@@ -931,7 +382,7 @@ def check_http_url(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() in ("http", "https") and rest and not rest.startswith("/"):
         return None
-    return f"expected an http:// or https:// URL, got {_show(url)}"
+    return f"expected an http:// or https:// URL, got {show_value(url)}"
 
 
 @config_section
@@ -1112,72 +563,7 @@ def parse_config(data: object, source: str = "<config>") -> Config:
     >>> parse_config({"telescope": {"geometry": "small"}}).telescope.geometry
     'small'
     """
-    problems: list[Problem] = []
-    cfg = _build(Config, data, "", problems)
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is recorded.
-
-    YAML keeps the last of two equal keys without a word, so a setting given twice (a second
-    ``port:`` pasted below the first) silently overrode the first. Each duplicate becomes a
-    :class:`Problem` at its dotted key path in :attr:`duplicates` (in the order of the lines of
-    the second keys); everything else, merge keys
-    (``<<: *base``, whose keys may be overridden) included, loads as ``yaml.safe_load`` does.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._paths: dict[int, str] = {}
-        self._found: list[tuple[int, Problem]] = []
-
-    @property
-    def duplicates(self) -> list[Problem]:
-        """The keys given twice, in document order."""
-        return [problem for _, problem in sorted(self._found, key=lambda found: found[0])]
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        self._name(node, "")
-        return super().construct_document(node)
-
-    def _name(self, node: yaml.Node, path: str) -> None:
-        """Record the dotted path of every node below ``node`` (an alias keeps its first)."""
-        if id(node) in self._paths:
-            return
-        self._paths[id(node)] = path
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                named = isinstance(key, yaml.ScalarNode) and key.tag != _YAML_MERGE
-                self._name(value, _join(path, key.value) if named else path)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._name(item, f"{path}[{i}]")
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode) and id(node) in self._paths:
-            path = self._paths.pop(id(node))  # once per node: a merge adds keys to it later
-            first: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == _YAML_MERGE:
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    seen = first.setdefault(key, key_node)
-                except TypeError:  # unhashable: the base class reports it
-                    continue
-                if seen is not key_node:
-                    line = key_node.start_mark.line + 1
-                    message = f"duplicate key (line {seen.start_mark.line + 1} and line {line})"
-                    self._found.append(
-                        (line, Problem(_join(path, key), f"{message}: give it once"))
-                    )
-        return super().construct_mapping(node, deep=deep)
-
-
-_YAML_MERGE = "tag:yaml.org,2002:merge"
+    return build_section(Config, data, source)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -1208,142 +594,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if path is None:
         return Config()
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError("no such config file", source) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a config file", source) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (bad byte at offset {exc.start})", source) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", source) from None
-    loader = _UniqueKeyLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(f"not valid YAML{where}: {problem}", source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", source) from None
-    finally:
-        loader.dispose()
-    if loader.duplicates:
-        raise ConfigError(loader.duplicates, source)
-    return parse_config(data, source)
-
-
-def _plain(value: Any) -> Any:
-    if _is_section(type(value)):
-        return to_dict(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Return a config (or one section) as plain dicts, lists and scalars.
-
-    Parameters
-    ----------
-    cfg : Config or a section
-        The configuration.
-
-    Returns
-    -------
-    dict
-        JSON- and YAML-serialisable; ``parse_config(to_dict(cfg)) == cfg`` for a :class:`Config`.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a config section.
-
-    Examples
-    --------
-    >>> to_dict(load_config())["telescope"]["geometry"]
-    'full'
-    """
-    if not _is_section(type(cfg)):
-        raise TypeError(f"expected a config section, got {type(cfg).__name__}")
-    return {spec.name: _plain(getattr(cfg, spec.name)) for spec in _spec(type(cfg))}
-
-
-def _yaml_value(value: Any) -> str:
-    """One value as single-line YAML (flow style), e.g. ``full``, ``[512, 1152]``, ``null``."""
-    text = yaml.safe_dump(
-        _plain(value), default_flow_style=True, sort_keys=False, width=1 << 30, allow_unicode=True
-    )
-    return text.removesuffix("\n").removesuffix("\n...")
-
-
-def _comment(text: str, indent: str) -> list[str]:
-    width = max(100 - len(indent) - 2, 40)
-    return [f"{indent}# {line}" for line in textwrap.wrap(text, width)]
-
-
-def _render(cfg: Any, indent: str, docs: bool, lines: list[str]) -> None:
-    defaults = type(cfg)()
-    for spec in _spec(type(cfg)):
-        value = getattr(cfg, spec.name)
-        if docs:
-            if not indent:
-                lines.append("")
-            lines.extend(_comment(spec.doc, indent))
-            if spec.section is None:
-                allowed = f"Allowed: {_describe(spec.type, spec.meta, spec.optional)}."
-                default = f"Default: {_yaml_value(getattr(defaults, spec.name))}."
-                if len(indent) + len(allowed) + len(default) + 3 <= 100:
-                    lines.append(f"{indent}# {allowed} {default}")
-                else:
-                    lines += [f"{indent}# {allowed}", f"{indent}# {default}"]
-        if spec.section is not None:
-            if _spec(spec.section):
-                lines.append(f"{indent}{spec.name}:")
-                _render(value, indent + "  ", docs, lines)
-            else:
-                lines.append(f"{indent}{spec.name}: {{}}")
-        elif isinstance(value, Mapping) and value:
-            lines.append(f"{indent}{spec.name}:")
-            lines.extend(f"{indent}  {_yaml_value(k)}: {_yaml_value(v)}" for k, v in value.items())
-        else:
-            lines.append(f"{indent}{spec.name}: {_yaml_value(value)}")
-
-
-def render_yaml(cfg: Config, docs: bool = True) -> str:
-    """Render the effective configuration as YAML, documented.
-
-    Parameters
-    ----------
-    cfg : Config
-        The configuration to render.
-    docs : bool, optional
-        Put each section's and field's doc, what it allows and its default as comments above
-        it (default True).
-
-    Returns
-    -------
-    str
-        Valid YAML; ``parse_config(yaml.safe_load(text)) == cfg``.
-
-    Examples
-    --------
-    >>> print(render_yaml(load_config(), docs=False).splitlines()[1])
-      geometry: full
-    """
-    lines: list[str] = []
-    if docs:
-        lines += [
-            "# skygrade configuration.",
-            "# Every key is optional: a key left out takes its default, and so does a section",
-            "# left out. Mapping values (like telescope.class_mix) replace the default as a whole.",
-        ]
-    _render(cfg, "", docs, lines)
-    return "\n".join(lines) + "\n"
+    return parse_config(read_yaml(source), source)
 
 
 def config_digest(cfg: Config) -> str:
@@ -1391,9 +642,9 @@ def documented_fields(cfg_cls: type = Config) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
 
     def walk(cls: type, prefix: str) -> None:
-        for spec in _spec(cls):
-            path = _join(prefix, spec.name)
-            out.append((path, _type_text(spec), spec.doc))
+        for spec in section_fields(cls):
+            path = join_path(prefix, spec.name)
+            out.append((path, type_text(spec), spec.doc))
             if spec.section is not None:
                 walk(spec.section, path)
 

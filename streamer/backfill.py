@@ -120,7 +120,8 @@ def find_exposures(
         ``archive`` is not a directory.
     """
     from transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
-    from transforms.exposure import NIGHT_PATTERN, ExposureError, exposure_id_from_path
+    from transforms.exposure import NIGHT_PATTERN, exposure_id_from_path
+    from transforms.exposure_errors import ExposureError
     from transforms.extract import make_backend
 
     root = Path(archive)

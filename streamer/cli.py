@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ops.config import Config, ConfigError, load_config, with_backend
+from ops.config import Config, load_config, with_backend
+from ops.config_schema import ConfigError
 from streamer.cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -391,7 +392,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_config(args: argparse.Namespace, cfg: Config) -> int:
-    from ops.config import config_digest, render_yaml
+    from ops.config import config_digest
+    from ops.config_yaml import render_yaml
 
     if args.file is not None:
         cfg = load_config(args.file)

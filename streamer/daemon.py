@@ -47,7 +47,8 @@ from pathlib import Path
 
 from models.bundle import MANIFEST, check_bundle
 from ops.alerts import AlertDispatcher, AlertEngine
-from ops.config import Config, ConfigError, Problem
+from ops.config import Config
+from ops.config_schema import ConfigError, Problem
 from ops.files import atomic_write_bytes
 from ops.http import HttpServer
 from ops.metrics import Metrics
@@ -55,7 +56,8 @@ from ops.text import escape_controls
 from streamer.ledger import TOO_MANY_ATTEMPTS, Ledger
 from streamer.observer import Observer
 from streamer.watcher import DropWatcher
-from transforms.exposure import exposure_id_from_path, pinned
+from transforms.confined_reads import pinned
+from transforms.exposure import exposure_id_from_path
 from transforms.grading import exposure_row
 from transforms.quarantine import Quarantined
 from transforms.sinks import write_grade_rows
@@ -338,7 +340,7 @@ class Daemon:
                     ]
                 else:
                     # Opened once, beneath the drop directory, and read only through that open file
-                    # (transforms.exposure.pinned): a folder swapped for a symlink after the
+                    # (transforms.confined_reads.pinned): a folder swapped for a symlink after the
                     # watcher's check cannot make the pipeline read a file outside the drop.
                     with pinned(entry.path, self.drop_dir):
                         rows = self.session.grade(

@@ -113,7 +113,7 @@ def inspect_exposure(
         ``path`` does not exist.
     InspectError
         ``ccd`` is not a CCD of the exposure, or ``stretch`` is unknown.
-    transforms.exposure.ExposureError
+    transforms.exposure_errors.ExposureError
         The file is not a readable exposure (the message names the file).
     models.bundle.BundleError
         The bundle is missing or does not match this code.

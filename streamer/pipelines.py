@@ -686,7 +686,8 @@ def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: s
     scanning the whole dataset, which grows all night)."""
     import pyarrow.parquet as pq
 
-    from transforms.exposure import ExposureError, exposure_id_from_path, read_meta
+    from transforms.exposure import exposure_id_from_path, read_meta
+    from transforms.exposure_errors import ExposureError
     from transforms.sinks import exposure_file_name
 
     rows = []

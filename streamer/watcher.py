@@ -4,9 +4,9 @@ MegaCam files (~680 MB) arrive progressively: the file exists, then grows in chu
 seconds. A file is *ready* when
 
 1. its ``(st_size, st_mtime_ns)`` has not changed for ``settle_s`` seconds (debounce),
-2. :func:`transforms.exposure.check_integrity` proves, from the headers alone, that every HDU the
+2. :func:`transforms.fits_walk.check_integrity` proves, from the headers alone, that every HDU the
    headers announce is wholly present, and
-3. :func:`transforms.exposure.check_data` finds no data unit that ends in NUL bytes.
+3. :func:`transforms.fits_walk.check_data` finds no data unit that ends in NUL bytes.
 
 No check alone is enough: a stalled transfer is stable but incomplete, and a copy into a
 preallocated file (``truncate -s SIZE`` then filled, as ``rsync --preallocate`` and
@@ -30,7 +30,7 @@ Outcomes
 ``on_ready(path)``
     Once per file identity ``(size, mtime_ns)``. A file rewritten later is a new identity and is
     reported again if its content changed: one touched, or copied again as it was, has the
-    same :func:`~transforms.exposure.check_data` fingerprint and is not. A file is reported
+    same :func:`~transforms.fits_walk.check_data` fingerprint and is not. A file is reported
     once whatever the number of names it has in the drop directory: a symlink (to a file
     inside the drop) is reported by the real name of its target, and a second hard link, or a
     symlink, to a file already reported as it is, is not reported at all (files are told apart
@@ -51,8 +51,8 @@ cannot forge a log line or a reason.
   later becomes a candidate again.
 - ``unreadable``: ``stat`` / ``open`` failed (permissions, I/O error) or it is not a regular file
   (a FIFO named ``*.fits`` would block a reader forever).
-- any :class:`~transforms.exposure.CorruptFileError` / ``ExposureError`` reason (``not_fits``,
-  ``bad_header``, ``trailing_data``...): at once.
+- any :class:`~transforms.exposure_errors.CorruptFileError` / ``ExposureError`` reason
+  (``not_fits``, ``bad_header``, ``trailing_data``...): at once.
 - ``unsupported_compression``: a FITS file compressed as a whole (``*.fits.gz``, ``.bz2``,
   ``.xz``, ``.Z``, ``.zst``: :data:`UNSUPPORTED_PATTERNS`), once settled, without opening it.
   Before, such a file was ignored with no trace; only tile compression (``*.fits.fz``) is read.
@@ -107,13 +107,8 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from ops.text import escape_controls
-from transforms.exposure import (
-    CorruptFileError,
-    ExposureError,
-    IncompleteFileError,
-    check_data,
-    check_integrity,
-)
+from transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
+from transforms.fits_walk import check_data, check_integrity
 
 __all__ = ["DEFAULT_PATTERNS", "TEMPORARY_PATTERNS", "UNSUPPORTED_PATTERNS", "DropWatcher"]
 

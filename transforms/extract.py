@@ -430,7 +430,8 @@ class PixelBackend:
 
     def open(self, path: str):
         """Integrity walk + metadata; raises ``ExposureError`` for a bad file."""
-        from transforms.exposure import check_integrity, read_meta
+        from transforms.exposure import read_meta
+        from transforms.fits_walk import check_integrity
 
         check_integrity(path)
         return read_meta(path)
@@ -440,11 +441,13 @@ class PixelBackend:
 
         With ``keep_pixels`` the background-subtracted image rides along in the result.
         """
-        from transforms.exposure import ExposureError, ccd_problem, read_ccd
+        from transforms.ccd_checks import ccd_problem
+        from transforms.exposure import read_ccd
+        from transforms.exposure_errors import ExposureError
 
         try:
             # The file pinned when the exposure was opened, if it was (the daemon): its open
-            # descriptor, never the name again (transforms.exposure, "Confined reads").
+            # descriptor, never the name again (transforms.confined_reads).
             pixels = read_ccd(
                 meta.path,
                 ccd,

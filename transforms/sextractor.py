@@ -46,16 +46,13 @@ from astropy.io.fits.verify import VerifyWarning
 
 from transforms.exposure import (
     NIGHT_PATTERN,
-    ExposureError,
     ExposureMeta,
     exposure_id_from_path,
-    header_float,
-    header_str,
-    header_value,
     observing_night,
     parse_date_obs,
     parse_expnum,
 )
+from transforms.exposure_errors import ExposureError
 from transforms.extract import (
     SATURATION_MARGIN,
     CcdFeatures,
@@ -67,6 +64,7 @@ from transforms.extract import (
     stellar_locus,
     stellarity,
 )
+from transforms.fits_header import header_float, header_str, header_value
 
 __all__ = [
     "CATALOG_PARAMETERS",

@@ -64,7 +64,8 @@ class _OpenExposure(beam.DoFn):
         self.backend = make_backend(self._backend_name, self._params)
 
     def process(self, path: str):
-        from transforms.exposure import ExposureError, exposure_id_from_path
+        from transforms.exposure import exposure_id_from_path
+        from transforms.exposure_errors import ExposureError
 
         try:
             meta = self.backend.open(path)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from ops.alerts import RULES, Alert, AlertDispatcher, AlertEngine, alertmanager_payload, rfc3339
-from ops.config import AlertsConfig, ConfigError, parse_config
+from ops.config import AlertsConfig, parse_config
+from ops.config_schema import ConfigError
 from ops.metrics import Metrics
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from ops.alerts import RULES, AlertEngine
-from ops.config import AlertsConfig, ConfigError, parse_config
+from ops.config import AlertsConfig, parse_config
+from ops.config_schema import ConfigError
 
 
 def row(eid, seeing=None, status="graded", **extra):

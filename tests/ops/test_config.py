@@ -14,25 +14,28 @@ import yaml
 from ops.config import (
     CLASSES,
     Config,
-    ConfigError,
-    FrozenMap,
     LoggingConfig,
-    Problem,
     TelescopeConfig,
     config_digest,
-    config_section,
     documented_fields,
     load_config,
     parse_config,
-    render_yaml,
+)
+from ops.config_schema import (
+    ConfigError,
+    FrozenMap,
+    Problem,
+    config_section,
     section,
     setting,
     to_dict,
 )
+from ops.config_yaml import render_yaml
 
 EXAMPLE = Path(__file__).parents[2] / "ops" / "skygrade.example.yaml"
 REGENERATE = (
-    ".venv/bin/python -c 'from ops.config import *; "
+    ".venv/bin/python -c 'from ops.config import load_config; "
+    "from ops.config_yaml import render_yaml; "
     'open("ops/skygrade.example.yaml", "w").write(render_yaml(load_config()))\''
 )
 
@@ -335,7 +338,7 @@ def test_duplicate_keys_are_refused_with_their_key_path(tmp_path):
 def test_without_duplicates_the_file_loads_as_yaml_safe_load_reads_it(tmp_path):
     text = "telescope: &base\n  seed: 3\n  cadence_s: 30\nsimulate:\n  <<: *base\n  seed: 4\n"
     path = write(tmp_path, text)
-    from ops.config import _UniqueKeyLoader
+    from ops.config_yaml import _UniqueKeyLoader
 
     loader = _UniqueKeyLoader(text)
     try:
@@ -541,8 +544,8 @@ def test_cross_field_check_in_post_init_gets_the_yaml_path():
     class Root:
         window: Window = section(Window, "A window.")
 
-    from ops import config
+    from ops import config_schema
 
     problems = []
-    assert config._build(Root, {"window": {"lo": 2}}, "", problems) is config._INVALID
+    assert config_schema._build(Root, {"window": {"lo": 2}}, "", problems) is config_schema._INVALID
     assert problems == [Problem("window.hi", "expected a number > lo, got 1.0")]

@@ -74,7 +74,7 @@ def test_links_and_a_preallocated_copy_are_graded_once_each(
     import time
     import urllib.request
 
-    from transforms.exposure import check_integrity
+    from transforms.fits_walk import check_integrity
 
     drop, out = tmp_path / "drop", tmp_path / "grades"
     night = drop / NIGHT

@@ -3,7 +3,9 @@
 import pytest
 
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
-from transforms.exposure import IncompleteFileError, check_integrity, read_meta
+from transforms.exposure import read_meta
+from transforms.exposure_errors import IncompleteFileError
+from transforms.fits_walk import check_integrity
 
 
 def test_progressively_written_file_is_valid_only_once_complete(tmp_path):

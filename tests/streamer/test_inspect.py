@@ -18,7 +18,7 @@ from streamer.inspect import (
     inspect_panels,
 )
 from streamer.telescope import Geometry, plan_night, write_exposure
-from transforms.exposure import ExposureError
+from transforms.exposure_errors import ExposureError
 
 TILE = 16
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import streamer.watcher as watcher_mod
-import transforms.exposure as exposure_mod
+import transforms.confined_reads as confined_reads_mod
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
 from streamer.watcher import DropWatcher
-from transforms.exposure import check_integrity
+from transforms.fits_walk import check_integrity
 
 pytestmark = [
     pytest.mark.usefixtures("no_thread_leak"),
@@ -553,7 +553,7 @@ def test_unreadable_file_rejected(drop, start_watcher, monkeypatch):
         return real_open(file, *args, **kwargs)
 
     # Tests run as root, so chmod 000 would not stop a read: refuse the open instead.
-    monkeypatch.setattr(exposure_mod, "open", guarded_open, raising=False)
+    monkeypatch.setattr(confined_reads_mod, "open", guarded_open, raising=False)
     real_check = watcher_mod.check_integrity
 
     def flaky_disk(path):

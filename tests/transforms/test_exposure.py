@@ -14,23 +14,22 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from transforms import ccd_checks, confined_reads, exposure_errors, fits_header, fits_walk
 from transforms import exposure as ex
+from transforms.ccd_checks import ccd_problem
+from transforms.confined_reads import pinned
 from transforms.exposure import (
-    BLOCK,
     CcdPixels,
     CcdRef,
-    CorruptFileError,
-    ExposureError,
-    IncompleteFileError,
-    ccd_problem,
     ccd_refs,
-    check_integrity,
     iter_ccds,
     observing_night,
-    pinned,
     read_ccd,
     read_meta,
 )
+from transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
+from transforms.fits_header import BLOCK
+from transforms.fits_walk import check_integrity
 
 SHAPE = (96, 64)  # numpy order: NAXIS2 = 96 rows, NAXIS1 = 64 columns
 
@@ -380,22 +379,22 @@ def test_a_copy_still_filling_its_last_data_unit_passes_the_walk_not_check_data(
         path = _fill_into_preallocated(src, tmp_path / f"{upto}-{src.name}", upto)
         assert check_integrity(path).size == layout.size  # structurally complete
         with pytest.raises(IncompleteFileError, match="NUL bytes") as info:
-            ex.check_data(path)
+            fits_walk.check_data(path)
         assert (info.value.reason, info.value.hdu) == ("zero_tail", last.index)
-    assert len(ex.check_data(src)) == 32  # the complete file passes
+    assert len(fits_walk.check_data(src)) == 32  # the complete file passes
 
 
 def test_check_data_fingerprint_follows_the_content_not_the_mtime(tmp_path, mef):
     copy = tmp_path / "copy.fits"
     shutil.copyfile(mef, copy)
     os.utime(copy, ns=(1, 1))
-    assert ex.check_data(copy) == ex.check_data(mef)
+    assert fits_walk.check_data(copy) == fits_walk.check_data(mef)
     layout = check_integrity(mef)
     raw = bytearray(mef.read_bytes())
     raw[layout.hdus[2].data_offset + 7] ^= 0xFF  # one pixel of CCD 1 changed
     changed = tmp_path / "changed.fits"
     changed.write_bytes(bytes(raw))
-    assert ex.check_data(changed) != ex.check_data(mef)
+    assert fits_walk.check_data(changed) != fits_walk.check_data(mef)
 
 
 def test_datasum_tells_real_zeros_from_a_copy_in_progress(tmp_path):
@@ -411,13 +410,13 @@ def test_datasum_tells_real_zeros_from_a_copy_in_progress(tmp_path):
     layout = check_integrity(path)
     ccd = layout.hdus[1]
     with open(path, "rb") as fh:
-        assert ex.data_checksum(fh, ccd.data_offset, ccd.data_size) == int(
+        assert fits_walk.data_checksum(fh, ccd.data_offset, ccd.data_size) == int(
             fits.getheader(path, 1)["DATASUM"]
         )
-    ex.check_data(path)  # the zeros are the data
+    fits_walk.check_data(path)  # the zeros are the data
     partial = _fill_into_preallocated(path, tmp_path / "partial.fits", ccd.data_offset + 1000)
     with pytest.raises(IncompleteFileError, match="is not DATASUM") as info:
-        ex.check_data(partial)
+        fits_walk.check_data(partial)
     assert (info.value.reason, info.value.hdu) == ("zero_filled", 1)
 
 
@@ -502,7 +501,7 @@ def write_sparse_megacam(path, n_ccd: int = 36) -> int:
 
 
 class ReadSpy:
-    """Wraps ``open`` in transforms.exposure and counts the bytes read through it."""
+    """Wraps ``open`` in transforms.confined_reads and counts the bytes read through it."""
 
     def __init__(self):
         self.bytes_read = 0
@@ -526,7 +525,7 @@ def test_integrity_walk_reads_headers_only_and_is_fast(tmp_path, monkeypatch):
     size = write_sparse_megacam(path)
     assert size > 680_000_000
     spy = ReadSpy()
-    monkeypatch.setattr(ex, "open", spy, raising=False)
+    monkeypatch.setattr(confined_reads, "open", spy, raising=False)
     layout = check_integrity(path)
     assert layout.n_extensions == 36 and layout.size == size
     assert 37 * BLOCK <= spy.bytes_read <= 37 * 2 * BLOCK  # a header block or two per HDU
@@ -807,7 +806,7 @@ def test_ccd_problem_nan():
     assert ccd_problem(ccd(data)).startswith("all_nan:")
     data = noisy()
     data[:100] = np.nan
-    assert ccd_problem(ccd(data)).startswith(f"nan_fraction>{ex.MAX_NAN_FRACTION:g}:")
+    assert ccd_problem(ccd(data)).startswith(f"nan_fraction>{ccd_checks.MAX_NAN_FRACTION:g}:")
     data = noisy()
     data[:10] = np.nan  # a few NaN rows are fine
     assert ccd_problem(ccd(data)) is None
@@ -910,7 +909,7 @@ def test_a_path_through_a_symlink_is_refused_as_outside_drop_unread(tmp_path, ho
         opened.append(os.fspath(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "open", spy, raising=False)
+    monkeypatch.setattr(confined_reads, "open", spy, raising=False)
     with pinned(str(inside), drop):
         for read in (read_meta, check_integrity):
             with pytest.raises(ExposureError) as info:
@@ -955,9 +954,9 @@ def test_pins_of_one_path_nest(tmp_path, nested):
         if nested:
             with pinned(str(inside), drop):
                 pass
-        assert ex._pin_of(str(inside)) is not None  # the outer pin still holds
+        assert confined_reads.pin_of(str(inside)) is not None  # the outer pin still holds
         assert read_meta(str(inside)).file_id is not None
-    assert ex._pin_of(str(inside)) is None
+    assert confined_reads.pin_of(str(inside)) is None
 
 
 def test_a_ccd_reader_refuses_another_file_than_the_one_pinned(tmp_path, mef):
@@ -968,8 +967,11 @@ def test_a_ccd_reader_refuses_another_file_than_the_one_pinned(tmp_path, mef):
     assert info.value.reason == "file_changed"
 
 
-def test_module_imports_no_beam():
-    tree = ast.parse(Path(ex.__file__).read_text())
+@pytest.mark.parametrize(
+    "module", [ex, exposure_errors, confined_reads, fits_header, fits_walk, ccd_checks]
+)
+def test_module_imports_no_beam(module):
+    tree = ast.parse(Path(module.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not any(name.startswith("apache_beam") for name in imported)

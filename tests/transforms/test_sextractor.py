@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from transforms.exposure import CcdPixels, ExposureError, ExposureMeta
+from transforms.exposure import CcdPixels, ExposureMeta
+from transforms.exposure_errors import ExposureError
 from transforms.extract import (
     FEATURE_COLUMNS,
     CcdFeatures,
