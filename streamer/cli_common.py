@@ -1,9 +1,9 @@
 """What the ``skygrade`` commands share: exit codes, the usage error, option parsers and helpers.
 
-:mod:`streamer.cli` (the parser and the commands it defines itself) and the command modules it
-loads when their command is used (:mod:`streamer.evaluate`, :mod:`streamer.backfill`,
-:mod:`streamer.report`, :mod:`streamer.inspect`) import these from here, so no command module
-imports the CLI that loads it. Nothing heavy is imported at module level: ``skygrade --help``
+:mod:`streamer.cli` (the parser and the command registry) and the command modules it loads
+when their command is used (:mod:`streamer.commands`) import these from here, so no command
+module imports the CLI that loads it. Nothing heavier than numpy (through the extraction
+module's :data:`~transforms.extract.BACKENDS`) is imported at module level: ``skygrade --help``
 imports this module.
 """
 
@@ -13,6 +13,8 @@ import argparse
 import datetime as dt
 import logging
 from pathlib import Path
+
+from transforms.extract import BACKENDS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -76,6 +78,11 @@ def add_runner_options(p: argparse.ArgumentParser) -> None:
         help="Beam runner (FnApiRunner, DirectRunner, dask, FlinkRunner...; see "
         "docs/runners.md); default FnApiRunner",
     )
+
+
+def add_backend_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--backend``: one of the extraction module's :data:`~transforms.extract.BACKENDS`."""
+    p.add_argument("--backend", choices=tuple(BACKENDS), default=None, help=help)
 
 
 def add_bundle_option(p: argparse.ArgumentParser) -> None:

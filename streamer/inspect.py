@@ -21,7 +21,6 @@ Example
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -31,20 +30,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from streamer.cli_common import UsageError
-
 if TYPE_CHECKING:  # pragma: no cover
     from ops.config import Config
     from transforms.representative import CcdInputs
 
 log = logging.getLogger(__name__)
-
-HELP = "draw an exposure's representative images and SOM hit counts (per CCD) into a PNG"
-EXAMPLES = (
-    "examples:\n"
-    "  skygrade inspect archive/2026-11-24/2817001o.fits --png 2817001.png\n"
-    "  skygrade inspect 2817001o.fits --ccd 12 --png ccd12.png --bundle bundles/2026-11"
-)
 
 DISPLAY_RANGE = (-0.2, 1.5)
 """Fixed display range of the tiles: the range :func:`~transforms.representative.scale_stamp`
@@ -388,48 +378,3 @@ def _grey():
     from matplotlib import colormaps
 
     return colormaps["gray"].with_extremes(bad="white")
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``skygrade inspect`` on ``parser``."""
-    parser.add_argument("file", type=Path, help="a MegaCam exposure (.fits or .fits.fz)")
-    parser.add_argument(
-        "--ccd",
-        type=int,
-        default=None,
-        metavar="N",
-        help="draw only CCD N (0-based index); default: every CCD, in a focal-plane grid",
-    )
-    parser.add_argument("--png", type=Path, required=True, help="the PNG file to write")
-    parser.add_argument(
-        "--bundle",
-        type=Path,
-        default=None,
-        help="model bundle directory (default: the shipped models/default)",
-    )
-    parser.add_argument(
-        "--stretch",
-        choices=STRETCHES,
-        default="asinh",
-        help="grey scale of the tiles over the fixed range -0.2..1.5 (default: asinh)",
-    )
-    if not parser.epilog:
-        parser.epilog = EXAMPLES
-
-
-def command(args: argparse.Namespace, cfg: Config) -> int:
-    """Run ``skygrade inspect``; returns the exit code (0, or 2 for a bad request)."""
-    from models.bundle import DEFAULT_BUNDLE
-
-    if not args.file.exists():
-        raise UsageError(f"no such file: {args.file}")
-    bundle = args.bundle or DEFAULT_BUNDLE
-    try:
-        out = inspect_exposure(args.file, bundle, args.png, args.ccd, cfg, args.stretch)
-    except InspectError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"wrote {out}")
-    return 0

@@ -136,7 +136,7 @@ class _WriteQuarantine(beam.DoFn):
 
 
 class _WriteMeasuredExposure(beam.DoFn):
-    """:class:`~transforms.ccd_pool.ExposureInputs` -> its CCDs' quarantine records, then
+    """:class:`~transforms.ccd_chain.ExposureInputs` -> its CCDs' quarantine records, then
     DIR/<exposure_id>.parquet (written last: it marks the exposure done); yields the path."""
 
     def __init__(self, out_dir: str) -> None:
@@ -164,43 +164,34 @@ def run_extract(
     """Extract features of ``paths`` into ``out_dir`` (one parquet file per exposure).
 
     ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives the
-    pipeline (:class:`~transforms.stages.PooledExposures`, for a pipeline in this process):
-    an exposure's parquet file is written as soon as its CCDs are measured, so an interrupted
-    run keeps what it finished and shows progress. 0 spreads the CCDs with Beam (any runner)
-    and gathers them per exposure with a GroupByKey, which writes once every CCD is done.
+    pipeline (for a pipeline in this process), 0 spreads them with Beam (any runner); see
+    :class:`~transforms.stages.MeasureExposures`. Either way an exposure's parquet file is
+    written as soon as its CCDs are measured, so an interrupted run keeps what it finished and
+    shows progress.
 
     Returns
     -------
     dict
         ``written`` (parquet paths) and ``quarantined`` (records) read back from ``out_dir``.
     """
-    from transforms.extract import SepParams
+    from transforms.extract import SepParams, make_backend
     from transforms.quarantine import QUARANTINE
-    from transforms.stages import EXPOSURES, ExtractSources, OpenExposures, PooledExposures
+    from transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
 
     out_dir = str(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    make_backend(backend, params)  # an unknown name is refused with the valid ones
+    extract = dataclasses.replace(params or SepParams(), backend=backend)
+    measure = MeasureExposures(extract, ccd_workers)  # refuses a bad backend or pool size now
     with make_pipeline(options or pipeline_options()) as p:
         paths = p | "ExposurePaths" >> beam.Create([str(x) for x in paths])
-        if ccd_workers:
-            extract = dataclasses.replace(params or SepParams(), backend=backend)
-            opened = paths | "OpenExposures" >> OpenExposures(extract)
-            _ = (
-                opened[EXPOSURES]
-                | "MeasureExposures" >> PooledExposures(ccd_workers, extract)
-                | "WriteExposures" >> beam.ParDo(_WriteMeasuredExposure(out_dir))
-            )
-            quarantined = opened[QUARANTINE]
-        else:
-            out = paths | "ExtractSources" >> ExtractSources(backend, params)
-            _ = (
-                out["features"]
-                | "KeyByExposure" >> beam.Map(lambda f: (f.exposure_id, f))
-                | "GroupCcds" >> beam.GroupByKey()
-                | "WriteFeatures" >> beam.ParDo(_WriteExposureFeatures(out_dir))
-            )
-            quarantined = out[QUARANTINE]
-        _ = quarantined | "WriteQuarantine" >> beam.ParDo(_WriteQuarantine(out_dir))
+        opened = paths | "OpenExposures" >> OpenExposures(extract)
+        _ = (
+            opened[EXPOSURES]
+            | "MeasureExposures" >> measure
+            | "WriteExposures" >> beam.ParDo(_WriteMeasuredExposure(out_dir))
+        )
+        _ = opened[QUARANTINE] | "WriteQuarantine" >> beam.ParDo(_WriteQuarantine(out_dir))
     return summarize_extract(out_dir)
 
 

@@ -370,7 +370,8 @@ class Previews:
         PreviewError
             The file there is another exposure now.
         """
-        from transforms.exposure import pinned, read_meta
+        from transforms.confined_reads import pinned
+        from transforms.exposure import read_meta
 
         with pinned(path, self.drop_dir):
             meta = read_meta(path)  # the header walk: ~1 ms; refuses a file outside the drop

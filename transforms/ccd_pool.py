@@ -7,19 +7,20 @@ which is fine for a backfill of thousands of exposures but not for the daemon, w
 small bounded pipeline per exposure as it lands. Here the pool is created once per process (on
 first use, or early with :func:`start_pool`) and reused by every later pipeline run.
 
-Each worker runs the whole per-CCD chain (read pixels, extract, SOM hits, representative
-image) and returns only the small :class:`~transforms.representative.CcdInputs` (or a
-quarantine record): the 38 MB of pixels never cross a process boundary.
+Each worker runs the whole per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`: read
+pixels, extract, SOM hits, representative image) and returns only the small
+:class:`~transforms.representative.CcdInputs` (or a quarantine record): the 38 MB of pixels
+never cross a process boundary.
 
 Workers are forked from a fork server (``multiprocessing``'s "forkserver" start method): a
 clean single-threaded process started once, which imports the per-CCD chain once and forks
 every worker from there. Forking the parent itself is unsafe (it runs Beam's gRPC threads), and
 spawning fresh interpreters makes every worker import the chain again, so every pool start
 costs more wall and CPU than with the fork server. This module and the chain it runs
-(:mod:`transforms.extract`, :mod:`transforms.som_hits`, :mod:`transforms.representative`) never
-import Beam or torch (Beam alone costs each process a second and more of import and over
-100 MB); their Beam wrappers are in :mod:`transforms.stages`. The figures are in
-benchmarks/README.md.
+(:mod:`transforms.ccd_chain`, :mod:`transforms.extract`, :mod:`transforms.som_hits`,
+:mod:`transforms.representative`) never import Beam or torch (Beam alone costs each process a
+second and more of import and over 100 MB); their Beam wrappers are in :mod:`transforms.stages`.
+The figures are in benchmarks/README.md.
 
 The pool dies with the process that uses it, even under ``kill -9`` (before, every kill left
 the fork server, the resource tracker and each worker running for good: the workers hold the
@@ -43,14 +44,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
-from typing import Any, NamedTuple
 
-from transforms.extract import CcdRejected, make_backend
-from transforms.psf_measure import with_physics
-from transforms.quarantine import Quarantined
-from transforms.representative import ccd_inputs
-from transforms.som_hits import ccd_hits, load_som
+from transforms import ccd_chain as chain
+from transforms.extract import make_backend
+from transforms.som_hits import load_som
 
 log = logging.getLogger(__name__)
 
@@ -340,56 +337,18 @@ atexit.register(shutdown_pool)
 
 
 def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):
-    """One CCD end to end in a worker: features, and with a SOM its hits and representative.
+    """One CCD end to end in a worker: :func:`transforms.ccd_chain.measure_ccd` with this
+    process's backend and SOM (built on the first CCD, then reused).
 
     Returns :class:`CcdInputs` (with ``som_path``), :class:`CcdFeatures` without pixels (no
     SOM), or a :class:`Quarantined` record.
     """
-    try:
-        return _measure(meta, ccd, extract, som_path, tile)
-    finally:
-        release_fragments()
-
-
-def _measure(meta, ccd: int, extract, som_path: str | None, tile: int):
     key = (extract.backend, extract)
     backend = _BACKENDS.get(key)
     if backend is None:
         backend = _BACKENDS[key] = make_backend(extract.backend, extract)
-    start = time.perf_counter()
+    som = None if som_path is None else load_som(som_path)
     try:
-        features = backend.features(meta, ccd, keep_pixels=som_path is not None)
-    except CcdRejected as exc:
-        return Quarantined(meta.exposure_id, meta.path, ccd, "extract", exc.reason, exc.detail)
-    except Exception as exc:  # a library failure on one CCD must not stop the night
-        return Quarantined(
-            meta.exposure_id,
-            meta.path,
-            ccd,
-            "extract",
-            "extract_failed",
-            f"{meta.path}: CCD {ccd}: {type(exc).__name__}: {exc}",
-        )
-    features = with_physics(features, meta, extract)
-    features = replace(features, extract_s=time.perf_counter() - start)
-    if som_path is None:
-        return features
-    return ccd_inputs(ccd_hits(features, load_som(som_path)), size=tile)
-
-
-class ExposureInputs(NamedTuple):
-    """Everything measured on one exposure's CCDs, travelling as one element.
-
-    Attributes
-    ----------
-    meta : ExposureMeta
-        The exposure's metadata.
-    ccds : list of CcdInputs
-        The CCDs ready for scoring, in CCD order.
-    bad : list of Quarantined
-        The CCDs that could not be measured, with their reasons.
-    """
-
-    meta: Any
-    ccds: list
-    bad: list
+        return chain.measure_ccd(backend, meta, ccd, extract, som, tile)
+    finally:
+        release_fragments()

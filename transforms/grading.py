@@ -2,21 +2,17 @@
 
 The one composite transform that the daemon, ``skygrade grade`` and the backfill share::
 
-    paths ─ ExtractSources(keep pixels) ─ SomHits ─ Representatives ─ ScoreCcds ─┐
-              │ exposures (metadata)                                              │ CCD scores
-              │ quarantine (files, CCDs)                                          ▼
-              └──────────────────────────────── CoGroupByKey(exposure) ─ GradeExposure ─ rows
+    paths ─ OpenExposures ─ MeasureExposures ─ ScoreExposures ─ GradeExposure ─┐
+              └ quarantine (files) ──────────────────────────── GradeRefused ──┴─ rows
 
-With ``ccd_workers=N`` (the daemon, ``skygrade grade``) the chain runs element by element
-with no shuffle: each exposure's CCDs go to a process pool that outlives the pipeline and come
-back as one element, which is scored as one batch and graded::
-
-    paths ─ OpenExposures ─ PooledExposures ─ ScoreExposures ─ GradeExposure ─┐
-              └ quarantine (files) ─────────────────────────── GradeRefused ──┴─ rows
-
-Extraction, hits and cutouts of a CCD are fused in one stage (no shuffle between them), so the
-pixels read for extraction are reused for the cutouts and dropped before anything is
-serialised. Rows are plain dicts with the parquet schema of :mod:`transforms.sinks`.
+Each CCD goes through the per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`: extraction,
+hits and cutouts in one call, so the pixels read for extraction are reused for the cutouts and
+dropped before anything is serialised). :class:`~transforms.stages.MeasureExposures` runs it
+either in a Beam stage per CCD, gathered again by exposure (``ccd_workers=0``: batch runs on
+any runner), or in a process pool that outlives the pipeline, element by element with no
+shuffle (``ccd_workers=N``: the daemon, ``skygrade grade``). Either way each exposure comes
+back as one element, whose CCDs are scored as one batch and graded. Rows are plain dicts with
+the parquet schema of :mod:`transforms.sinks`.
 """
 
 from __future__ import annotations
@@ -35,15 +31,8 @@ from transforms.exposure import NIGHT_PATTERN, observing_night
 from transforms.grade import CcdScore, grade_exposure, physics_columns
 from transforms.psf_measure import ExposurePhysics
 from transforms.quarantine import QUARANTINE, Quarantined
-from transforms.score import ScoreCcds, ScoreExposures
-from transforms.stages import (
-    EXPOSURES,
-    BuildRepresentatives,
-    ExtractSources,
-    OpenExposures,
-    PooledExposures,
-    SomHits,
-)
+from transforms.score import ScoreExposures
+from transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
 
 STAGES = ("extract", "som", "representative", "score")
 
@@ -184,31 +173,6 @@ def _ccd_row(exposure: dict, s: CcdScore, bad: Quarantined | None) -> dict:
     return row
 
 
-class _GradeFn(beam.DoFn):
-    def __init__(self, model_version, config_digest, arrivals) -> None:
-        self.model_version, self.config_digest = model_version, config_digest
-        self.arrivals = arrivals
-
-    def process(self, item):
-        exposure_id, groups = item
-        metas = list(groups["meta"])
-        meta = metas[0] if metas else None
-        bad = list(groups["bad"])
-        if meta is None and not any(b.ccd is None for b in bad):
-            return []  # CCD records without an opened exposure cannot happen; be safe
-        path = meta.path if meta else next(b.path for b in bad if b.ccd is None)
-        row = exposure_row(
-            exposure_id,
-            meta,
-            list(groups["scores"]),
-            bad,
-            self.model_version,
-            self.config_digest,
-            self.arrivals.get(path),
-        )
-        return [row]
-
-
 class GradeExposures(beam.PTransform):
     """Exposure paths -> ``(exposure_row, [ccd_rows])`` per exposure, graded or quarantined.
 
@@ -255,41 +219,14 @@ class GradeExposures(beam.PTransform):
         self.torch_threads = torch_threads
 
     def expand(self, paths):
-        if self.ccd_workers:
-            return self._expand_pooled(paths)
-        else:
-            pixels = self.extract.backend != "catalog"
-            out = paths | "ExtractSources" >> ExtractSources(
-                self.extract.backend, self.extract, keep_pixels=pixels
-            )
-            metas, bad = out[EXPOSURES], out[QUARANTINE]
-            inputs = (
-                out["features"]
-                | "SomHits" >> SomHits(self.som_path)
-                | "Representatives" >> BuildRepresentatives(self.tile)
-            )
-        scores = inputs | "ScoreCcds" >> ScoreCcds(self.bundle_path, self.torch_threads)
-        keyed = {
-            "meta": metas | "KeyMeta" >> beam.Map(lambda m: (m.exposure_id, m)),
-            "scores": scores | "KeyScores" >> beam.Map(lambda s: (s.exposure_id, s)),
-            "bad": bad | "KeyBad" >> beam.Map(lambda q: (q.exposure_id, q)),
-        }
-        return (
-            keyed
-            | "ByExposure" >> beam.CoGroupByKey()
-            | "GradeExposure"
-            >> beam.ParDo(_GradeFn(self.model_version, self.config_digest, self.arrivals))
-        )
-
-    def _expand_pooled(self, paths):
-        """Element by element, no shuffle: open -> the exposure's CCDs in the pool -> score
-        them as one batch -> grade. One fused stage (cheap to start per exposure) and a
-        chain that a streaming pipeline can run."""
+        """Open -> every CCD measured (:class:`~transforms.stages.MeasureExposures`, which
+        chooses how) -> each exposure's CCDs scored as one batch -> graded; a file refused
+        when opened becomes its quarantined row."""
         opened = paths | "OpenExposures" >> OpenExposures(self.extract)
         scored = (
             opened[EXPOSURES]
-            | "PooledExposures"
-            >> PooledExposures(self.ccd_workers, self.extract, self.som_path, self.tile)
+            | "MeasureExposures"
+            >> MeasureExposures(self.extract, self.ccd_workers, self.som_path, self.tile)
             | "ScoreExposures" >> ScoreExposures(self.bundle_path, self.torch_threads)
         )
         version, digest, arrivals = self.model_version, self.config_digest, self.arrivals

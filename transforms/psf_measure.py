@@ -581,8 +581,8 @@ def with_physics(features, meta, settings=None):
     """``features`` with its :class:`CcdPhysics` (``features.physics``) when it can be
     measured: from the pixels when they were kept, from the table for the catalog backend.
 
-    The one call of the per-CCD chain, in the Beam stage (:mod:`transforms.stages`) and the
-    CCD pool (:mod:`transforms.ccd_pool`). A measurement failure never loses the CCD: it is
+    Called by the per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`), whether it runs
+    in a Beam stage or in the CCD pool. A measurement failure never loses the CCD: it is
     logged and the CCD goes on without physics.
     """
     from dataclasses import replace

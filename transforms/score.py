@@ -1,4 +1,4 @@
-"""CNN scoring of CCDs through Beam's RunInference.
+"""CNN scoring of CCDs through Beam's RunInference, one exposure's CCDs as one batch.
 
 :class:`BundleModelHandler` loads the model bundle through a process-level cache
 (:func:`load_bundle_cached`): RunInference calls ``load_model`` once per DoFn instance, and
@@ -88,84 +88,6 @@ def to_score(
     )
 
 
-class BundleModelHandler(ModelHandler[CcdInputs, PredictionResult, ModelBundle]):
-    """RunInference handler for skygrade bundles: batches of :class:`CcdInputs` in, class
-    probabilities out.
-
-    Parameters
-    ----------
-    bundle_path : path-like
-        The model bundle directory.
-    max_batch_size : int
-        CCDs scored together (36 = one MegaCam exposure).
-    torch_threads : int or None
-        ``torch.set_num_threads`` in the worker; 1 avoids oversubscribing cores that other
-        worker processes already use.
-    """
-
-    def __init__(
-        self,
-        bundle_path: str | os.PathLike,
-        max_batch_size: int = 40,
-        torch_threads: int | None = 1,
-    ) -> None:
-        super().__init__(max_batch_size=max_batch_size)
-        self.bundle_path = os.fspath(bundle_path)
-        self._max_batch_size = max_batch_size
-        self.torch_threads = torch_threads
-
-    def load_model(self) -> ModelBundle:
-        if self.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)
-        return load_bundle_cached(self.bundle_path)
-
-    def run_inference(
-        self,
-        batch: Sequence[CcdInputs],
-        model: ModelBundle,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[PredictionResult]:
-        start = time.perf_counter()
-        probs, ood = score_batch(model, batch)
-        share = (time.perf_counter() - start) / max(len(batch), 1)
-        return [
-            PredictionResult(x, (p, share, o), model.version)
-            for x, p, o in zip(batch, probs, ood, strict=True)
-        ]
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
-
-    def get_metrics_namespace(self) -> str:
-        return "skygrade_score"
-
-
-class ScoreCcds(beam.PTransform):
-    """:class:`CcdInputs` -> :class:`CcdScore`.
-
-    CCDs with no clean source are not sent to the network (there is nothing to grade): they
-    come out with ``probs=None`` and their reason, and do not vote in the exposure grade.
-    """
-
-    def __init__(self, bundle_path: str | os.PathLike, torch_threads: int | None = 1) -> None:
-        super().__init__()
-        self.handler = BundleModelHandler(bundle_path, torch_threads=torch_threads)
-
-    def expand(self, inputs):
-        split = inputs | "SplitScorable" >> beam.Partition(
-            lambda x, _: 0 if x.reason is None else 1, 2
-        )
-        scored = (
-            split[0]
-            | "RunInference" >> RunInference(self.handler)
-            | "ToScore" >> beam.Map(lambda r: to_score(r.example, *r.inference))
-        )
-        unscored = split[1] | "NoSources" >> beam.Map(to_score, None)
-        return (scored, unscored) | "AllScores" >> beam.Flatten()
-
-
 def score_ccds(bundle: ModelBundle, inputs: Sequence[CcdInputs]) -> list[CcdScore]:
     """Scores of one exposure's CCDs: the scorable ones in one batch, the others (no clean
     source) with ``probs=None`` and their reason, in the order given."""
@@ -184,10 +106,31 @@ def score_ccds(bundle: ModelBundle, inputs: Sequence[CcdInputs]) -> list[CcdScor
     return out
 
 
-class ExposureModelHandler(BundleModelHandler):
-    """RunInference handler whose elements are whole exposures
-    (:class:`~transforms.ccd_pool.ExposureInputs`): each exposure's CCDs are scored in one
-    batch, and the inference is the list of their :class:`CcdScore`."""
+class BundleModelHandler(ModelHandler[Any, PredictionResult, ModelBundle]):
+    """RunInference handler for skygrade bundles whose elements are whole exposures
+    (:class:`~transforms.ccd_chain.ExposureInputs`): each exposure's CCDs are scored in one
+    batch (:func:`score_ccds`), and the inference is the list of their :class:`CcdScore`.
+
+    Parameters
+    ----------
+    bundle_path : path-like
+        The model bundle directory.
+    torch_threads : int or None
+        ``torch.set_num_threads`` in the worker; 1 avoids oversubscribing cores that other
+        worker processes already use.
+    """
+
+    def __init__(self, bundle_path: str | os.PathLike, torch_threads: int | None = 1) -> None:
+        super().__init__(max_batch_size=1)
+        self.bundle_path = os.fspath(bundle_path)
+        self.torch_threads = torch_threads
+
+    def load_model(self) -> ModelBundle:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        return load_bundle_cached(self.bundle_path)
 
     def run_inference(
         self,
@@ -200,13 +143,16 @@ class ExposureModelHandler(BundleModelHandler):
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": 1, "max_batch_size": 1}
 
+    def get_metrics_namespace(self) -> str:
+        return "skygrade_score"
+
 
 class ScoreExposures(beam.PTransform):
-    """:class:`~transforms.ccd_pool.ExposureInputs` -> ``(ExposureInputs, [CcdScore])``."""
+    """:class:`~transforms.ccd_chain.ExposureInputs` -> ``(ExposureInputs, [CcdScore])``."""
 
     def __init__(self, bundle_path: str | os.PathLike, torch_threads: int | None = 1) -> None:
         super().__init__()
-        self.handler = ExposureModelHandler(bundle_path, torch_threads=torch_threads)
+        self.handler = BundleModelHandler(bundle_path, torch_threads=torch_threads)
 
     def expand(self, exposures):
         return (

@@ -52,7 +52,8 @@ from tests.helpers.daemon_process import (
     wait_for,
     write_config,
 )
-from transforms.exposure import check_integrity, exposure_id_from_path
+from transforms.exposure import exposure_id_from_path
+from transforms.fits_walk import check_integrity
 from transforms.sinks import read_grades
 
 pytestmark = pytest.mark.faults

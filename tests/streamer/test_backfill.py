@@ -9,7 +9,6 @@ import pytest
 
 from models.classes import CLASSES
 from ops.config import Config
-from streamer import backfill
 from streamer.backfill import (
     backfill_paths,
     existing_rows,
@@ -17,6 +16,8 @@ from streamer.backfill import (
     plan_backfill,
     run_backfill,
 )
+from streamer.cli import COMMANDS
+from streamer.commands import backfill as backfill_command
 from streamer.pipelines import run_grade
 from streamer.telescope import Geometry, simulate_archive
 from transforms.sinks import read_grades
@@ -194,11 +195,11 @@ def _digest():
 def test_command_line(archive, bundle, graded, tmp_path, capsys):
     out = copy_of(graded, tmp_path)
     parser = argparse.ArgumentParser()
-    backfill.add_arguments(parser)
+    backfill_command.add_arguments(parser)
     args = parser.parse_args(
         [str(archive), "--out", str(out), "--bundle", str(bundle), "--nights", "2026-11-02"]
     )
-    assert backfill.command(args, Config()) == 0
+    assert backfill_command.command(args, Config()) == 0
     text = capsys.readouterr().out
     assert "3 exposure(s) selected, 3 already graded (skipped)" in text
-    assert backfill.HELP and "skygrade backfill" in backfill.EXAMPLES
+    assert COMMANDS["backfill"] and "skygrade backfill" in backfill_command.EXAMPLES

@@ -10,8 +10,8 @@ import apache_beam as beam
 import pytest
 
 from ops.config import Config
-from streamer import backfill
 from streamer.backfill import run_backfill
+from streamer.commands import backfill as backfill_command
 from streamer.dask_runner import local_cluster, translate
 from streamer.pipelines import make_pipeline, pipeline_options
 from streamer.telescope import Geometry, simulate_archive
@@ -138,7 +138,7 @@ def test_command_line_dask_with_its_own_local_cluster(archive, bundle, local, tm
     for the run, closed at the end."""
     out = tmp_path / "grades"
     parser = argparse.ArgumentParser()
-    backfill.add_arguments(parser)
+    backfill_command.add_arguments(parser)
     args = parser.parse_args(
         [
             str(archive),
@@ -156,7 +156,7 @@ def test_command_line_dask_with_its_own_local_cluster(archive, bundle, local, tm
         ]
     )
     threads_before = set(threading.enumerate())
-    assert backfill.command(args, Config()) == 0
+    assert backfill_command.command(args, Config()) == 0
     text = capsys.readouterr().out
     assert "2 exposure(s) selected, 0 already graded (skipped), 2 written now" in text
     want = [r for r in comparable(read_grades(local)) if r["night"] == NIGHTS[0]]
@@ -173,14 +173,14 @@ def test_command_line_dask_with_its_own_local_cluster(archive, bundle, local, tm
 
 def test_dask_scheduler_option_needs_the_dask_runner(archive, tmp_path):
     parser = argparse.ArgumentParser()
-    backfill.add_arguments(parser)
+    backfill_command.add_arguments(parser)
     args = parser.parse_args(
         [str(archive), "--out", str(tmp_path), "--dask-scheduler", "tcp://127.0.0.1:1"]
     )
     from streamer.cli_common import UsageError
 
     with pytest.raises(UsageError, match="--dask-scheduler needs --runner dask"):
-        backfill.command(args, Config())
+        backfill_command.command(args, Config())
 
 
 def test_group_by_key_shuffles_through_the_scheduler_not_a_worker_directory(cluster):

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from streamer.cli import UsageError, build_parser, main, parse_nights, parse_shape
+from streamer.cli import build_parser, main
+from streamer.cli_common import UsageError, parse_nights, parse_shape
 
 
 def test_parse_nights_ranges_and_lists():
@@ -223,3 +224,47 @@ def test_watch_with_a_bad_metrics_host_exits_2_naming_the_key(tmp_path, capsys, 
     assert code == 2
     err = capsys.readouterr().err
     assert f"skygrade watch: {config}: metrics.host: cannot bind {host!r}: " in err
+
+
+def test_top_level_help_imports_no_command_module_nor_beam_nor_torch():
+    """``skygrade --help`` builds the registry only: each command's module (and Beam, torch)
+    is imported when that command is parsed or run."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from streamer.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('apache_beam', 'torch') if m in sys.modules]\n"
+        "loaded = [m for m in sys.modules if m.startswith('streamer.commands.')]\n"
+        "print(heavy, loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert "COMMAND" in out and out.strip().endswith("[] []")
+
+
+def test_every_registered_command_has_its_module():
+    from streamer.cli import COMMANDS, command_module
+
+    for name in COMMANDS:
+        module = command_module(name)
+        assert module.EXAMPLES.startswith("examples:") and "skygrade " in module.EXAMPLES
+        assert callable(module.add_arguments) and callable(module.command)
+    with pytest.raises(KeyError, match="no skygrade command"):
+        command_module("nope")
+
+
+@pytest.mark.parametrize("name", ["extract", "grade", "evaluate", "backfill"])
+def test_backend_choices_are_the_extraction_modules(name):
+    from transforms.extract import BACKENDS
+
+    parser = build_parser([name])
+    sub = parser._subparsers._group_actions[0].choices[name]
+    (backend,) = [a for a in sub._actions if "--backend" in a.option_strings]
+    assert tuple(backend.choices) == tuple(BACKENDS) == ("sep", "sextractor", "catalog")

@@ -14,7 +14,8 @@ import pytest
 
 from models.bundle import load_bundle
 from ops.config import Config, SomConfig, TrainConfig
-from streamer.evaluate import add_arguments, command, mean_hits_vector, run_evaluate
+from streamer.commands.evaluate import add_arguments, command
+from streamer.evaluate import mean_hits_vector, run_evaluate
 from streamer.pipelines import run_train
 from streamer.telescope import Geometry, simulate_archive
 from transforms.dataset import find_archive, read_shard

@@ -10,13 +10,8 @@ from models.classes import CLASSES
 from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
 from ops.config import Config
-from streamer.inspect import (
-    InspectError,
-    add_arguments,
-    command,
-    inspect_exposure,
-    inspect_panels,
-)
+from streamer.commands.inspect import add_arguments, command
+from streamer.inspect import InspectError, inspect_exposure, inspect_panels
 from streamer.telescope import Geometry, plan_night, write_exposure
 from transforms.exposure_errors import ExposureError
 
@@ -96,11 +91,14 @@ def test_a_bad_ccd_index_is_a_clear_error(exposure, bundle, tmp_path, ccd):
 
 
 def test_command_line(exposure, bundle, tmp_path, capsys):
+    from streamer.cli import build_parser
     from streamer.cli_common import UsageError
 
-    parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = build_parser(["inspect"])
+    help_text = top._subparsers._group_actions[0].choices["inspect"].format_help()
+    assert "skygrade inspect" in help_text  # the example is in the help
+    parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert "skygrade inspect" in parser.format_help()  # the example is in the help
     out = tmp_path / "cli.png"
     args = parser.parse_args(
         [str(exposure), "--ccd", "0", "--png", str(out), "--bundle", str(bundle)]

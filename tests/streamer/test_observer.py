@@ -22,6 +22,7 @@ from ops.metrics import Metrics
 from streamer import observer as obs
 from streamer import report
 from streamer.backfill import write_backfill_rows
+from streamer.commands import report as report_command
 from transforms.sinks import (
     grade_paths,
     images_path,
@@ -371,10 +372,10 @@ def test_assets_ship_in_the_package_and_nothing_comes_from_elsewhere(server):
 
 def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
+    report_command.add_arguments(parser)
     out = tmp_path / "night.html"
     args = parser.parse_args([str(dataset), "--night", NIGHT, "--html", str(out)])
-    assert report.command(args, Config()) == 0
+    assert report_command.command(args, Config()) == 0
     assert f"page: {out}" in capsys.readouterr().out
     page = out.read_text()
     urls = re.findall(r'(?:src|href|action)="([^"]*)"', page)

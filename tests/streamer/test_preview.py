@@ -16,7 +16,9 @@ from streamer import inspect as inspect_mod
 from streamer import preview as pv
 from streamer.observer import Observer, focal_plane_layout
 from streamer.telescope import Geometry, _ccd_origin, _layout, exposure_bytes, plan_night
-from transforms.exposure import ExposureError, pinned, read_ccd
+from transforms.confined_reads import pinned
+from transforms.exposure import read_ccd
+from transforms.exposure_errors import ExposureError
 from transforms.sinks import write_grade_rows
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")

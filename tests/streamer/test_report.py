@@ -10,6 +10,7 @@ from models.classes import CLASSES
 from ops.config import Config
 from streamer import report
 from streamer.backfill import write_backfill_rows
+from streamer.commands import report as report_command
 from transforms.sinks import write_grade_rows
 
 NIGHT = "2026-11-24"
@@ -154,35 +155,35 @@ def test_the_plots_time_axis_is_the_nights_also_when_nothing_was_graded(dataset)
 
 def test_command_line(dataset, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
+    report_command.add_arguments(parser)
     args = parser.parse_args([str(dataset), "--night", NIGHT, "--png", str(tmp_path / "p.png")])
-    assert report.command(args, Config()) == 0
+    assert report_command.command(args, Config()) == 0
     out = capsys.readouterr().out
     assert f"night {NIGHT}: 7 exposure(s)" in out and (tmp_path / "p.png").is_file()
     args = parser.parse_args([str(dataset)])  # the latest night by default
-    assert report.command(args, Config()) == 0
+    assert report_command.command(args, Config()) == 0
     assert "night 2026-11-24" in capsys.readouterr().out
     args = parser.parse_args([str(dataset), "--night", "2026-01-01"])
-    assert report.command(args, Config()) == 1
+    assert report_command.command(args, Config()) == 1
     assert capsys.readouterr().out == (
         f"night 2026-01-01: no exposure in {dataset}; nights with data: 2026-11-23, {NIGHT}\n"
     )
     from streamer.cli_common import UsageError
 
     with pytest.raises(UsageError, match="not a grades dataset"):
-        report.command(parser.parse_args([str(tmp_path)]), Config())
+        report_command.command(parser.parse_args([str(tmp_path)]), Config())
 
 
 def test_an_empty_dataset_gives_a_short_report_not_a_usage_error(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
+    report_command.add_arguments(parser)
     for empty in (tmp_path / "new", tmp_path / "listed"):
         empty.mkdir()
         if empty.name == "listed":
             (empty / "exposures").mkdir()
         html, png = tmp_path / f"{empty.name}.html", tmp_path / f"{empty.name}.png"
         args = parser.parse_args([str(empty), "--html", str(html), "--png", str(png)])
-        assert report.command(args, Config()) == 0
+        assert report_command.command(args, Config()) == 0
         out = capsys.readouterr().out
         assert out.startswith(f"{empty}: no night in the dataset yet (nothing graded)\n")
         page = html.read_text()
@@ -198,10 +199,10 @@ def test_html_morning_report_embeds_the_plot_and_writes_the_csv_beside_it(datase
     from PIL import Image
 
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
+    report_command.add_arguments(parser)
     html = tmp_path / "out" / "night.html"
     args = parser.parse_args([str(dataset), "--night", NIGHT, "--html", str(html)])
-    assert report.command(args, Config()) == 0
+    assert report_command.command(args, Config()) == 0
     page = html.read_text()
     # the timeline plot, inlined
     plot = page.split('<section id="plot"', 1)[1]
@@ -232,10 +233,10 @@ def test_quarantine_only_night_html_and_png(tmp_path, capsys):
     out = tmp_path / "grades"
     write_grade_rows(out, row(9, None, 200, status="quarantined", reason="truncated: 5 of 37"), [])
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
+    report_command.add_arguments(parser)
     html, png = tmp_path / "q.html", tmp_path / "q.png"
     args = parser.parse_args([str(out), "--html", str(html), "--png", str(png)])
-    assert report.command(args, Config()) == 0
+    assert report_command.command(args, Config()) == 0
     assert "no exposure graded: every file of the night was quarantined" in capsys.readouterr().out
     page = html.read_text()
     assert "no exposure graded this night" in page

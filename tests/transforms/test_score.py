@@ -8,8 +8,9 @@ from apache_beam.testing.util import assert_that
 from models.bundle import ModelBundle
 from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
+from transforms.ccd_chain import ExposureInputs
 from transforms.representative import CcdInputs
-from transforms.score import ScoreCcds, load_bundle_cached, score_batch
+from transforms.score import ScoreExposures, load_bundle_cached, score_batch
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +44,21 @@ def test_bundle_loads_once_per_process(bundle_dir):
     assert load_bundle_cached(bundle_dir) is load_bundle_cached(bundle_dir)
 
 
-def test_score_ccds_through_run_inference(bundle_dir):
+def test_score_an_exposure_through_run_inference(bundle_dir):
+    """One exposure's CCDs scored as one batch, in the order given; the CCD without a clean
+    source is not sent to the network."""
     items = [inputs(0), inputs(1, has_image=False), inputs(2, reason="no_clean_sources: x")]
     expected, ood = score_batch(load_bundle_cached(bundle_dir), items[:2])
 
-    def check(scores):
-        by_ccd = {s.ccd: s for s in scores}
-        assert sorted(by_ccd) == [0, 1, 2]
-        np.testing.assert_allclose(by_ccd[0].probs, expected[0], rtol=1e-5)
-        np.testing.assert_allclose(by_ccd[1].probs, expected[1], rtol=1e-5)
-        assert by_ccd[2].probs is None and by_ccd[2].reason.startswith("no_clean_sources")
-        np.testing.assert_allclose([by_ccd[0].ood, by_ccd[1].ood], ood, rtol=1e-5)
+    def check(scored):
+        ((exposure, scores),) = scored
+        assert [s.ccd for s in scores] == [0, 1, 2] == [c.ccd for c in exposure.ccds]
+        np.testing.assert_allclose(scores[0].probs, expected[0], rtol=1e-5)
+        np.testing.assert_allclose(scores[1].probs, expected[1], rtol=1e-5)
+        assert scores[2].probs is None and scores[2].reason.startswith("no_clean_sources")
+        np.testing.assert_allclose([scores[0].ood, scores[1].ood], ood, rtol=1e-5)
 
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
-        scores = p | beam.Create(items) | ScoreCcds(bundle_dir)
-        assert_that(scores, check)
+        exposure = ExposureInputs("meta of exposure 7", items, [])
+        scored = p | beam.Create([exposure]) | ScoreExposures(bundle_dir)
+        assert_that(scored, check)
