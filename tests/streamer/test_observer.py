@@ -3,7 +3,6 @@ tests/streamer/test_observer_page.py drives the real page in Chromium)."""
 
 import argparse
 import datetime as dt
-import http.client
 import io
 import itertools
 import json
@@ -23,6 +22,7 @@ from streamer import observer as obs
 from streamer import report
 from streamer.backfill import write_backfill_rows
 from streamer.commands import report as report_command
+from tests.helpers.http import get
 from transforms.sinks import (
     grade_paths,
     images_path,
@@ -124,16 +124,6 @@ def server(dataset):
     observer = obs.Observer(dataset, status=lambda: {"ok": True, "backlog": 2, "alerts": []})
     with HttpServer(Metrics().registry, port=0, routes=observer.routes()) as s:
         yield s
-
-
-def get(server, path):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.getheader("Content-Type"), response.read()
-    finally:
-        conn.close()
 
 
 def get_json(server, path):

@@ -1,7 +1,6 @@
 """Pixel previews and the SOM hit grid of the observer page (streamer/preview.py), on small
 simulated exposures, and their endpoints (issue 22 item 10)."""
 
-import http.client
 import io
 import json
 import os
@@ -16,6 +15,7 @@ from streamer import inspect as inspect_mod
 from streamer import preview as pv
 from streamer.observer import Observer, focal_plane_layout
 from streamer.telescope import Geometry, _ccd_origin, _layout, exposure_bytes, plan_night
+from tests.helpers.http import get
 from transforms.confined_reads import pinned
 from transforms.exposure import read_ccd
 from transforms.exposure_errors import ExposureError
@@ -212,16 +212,6 @@ def server(dataset, drop):
     with HttpServer(Metrics().registry, port=0, routes=observer.routes()) as s:
         s.observer = observer
         yield s
-
-
-def get(server, path):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.getheader("Content-Type"), r.read()
-    finally:
-        conn.close()
 
 
 def test_the_preview_endpoints_serve_pngs_of_the_files_in_the_drop(server, drop):
