@@ -21,7 +21,7 @@ Pixels are shown as ds9 shows them: FITS row 1 at the bottom (the simulator puts
 trails and bright cores both show) and ``zscale`` (IRAF's zscale range, linear).
 
 Reading: only the exposure file in the drop directory, opened with
-:func:`transforms.exposure.pinned` beneath it (no symlink followed, nothing outside it read),
+:func:`transforms.confined_reads.pinned` beneath it (no symlink followed, nothing outside it read),
 and only when its ``EXPNUM`` is the exposure asked for. The PNGs are cached in a
 :class:`PreviewCache` bounded in bytes, keyed by the file's identity (device, inode, size,
 mtime), and computed one at a time (a full focal plane reads 680 MB: two page readers must not
@@ -167,7 +167,7 @@ def ccd_preview(
     path: str, ccd: int, stretch: str = "asinh", height: int = PREVIEW_HEIGHT
 ) -> Preview:
     """The preview of one CCD of the exposure at ``path`` (read as :func:`read_ccd` does: in a
-    :func:`transforms.exposure.pinned` block, the pinned file)."""
+    :func:`transforms.confined_reads.pinned` block, the pinned file)."""
     binned, factor = ccd_binned(path, ccd, height)
     limits = display_limits(binned, stretch)
     return Preview(_display(to_uint8(binned, limits, stretch)), factor, limits)

@@ -10,7 +10,7 @@ hits and cutouts in one call, so the pixels read for extraction are reused for t
 dropped before anything is serialised). :class:`~transforms.stages.MeasureExposures` runs it
 either in a Beam stage per CCD, gathered again by exposure (``ccd_workers=0``: batch runs on
 any runner), or in a process pool that outlives the pipeline, element by element with no
-shuffle (``ccd_workers=N``: the daemon, ``skygrade grade``). Either way each exposure comes
+shuffle (``ccd_workers=N``: the daemon). Either way each exposure comes
 back as one element, whose CCDs are scored as one batch and graded. Rows are plain dicts with
 the parquet schema of :mod:`transforms.sinks`.
 """
