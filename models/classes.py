@@ -1,6 +1,9 @@
-"""The five image-quality classes of the method (Teimoorinia et al. 2020), in model output order."""
+"""The five image-quality classes of the method (Teimoorinia et al. 2020), in model output order,
+and what each one means (:data:`CLASSES` is defined once, in :mod:`ops.classes`)."""
 
-CLASSES: tuple[str, ...] = ("GOOD", "B_SEEING", "BGP", "BT", "RBT")
+from ops.classes import CLASSES
+
+__all__ = ["CLASSES", "DESCRIPTIONS"]
 
 DESCRIPTIONS: dict[str, str] = {
     "GOOD": "usable science exposure: round, compact stars, normal sky",

@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+from ops.classes import CLASSES
 from ops.config_schema import (
     ConfigError,
     Problem,
@@ -60,10 +61,6 @@ __all__ = [
     "parse_config",
     "with_backend",
 ]
-
-# The five image-quality classes, in model output order. Must equal models.classes.CLASSES: ops
-# imports none of the other packages, so the tuple is repeated here and a test checks they agree.
-CLASSES: tuple[str, ...] = ("GOOD", "B_SEEING", "BGP", "BT", "RBT")
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,11 +83,14 @@ def test_parse_none_and_empty_mapping_give_defaults():
     assert parse_config(None) == parse_config({}) == Config()
 
 
-def test_classes_equal_models_classes():
+def test_one_classes_tuple_for_the_config_and_the_model():
+    import ops.classes
     from models.classes import CLASSES as MODEL_CLASSES
+    from models.classes import DESCRIPTIONS
 
-    assert CLASSES == MODEL_CLASSES
-    assert tuple(Config().telescope.class_mix) == CLASSES
+    # Defined once (ops.classes): the config and the model hold the very same tuple.
+    assert CLASSES is MODEL_CLASSES is ops.classes.CLASSES
+    assert tuple(Config().telescope.class_mix) == CLASSES == tuple(DESCRIPTIONS)
 
 
 def test_partial_section_merges_over_defaults(tmp_path):
