@@ -243,7 +243,11 @@ class ExposurePlan:
     psf_model : str
         ``"moffat"`` or ``"kolmogorov"``.
     psf_ellip, psf_angle : float
-        Intrinsic PSF ellipticity (1 - b/a) and position angle (degrees).
+        Intrinsic PSF ellipticity (1 - b/a) and position angle (degrees), the same everywhere.
+    psf_astig : float
+        Astigmatism over the focal plane: an ellipticity that grows as r^2 (r = 1 at the
+        mosaic's half-size), radial when positive, tangential when negative (0: none); it adds
+        to the constant part as a spin-2 vector (``_psf_shape_at``).
     trail_mode : str
         ``"none"``, ``"linear"`` (one direction, one length), ``"walk"`` (random-walk tracking
         error), ``"rotation"`` (field rotation) or ``"walk+rotation"``.
@@ -253,6 +257,10 @@ class ExposurePlan:
         Direction of the linear trail, degrees.
     rotation : float
         Field-rotation trail length at focal-plane radius 1 (the half-size of the mosaic), pixels.
+    trail_jump : float
+        Fraction of the exposure spent after a tracking jump (0: no jump). A linear trail
+        becomes two images ``trail_length`` apart joined by a faint slew; a random walk jumps by
+        half its length part way: double images.
     sky_factor : float
         Sky brightness relative to the filter's dark-sky rate.
     sky_gradient : float
@@ -300,6 +308,8 @@ class ExposurePlan:
     transparency: float = 1.0
     psf_model: str = "moffat"
     amp_offset: float = 0.0
+    psf_astig: float = 0.0
+    trail_jump: float = 0.0
 
     def __post_init__(self) -> None:
         if self.label not in CLASSES:
@@ -310,6 +320,8 @@ class ExposurePlan:
             raise ValueError(f"psf_model must be one of {_PSF_MODELS}, got {self.psf_model!r}")
         if self.trail_mode not in _TRAIL_MODES:
             raise ValueError(f"trail_mode must be one of {_TRAIL_MODES}, got {self.trail_mode!r}")
+        if not 0.0 <= self.trail_jump < 1.0:
+            raise ValueError(f"trail_jump must be in [0, 1), got {self.trail_jump!r}")
         if not self.exptime > 0:
             raise ValueError(f"exptime must be > 0, got {self.exptime!r}")
         if not self.seeing > 0:
@@ -373,6 +385,18 @@ def _draw_instrument(rng: np.random.Generator) -> dict[str, object]:
     # Bias residuals between the two amplifiers of a CCD: usually none, sometimes tens of ADU.
     offset = float(np.exp(rng.uniform(np.log(0.5), np.log(20.0)))) if rng.random() < 0.3 else 0.0
     return {"psf_model": model, "amp_offset": offset}
+
+
+def _draw_optics_and_jumps(rng: np.random.Generator, label: str) -> dict[str, object]:
+    """Astigmatism over the focal plane and tracking jumps, from their own random stream (so
+    that adding them left every other parameter of a plan as it was)."""
+    # Half of the nights have an astigmatic focal plane: up to 0.06 ellipticity at r = 1
+    # (~0.08 in the corners), radial or tangential, on top of the constant part.
+    astig = float(rng.uniform(-0.06, 0.06)) if rng.random() < 0.5 else 0.0
+    # A quarter of the tracking failures are jumps (a wind gust, a guide-star swap): the
+    # mount holds, jumps, holds again, and every source is doubled.
+    jump = float(rng.uniform(0.2, 0.5)) if label in ("BT", "RBT") and rng.random() < 0.25 else 0.0
+    return {"psf_astig": astig, "trail_jump": jump}
 
 
 def _draw_conditions(rng: np.random.Generator, label: str) -> dict[str, object]:
@@ -447,6 +471,7 @@ def _make_plan(
     obj = f"F{int(ra):03d}{int(round(dec)):+03d}"
     conditions = _draw_conditions(rng, label)
     conditions.update(_draw_instrument(np.random.default_rng([seed, expnum, 0x1257])))
+    conditions.update(_draw_optics_and_jumps(np.random.default_rng([seed, expnum, 0x2A57]), label))
     return ExposurePlan(
         expnum=expnum,
         label=label,
@@ -799,6 +824,13 @@ def _context(plan: ExposurePlan, geometry: Geometry) -> _Context:
             plan.scatter * rng.uniform(0.2, 0.7, n_arcs),
         ]
     )
+    # A tracking jump part way through a random walk: the rest of the path is displaced by
+    # half the walk's length (drawn last so earlier draws keep).
+    if walk is not None and plan.trail_jump > 0:
+        k = int(round(len(walk) * (1.0 - plan.trail_jump)))
+        phi_jump = rng.uniform(0.0, 2.0 * math.pi)
+        walk[k:] += 0.5 * plan.trail_length * np.array([math.cos(phi_jump), math.sin(phi_jump)])
+        walk -= walk.mean(axis=0)
     return _Context(
         plan, geometry, (xc, yc), radius, coeffs, walk, dwell, blobs, arcs, modes, threshold, vign
     )
@@ -841,15 +873,37 @@ def _fwhm_at(ctx: _Context, u: float, v: float) -> float:
     return ctx.plan.seeing / PIXEL_SCALE * max(scale, 0.5)
 
 
+def _psf_shape_at(plan: ExposurePlan, u: float, v: float) -> tuple[float, float]:
+    """PSF ellipticity (1 - b/a) and position angle (degrees) at focal-plane position (u, v):
+    the plan's constant part plus astigmatism ``psf_astig * r^2`` along (or, negative, across)
+    the radius, added as spin-2 vectors."""
+    a0 = math.radians(2.0 * plan.psf_angle)
+    e1 = plan.psf_ellip * math.cos(a0) + plan.psf_astig * (u * u - v * v)
+    e2 = plan.psf_ellip * math.sin(a0) + plan.psf_astig * 2.0 * u * v
+    ellip = min(math.hypot(e1, e2), 0.25)
+    return ellip, math.degrees(math.atan2(e2, e1)) / 2.0 % 180.0
+
+
 def _trail_path(ctx: _Context, u: float, v: float, fwhm: float) -> np.ndarray | None:
     """The tracking path (pixels, centred) seen by a source at focal-plane position (u, v)."""
     plan = ctx.plan
     parts = []
     if plan.trail_mode == "linear" and plan.trail_length > 0.05:
         n = max(8, int(plan.trail_length * 8))
-        t = np.linspace(-0.5, 0.5, n)
-        knots = [np.full(int(n * w / (1 - w)), p) for p, w in ctx.dwell]
-        t = np.concatenate([t, *knots])
+        if plan.trail_jump > 0:
+            # Held at one end, a fast slew (3% of the light), held at the other: two images.
+            n_hold = 32 * n
+            t = np.concatenate(
+                [
+                    np.full(int(n_hold * (1.0 - plan.trail_jump)), -0.5),
+                    np.linspace(-0.5, 0.5, max(2, n_hold * 3 // 100)),
+                    np.full(int(n_hold * plan.trail_jump), 0.5),
+                ]
+            )
+        else:
+            t = np.linspace(-0.5, 0.5, n)
+            knots = [np.full(int(n * w / (1 - w)), p) for p, w in ctx.dwell]
+            t = np.concatenate([t, *knots])
         t -= t.mean()
         a = math.radians(plan.trail_angle)
         parts.append(np.column_stack([t * math.cos(a), t * math.sin(a)]) * plan.trail_length)
@@ -1056,9 +1110,8 @@ def _add_sources(
             u, v = to_uv((i + 0.5) * width / rx, (j + 0.5) * height / ry)
             fwhm = _fwhm_at(ctx, u, v)
             path = _trail_path(ctx, u, v, fwhm)
-            ks = _build_kernels(
-                fwhm, plan.beta, plan.psf_ellip, plan.psf_angle, path, galaxy_shapes, plan.psf_model
-            )
+            ellip, angle = _psf_shape_at(plan, u, v)
+            ks = _build_kernels(fwhm, plan.beta, ellip, angle, path, galaxy_shapes, plan.psf_model)
             region_core[j, i] = (len(kernels), ks.oversample)
             kernels.extend(ks.core)
             halves.extend([ks.core_half] * len(ks.core))
@@ -1222,6 +1275,8 @@ def _primary_header(plan: ExposurePlan, geometry: Geometry) -> fits.Header:
     h["SIMPSF"] = (plan.psf_model, "truth: PSF model")
     h["SIMAMP"] = (round(plan.amp_offset, 3), "truth: amplifier offset scale [ADU]")
     h["SIMTRMOD"] = (plan.trail_mode, "truth: tracking error model")
+    h["SIMJUMP"] = (round(plan.trail_jump, 3), "truth: exposure fraction after a jump")
+    h["SIMASTIG"] = (round(plan.psf_astig, 4), "truth: PSF ellipticity at r=1 (astig)")
     h["SIMTRAIL"] = (round(plan.trail_length, 3), "truth: trail / walk length [px]")
     h["SIMTRANG"] = (round(plan.trail_angle, 3), "truth: trail direction [deg]")
     h["SIMROT"] = (round(plan.rotation, 3), "truth: rotation trail at r=1 [px]")

@@ -1,5 +1,6 @@
-"""The simulator's wider sky (issue 20 item 1): Kolmogorov PSFs, scattered-light arcs and
-amplifier offsets, each drawn and each visible in the pixels."""
+"""The simulator's wider sky (issue 20 item 1): Kolmogorov PSFs, scattered-light arcs,
+amplifier offsets, astigmatism over the focal plane and tracking jumps, each drawn and each
+visible in the pixels."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 from models.classes import CLASSES
 from streamer.telescope import (
     Geometry,
+    _build_kernels,
     _context,
     _fields,
     _galaxy_templates,
     _kolmogorov_profile,
     _psf_grid,
+    _psf_shape_at,
+    _trail_path,
     plan_night,
     render_exposure,
 )
@@ -100,3 +104,65 @@ def test_brighter_galaxies_take_larger_templates():
     assert med[0] > 1.8 * med[1] > 1.8 * 1.5 * med[2]  # ~0.1 dex per magnitude
     assert 2.5 < med[1] < 4.0  # ~0.6" (3.2 px) at magnitude 22
     assert np.std(np.log10(size[1])) > 0.08  # with scatter at a given magnitude
+
+
+def test_astigmatism_grows_as_r_squared_radially_or_tangentially():
+    plan = plan_night(NIGHT, 1, 0, {"GOOD": 1.0})[0]
+    radial = dataclasses.replace(plan, psf_ellip=0.0, psf_astig=0.06)
+    assert _psf_shape_at(radial, 0.0, 0.0)[0] == 0.0
+    e, angle = _psf_shape_at(radial, 1.0, 0.0)
+    assert abs(e - 0.06) < 1e-9 and abs(angle) < 1e-6  # along the radius
+    e, angle = _psf_shape_at(radial, 0.0, 0.5)
+    assert abs(e - 0.015) < 1e-9 and abs(angle - 90.0) < 1e-6
+    e, angle = _psf_shape_at(dataclasses.replace(radial, psf_astig=-0.06), 1.0, 0.0)
+    assert abs(e - 0.06) < 1e-9 and abs(angle - 90.0) < 1e-6  # across it
+    # The constant part and the astigmatism add as spin-2 vectors: aligned they sum.
+    both = dataclasses.replace(radial, psf_ellip=0.05, psf_angle=0.0)
+    assert abs(_psf_shape_at(both, 1.0, 0.0)[0] - 0.11) < 1e-9
+    assert abs(_psf_shape_at(both, 0.0, 1.0)[0] - 0.01) < 1e-9  # crossed they cancel
+    # And the pixels change with it.
+    a = np.asarray(render_exposure(radial, TINY)[1].data, dtype=np.float64)
+    b = np.asarray(render_exposure(dataclasses.replace(radial, psf_astig=0.0), TINY)[1].data)
+    assert np.abs(a - b).max() > 10.0
+
+
+def test_nights_draw_astigmatism_and_jumps_only_for_tracking_failures():
+    plans = plan_night(NIGHT, 200, 3, {c: 1.0 for c in CLASSES})
+    astig = np.array([p.psf_astig for p in plans])
+    assert 0.3 < np.mean(astig != 0) < 0.7 and np.all(np.abs(astig) <= 0.06)
+    assert (astig > 0).any() and (astig < 0).any()
+    failed = [p for p in plans if p.label in ("BT", "RBT")]
+    jumped = [p for p in failed if p.trail_jump > 0]
+    assert 0.08 < len(jumped) / len(failed) < 0.45
+    assert all(0.2 <= p.trail_jump <= 0.5 for p in jumped)
+    assert not any(p.trail_jump for p in plans if p.label not in ("BT", "RBT"))
+
+
+def test_a_jump_on_a_linear_trail_draws_two_images_a_trail_length_apart():
+    plan = plan_night(NIGHT, 1, 0, {"BT": 1.0})[0]
+    plan = dataclasses.replace(
+        plan, trail_mode="linear", trail_length=20.0, trail_angle=0.0, trail_jump=0.4
+    )
+    fwhm = 4.0
+    path = _trail_path(_context(plan, TINY), 0.0, 0.0, fwhm)
+    ks = _build_kernels(fwhm, 3.0, 0.0, 0.0, path, np.zeros((0, 4)), "moffat")
+    profile = ks.core[(ks.oversample // 2) * (ks.oversample + 1)].sum(axis=0)
+    inner = profile[1:-1]
+    peaks = np.nonzero((inner > profile[:-2]) & (inner >= profile[2:]))[0] + 1
+    peaks = peaks[profile[peaks] > 0.2 * profile.max()]
+    assert len(peaks) == 2
+    assert abs(np.diff(peaks)[0] - 20.0) <= 1.0
+    # Held 60% of the time before the jump, 40% after; the slew between is faint.
+    ratio = profile[peaks[0]] / profile[peaks[1]]
+    assert 1.3 < ratio < 1.7
+    assert profile[peaks[0] + 10] < 0.05 * profile[peaks[1]]
+
+
+def test_a_jump_in_a_random_walk_displaces_the_rest_of_the_path():
+    plan = plan_night(NIGHT, 1, 0, {"RBT": 1.0})[0]
+    plan = dataclasses.replace(plan, trail_mode="walk", trail_length=120.0)
+    smooth = _context(plan, TINY).walk
+    jumped = _context(dataclasses.replace(plan, trail_jump=0.3), TINY).walk
+    steps = np.hypot(*np.diff(jumped, axis=0).T)
+    assert steps.max() > 0.45 * 120.0 > 10 * np.hypot(*np.diff(smooth, axis=0).T).max()
+    assert int(np.argmax(steps)) + 1 == round(len(jumped) * 0.7)
