@@ -57,7 +57,7 @@ def synthesise(out: Path, n: int, n_ccd: int, first: int = 0) -> float:
     """Write graded exposures ``first`` .. ``first + n - 1`` of ``n_ccd`` CCDs (rows + images),
     45 s apart; returns the seconds taken."""
     from models.classes import CLASSES
-    from transforms.sinks import write_grade_rows
+    from transforms.grades_dataset import GradesDataset
 
     rng = np.random.default_rng(first)
     yy, xx = np.mgrid[0:32, 0:32]
@@ -111,7 +111,7 @@ def synthesise(out: Path, n: int, n_ccd: int, first: int = 0) -> float:
             }
             c.update({f"p_{x}": (0.8 if x == grade else 0.05) for x in CLASSES})
             ccds.append(c)
-        write_grade_rows(out, row, ccds)
+        GradesDataset(out).write(row, ccds)
     return time.monotonic() - t0
 
 

@@ -17,6 +17,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -51,6 +54,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file in the same directory + rename).
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        What to write.
+    path : path-like
+        Final file name; parent directories are created.
+
+    Returns
+    -------
+    Path
+        The final path.
+    """
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -7,7 +7,8 @@ The job is the same :class:`~transforms.grading.GradeExposures` as the daemon an
   (``exposure_id``, ``model_version``, ``config_digest``); an exposure that already has a row
   with this bundle's model version *and* this configuration's digest is skipped (graded and
   quarantined rows alike; ``--force`` regrades them).
-* **One row per exposure per model version.** See :func:`backfill_paths`: a backfill writes
+* **One row per exposure per model version.** The dataset's one naming scheme
+  (:meth:`~transforms.grades_dataset.GradesDataset.paths`): a backfill writes
   ``exposures/night=N/<exposure_id>.<model_version>.parquet`` (and the same name under
   ``ccds/``), so grading an archive with a new model adds rows beside the old version's
   instead of replacing them. A regrade with the same model version (``--force``, or a new
@@ -22,7 +23,7 @@ The job is the same :class:`~transforms.grading.GradeExposures` as the daemon an
   summary (grades, quarantined with reasons, throughput, output location).
 
 Reading the dataset as one table works unchanged: every file name ends in ``.parquet`` under
-the hive ``night=`` directories (``transforms.sinks.read_grades``, ``pandas.read_parquet(dir)``,
+the hive ``night=`` directories (``GradesDataset(dir).read()``, ``pandas.read_parquet(dir)``,
 DuckDB ``read_parquet('DIR/exposures/*/*.parquet', hive_partitioning=true)``); the table holds
 one row per (``exposure_id``, ``model_version``); filter on ``model_version`` for one model.
 """
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 import apache_beam as beam
 
-from transforms.sinks import grade_paths, write_grade_rows
+from transforms.grades_dataset import GradesDataset, exposure_file_name
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -135,14 +136,6 @@ def find_exposures(
 # --------------------------------------------------------------------------- dataset layout
 
 
-def backfill_paths(
-    out_dir: str | os.PathLike, night: str, exposure_id: str, model_version: str
-) -> tuple[Path, Path]:
-    """Where a backfill writes an exposure's rows: the dataset's one naming scheme,
-    :func:`transforms.sinks.grade_paths` (one file per exposure per model version)."""
-    return grade_paths(out_dir, night, exposure_id, model_version)
-
-
 def _exposure_of(file_name: str) -> str:
     return file_name.split(".", 1)[0]
 
@@ -160,22 +153,19 @@ class GradedRow(NamedTuple):
 def existing_rows(out_dir: str | os.PathLike) -> dict[str, list[GradedRow]]:
     """The exposure rows already in the dataset at ``out_dir``, by exposure id.
 
-    Reads four columns of every ``exposures/night=*/*.parquet`` file. A file that cannot be
-    read (not parquet, truncated by hand) is logged and ignored, so its exposure is regraded.
+    Reads four columns of every exposure file. A file that cannot be read (not parquet,
+    truncated by hand) is logged and ignored, so its exposure is regraded.
     """
-    import pyarrow.parquet as pq
-
     columns = ["exposure_id", "model_version", "config_digest", "status"]
+    dataset = GradesDataset(out_dir)
     rows: dict[str, list[GradedRow]] = {}
-    for file in sorted(Path(out_dir).glob("exposures/night=*/*.parquet")):
-        if file.name.startswith((".", "_")):
-            continue
+    for file in dataset.exposure_files():
         try:
-            table = pq.read_table(file, columns=columns)
+            found = dataset.read_file(file, columns)
         except Exception as exc:  # noqa: BLE001 - any unreadable file means "not done"
             log.warning("%s: unreadable (%s); its exposure will be regraded", file, exc)
             continue
-        for r in table.to_pylist():
+        for r in found:
             rows.setdefault(r["exposure_id"], []).append(
                 GradedRow(
                     r["exposure_id"],
@@ -191,7 +181,7 @@ def existing_rows(out_dir: str | os.PathLike) -> dict[str, list[GradedRow]]:
 class Plan(NamedTuple):
     """What a backfill will do: exposures to grade, exposures skipped, and for each exposure
     to grade the file name it goes to (the file already holding this model version's row,
-    else :func:`backfill_paths`' name)."""
+    else the dataset's name for it)."""
 
     todo: list[ArchiveExposure]
     skipped: list[ArchiveExposure]
@@ -222,18 +212,8 @@ def plan_backfill(
         if same_version:
             targets[item.exposure_id] = same_version[0].file.name
         else:
-            targets[item.exposure_id] = backfill_paths(
-                "", item.night, item.exposure_id, model_version
-            )[0].name
+            targets[item.exposure_id] = exposure_file_name(item.exposure_id, model_version)
     return Plan(todo, skipped, targets)
-
-
-def write_backfill_rows(
-    out_dir: str | os.PathLike, row: dict, ccd_rows: list[dict], file_name: str | None = None
-) -> Path:
-    """Write one exposure's rows (:func:`transforms.sinks.write_grade_rows`), under
-    ``file_name`` when an existing file already holds this model version's row."""
-    return write_grade_rows(out_dir, row, ccd_rows, file_name)
 
 
 class _WriteBackfillRows(beam.DoFn):
@@ -241,11 +221,13 @@ class _WriteBackfillRows(beam.DoFn):
         self.out_dir, self.targets = out_dir, dict(targets)
         self.written = beam.metrics.Metrics.counter("backfill", "exposures_written")
 
+    def setup(self) -> None:
+        self.dataset = GradesDataset(self.out_dir)
+
     def process(self, item):
         row, ccd_rows = item
-        path = write_backfill_rows(
-            self.out_dir, row, ccd_rows, self.targets.get(row["exposure_id"])
-        )
+        # under the file that already holds this model version's row, if one does
+        path = self.dataset.write(row, ccd_rows, self.targets.get(row["exposure_id"]))
         self.written.inc()
         yield str(path)
 
@@ -269,7 +251,7 @@ class _OutputWatcher:
     """A driver thread that counts exposure files created or replaced since it started."""
 
     def __init__(self, out_dir: Path, expected: Iterable[str], progress, poll_s: float) -> None:
-        self.root = Path(out_dir) / "exposures"
+        self.dataset = GradesDataset(out_dir)
         self.remaining = set(expected)
         self.progress, self.poll_s = progress, poll_s
         self.written: dict[str, Path] = {}
@@ -279,7 +261,7 @@ class _OutputWatcher:
 
     def _stamps(self) -> dict[Path, int]:
         stamps = {}
-        for file in self.root.glob("night=*/*.parquet"):
+        for file in self.dataset.exposure_files():
             try:
                 stamps[file] = file.stat().st_mtime_ns
             except FileNotFoundError:  # replaced between glob and stat
@@ -462,7 +444,7 @@ def run_backfill(
 
             shutdown_pool()
     summary.wall_s = time.monotonic() - start
-    summary.rows = _read_written(watcher.written, model_version)
+    summary.rows = _read_written(watcher.dataset, watcher.written, model_version)
     summary.missing = sorted(watcher.remaining)
     return summary
 
@@ -483,14 +465,10 @@ def _scheduler(options: PipelineOptions):
     return scheduler_for(options)
 
 
-def _read_written(files: dict[str, Path], model_version: str) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    rows = []
-    for exposure_id in sorted(files):
-        file = files[exposure_id]
-        for row in pq.read_table(file).to_pylist():
-            if row["model_version"] == model_version:
-                row["night"] = file.parent.name.removeprefix("night=")
-                rows.append(row)
-    return rows
+def _read_written(dataset: GradesDataset, files: dict[str, Path], model_version: str) -> list[dict]:
+    return [
+        row
+        for exposure_id in sorted(files)
+        for row in dataset.read_file(files[exposure_id])
+        if row["model_version"] == model_version
+    ]

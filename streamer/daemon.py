@@ -58,9 +58,9 @@ from streamer.observer import Observer
 from streamer.watcher import DropWatcher
 from transforms.confined_reads import pinned
 from transforms.exposure import exposure_id_from_path
+from transforms.grades_dataset import GradesDataset
 from transforms.grading import exposure_row
 from transforms.quarantine import Quarantined
-from transforms.sinks import write_grade_rows
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class Daemon:
         row, _ = exposure_row(
             exposure_id, None, [], [q], str(self.manifest.get("version")), "", arrived
         )
-        write_grade_rows(self.out_dir, row, [])
+        GradesDataset(self.out_dir).write(row, [])
         return row
 
     # ------------------------------------------------------------------ grading

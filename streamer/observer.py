@@ -119,7 +119,7 @@ _MARGIN_NS = 100_000_000
 
 
 def _stretch_lut() -> np.ndarray:
-    from transforms.sinks import IMAGE_RANGE
+    from transforms.grades_dataset import IMAGE_RANGE
 
     lo, hi = IMAGE_RANGE
     values = lo + np.arange(256) * (hi - lo) / 255.0
@@ -131,8 +131,8 @@ _LUT = _stretch_lut()
 
 
 def thumbnail_png(stored: np.ndarray) -> bytes:
-    """PNG of a stored (uint8, :func:`transforms.sinks.quantize_image`) representative image,
-    with the display stretch applied."""
+    """PNG of a stored (uint8, :func:`transforms.grades_dataset.quantize_image`) representative
+    image, with the display stretch applied."""
     return png_gray8(_LUT[np.asarray(stored, dtype=np.uint8)])
 
 
@@ -270,7 +270,7 @@ class NightIndex:
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
-        from transforms.sinks import EXPOSURE_SCHEMA
+        from transforms.grades_dataset import EXPOSURE_SCHEMA
 
         out: dict[str, list[dict]] = {}
         if len(names) > 16:  # a night seen for the first time: one multi-threaded scan
@@ -447,9 +447,10 @@ class Observer:
         return self._images_keyed(row)[1]
 
     def _images_keyed(self, row: dict) -> tuple[tuple | None, dict[int, np.ndarray]]:
-        from transforms.sinks import images_path, read_images
+        from transforms.grades_dataset import GradesDataset, read_images
 
-        path = images_path(self.out_dir / "exposures" / f"night={row['night']}" / row["_file"])
+        dataset = GradesDataset(self.out_dir)
+        path = dataset.images_file(dataset.partition(row["night"]) / row["_file"])
         try:
             key = (str(path), path.stat().st_mtime_ns)
         except FileNotFoundError:
@@ -459,9 +460,10 @@ class Observer:
 
     def image_ccds(self, row: dict) -> set[int]:
         """The CCDs of an exposure row that have a stored image (reads only the index array)."""
-        from transforms.sinks import images_path
+        from transforms.grades_dataset import GradesDataset
 
-        path = images_path(self.out_dir / "exposures" / f"night={row['night']}" / row["_file"])
+        dataset = GradesDataset(self.out_dir)
+        path = dataset.images_file(dataset.partition(row["night"]) / row["_file"])
         try:
             key = ("ccds", str(path), path.stat().st_mtime_ns)
         except FileNotFoundError:

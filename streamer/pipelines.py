@@ -8,7 +8,6 @@ Prism runner, which downloads a binary at run time).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -111,8 +110,8 @@ class _WriteExposureFeatures(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, item):
+        from ops.files import write_parquet_atomic
         from transforms.extract import features_to_arrow
-        from transforms.sinks import write_parquet_atomic
 
         exposure_id, ccds = item
         path = Path(self.out_dir) / f"{exposure_id}.parquet"
@@ -675,22 +674,16 @@ def run_grade(
 def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: str) -> list[dict]:
     """The exposure rows of ``paths`` graded with ``model_version``, read by file name (not by
     scanning the whole dataset, which grows all night)."""
-    import pyarrow.parquet as pq
-
     from transforms.exposure import exposure_id_from_path, read_meta
     from transforms.exposure_errors import ExposureError
-    from transforms.sinks import exposure_file_name
+    from transforms.grades_dataset import GradesDataset
 
+    dataset = GradesDataset(out_dir)
     rows = []
     for path in paths:
         try:
             exposure_id = read_meta(path).exposure_id
         except (ExposureError, OSError, ValueError):
             exposure_id = exposure_id_from_path(path)
-        name = glob.escape(exposure_file_name(exposure_id, model_version))
-        for file in sorted(Path(out_dir).glob(f"exposures/night=*/{name}")):
-            for row in pq.read_table(file).to_pylist():
-                row["night"] = file.parent.name.removeprefix("night=")
-                if row["path"] == str(path):
-                    rows.append(row)
+        rows += [r for r in dataset.rows_of(exposure_id, model_version) if r["path"] == str(path)]
     return rows

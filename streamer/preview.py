@@ -253,8 +253,8 @@ def hits_png(c: dict, stored: np.ndarray | None) -> bytes:
     representative image (uint8), or None (the tiles are then blank)."""
     from models.mosaic import tile_grid
     from streamer.inspect import CcdPanel, Inspection, render_png
+    from transforms.grades_dataset import IMAGE_RANGE
     from transforms.representative import CcdInputs
-    from transforms.sinks import IMAGE_RANGE
 
     hits = np.asarray(c.get("hits") or [], dtype=np.int64)
     if hits.size == 0:

@@ -33,6 +33,7 @@ from streamer.night_summary import (
     to_reobserve,
     trends,
 )
+from transforms.grades_dataset import GradesDataset
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,6 @@ CSV_COLUMNS = (
 rows have)."""
 
 
-def nights(out_dir: str | os.PathLike) -> list[str]:
-    """The nights present in the dataset at ``out_dir``, sorted."""
-    root = Path(out_dir) / "exposures"
-    return sorted(p.name.removeprefix("night=") for p in root.glob("night=*") if p.is_dir())
-
-
 def night_rows(
     out_dir: str | os.PathLike, night: str, model_version: str | None = None
 ) -> list[dict]:
@@ -97,19 +92,10 @@ def night_rows(
         Rows with ``night`` set and ``time`` (``date_obs`` as an aware datetime, else
         ``graded_at``); empty (with a warning) when the night has no row.
     """
-    import pyarrow.parquet as pq
-
-    folder = Path(out_dir) / "exposures" / f"night={night}"
-    rows = []
-    for file in sorted(folder.glob("*.parquet")):
-        if file.name.startswith((".", "_")):
-            continue
-        for row in pq.read_table(file).to_pylist():
-            row["night"] = night
-            rows.append(row)
-    chosen = latest_per_exposure(rows, model_version)
+    dataset = GradesDataset(out_dir)
+    chosen = latest_per_exposure(dataset.night_rows(night), model_version)
     if not chosen:
-        log.warning("no exposure row for night %s under %s", night, folder)
+        log.warning("no exposure row for night %s under %s", night, dataset.partition(night))
     return chosen
 
 
@@ -350,7 +336,7 @@ def write_png(out_dir, night: str | None, path: str | os.PathLike) -> Path:
     from transforms.exposure import observing_night
 
     night = night or observing_night(dt.datetime.now(dt.UTC))
-    rows = night_rows(out_dir, night) if (Path(out_dir) / "exposures").is_dir() else []
+    rows = night_rows(out_dir, night) if GradesDataset(out_dir).has_exposures() else []
     return plot_night(night, rows, path)
 
 

@@ -12,7 +12,7 @@ either in a Beam stage per CCD, gathered again by exposure (``ccd_workers=0``: b
 any runner), or in a process pool that outlives the pipeline, element by element with no
 shuffle (``ccd_workers=N``: the daemon). Either way each exposure comes
 back as one element, whose CCDs are scored as one batch and graded. Rows are plain dicts with
-the parquet schema of :mod:`transforms.sinks`.
+the parquet schema of :mod:`transforms.grades_dataset`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def exposure_row(
     arrived_at: float | None,
 ) -> tuple[dict, list[dict]]:
     """The exposure row and its CCD rows (columns: ``EXPOSURE_SCHEMA`` and ``CCD_SCHEMA`` of
-    :mod:`transforms.sinks`)."""
+    :mod:`transforms.grades_dataset`)."""
     now = time.time()
     if meta is None:  # refused when opened: the first (exposure-level) quarantine record
         q = next(b for b in bad if b.ccd is None)

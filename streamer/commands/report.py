@@ -11,11 +11,11 @@ from streamer.report import (
     format_empty,
     format_report,
     night_rows,
-    nights,
     plot_night,
     write_html,
     write_png,
 )
+from transforms.grades_dataset import GradesDataset
 
 EXAMPLES = (
     "examples:\n"
@@ -58,8 +58,9 @@ def add_arguments(parser) -> None:
 
 def _is_empty_dataset(path: Path) -> bool:
     """A directory the daemon has made but not written a night into yet."""
-    if (path / "exposures").is_dir():
-        return not nights(path)
+    dataset = GradesDataset(path)
+    if dataset.has_exposures():
+        return not dataset.nights()
     return path.is_dir() and all(
         p.name in ("ccds", "images", "ledger.sqlite") or p.name.startswith(".")
         for p in path.iterdir()
@@ -75,9 +76,10 @@ def command(args, cfg) -> int:
         if args.html is not None:
             print(f"page: {write_html(args.dataset, None, args.html)}")
         return EXIT_OK
-    if not (args.dataset / "exposures").is_dir():
+    dataset = GradesDataset(args.dataset)
+    if not dataset.has_exposures():
         raise UsageError(f"{args.dataset} is not a grades dataset (no exposures/ directory)")
-    available = nights(args.dataset)
+    available = dataset.nights()
     if args.night is None:
         night = available[-1]
     else:

@@ -54,7 +54,7 @@ from tests.helpers.daemon_process import (
 )
 from transforms.exposure import exposure_id_from_path
 from transforms.fits_walk import check_integrity
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.faults
 
@@ -75,7 +75,7 @@ def outcome(out: Path, expected: dict[str, tuple[str, str | None]]) -> dict:
     Exactly once: one row per exposure, no other row; the ledger holds one final entry per
     exposure that says the same as the row, and nothing pending.
     """
-    rows = read_grades(out).to_pylist()
+    rows = GradesDataset(out).read().to_pylist()
     ids = [r["exposure_id"] for r in rows]
     duplicates = len(ids) - len(set(ids))
     assert duplicates == 0, sorted(ids)
@@ -386,7 +386,7 @@ def test_a_bad_bundle_swapped_in_is_refused_and_grading_goes_on(
             wait_for(lambda n=n: ledger.counts()["graded"] == n, GRADE_TIMEOUT_S, "graded", proc)
             refusals.append(proc.metric("skygrade_bundle_refusals_total"))
             healths.append(health_of(proc))
-    rows = {r["exposure_id"]: r for r in read_grades(out).to_pylist()}
+    rows = {r["exposure_id"]: r for r in GradesDataset(out).read().to_pylist()}
     versions = [rows[i]["model_version"] for i in ids]
     assert versions == ["fault-test"] * 3 + ["fault-test-2"] * 2
     assert refusals == [0.0, 1.0, 2.0, 2.0, 2.0]

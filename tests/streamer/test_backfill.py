@@ -10,7 +10,6 @@ import pytest
 from models.classes import CLASSES
 from ops.config import Config
 from streamer.backfill import (
-    backfill_paths,
     existing_rows,
     find_exposures,
     plan_backfill,
@@ -20,7 +19,7 @@ from streamer.cli import COMMANDS
 from streamer.commands import backfill as backfill_command
 from streamer.pipelines import run_grade
 from streamer.telescope import Geometry, simulate_archive
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -66,7 +65,7 @@ def test_backfill_equals_run_grade_and_reports(archive, bundle, graded, tmp_path
     items = find_exposures(archive)
     assert len(items) == 5 and summary.found == 5 and summary.skipped == 0
     expected = run_grade([i.path for i in items], tmp_path / "grade", bundle, Config())
-    rows = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+    rows = sorted(GradesDataset(out).read().to_pylist(), key=lambda r: r["exposure_id"])
     assert [r["exposure_id"] for r in rows] == [r["exposure_id"] for r in expected]
     for got, want in zip(rows, expected, strict=True):
         for column in COMPARED:
@@ -91,13 +90,13 @@ def test_backfill_with_a_ccd_pool_writes_the_same_rows(archive, bundle, graded, 
     out = tmp_path / "pooled"
     summary = run_backfill(archive, out, bundle, Config(), stream=io.StringIO(), ccd_workers=2)
     assert (summary.found, len(summary.rows), summary.missing) == (5, 5, [])
-    want = sorted(read_grades(graded[0]).to_pylist(), key=lambda r: r["exposure_id"])
-    got = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+    want = sorted(GradesDataset(graded[0]).read().to_pylist(), key=lambda r: r["exposure_id"])
+    got = sorted(GradesDataset(out).read().to_pylist(), key=lambda r: r["exposure_id"])
     assert [r["exposure_id"] for r in got] == [r["exposure_id"] for r in want]
     for a, b in zip(got, want, strict=True):
         for column in COMPARED:
             assert a[column] == pytest.approx(b[column], abs=1e-6), column
-    assert len(read_grades(out, "ccds")) == len(read_grades(graded[0], "ccds"))
+    assert len(GradesDataset(out).read("ccds")) == len(GradesDataset(graded[0]).read("ccds"))
 
 
 def test_ccd_pool_needs_the_in_process_runner(archive, tmp_path, capsys):
@@ -131,7 +130,7 @@ def test_interrupted_run_resumes_exactly_once(archive, bundle, graded, tmp_path)
         p.name.split(".")[0] for p in lost
     )
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
-    ids = read_grades(out).column("exposure_id").to_pylist()
+    ids = GradesDataset(out).read().column("exposure_id").to_pylist()
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 5
 
 
@@ -154,14 +153,16 @@ def test_new_model_version_adds_rows_beside_the_old(archive, graded, tmp_path, t
     summary = run_backfill(archive, out, v2, Config(), stream=io.StringIO())
     assert summary.skipped == 0 and len(summary.rows) == 5
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # old rows untouched
-    table = read_grades(out)
+    table = GradesDataset(out).read()
     pairs = sorted(
         zip(table["exposure_id"].to_pylist(), table["model_version"].to_pylist(), strict=True)
     )
     ids = sorted({e for e, _ in pairs})
     assert pairs == sorted((e, v) for e in ids for v in ("backfill-test", "v2/2026 12"))
-    assert backfill_paths(out, NIGHTS[0], ids[0], "v2/2026 12")[0].name.endswith(
-        ".v2_2026_12.parquet"
+    assert (
+        GradesDataset(out)
+        .paths(NIGHTS[0], ids[0], "v2/2026 12")[0]
+        .name.endswith(".v2_2026_12.parquet")
     )
     # the same dataset, one table, in DuckDB
     query = (
@@ -183,7 +184,7 @@ def test_same_version_from_the_daemon_is_skipped_or_replaced_with_force(archive,
     assert len(forced.rows) == 2
     names = sorted(p.name for p in out.glob("exposures/*/*.parquet"))
     assert names == sorted(f"{i.exposure_id}.backfill-test.parquet" for i in items)  # in place
-    assert len(read_grades(out)) == 2
+    assert len(GradesDataset(out).read()) == 2
 
 
 def _digest():

@@ -15,7 +15,7 @@ from streamer.commands import backfill as backfill_command
 from streamer.dask_runner import local_cluster, translate
 from streamer.pipelines import make_pipeline, pipeline_options
 from streamer.telescope import Geometry, simulate_archive
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 NIGHTS = ["2026-11-01", "2026-11-02"]
 CORRUPT = "2899999"
@@ -119,14 +119,16 @@ def test_dask_backfill_writes_the_same_rows_as_the_local_runner(
     )
     assert "exposures: 5/5 (100.0%)" in stream.getvalue()
     for which in ("exposures", "ccds"):
-        assert_same_rows(comparable(read_grades(out, which)), comparable(read_grades(local, which)))
+        assert_same_rows(
+            comparable(GradesDataset(out).read(which)), comparable(GradesDataset(local).read(which))
+        )
     # the same files (one per exposure per model version), every row graded or quarantined
     names = sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
     assert names == sorted(p.relative_to(local) for p in local.rglob("*.parquet"))
     statuses = {r["exposure_id"]: r["status"] for r in summary.rows}
     assert statuses.pop(CORRUPT) == "quarantined"
     assert set(statuses.values()) == {"graded"} and len(statuses) == 4
-    ccds = read_grades(out, "ccds")
+    ccds = GradesDataset(out).read("ccds")
     assert len(ccds) == 8 and all(h is not None for h in ccds.column("hits").to_pylist())
     # a rerun on Dask finds everything done
     again = run_backfill(archive, out, bundle, Config(), options=options)
@@ -159,8 +161,8 @@ def test_command_line_dask_with_its_own_local_cluster(archive, bundle, local, tm
     assert backfill_command.command(args, Config()) == 0
     text = capsys.readouterr().out
     assert "2 exposure(s) selected, 0 already graded (skipped), 2 written now" in text
-    want = [r for r in comparable(read_grades(local)) if r["night"] == NIGHTS[0]]
-    assert_same_rows(comparable(read_grades(out)), want)
+    want = [r for r in comparable(GradesDataset(local).read()) if r["night"] == NIGHTS[0]]
+    assert_same_rows(comparable(GradesDataset(out).read()), want)
     # the cluster's and clients' threads in this process are gone, but for distributed's
     # process-wide offload executor (one idle thread kept for reuse)
     left = [

@@ -13,7 +13,7 @@ from streamer.daemon import Daemon
 from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
 from tests.helpers.bundles import bad_copies
 from tests.helpers.daemon_process import metric_sample
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_daemon_grades_progressive_files_once_and_quarantines_bad_ones(
                 and daemon.ledger.counts().get("quarantined", 0) == 1
             )
         )
-        rows = read_grades(out).to_pylist()
+        rows = GradesDataset(out).read().to_pylist()
         assert sorted(r["status"] for r in rows) == ["graded", "graded", "quarantined"]
         graded = [r for r in rows if r["status"] == "graded"]
         assert all(r["latency_s"] is not None and r["latency_s"] > 0 for r in graded)
@@ -78,7 +78,7 @@ def test_files_dropped_while_down_are_graded_at_start(bundle, tmp_path, daemon_c
         assert wait_for(lambda: daemon.ledger.counts().get("graded", 0) == 1)
     finally:
         daemon.stop(timeout=30)
-    assert len(read_grades(out)) == 1
+    assert len(GradesDataset(out).read()) == 1
 
 
 def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(
@@ -107,7 +107,7 @@ def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(
             path = drop / "2026-11-25" / plan.filename
             path.write_bytes(exposure_bytes(plan, Geometry(1, 256, 320)))
             assert wait_for(lambda n=i + 1: daemon.ledger.counts().get("graded", 0) == n)
-        rows = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+        rows = sorted(GradesDataset(out).read().to_pylist(), key=lambda r: r["exposure_id"])
         assert [r["model_version"] for r in rows] == ["daemon-test", "daemon-test-2"]
         text = urllib.request.urlopen(
             f"http://127.0.0.1:{daemon.server.port}/metrics", timeout=5
@@ -141,10 +141,12 @@ def test_control_characters_in_names_reach_no_log_line_reason_or_row(
         garbage.write_bytes(b"garbage " * 400)
         no_exptime.write_bytes(data.replace(b"EXPTIME =", b"EXPTIMX =", 1))
         assert wait_for(lambda: daemon.ledger.counts().get("quarantined", 0) == 2, timeout=60)
-        entries = [daemon.ledger.latest(r["exposure_id"]) for r in read_grades(out).to_pylist()]
+        entries = [
+            daemon.ledger.latest(r["exposure_id"]) for r in GradesDataset(out).read().to_pylist()
+        ]
     finally:
         daemon.stop(timeout=30)
-    rows = read_grades(out).to_pylist()
+    rows = GradesDataset(out).read().to_pylist()
     assert sorted(r["path"] for r in rows) == sorted([str(garbage), str(no_exptime)])
     reasons = [r["reason"] for r in rows] + [e.reason for e in entries]
     assert len(reasons) == 4 and all(reasons), reasons
@@ -175,7 +177,7 @@ def test_a_gzipped_exposure_is_quarantined_and_counted(bundle, tmp_path, daemon_
     finally:
         daemon.stop(timeout=30)
     assert 'skygrade_exposures_quarantined_total{reason="unsupported_compression"} 1.0' in text
-    (row,) = read_grades(out).to_pylist()
+    (row,) = GradesDataset(out).read().to_pylist()
     assert row["path"] == str(path) and row["status"] == "quarantined"
     assert row["reason"].startswith(f"unsupported_compression: {path}: ")
 
@@ -185,13 +187,13 @@ def _blocked(drop_night, out, plan, data, version):
     its exposure row must go: writing that exposure fails (IsADirectoryError) every time, and
     only that exposure's. Returns its path."""
     from transforms.exposure import read_meta
-    from transforms.sinks import grade_paths
+    from transforms.grades_dataset import GradesDataset
 
     staged = out.parent / "staging" / plan.filename
     staged.parent.mkdir(parents=True, exist_ok=True)
     staged.write_bytes(data)
     meta = read_meta(staged)
-    grade_paths(out, meta.night, meta.exposure_id, version)[0].mkdir(parents=True)
+    GradesDataset(out).paths(meta.night, meta.exposure_id, version)[0].mkdir(parents=True)
     path = drop_night / plan.filename
     staged.rename(path)
     return path
@@ -237,7 +239,7 @@ def test_an_exposure_that_cannot_be_written_holds_up_no_other(
         daemon.stop(timeout=30)
     assert entry.state == "seen" and entry.failures == 1 and entry.next_attempt_at > failed_at
     assert "IsADirectoryError" in entry.last_error
-    rows = [r for r in read_grades(out).to_pylist() if r["status"] == "graded"]
+    rows = [r for r in GradesDataset(out).read().to_pylist() if r["status"] == "graded"]
     assert len(rows) == 3 and waited < 40
     print(
         f"good exposures graded {waited:.1f} s after the failure; latencies "
@@ -278,7 +280,7 @@ def test_names_too_long_for_the_output_are_written_under_a_bounded_name(
         ), daemon.ledger.counts()
     finally:
         daemon.stop(timeout=30)
-    rows = {r["path"]: r for r in read_grades(out).to_pylist()}
+    rows = {r["path"]: r for r in GradesDataset(out).read().to_pylist()}
     assert rows[str(garbage)]["status"] == "quarantined"
     assert rows[str(garbage)]["reason"].startswith("not_fits: ")
     assert rows[str(no_expnum)]["status"] == "graded"
@@ -398,7 +400,7 @@ def test_a_bad_bundle_swapped_in_is_refused_and_the_old_one_kept(
                 ).read()
     finally:
         daemon.stop(timeout=30)
-    rows = sorted(read_grades(out).to_pylist(), key=lambda r: r["exposure_id"])
+    rows = sorted(GradesDataset(out).read().to_pylist(), key=lambda r: r["exposure_id"])
     assert [r["model_version"] for r in rows] == ["daemon-test"] * 3 + ["daemon-test-3"]
     assert b"skygrade_bundle_refusals_total 1.0" in text
     refused = [r for r in caplog.records if "refused" in r.getMessage()]
@@ -564,10 +566,8 @@ def test_a_truncated_file_completed_later_has_one_row_in_the_night_of_its_date_o
     """Issue 21, item 5: a file quarantined as truncated (no DATE-OBS read: filed under the
     night of its arrival) and completed later was graded under the night of its DATE-OBS and
     kept both rows. The later outcome replaces the earlier one: one row, one night, everywhere
-    (read_grades, the report, the observer's /api/nights)."""
+    (GradesDataset.read, the report, the observer's /api/nights)."""
     import json
-
-    from streamer.report import nights
 
     cfg = _config(daemon_config, incomplete_timeout_s=0.5)
     drop, out = tmp_path / "drop", tmp_path / "grades"
@@ -581,7 +581,7 @@ def test_a_truncated_file_completed_later_has_one_row_in_the_night_of_its_date_o
     try:
         (drop / plan.filename).write_bytes(data[: len(data) // 2])
         assert wait_for(lambda: daemon.ledger.counts()["quarantined"] == 1, timeout=30)
-        (first,) = read_grades(out).to_pylist()
+        (first,) = GradesDataset(out).read().to_pylist()
         assert first["status"] == "quarantined" and first["reason"].startswith("truncated")
         assert first["night"] != "2026-11-24"
         (drop / plan.filename).write_bytes(data)  # the rest of the copy arrives
@@ -589,7 +589,7 @@ def test_a_truncated_file_completed_later_has_one_row_in_the_night_of_its_date_o
         status, body = _get(daemon, "/api/nights")
     finally:
         daemon.stop(timeout=30)
-    rows = [r for r in read_grades(out).to_pylist() if r["exposure_id"] == eid]
+    rows = [r for r in GradesDataset(out).read().to_pylist() if r["exposure_id"] == eid]
     assert [(r["night"], r["status"]) for r in rows] == [("2026-11-24", "graded")]
-    assert nights(out) == ["2026-11-24"]
+    assert GradesDataset(out).nights() == ["2026-11-24"]
     assert status == 200 and json.loads(body)["nights"] == ["2026-11-24"], body

@@ -8,7 +8,7 @@ from streamer.daemon import Daemon
 from streamer.ledger import Ledger
 from streamer.telescope import Geometry, exposure_bytes, plan_night
 from tests.helpers.daemon_process import metric_total
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"
 
@@ -55,7 +55,7 @@ def test_a_night_folder_swapped_for_a_symlink_after_the_check_is_never_read(
     finally:
         daemon.stop(timeout=30)
     assert swapped == [str(night / mine.filename)]
-    rows = read_grades(out).to_pylist()
+    rows = GradesDataset(out).read().to_pylist()
     # The secret exposure was never read: no row of it (before, it was graded).
     assert [r["exposure_id"] for r in rows] == [str(mine.expnum)]
     (row,) = rows
@@ -110,7 +110,7 @@ def test_links_and_a_preallocated_copy_are_graded_once_each(
     finally:
         daemon.stop(timeout=30)
     assert metric_total(metrics, "skygrade_exposures_graded_total") == 2.0, counts
-    rows = read_grades(out).to_pylist()
+    rows = GradesDataset(out).read().to_pylist()
     assert sorted(r["exposure_id"] for r in rows) == sorted([str(first.expnum), str(second.expnum)])
     assert all(r["status"] == "graded" for r in rows)
 

@@ -32,7 +32,7 @@ from tests.helpers.daemon_process import (
     wait_for,
     write_config,
 )
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_kill_9_mid_grading_then_restart_loses_nothing_and_duplicates_nothing(
     # the kill is an interruption, not a failure of the exposure (issue 21, item 6)
     assert (regraded.interruptions, regraded.failures) == (1, 0)
     assert final == {"seen": 0, "grading": 0, "graded": len(files), "quarantined": 0}
-    rows = read_grades(out).to_pylist()
+    rows = GradesDataset(out).read().to_pylist()
     ids = [r["exposure_id"] for r in rows]
     assert len(rows) == len(set(ids)) == len(files)
     assert {Path(r["path"]).name for r in rows} == {name for name, _ in files}
@@ -148,7 +148,7 @@ def test_sigterm_exits_zero_and_leaves_no_process(bundle, dirs, tmp_path):
         assert took < SHUTDOWN_TIMEOUT_S, str(proc)
         wait_for(lambda: not session_members(proc.pid), 5.0, "the daemon's session to be empty")
     assert "signal 15: stopping" in proc.text() and proc.text().rstrip().endswith("stopped")
-    assert len(read_grades(out)) == 1
+    assert len(GradesDataset(out).read()) == 1
 
 
 def test_failing_sink_keeps_exposures_pending_until_they_can_be_written(bundle, dirs, tmp_path):
@@ -190,7 +190,7 @@ def test_failing_sink_keeps_exposures_pending_until_they_can_be_written(bundle, 
                 proc,
             )
             assert ledger.latest("2890009").reason.startswith("not_fits: ")
-    rows = sorted((r["path"], r["status"]) for r in read_grades(out).to_pylist())
+    rows = sorted((r["path"], r["status"]) for r in GradesDataset(out).read().to_pylist())
     assert rows == sorted([(str(drop / NIGHT / name), "graded"), (str(garbage), "quarantined")])
 
 
@@ -234,7 +234,7 @@ def test_bad_inputs_are_quarantined_and_grading_goes_on(bundle, dirs, tmp_path):
         assert reasons[name[:7]].startswith(f"{reason}: "), reasons
         line = f'skygrade_exposures_quarantined_total{{reason="{reason}"}} 1.0'
         assert line in metrics
-    rows = {r["exposure_id"]: r for r in read_grades(out).to_pylist()}
+    rows = {r["exposure_id"]: r for r in GradesDataset(out).read().to_pylist()}
     assert len(rows) == len(bad) + 1
     for name, (reason, _) in bad.items():
         assert rows[name[:7]]["status"] == "quarantined"

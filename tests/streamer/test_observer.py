@@ -20,17 +20,9 @@ from ops.http import HttpServer, Request
 from ops.metrics import Metrics
 from streamer import observer as obs
 from streamer import report
-from streamer.backfill import write_backfill_rows
 from streamer.commands import report as report_command
 from tests.helpers.http import get
-from transforms.sinks import (
-    grade_paths,
-    images_path,
-    quantize_image,
-    read_grades,
-    read_images,
-    write_grade_rows,
-)
+from transforms.grades_dataset import GradesDataset, quantize_image, read_images
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -107,15 +99,15 @@ def dataset(tmp_path):
     out = tmp_path / "grades"
     for i, (g, n) in enumerate([("GOOD", 36), ("BT", 36), ("GOOD", 4), ("RBT", 40)]):
         r = exposure(i, g, n, obj=XSS if i == 2 else "D3")
-        write_grade_rows(out, r, ccd_rows(r, i))
+        GradesDataset(out).write(r, ccd_rows(r, i))
     bad = exposure(4, None, 36, status="quarantined")
-    write_grade_rows(out, bad, [])
+    GradesDataset(out).write(bad, [])
     later = exposure(1, "GOOD", 36, version="v2")  # exposure 1 regraded by a later model
     later["graded_at"] += 86400
-    write_backfill_rows(out, later, ccd_rows(later, 7))
+    GradesDataset(out).write(later, ccd_rows(later, 7))
     # another night's exposure (an exposure id is in one night only: issue 21 item 5)
     other = exposure(10, "BGP", 4) | {"night": "2026-11-23"}
-    write_grade_rows(out, other, ccd_rows(other, 3))
+    GradesDataset(out).write(other, ccd_rows(other, 3))
     return out
 
 
@@ -147,10 +139,10 @@ def same(json_value, parquet_value):
 def test_sink_stores_representative_images_small_before_the_commit_mark(tmp_path):
     row = exposure(0, "GOOD", 4)
     ccds = ccd_rows(row, 0)
-    written = write_grade_rows(tmp_path, row, ccds)
-    exp_path, ccd_path = grade_paths(tmp_path, NIGHT, row["exposure_id"], "v1")
+    written = GradesDataset(tmp_path).write(row, ccds)
+    exp_path, ccd_path = GradesDataset(tmp_path).paths(NIGHT, row["exposure_id"], "v1")
     assert written == exp_path
-    images = images_path(exp_path)
+    images = GradesDataset(tmp_path).images_file(exp_path)
     assert images == tmp_path / "images" / f"night={NIGHT}" / f"{row['exposure_id']}.v1.npz"
     stored = read_images(images)
     assert sorted(stored) == [0, 1, 2]  # the dead CCD has no image
@@ -162,16 +154,16 @@ def test_sink_stores_representative_images_small_before_the_commit_mark(tmp_path
     # the exposure file (the commit mark) is the last one written
     assert images.stat().st_mtime_ns <= ccd_path.stat().st_mtime_ns <= exp_path.stat().st_mtime_ns
     # the parquet datasets stay pure parquet and the image is not a column
-    assert "image" not in read_grades(tmp_path, "ccds").column_names
+    assert "image" not in GradesDataset(tmp_path).read("ccds").column_names
     assert not list((tmp_path / "exposures").rglob("*.npz"))
     assert quantize_image(np.array([-5.0, -0.2, 1.5, 9.0])).tolist() == [0, 0, 255, 255]
 
 
 def test_sink_without_images_writes_none_and_backfill_names_follow_the_file(tmp_path):
     row = exposure(0, "GOOD", 4)
-    write_grade_rows(tmp_path, row, [c | {"image": None} for c in ccd_rows(row, 0)])
+    GradesDataset(tmp_path).write(row, [c | {"image": None} for c in ccd_rows(row, 0)])
     assert not (tmp_path / "images").exists()
-    write_grade_rows(tmp_path, row, ccd_rows(row, 0), file_name="2817000.old.parquet")
+    GradesDataset(tmp_path).write(row, ccd_rows(row, 0), file_name="2817000.old.parquet")
     assert (tmp_path / "images" / f"night={NIGHT}" / "2817000.old.npz").is_file()
 
 
@@ -179,8 +171,8 @@ def test_sink_without_images_writes_none_and_backfill_names_follow_the_file(tmp_
 
 
 def test_json_endpoints_agree_with_the_parquet_dataset_row_for_row(server, dataset):
-    exposures = read_grades(dataset).to_pylist()
-    ccds = read_grades(dataset, "ccds").to_pylist()
+    exposures = GradesDataset(dataset).read().to_pylist()
+    ccds = GradesDataset(dataset).read("ccds").to_pylist()
     doc = get_json(server, f"/api/night?date={NIGHT}")
     # one row per exposure, each exposure's latest grade (exposure 1: the v2 regrade)
     latest = {}
@@ -233,7 +225,7 @@ def test_api_night_answers_unchanged_until_the_listing_changes(server, dataset, 
     assert again == {"night": NIGHT, "rev": first["rev"], "unchanged": True}
     assert reads == []  # nothing re-read while the directory listing is the same
     new = exposure(9, "BT", 4)
-    write_grade_rows(dataset, new, ccd_rows(new, 9))
+    GradesDataset(dataset).write(new, ccd_rows(new, 9))
     changed = get_json(server, f"/api/night?date={NIGHT}&rev={first['rev']}")
     assert changed["rev"] != first["rev"]
     assert reads == [["2817009.v1.parquet"]]  # only the new file was read
@@ -276,7 +268,7 @@ def test_pages_are_server_rendered_and_readable_without_javascript(server, datas
     )
     want = {
         c["ccd"]: c
-        for c in read_grades(dataset, "ccds").to_pylist()
+        for c in GradesDataset(dataset).read("ccds").to_pylist()
         if c["exposure_id"] == "2817000" and c["night"] == NIGHT
     }
     assert len(cells) == 36
@@ -377,7 +369,7 @@ def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
         assert f'<tr id="exp-28170{i:02d}"' in page
     # a night whose latest exposure has images inlines them, one per graded CCD
     new = exposure(9, "BT", 4)
-    write_grade_rows(dataset, new, ccd_rows(new, 9))
+    GradesDataset(dataset).write(new, ccd_rows(new, 9))
     page = report.write_html(dataset, NIGHT, out).read_text()
     assert page.count('src="data:image/png;base64,') == 3 + 1  # + the night's plot
     assert page.count('href="#ccd-') == 4
@@ -447,7 +439,7 @@ def test_votes_beside_the_headline_are_flagged_when_the_headline_is_not_the_majo
 ):
     for i, headline in ((10, "BGP"), (11, "RBT")):
         r = exposure(i, headline, 5)
-        write_grade_rows(dataset, r, graded_ccds(r, ["BGP", "RBT", "BGP", "B_SEEING", None]))
+        GradesDataset(dataset).write(r, graded_ccds(r, ["BGP", "RBT", "BGP", "B_SEEING", None]))
     for eid, flagged in (("2817010", False), ("2817011", True)):
         _, _, body = get(server, f"/exposure?night={NIGHT}&id={eid}")
         votes = body.decode().split('id="votes"', 1)[1].split("</p>", 1)[0]
@@ -674,7 +666,7 @@ def test_seeing_and_sky_beside_the_timeline_and_in_the_facts_when_the_rows_have_
             "sky_mag_arcsec2": 20.5,
             "airmass": 1.25,
         }
-        write_grade_rows(dataset, r, ccd_rows(r, i))
+        GradesDataset(dataset).write(r, ccd_rows(r, i))
     _, _, body = get(server, f"/night?date={NIGHT}")
     page = body.decode()
     seeing = page.split('id="trend-seeing_arcsec"', 1)[1].split("</svg>", 1)[0]

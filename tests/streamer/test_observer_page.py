@@ -28,7 +28,7 @@ from models.som import SOM_FEATURES, train_som
 from streamer.daemon import Daemon
 from streamer.observer import GRADE_COLORS
 from streamer.telescope import Geometry, exposure_bytes, plan_night
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -116,7 +116,9 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
 
         # the focal plane: one cell per CCD, coloured as the parquet rows grade them
         rows = {
-            c["ccd"]: c for c in read_grades(out, "ccds").to_pylist() if c["exposure_id"] == latest
+            c["ccd"]: c
+            for c in GradesDataset(out).read("ccds").to_pylist()
+            if c["exposure_id"] == latest
         }
         assert sorted(rows) == list(range(GEOMETRY.n_ccd))
         cells = browser.find_elements(By.CSS_SELECTOR, "#focal-plane .ccd")
@@ -218,7 +220,9 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
         assert browser.find_element(By.CSS_SELECTOR, "#ccd-detail h3").text.startswith(
             f"ccd{k:02d}"
         )
-        new_rows = [c for c in read_grades(out, "ccds").to_pylist() if c["exposure_id"] == newest]
+        new_rows = [
+            c for c in GradesDataset(out).read("ccds").to_pylist() if c["exposure_id"] == newest
+        ]
         tally = {}
         for c in new_rows:
             if c["grade"]:
@@ -284,14 +288,14 @@ def test_nine_ccds_per_row_fit_at_800_px_and_the_palette_is_the_servers(
     from ops.http import HttpServer
     from ops.metrics import Metrics
     from streamer.observer import Observer
-    from transforms.sinks import write_grade_rows
+    from transforms.grades_dataset import GradesDataset
 
     rows = observer_rows
     out = tmp_path / "grades"
     for i, g in enumerate(["GOOD", "BT", "RBT"]):
         r = rows.exposure(i, g, 36)
-        write_grade_rows(out, r, rows.ccd_rows(r, i))
-    write_grade_rows(out, rows.exposure(3, None, 36, status="quarantined"), [])
+        GradesDataset(out).write(r, rows.ccd_rows(r, i))
+    GradesDataset(out).write(rows.exposure(3, None, 36, status="quarantined"), [])
     browser.set_window_size(width, 1000)
     with HttpServer(Metrics().registry, port=0, routes=Observer(out).routes()) as server:
         browser.get(f"http://127.0.0.1:{server.port}/")

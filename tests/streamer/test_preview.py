@@ -19,7 +19,7 @@ from tests.helpers.http import get
 from transforms.confined_reads import pinned
 from transforms.exposure import read_ccd
 from transforms.exposure_errors import ExposureError
-from transforms.sinks import write_grade_rows
+from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -202,7 +202,7 @@ def dataset(tmp_path, drop, observer_rows):
         row = observer_rows.exposure(i, "GOOD", GEOMETRY.n_ccd)
         row |= {"exposure_id": str(plan.expnum), "path": str(root / NIGHT / plan.filename)}
         ccds = [c | {"exposure_id": row["exposure_id"]} for c in observer_rows.ccd_rows(row, i)]
-        write_grade_rows(out, row, ccds)
+        GradesDataset(out).write(row, ccds)
     return out
 
 

@@ -9,9 +9,8 @@ import pytest
 from models.classes import CLASSES
 from ops.config import Config
 from streamer import report
-from streamer.backfill import write_backfill_rows
 from streamer.commands import report as report_command
-from transforms.sinks import write_grade_rows
+from transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"
 START = dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.UTC)
@@ -49,14 +48,16 @@ def dataset(tmp_path):
     out = tmp_path / "grades"
     grades = ["GOOD", "GOOD", "GOOD", "BT", "B_SEEING", "GOOD"]
     for i, g in enumerate(grades):
-        write_grade_rows(out, row(i, g, 20 * i), [])
-    write_grade_rows(out, row(9, None, 200, status="quarantined", reason="truncated: 5 of 37"), [])
+        GradesDataset(out).write(row(i, g, 20 * i), [])
+    GradesDataset(out).write(
+        row(9, None, 200, status="quarantined", reason="truncated: 5 of 37"), []
+    )
     # a later model version regraded exposure 3 beside the old row
     later = row(3, "GOOD", 60, version="v2")
     later["graded_at"] += 86400
-    write_backfill_rows(out, later, [])
+    GradesDataset(out).write(later, [])
     # another night's exposure (an exposure id is in one night only: issue 21 item 5)
-    write_grade_rows(out, row(10, "BT", 0) | {"night": "2026-11-23"}, [])
+    GradesDataset(out).write(row(10, "BT", 0) | {"night": "2026-11-23"}, [])
     return out
 
 
@@ -70,7 +71,7 @@ def test_night_rows_take_each_exposures_latest_grade_or_a_version(dataset):
     s = report.summarize(rows)
     assert s["grades"] == {"GOOD": 5, "B_SEEING": 1} and s["quarantined"] == 1
     assert s["usable_fraction"] == pytest.approx(5 / 6)
-    assert report.nights(dataset) == ["2026-11-23", NIGHT]
+    assert GradesDataset(dataset).nights() == ["2026-11-23", NIGHT]
 
 
 def test_report_text(dataset):
@@ -231,7 +232,9 @@ def test_html_morning_report_embeds_the_plot_and_writes_the_csv_beside_it(datase
 
 def test_quarantine_only_night_html_and_png(tmp_path, capsys):
     out = tmp_path / "grades"
-    write_grade_rows(out, row(9, None, 200, status="quarantined", reason="truncated: 5 of 37"), [])
+    GradesDataset(out).write(
+        row(9, None, 200, status="quarantined", reason="truncated: 5 of 37"), []
+    )
     parser = argparse.ArgumentParser()
     report_command.add_arguments(parser)
     html, png = tmp_path / "q.html", tmp_path / "q.png"

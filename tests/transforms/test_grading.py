@@ -7,7 +7,7 @@ from models.classes import CLASSES
 from ops.config import Config, config_digest
 from streamer.pipelines import run_grade
 from streamer.telescope import Geometry, plan_night, write_exposure
-from transforms.sinks import read_grades
+from transforms.grades_dataset import GradesDataset
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_grade_rows_for_good_bad_and_dead_inputs(bundle, exposures, tmp_path):
     assert {r["model_version"] for r in rows} == {"test-7"}
     assert {r["config_digest"] for r in rows} == {config_digest(cfg)}
 
-    ccds = read_grades(tmp_path, "ccds").to_pylist()
+    ccds = GradesDataset(tmp_path).read("ccds").to_pylist()
     dead_ccd = [c for c in ccds if c["exposure_id"] == "2817998" and c["ccd"] == 1][0]
     assert dead_ccd["status"] == "quarantined" and dead_ccd["grade"] is None
     live = [c for c in ccds if c["status"] == "graded"]
@@ -139,7 +139,7 @@ def test_a_session_built_once_grades_like_run_grade(bundle, exposures, tmp_path)
     for a, b in zip(expected, got, strict=True):
         for c in CLASSES:
             assert a[f"p_{c}"] == pytest.approx(b[f"p_{c}"])
-    assert len(read_grades(tmp_path / "b")) == 4
+    assert len(GradesDataset(tmp_path / "b").read()) == 4
 
     # a sink that fails raises to the caller (first run and proto reruns alike), the inbox
     # does not keep the paths, and the session grades again once the disk is back

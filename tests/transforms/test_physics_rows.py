@@ -12,8 +12,8 @@ from ops.config import Config
 from streamer import telescope as T
 from streamer.pipelines import run_grade
 from transforms.grade import CcdScore, grade_exposure
+from transforms.grades_dataset import CCD_SCHEMA, EXPOSURE_SCHEMA, GradesDataset
 from transforms.psf_measure import CcdPhysics
-from transforms.sinks import CCD_SCHEMA, EXPOSURE_SCHEMA, read_grades
 
 GEO = T.Geometry(2, 1024, 2048)
 COLUMNS = (
@@ -82,9 +82,9 @@ def test_rows_carry_seeing_sky_and_airmass(bundle, exposure, tmp_path, ccd_worke
     )
     assert expected in row["reason"]
     # the dataset has them, per exposure and per CCD
-    table = read_grades(tmp_path).to_pylist()
+    table = GradesDataset(tmp_path).read().to_pylist()
     assert table[0]["seeing_arcsec"] == pytest.approx(row["seeing_arcsec"])
-    ccds = sorted(read_grades(tmp_path, "ccds").to_pylist(), key=lambda r: r["ccd"])
+    ccds = sorted(GradesDataset(tmp_path).read("ccds").to_pylist(), key=lambda r: r["ccd"])
     assert [c["ccd"] for c in ccds] == [0, 1]
     for c, truth in zip(ccds, truths, strict=True):
         assert c["seeing_arcsec"] == pytest.approx(truth, rel=0.05)
