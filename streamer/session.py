@@ -11,7 +11,11 @@ through this module's state, which the in-process runner shares with its caller:
 - the paths to grade: the pipeline starts from one constant token, and a DoFn swaps it for the
   paths put in the inbox under that token (:class:`_TakeInbox`);
 - their arrival times (for ``latency_s``): ``GradeExposures`` looks them up in
-  :class:`LiveArrivals`, a mapping that reads this module's current arrivals.
+  :class:`LiveArrivals`, a mapping that reads this module's current arrivals;
+- the rows written: a last DoFn puts each exposure row ``WriteGrades`` wrote in the outbox
+  under the token (:class:`_PutOutbox`), and :meth:`GradingSession.grade` returns them, so the
+  daemon feeds its metrics and alerts from what the pipeline wrote, without reading the
+  dataset back.
 
 The transforms are the same ``GradeExposures`` and ``WriteGrades`` that ``skygrade grade`` and
 the backfill run; only the source differs. In process only: a runner that ships the pipeline to
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 _INBOX: dict[str, list[str]] = {}
 _ARRIVALS: dict[str, float] = {}
+_OUTBOX: dict[str, list[dict]] = {}
 
 
 class _TakeInbox(beam.DoFn):
@@ -40,6 +45,17 @@ class _TakeInbox(beam.DoFn):
 
     def process(self, token: str) -> Iterator[str]:
         yield from _INBOX.pop(token, ())
+
+
+class _PutOutbox(beam.DoFn):
+    """An exposure row written by ``WriteGrades`` -> the outbox of the session's token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def process(self, row: dict) -> Iterator[dict]:
+        _OUTBOX.setdefault(self.token, []).append(row)
+        yield row
 
 
 class LiveArrivals(Mapping):
@@ -103,23 +119,24 @@ class GradingSession:
                 bundle, cfg.extract, config_digest(cfg), LiveArrivals(), ccd_workers=ccd_workers
             )
             | "WriteGrades" >> WriteGrades(self.out_dir)
+            | "Outbox" >> beam.ParDo(_PutOutbox(self._token))
         )
         self._proto = None
         self.runs = 0
 
     def grade(self, paths: Sequence[str], arrivals: Mapping[str, float] | None = None):
-        """Grade ``paths`` into the dataset; returns their exposure rows (sorted by id).
+        """Grade ``paths`` into the dataset; returns the exposure rows written (graded and
+        quarantined, one per path, sorted by id), as the pipeline handed them on.
 
         Raises whatever the pipeline raised (a sink on a read-only disk, say): nothing is
         half-written, since every file is written atomically, and the caller may retry.
         """
         from apache_beam.transforms import environments
 
-        from streamer.pipelines import read_rows
-
         paths = [str(p) for p in paths]
         with _LOCK:
             _INBOX[self._token] = paths
+            _OUTBOX.pop(self._token, None)
             _ARRIVALS.clear()
             _ARRIVALS.update(arrivals or {})
             try:
@@ -135,6 +152,6 @@ class GradingSession:
             finally:
                 _INBOX.pop(self._token, None)
                 _ARRIVALS.clear()
+                rows = _OUTBOX.pop(self._token, [])
             self.runs += 1
-        rows = read_rows(self.out_dir, paths, self.model_version)
         return sorted(rows, key=lambda r: r["exposure_id"])
