@@ -1,6 +1,7 @@
 """The daemon's small HTTP server: Prometheus metrics, health, and a few registered pages.
 
-:class:`HttpServer` serves ``GET /metrics`` (the exposition of a registry), ``GET /healthz``
+:class:`HttpServer` serves ``GET /metrics`` (the exposition of a registry, negotiated by
+prometheus_client's own ``choose_encoder``: OpenMetrics or text, gzip when asked), ``GET /healthz``
 (a JSON health document) and any exact paths registered as routes (the observer page of a later
 issue). It answers GET and HEAD only, never serves files from disk, binds 127.0.0.1 unless told
 otherwise, logs requests at DEBUG and can be stopped: :meth:`HttpServer.stop` shuts the server
@@ -23,6 +24,7 @@ This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
 
 import contextlib
+import gzip
 import json
 import logging
 import select
@@ -36,7 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 __all__ = ["HttpServer", "Request", "Response"]
 
@@ -257,18 +260,31 @@ class _RequestHandler(BaseHTTPRequestHandler):
             query=parse_qs(parts.query),
             headers=dict(self.headers.items()),
         )
+        extra: tuple[tuple[str, str], ...] = ()
         try:
-            status, content_type, body = self.server.owner._dispatch(request)
+            if request.path == "/metrics":
+                status, content_type, body, extra = self.server.owner._metrics(request)
+            else:
+                status, content_type, body = self.server.owner._dispatch(request)
         except Exception:
             logger.exception("HTTP handler for %s failed", request.path)
             status, content_type, body = 500, _TEXT, b"internal error\n"
-        self._send(status, content_type, body, head)
+        self._send(status, content_type, body, head, extra)
 
-    def _send(self, status: int, content_type: str, body: bytes, head: bool) -> None:
+    def _send(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        head: bool,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.send_response(int(status))
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in extra:
+            self.send_header(name, value)
         if status == HTTPStatus.METHOD_NOT_ALLOWED:
             self.send_header("Allow", "GET, HEAD")
         self.end_headers()
@@ -453,9 +469,23 @@ class HttpServer:
 
     # -- answering
 
+    def _metrics(self, request: Request) -> tuple[int, str, bytes, tuple[tuple[str, str], ...]]:
+        """The registry in the format the scraper asks for, through prometheus_client's own
+        exposition: OpenMetrics when ``Accept`` names it, else the text format;
+        ``?name[]=`` restricts it to those metrics; gzip when ``Accept-Encoding`` allows it."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        encoder, content_type = choose_encoder(headers.get("accept"))
+        registry = self.registry
+        if "name[]" in request.query:
+            registry = registry.restricted_registry(request.query["name[]"])
+        body = encoder(registry)
+        extra: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
+        if gzip_accepted(headers.get("accept-encoding", "")):
+            body = gzip.compress(body)
+            extra += (("Content-Encoding", "gzip"),)
+        return 200, content_type, body, extra
+
     def _dispatch(self, request: Request) -> tuple[int, str, bytes]:
-        if request.path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if request.path == "/healthz":
             return self._health()
         handler = self.routes.get(request.path)

@@ -1,6 +1,7 @@
 """Tests for ops.http: /metrics, /healthz, routes, binding, clean stop (no thread left)."""
 
 import contextlib
+import gzip
 import http.client
 import json
 import subprocess
@@ -15,10 +16,12 @@ from ops.http import HttpServer, Request, Response
 from ops.metrics import Metrics
 
 
-def get(server: HttpServer, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+def get(
+    server: HttpServer, path: str, method: str = "GET", headers: dict | None = None
+) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -39,6 +42,31 @@ def test_metrics_endpoint_serves_the_registry(metrics):
     text = body.decode()
     assert 'skygrade_exposures_graded_total{grade="GOOD"} 1.0' in text
     assert "skygrade_grading_latency_seconds_bucket" in text
+
+
+def test_metrics_negotiate_openmetrics_gzip_and_a_name_filter(metrics):
+    metrics.observe_exposure("GOOD", "graded", None, 5.0, 0.9, 4, 100, {"extract": 0.5})
+    om = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    with HttpServer(metrics.registry, port=0) as server:
+        _, plain_headers, plain = get(server, "/metrics")
+        _, headers, body = get(server, "/metrics", headers={"Accept": om})
+        _, zipped_headers, zipped = get(
+            server, "/metrics", headers={"Accept-Encoding": "gzip, deflate"}
+        )
+        _, _, one = get(server, "/metrics?name[]=skygrade_exposures_graded_total")
+    assert "Content-Encoding" not in plain_headers
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.decode().endswith("# EOF\n")
+    assert 'skygrade_exposures_graded_total{grade="GOOD"} 1.0' in body.decode()
+    assert zipped_headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped) == plain
+    assert "Accept-Encoding" in zipped_headers["Vary"]
+    names = {
+        line.split("{")[0].split(" ")[0]
+        for line in one.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names == {"skygrade_exposures_graded_total"}
 
 
 def test_binds_loopback_by_default_and_reports_the_real_port(metrics):
