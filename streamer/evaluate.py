@@ -14,7 +14,7 @@ tree on per-exposure catalog statistics fitted on the bundle's training exposure
 report: ``report.md``, ``report.json`` and ``confusion.png`` in ``out_dir``.
 
 The numerical work lives in :mod:`models.evaluate`; the shared stages come from
-:mod:`streamer.pipelines` (the same code ``run_train`` runs).
+:mod:`streamer.pipelines` (the same code :func:`streamer.training_job.run_train` runs).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ops.config import Config
 from streamer.cli_common import EXIT_OK, UsageError, add_runner_options
-from streamer.pipelines import pipeline_options, run_train
+from streamer.pipelines import pipeline_options
+from streamer.training_job import run_train
 
 EXAMPLES = (
     "examples:\n"
