@@ -26,7 +26,7 @@ from models.classes import CLASSES
 from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
 from streamer.daemon import Daemon
-from streamer.observer import GRADE_COLORS
+from streamer.night_summary import GRADE_COLORS
 from streamer.telescope import Geometry, exposure_bytes, plan_night
 from transforms.sinks import read_grades
 
