@@ -332,7 +332,7 @@ def test_the_daemon_tells_the_waiting_panel_its_incoming_files():
     """Daemon.waiting: the ledger's rows waiting to be graded, since they were ready."""
     from types import SimpleNamespace
 
-    from streamer.ledger import Entry
+    from streamer.ledger_store import Entry
 
     def entry(eid, ready_at):
         return Entry(
