@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         results["cold /api/night"] = time_call(
             routes["/api/night"], req("/api/night", date=NIGHT), 1
         )
-        index = observer.night(NIGHT)
+        index = observer.index.night(NIGHT)
         rev, latest = index.rev, index.rows[-1]["exposure_id"]
         print(f"night {NIGHT}: {len(index.rows)} exposures")
         warm = {

@@ -3,7 +3,7 @@
 Plain functions of the rows (dicts with the exposure schema of
 :mod:`transforms.grades_dataset`): one row per exposure, the counts, the time lost, the
 physical statistics and trends, what to re-observe, and the grade colours both draw with.
-:mod:`streamer.report` and :mod:`streamer.observer` import them from here, so neither
+:mod:`streamer.report` and :mod:`streamer.observer_views` import them from here, so neither
 imports the other for them.
 """
 

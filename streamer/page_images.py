@@ -1,6 +1,7 @@
-"""Pictures the observer page and its previews share: the focal-plane layout of the CCDs and
-a dependency-free 8-bit greyscale PNG encoder (:mod:`streamer.observer` and
-:mod:`streamer.preview` both draw with them)."""
+"""Pictures the observer page and its previews share: the focal-plane layout of the CCDs, a
+dependency-free 8-bit greyscale PNG encoder (:mod:`streamer.observer_views` and
+:mod:`streamer.preview` both draw with them) and the thumbnails of the stored representative
+images (the page and its static report)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ MEGACAM_COLUMNS = 9
 ``skygrade inspect`` lay them out); 40-CCD products put the guide CCDs 36-39 on a fifth row."""
 CCD_ASPECT = 2048 / 4612
 """Width / height of a MegaCam CCD: smaller geometries are laid out like the simulator does."""
+THUMBNAIL_SOFTENING = 0.2
+"""Display stretch of the thumbnails (as ``skygrade inspect``): asinh, softened at 0.2 of the
+source peak, over the stored range."""
 
 
 def focal_plane_layout(n_ccd: int) -> tuple[int, int, list[tuple[int, int]]]:
@@ -65,3 +69,22 @@ def png_gray8(image: np.ndarray) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw, 6))
         + chunk(b"IEND", b"")
     )
+
+
+def _stretch_lut() -> np.ndarray:
+    from transforms.grades_dataset import IMAGE_RANGE
+
+    lo, hi = IMAGE_RANGE
+    values = lo + np.arange(256) * (hi - lo) / 255.0
+    soft = THUMBNAIL_SOFTENING
+    s = np.arcsinh((values - lo) / soft) / np.arcsinh((hi - lo) / soft)
+    return np.clip(np.rint(255 * s), 0, 255).astype(np.uint8)
+
+
+_LUT = _stretch_lut()
+
+
+def thumbnail_png(stored: np.ndarray) -> bytes:
+    """PNG of a stored (uint8, :func:`transforms.grades_dataset.quantize_image`) representative
+    image, with the display stretch applied."""
+    return png_gray8(_LUT[np.asarray(stored, dtype=np.uint8)])

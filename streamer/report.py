@@ -348,7 +348,7 @@ def write_html(
     csv: str | None = None,
 ) -> Path:
     """Write the morning report as one self-contained HTML file, atomically: the observer
-    page's night view (:func:`streamer.observer.render_static_night`, each exposure's latest
+    page's night view (:func:`streamer.observer_report.render_static_night`, each exposure's latest
     grade, as the live page shows it), the exposures to re-observe, the grades per filter and
     the plot inlined; ``csv``: the name of the CSV written beside it, linked. ``night`` None:
     the short page of a dataset with no night yet.
@@ -356,7 +356,7 @@ def write_html(
     import base64
 
     from ops.files import atomic_write_text
-    from streamer.observer import render_static_empty, render_static_night
+    from streamer.observer_report import render_static_empty, render_static_night
 
     if night is None:
         return atomic_write_text(path, render_static_empty(out_dir))

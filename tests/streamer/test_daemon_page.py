@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from streamer.daemon import Daemon
-from streamer.ledger import Entry
+from streamer.ledger_store import Entry
 from streamer.telescope import Geometry, exposure_bytes, plan_night
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.ledger import STATES, Entry, Ledger
+from streamer.ledger import Ledger
+from streamer.ledger_store import STATES, Entry
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 

@@ -19,8 +19,11 @@ from ops.config import Config
 from ops.http import HttpServer, Request
 from ops.metrics import Metrics
 from streamer import observer as obs
-from streamer import report
+from streamer import observer_report, observer_templates, observer_views, report
 from streamer.commands import report as report_command
+from streamer.night_summary import GRADE_COLORS
+from streamer.observer_index import NightIndex
+from streamer.page_images import focal_plane_layout, png_gray8
 from tests.helpers.http import get
 from transforms.grades_dataset import GradesDataset, quantize_image, read_images
 
@@ -217,9 +220,9 @@ def test_json_endpoints_agree_with_the_parquet_dataset_row_for_row(server, datas
 def test_api_night_answers_unchanged_until_the_listing_changes(server, dataset, monkeypatch):
     first = get_json(server, f"/api/night?date={NIGHT}")
     reads = []
-    original = obs.NightIndex._read
+    original = NightIndex._read
     monkeypatch.setattr(
-        obs.NightIndex, "_read", lambda self, names: reads.append(names) or original(self, names)
+        NightIndex, "_read", lambda self, names: reads.append(names) or original(self, names)
     )
     again = get_json(server, f"/api/night?date={NIGHT}&rev={first['rev']}")
     assert again == {"night": NIGHT, "rev": first["rev"], "unchanged": True}
@@ -276,7 +279,7 @@ def test_pages_are_server_rendered_and_readable_without_javascript(server, datas
         c = want[int(k)]
         assert grade == (c["grade"] or "") and status_ == c["status"]
         if c["grade"]:
-            r, g, b = obs.GRADE_COLORS[c["grade"]]
+            r, g, b = GRADE_COLORS[c["grade"]]
             alpha = 0.3 + 0.7 * c[f"p_{c['grade']}"]
             assert f"background-color:rgba({r}, {g}, {b}, {alpha:.2f})" in style
         else:
@@ -341,7 +344,7 @@ def test_traversal_unknown_ids_and_nights_are_404(server, path):
 
 
 def test_assets_ship_in_the_package_and_nothing_comes_from_elsewhere(server):
-    for name, content_type in obs.ASSETS.items():
+    for name, content_type in observer_templates.ASSETS.items():
         status, got_type, body = get(server, f"/static/{name}")
         assert status == 200 and got_type == content_type and len(body) > 1000
         text = body.decode()
@@ -374,29 +377,29 @@ def test_static_report_is_one_self_contained_file(dataset, tmp_path, capsys):
     assert page.count('src="data:image/png;base64,') == 3 + 1  # + the night's plot
     assert page.count('href="#ccd-') == 4
     with pytest.raises(LookupError, match="not in the dataset"):
-        obs.render_static_night(dataset, "2030-01-01")
+        observer_report.render_static_night(dataset, "2030-01-01")
 
 
 # --------------------------------------------------------------------------- pieces
 
 
 def test_focal_plane_layout_is_megacams_4_by_9():
-    rows, cols, cells = obs.focal_plane_layout(36)
+    rows, cols, cells = focal_plane_layout(36)
     assert (rows, cols) == (4, 9)
     assert cells[0] == (0, 0) and cells[8] == (0, 8) and cells[9] == (1, 0) and cells[35] == (3, 8)
-    assert obs.focal_plane_layout(40)[:2] == (5, 9)
-    assert obs.focal_plane_layout(4) == (1, 4, [(0, 0), (0, 1), (0, 2), (0, 3)])
-    assert obs.focal_plane_layout(8)[:2] == (2, 4)  # as the simulator lays 8 CCDs out
+    assert focal_plane_layout(40)[:2] == (5, 9)
+    assert focal_plane_layout(4) == (1, 4, [(0, 0), (0, 1), (0, 2), (0, 3)])
+    assert focal_plane_layout(8)[:2] == (2, 4)  # as the simulator lays 8 CCDs out
 
 
 def test_png_encoder_round_trips():
     image = np.random.default_rng(0).integers(0, 256, (7, 13), dtype=np.uint8)
-    png = obs.png_gray8(image)
+    png = png_gray8(image)
     decoded = Image.open(io.BytesIO(png))
     assert decoded.mode == "L"
     np.testing.assert_array_equal(np.asarray(decoded), image)
     with pytest.raises(ValueError, match="non-empty 2-D"):
-        obs.png_gray8(np.zeros((0, 3), np.uint8))
+        png_gray8(np.zeros((0, 3), np.uint8))
 
 
 def test_handlers_answer_without_a_dataset(tmp_path):
@@ -413,7 +416,7 @@ def test_warming_builds_the_live_nights_index_before_the_first_request(dataset, 
     observer = obs.Observer(dataset)
     observer.warm()
     reads = []
-    monkeypatch.setattr(obs.NightIndex, "_read", lambda self, names: reads.append(names) or {})
+    monkeypatch.setattr(NightIndex, "_read", lambda self, names: reads.append(names) or {})
     with HttpServer(Metrics().registry, port=0, routes=observer.routes()) as s:
         doc = get_json(s, f"/api/night?date={observer.live_night()}")
     assert reads == [] and len(doc["exposures"]) == 5
@@ -449,8 +452,8 @@ def test_votes_beside_the_headline_are_flagged_when_the_headline_is_not_the_majo
             + (" ⚠ RBT is not the majority of the CCDs: 1 of 4 votes, BGP has 2" if flagged else "")
         ), text
         assert ("flagged" in votes.split(">", 1)[0]) == flagged
-    assert obs.votes([]) == [] and obs.vote_flag("GOOD", []) is None
-    assert obs.vote_flag("GOOD", [("GOOD", 2), ("BT", 2)]) == (
+    assert observer_views.votes([]) == [] and observer_views.vote_flag("GOOD", []) is None
+    assert observer_views.vote_flag("GOOD", [("GOOD", 2), ("BT", 2)]) == (
         "GOOD ties with BT: 2 of 4 votes each"
     )
 
@@ -539,7 +542,7 @@ def test_waiting_panel_lists_the_daemons_incoming_files_with_how_long_they_waite
         },
     ]
     observer = obs.Observer(dataset, waiting=lambda: held)
-    items = observer.waiting_items(observer.night(NIGHT), now=now)
+    items = observer.waiting_items(observer.index.night(NIGHT), now=now)
     assert [(w["id"], w["state"]) for w in items] == [
         ("2817004", "quarantined"),
         ("2817021o.fits", "incomplete"),
@@ -556,7 +559,7 @@ def test_waiting_panel_lists_the_daemons_incoming_files_with_how_long_they_waite
 
 
 def test_fragments_are_the_pages_panels_rendered_by_the_same_escaping_templates(server):
-    assert obs.TEMPLATES.autoescape is True
+    assert observer_templates.TEMPLATES.autoescape is True
     _, _, page = get(server, f"/exposure?night={NIGHT}&id=2817002&ccd=1")
     page = page.decode()
     for path, element in (
@@ -631,8 +634,8 @@ CVD = {
 
 
 def test_palette_is_colour_blind_safe_and_separates_bt_from_rbt_when_shaded():
-    shades = [obs.shade(c) for c in np.linspace(0, 1, 6)]
-    colors = obs.GRADE_COLORS
+    shades = [observer_views.shade(c) for c in np.linspace(0, 1, 6)]
+    colors = GRADE_COLORS
     for name, m in CVD.items():
         # BT and RBT apart at any two confidences (delta E, CIE76)
         worst = min(
@@ -648,11 +651,11 @@ def test_palette_is_colour_blind_safe_and_separates_bt_from_rbt_when_shaded():
             )
             assert d > 6, (name, g, h, d)
     # one palette: the page's CSS rules and the report's plot come from GRADE_COLORS
-    css = obs.grade_css()
+    css = observer_templates.grade_css()
     assert all(
         f"[data-grade={g}]" in css and "rgb({}, {}, {})".format(*colors[g]) in css for g in CLASSES
     )
-    assert report.GRADE_COLORS is obs.GRADE_COLORS
+    assert report.GRADE_COLORS is observer_templates.GRADE_COLORS is observer_views.GRADE_COLORS
 
 
 def test_seeing_and_sky_beside_the_timeline_and_in_the_facts_when_the_rows_have_them(

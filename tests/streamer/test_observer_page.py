@@ -26,7 +26,7 @@ from models.classes import CLASSES
 from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
 from streamer.daemon import Daemon
-from streamer.observer import GRADE_COLORS
+from streamer.night_summary import GRADE_COLORS
 from streamer.telescope import Geometry, exposure_bytes, plan_night
 from transforms.grades_dataset import GradesDataset
 
@@ -336,7 +336,7 @@ def test_the_daemon_tells_the_waiting_panel_its_incoming_files():
     """Daemon.waiting: the ledger's rows waiting to be graded, since they were ready."""
     from types import SimpleNamespace
 
-    from streamer.ledger import Entry
+    from streamer.ledger_store import Entry
 
     def entry(eid, ready_at):
         return Entry(

@@ -13,7 +13,8 @@ from ops.http import HttpServer
 from ops.metrics import Metrics
 from streamer import inspect as inspect_mod
 from streamer import preview as pv
-from streamer.observer import Observer, focal_plane_layout
+from streamer.observer import Observer
+from streamer.page_images import focal_plane_layout
 from streamer.telescope import Geometry, _ccd_origin, _layout, exposure_bytes, plan_night
 from tests.helpers.http import get
 from transforms.confined_reads import pinned
@@ -274,7 +275,7 @@ def test_a_preview_reads_nothing_outside_the_drop_nor_another_exposure(
     root, plans = drop
     a, b = (root / NIGHT / p.filename for p in plans)
     observer = Observer(dataset, drop_dir=root)
-    index = observer.night(NIGHT)
+    index = observer.index.night(NIGHT)
     row = index.by_id[str(plans[0].expnum)]
     # a row naming a file outside the drop directory (a copy of the exposure) is refused
     outside = tmp_path / "elsewhere" / a.name
