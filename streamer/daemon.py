@@ -58,7 +58,7 @@ from streamer.observer import Observer
 from streamer.watcher import DropWatcher
 from transforms.confined_reads import pinned
 from transforms.exposure import exposure_id_from_path
-from transforms.grades_dataset import GradesDataset
+from transforms.grades_dataset import GradesDataset, stored_row
 from transforms.grading import exposure_row
 from transforms.quarantine import Quarantined
 
@@ -293,7 +293,7 @@ class Daemon:
             exposure_id, None, [], [q], str(self.manifest.get("version")), "", arrived
         )
         GradesDataset(self.out_dir).write(row, [])
-        return row
+        return stored_row(row)  # as the pipeline hands on its rows
 
     # ------------------------------------------------------------------ grading
 

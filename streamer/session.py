@@ -32,6 +32,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
 
+from transforms.grades_dataset import stored_row
+
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
@@ -48,13 +50,14 @@ class _TakeInbox(beam.DoFn):
 
 
 class _PutOutbox(beam.DoFn):
-    """An exposure row written by ``WriteGrades`` -> the outbox of the session's token."""
+    """An exposure row written by ``WriteGrades`` -> the outbox of the session's token, as
+    stored (:func:`transforms.grades_dataset.stored_row`: the row a read of the dataset gives)."""
 
     def __init__(self, token: str) -> None:
         self.token = token
 
     def process(self, row: dict) -> Iterator[dict]:
-        _OUTBOX.setdefault(self.token, []).append(row)
+        _OUTBOX.setdefault(self.token, []).append(stored_row(row))
         yield row
 
 

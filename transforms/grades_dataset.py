@@ -136,6 +136,13 @@ def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema).drop_columns(["night"])
 
 
+def stored_row(row: dict) -> dict:
+    """An exposure row as reading its file back gives it: the schema's columns, timestamps as
+    aware datetimes (ms), and ``night``. What the pipeline hands on, so that a caller sees the
+    same row whether it got it from the pipeline or from the dataset."""
+    return {**rows_table([row], EXPOSURE_SCHEMA).to_pylist()[0], "night": row["night"]}
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

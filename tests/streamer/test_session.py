@@ -10,6 +10,7 @@ from transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"
 KEYS = ("exposure_id", "night", "path", "status", "grade", "confidence", "model_version")
+KEYS += ("arrived_at", "graded_at", "latency_s", "reason", "n_ccd_graded")
 
 
 @pytest.fixture(scope="module")
@@ -38,4 +39,5 @@ def test_a_session_hands_back_the_rows_it_wrote_run_after_run(bundle, tmp_path):
     for row in (*first, *second):
         (on_disk,) = data.rows_of(row["exposure_id"], "session-test")
         assert {k: on_disk[k] for k in KEYS} == {k: row[k] for k in KEYS}
+        assert set(row) == set(on_disk)
     assert first[0]["latency_s"] is not None and second[0]["latency_s"] is None
