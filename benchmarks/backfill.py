@@ -2,7 +2,7 @@
 
 Run ``.venv/bin/python benchmarks/backfill.py`` (``--help`` for options; ``--preset small``
 is a smoke run of a minute or two). It renders ``--exposures`` simulated exposures
-(:mod:`streamer.telescope`; ``--preset full``: 36 CCDs of 2048 x 4612, ~680 MB each, ~35 s
+(:mod:`streamer.sky_fits`; ``--preset full``: 36 CCDs of 2048 x 4612, ~680 MB each, ~35 s
 each to render, two at a time) into one night of an archive in a temporary directory under
 /tmp, backfills that archive once per configuration into a fresh grades directory, prints
 the table and deletes everything (unless ``--keep``).
@@ -165,14 +165,14 @@ def measure(spec: dict, tmp: Path) -> dict:
 
 
 def _render(plan, geometry, path: str) -> str:
-    from streamer.telescope import write_exposure
+    from streamer.sky_fits import write_exposure
 
     return str(write_exposure(plan, geometry, path))
 
 
 def render_archive(archive: Path, args) -> float:
     """``--exposures`` exposures of ``--preset`` into ``archive/NIGHT/``, two at a time."""
-    from streamer.telescope import GEOMETRIES, plan_night
+    from streamer.sky_plan import GEOMETRIES, plan_night
 
     geometry = GEOMETRIES[args.preset]
     plans = plan_night(NIGHT, args.exposures, args.seed, {args.label: 1.0})
@@ -271,7 +271,7 @@ def print_report(info: dict, args, render_s: float, size_mb: float, rows: dict, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from streamer.telescope import GEOMETRIES
+    from streamer.sky_plan import GEOMETRIES
 
     ap = argparse.ArgumentParser(
         description="Backfill benchmark: exposures per minute with 1 and 2 local workers "

@@ -1,7 +1,7 @@
 """Benchmark: source extraction of one simulated MegaCam exposure, pipeline vs. bare floor.
 
 Run ``.venv/bin/python benchmarks/extract.py`` (``--help`` for options; ``--geometry small`` is a
-quick smoke run). It renders one exposure with :mod:`streamer.telescope` (full size: 36 CCDs of
+quick smoke run). It renders one exposure with :mod:`streamer.sky_fits` (full size: 36 CCDs of
 2048 x 4612, ~680 MB, ~35 s) into a temporary directory under /tmp, measures, prints a table and
 deletes the directory (unless ``--keep``).
 
@@ -383,7 +383,8 @@ def measure(spec: dict, tmp: Path) -> dict:
 
 
 def render_exposure(tmp: Path, geometry: str, label: str, seed: int) -> tuple[Path, float]:
-    from streamer.telescope import GEOMETRIES, plan_night, write_exposure
+    from streamer.sky_fits import write_exposure
+    from streamer.sky_plan import GEOMETRIES, plan_night
 
     t0 = time.monotonic()
     plan = plan_night("2026-11-24", 1, seed, {label: 1.0})[0]

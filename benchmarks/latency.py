@@ -1,7 +1,7 @@
 """Benchmark: live grading latency of one exposure, per-exposure overhead and RSS drift.
 
 Run ``.venv/bin/python benchmarks/latency.py`` (``--help`` for options; ``--geometry small
---n-small 20`` is a quick smoke run). Exposures are rendered with :mod:`streamer.telescope` into a
+--n-small 20`` is a quick smoke run). Exposures are rendered with :mod:`streamer.sky_fits` into a
 temporary directory under /tmp, which is deleted at the end (unless ``--keep``).
 
 What is measured
@@ -282,14 +282,14 @@ class Child:
 
 
 def _render(plan, geometry, path: str) -> str:
-    from streamer.telescope import write_exposure
+    from streamer.sky_fits import write_exposure
 
     return str(write_exposure(plan, geometry, path))
 
 
 def render_all(tmp: Path, args) -> tuple[dict, float]:
     """All exposures the run needs, rendered on 2 processes; (paths by role, seconds)."""
-    from streamer.telescope import GEOMETRIES, Geometry, plan_night
+    from streamer.sky_plan import GEOMETRIES, Geometry, plan_night
 
     mix = {args.label: 1.0}
     main, warm = plan_night(NIGHT, 2, args.seed, mix)  # main is plan_night(...)[0]
@@ -616,7 +616,7 @@ def main(argv=None) -> int:
         (tmp / "scratch").mkdir()
         log(f"rendering exposures into {tmp} ...")
         paths, render_s = render_all(tmp, args)
-        from streamer.telescope import GEOMETRIES
+        from streamer.sky_plan import GEOMETRIES
 
         g = GEOMETRIES[args.geometry]
         sizes = {"main": (g.n_ccd, g.width, g.height), "main_mb": 0.0}

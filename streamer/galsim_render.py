@@ -1,11 +1,12 @@
 """An evaluation-only MegaCam renderer built on GalSim (issue 20, item 2).
 
-This module draws labelled raw exposures with code that shares nothing with
-:mod:`streamer.telescope`: other PSF models (GalSim ``Moffat`` with beta 2-5 or ``Kolmogorov``,
-optionally convolved with an ``OpticalPSF`` whose defocus, astigmatism and coma vary over the
-focal plane), other galaxy profiles (``Exponential``, ``DeVaucouleurs``, ``Sersic`` and
-bulge + disk sums), other trails, backgrounds and detector effects. Its exposures measure how the
-grader transfers to skies it never saw; **never train on them or choose features with them.**
+This module draws labelled raw exposures with code that shares nothing with the simulator
+(:mod:`streamer.sky_render` and the other ``sky_*`` modules): other PSF models (GalSim
+``Moffat`` with beta 2-5 or ``Kolmogorov``, optionally convolved with an ``OpticalPSF`` whose
+defocus, astigmatism and coma vary over the focal plane), other galaxy profiles
+(``Exponential``, ``DeVaucouleurs``, ``Sersic`` and bulge + disk sums), other trails,
+backgrounds and detector effects. Its exposures measure how the grader transfers to skies it
+never saw; **never train on them or choose features with them.**
 
 The file format is the one the grader reads (:mod:`transforms.exposure`): an empty PRIMARY HDU
 with ``EXPNUM``, ``EXPTIME``, ``DATE-OBS``, ``FILTER``, ``OBJECT``, ``AIRMASS``, ``NEXTEND`` and

@@ -25,7 +25,7 @@ def focal_plane_layout(n_ccd: int) -> tuple[int, int, list[tuple[int, int]]]:
     """Rows, columns and the (row, column) of each CCD index on the page.
 
     36 CCDs (or 40) are MegaCam's 4 rows of 9, ``ccd00`` top left; smaller test geometries
-    are laid out as :mod:`streamer.telescope` arranges them (near-square rows of
+    are laid out as :mod:`streamer.sky_plan` arranges them (near-square rows of
     MegaCam-shaped CCDs).
 
     Examples

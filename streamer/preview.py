@@ -8,7 +8,7 @@ What the page shows beside a CCD's representative image (issue 22 item 10):
 :func:`mosaic_preview`
     Every CCD of the exposure binned alike (to about :data:`MOSAIC_HEIGHT` pixels tall in all)
     and laid out as the page's focal plane (:func:`streamer.page_images.focal_plane_layout`:
-    MegaCam's 4 rows of 9, ``ccd00`` top left, as :mod:`streamer.telescope` lays them), with
+    MegaCam's 4 rows of 9, ``ccd00`` top left, as :mod:`streamer.sky_plan` lays them), with
     one display range for all, so a CCD brighter than the others shows it.
 :func:`hits_png`
     The CCD's representative image with the SOM hit count of each cluster under its tile, drawn

@@ -11,6 +11,7 @@ from ops.config import Config
 from streamer import telescope
 from streamer.cli_common import EXIT_OK, UsageError, parse_nights, parse_shape
 from streamer.progress import Progress
+from streamer.sky_plan import resolve_geometry
 from transforms.exposure import observing_night
 
 log = logging.getLogger("skygrade")
@@ -70,7 +71,7 @@ def command(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(f"--n-ccd: must be >= 1, got {n_ccd}")
     if args.exposures is not None and args.exposures < 1:
         raise UsageError(f"--exposures: must be >= 1, got {args.exposures}")
-    geometry = telescope.resolve_geometry(args.geometry or tc.geometry, n_ccd, shape)
+    geometry = resolve_geometry(args.geometry or tc.geometry, n_ccd, shape)
     seed = tc.seed if args.seed is None else args.seed
     mix = dict(tc.class_mix)
     tonight = observing_night(dt.datetime.now(dt.UTC))

@@ -36,7 +36,8 @@ from pathlib import Path
 import pytest
 
 from streamer.ledger import Ledger
-from streamer.telescope import Geometry, write_progressively
+from streamer.sky_plan import Geometry
+from streamer.telescope import write_progressively
 from tests.helpers.bundles import bad_copies
 from tests.helpers.daemon_process import (
     GRADE_TIMEOUT_S,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.telescope import Geometry, exposure_bytes, plan_night
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
 from transforms.exposure import exposure_id_from_path
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ import pytest
 
 from models.classes import CLASSES
 from models.som import feature_matrix, train_som
-from streamer.telescope import Geometry, plan_night, render_exposure
+from streamer.sky_fits import render_exposure
+from streamer.sky_plan import Geometry, plan_night
 from transforms.extract import sep_features
 
 GEOMETRY = Geometry(1, 1024, 1152)

@@ -14,7 +14,8 @@ from streamer.archive_catalogs import (
     sextract_exposure,
     sky_choice,
 )
-from streamer.telescope import Geometry, simulate_archive
+from streamer.sky_plan import Geometry
+from streamer.telescope import simulate_archive
 from transforms.exposure import read_ccd
 from transforms.sextractor import REQUIRED_COLUMNS, read_catalog
 

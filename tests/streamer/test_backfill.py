@@ -18,7 +18,8 @@ from streamer.backfill import (
 from streamer.cli import COMMANDS
 from streamer.commands import backfill as backfill_command
 from streamer.pipelines import run_grade
-from streamer.telescope import Geometry, simulate_archive
+from streamer.sky_plan import Geometry
+from streamer.telescope import simulate_archive
 from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")

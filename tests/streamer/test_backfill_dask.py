@@ -14,7 +14,8 @@ from streamer.backfill import run_backfill
 from streamer.commands import backfill as backfill_command
 from streamer.dask_runner import local_cluster, translate
 from streamer.pipelines import make_pipeline, pipeline_options
-from streamer.telescope import Geometry, simulate_archive
+from streamer.sky_plan import Geometry
+from streamer.telescope import simulate_archive
 from transforms.grades_dataset import GradesDataset
 
 NIGHTS = ["2026-11-01", "2026-11-02"]

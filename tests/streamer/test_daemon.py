@@ -10,7 +10,9 @@ import pytest
 
 from models.bundle import ModelBundle
 from streamer.daemon import Daemon
-from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
+from streamer.telescope import write_progressively
 from tests.helpers.bundles import bad_copies
 from tests.helpers.daemon_process import metric_sample
 from transforms.grades_dataset import GradesDataset

@@ -6,7 +6,8 @@ import pytest
 
 from streamer.daemon import Daemon
 from streamer.ledger import Ledger
-from streamer.telescope import Geometry, exposure_bytes, plan_night
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
 from tests.helpers.daemon_process import metric_total
 from transforms.grades_dataset import GradesDataset
 

@@ -10,7 +10,8 @@ import pytest
 
 from streamer.daemon import Daemon
 from streamer.ledger_store import Entry
-from streamer.telescope import Geometry, exposure_bytes, plan_night
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from streamer.ledger import Ledger
-from streamer.telescope import Geometry, write_progressively
+from streamer.sky_plan import Geometry
+from streamer.telescope import write_progressively
 from tests.helpers.daemon_process import (
     GRADE_TIMEOUT_S,
     NIGHT,

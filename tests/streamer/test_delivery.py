@@ -2,7 +2,9 @@
 
 import pytest
 
-from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
+from streamer.telescope import write_progressively
 from transforms.exposure import read_meta
 from transforms.exposure_errors import IncompleteFileError
 from transforms.fits_walk import check_integrity

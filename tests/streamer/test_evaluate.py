@@ -16,7 +16,8 @@ from models.bundle import load_bundle
 from ops.config import Config, SomConfig, TrainConfig
 from streamer.commands.evaluate import add_arguments, command
 from streamer.evaluate import mean_hits_vector, run_evaluate
-from streamer.telescope import Geometry, simulate_archive
+from streamer.sky_plan import Geometry
+from streamer.telescope import simulate_archive
 from streamer.training_job import run_train
 from transforms.dataset import find_archive, read_shard
 from transforms.extract import features_from_arrow

@@ -12,7 +12,8 @@ from models.som import SOM_FEATURES, train_som
 from ops.config import Config
 from streamer.commands.inspect import add_arguments, command
 from streamer.inspect import InspectError, inspect_exposure, inspect_panels
-from streamer.telescope import Geometry, plan_night, write_exposure
+from streamer.sky_fits import write_exposure
+from streamer.sky_plan import Geometry, plan_night
 from transforms.exposure_errors import ExposureError
 
 TILE = 16

@@ -27,7 +27,8 @@ from models.cnn import CnnShape, DualInputNet
 from models.som import SOM_FEATURES, train_som
 from streamer.daemon import Daemon
 from streamer.night_summary import GRADE_COLORS
-from streamer.telescope import Geometry, exposure_bytes, plan_night
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
 from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")

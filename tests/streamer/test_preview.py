@@ -15,7 +15,8 @@ from streamer import inspect as inspect_mod
 from streamer import preview as pv
 from streamer.observer import Observer
 from streamer.page_images import focal_plane_layout
-from streamer.telescope import Geometry, _ccd_origin, _layout, exposure_bytes, plan_night
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, _ccd_origin, _layout, plan_night
 from tests.helpers.http import get
 from transforms.confined_reads import pinned
 from transforms.exposure import read_ccd
@@ -349,7 +350,7 @@ def test_the_page_shows_the_previews_beside_the_representative_image(server, dro
 def test_a_tile_compressed_exposure_previews_as_the_plain_one(drop, tmp_path):
     from astropy.io import fits
 
-    from streamer.telescope import render_exposure
+    from streamer.sky_fits import render_exposure
 
     root, plans = drop
     plain = str(root / NIGHT / plans[0].filename)

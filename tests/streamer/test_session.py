@@ -5,7 +5,8 @@ import pytest
 
 from ops.config import Config
 from streamer.session import GradingSession
-from streamer.telescope import Geometry, plan_night, write_exposure
+from streamer.sky_fits import write_exposure
+from streamer.sky_plan import Geometry, plan_night
 from transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"

@@ -13,19 +13,9 @@ import pytest
 import sep
 from astropy.io import fits
 
-from streamer.telescope import (
-    GEOMETRIES,
-    ExposurePlan,
-    Geometry,
-    exposure_bytes,
-    plan_night,
-    render_exposure,
-    resolve_geometry,
-    run_telescope,
-    simulate_archive,
-    write_exposure,
-    write_progressively,
-)
+from streamer.sky_fits import exposure_bytes, render_exposure, write_exposure
+from streamer.sky_plan import GEOMETRIES, ExposurePlan, Geometry, plan_night, resolve_geometry
+from streamer.telescope import run_telescope, simulate_archive, write_progressively
 
 TINY = Geometry(2, 256, 320)
 SMALL = Geometry(2, 512, 1152)

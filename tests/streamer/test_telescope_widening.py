@@ -9,19 +9,11 @@ import dataclasses
 import numpy as np
 
 from models.classes import CLASSES
-from streamer.telescope import (
-    Geometry,
-    _build_kernels,
-    _context,
-    _fields,
-    _galaxy_templates,
-    _kolmogorov_profile,
-    _psf_grid,
-    _psf_shape_at,
-    _trail_path,
-    plan_night,
-    render_exposure,
-)
+from streamer.sky_context import _context, _fields, _psf_shape_at, _trail_path
+from streamer.sky_fits import render_exposure
+from streamer.sky_kernels import _build_kernels, _kolmogorov_profile, _psf_grid
+from streamer.sky_plan import Geometry, plan_night
+from streamer.sky_render import _galaxy_templates
 
 TINY = Geometry(2, 256, 320)
 NIGHT = "2024-03-01"

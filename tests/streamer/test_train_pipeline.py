@@ -7,7 +7,8 @@ import pytest
 
 from models.bundle import load_bundle
 from ops.config import Config, SomConfig, TrainConfig
-from streamer.telescope import Geometry, simulate_archive
+from streamer.sky_plan import Geometry
+from streamer.telescope import simulate_archive
 from streamer.training_job import run_train
 from transforms.dataset import find_archive, read_labels
 

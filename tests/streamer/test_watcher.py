@@ -12,7 +12,9 @@ import pytest
 
 import streamer.watcher as watcher_mod
 import transforms.confined_reads as confined_reads_mod
-from streamer.telescope import Geometry, exposure_bytes, plan_night, write_progressively
+from streamer.sky_fits import exposure_bytes
+from streamer.sky_plan import Geometry, plan_night
+from streamer.telescope import write_progressively
 from streamer.watcher import DropWatcher
 from transforms.fits_walk import check_integrity
 

@@ -1,6 +1,6 @@
 """Synthetic sky images and MegaCam-like MEF files for the transform tests.
 
-Deliberately independent of the simulator (streamer/telescope.py), so that extraction is
+Deliberately independent of the simulator (streamer/sky_*.py), so that extraction is
 checked against a truth we construct here.
 """
 

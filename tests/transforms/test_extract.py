@@ -362,7 +362,8 @@ def test_every_configured_backend_is_registered(name):
 
 def test_detections_without_defined_moments_are_dropped():
     # A simulated BGP CCD on which sep returns zero-flux objects with NaN moments.
-    from streamer.telescope import Geometry, plan_night, render_exposure
+    from streamer.sky_fits import render_exposure
+    from streamer.sky_plan import Geometry, plan_night
 
     plan = plan_night("2024-03-01", 1, seed=2, class_mix={"BGP": 1})[0]
     with render_exposure(plan, Geometry(2, 512, 1152)) as hdul:

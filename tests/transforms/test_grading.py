@@ -6,7 +6,8 @@ import pytest
 from models.classes import CLASSES
 from ops.config import Config, config_digest
 from streamer.pipelines import run_grade
-from streamer.telescope import Geometry, plan_night, write_exposure
+from streamer.sky_fits import write_exposure
+from streamer.sky_plan import Geometry, plan_night
 from transforms.grades_dataset import GradesDataset
 
 

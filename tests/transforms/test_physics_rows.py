@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from ops.config import Config
-from streamer import telescope as T
 from streamer.pipelines import run_grade
+from streamer.sky_context import _context, _fwhm_at
+from streamer.sky_fits import write_exposure
+from streamer.sky_plan import FILTERS, ExposurePlan, Geometry, _ccd_origin
 from transforms.grade import CcdScore, grade_exposure
 from transforms.grades_dataset import CCD_SCHEMA, EXPOSURE_SCHEMA, GradesDataset
 from transforms.psf_measure import CcdPhysics
 
-GEO = T.Geometry(2, 1024, 2048)
+GEO = Geometry(2, 1024, 2048)
 COLUMNS = (
     "seeing_arcsec",
     "seeing_minor_arcsec",
@@ -37,7 +39,7 @@ def bundle(tmp_path_factory, tiny_bundle):
 
 @pytest.fixture(scope="module")
 def exposure(tmp_path_factory):
-    plan = T.ExposurePlan(
+    plan = ExposurePlan(
         expnum=2_100_001,
         label="GOOD",
         night="2026-11-24",
@@ -53,14 +55,14 @@ def exposure(tmp_path_factory):
         trail_mode="none",
     )
     root = tmp_path_factory.mktemp("drop") / "2026-11-24"
-    return plan, str(T.write_exposure(plan, GEO, root / plan.filename))
+    return plan, str(write_exposure(plan, GEO, root / plan.filename))
 
 
 def _truth(plan, ccd):
-    ctx = T._context(plan, GEO)
-    x0, y0 = T._ccd_origin(GEO, ccd)
+    ctx = _context(plan, GEO)
+    x0, y0 = _ccd_origin(GEO, ccd)
     (xc, yc), r = ctx.fp_centre, ctx.fp_radius
-    return T._fwhm_at(ctx, (x0 + GEO.width / 2 - xc) / r, (y0 + GEO.height / 2 - yc) / r) * 0.187
+    return _fwhm_at(ctx, (x0 + GEO.width / 2 - xc) / r, (y0 + GEO.height / 2 - yc) / r) * 0.187
 
 
 @pytest.mark.parametrize("ccd_workers", [0, 1])
@@ -185,5 +187,5 @@ def test_catalog_backend_reports_what_a_catalog_allows(exposure, tmp_path):
     assert phys.seeing_zenith_arcsec == pytest.approx(phys.seeing_arcsec * 1.4**-0.6)
     assert phys.zero_point == pytest.approx(26.3)
     # the catalog's BACKGROUND still holds the bias (no BIASLVL in a catalog): sky reads high
-    truth_sky = T.FILTERS[plan.filter].sky_rate
+    truth_sky = FILTERS[plan.filter].sky_rate
     assert phys.sky_adu_s > truth_sky

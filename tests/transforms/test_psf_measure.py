@@ -1,7 +1,7 @@
 """Seeing, PSF shape, sky and source counts (transforms/psf_measure.py) against the truth.
 
 The truth comes from the simulator itself: the FWHM of the PSF it rendered on each CCD
-(``streamer.telescope._fwhm_at`` at the CCD's centre: one PSF region per CCD at these sizes),
+(``streamer.sky_context._fwhm_at`` at the CCD's centre: one PSF region per CCD at these sizes),
 its Moffat beta, ellipticity and angle, its sky rate. Exposures are small (2 CCDs of
 1024x2048, 300 s) so that each CCD has ~10-30 usable stars even at 2" seeing.
 """
@@ -13,11 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from streamer import telescope as T
+from streamer.sky_context import _context, _fields, _fwhm_at
+from streamer.sky_fits import render_exposure
+from streamer.sky_plan import FILTERS, PIXEL_SCALE, ExposurePlan, Geometry, _ccd_origin
+from streamer.sky_render import _regions
 from transforms import psf_measure as P
 from transforms.extract import empty_sources, sep_features
 
-GEO = T.Geometry(2, 1024, 2048)
+GEO = Geometry(2, 1024, 2048)
 
 
 def _plan(seeing, beta, seed, **kw):
@@ -36,21 +39,21 @@ def _plan(seeing, beta, seed, **kw):
         psf_ellip=0.0,
         trail_mode="none",
     )
-    return T.ExposurePlan(**(base | kw))
+    return ExposurePlan(**(base | kw))
 
 
 def _truth_fwhm(plan, ccd):
     """FWHM (arcsec) the simulator rendered on CCD ``ccd`` (one PSF region per CCD here)."""
-    assert T._regions(GEO) == (1, 1)
-    ctx = T._context(plan, GEO)
-    x0, y0 = T._ccd_origin(GEO, ccd)
+    assert _regions(GEO) == (1, 1)
+    ctx = _context(plan, GEO)
+    x0, y0 = _ccd_origin(GEO, ccd)
     (xc, yc), r = ctx.fp_centre, ctx.fp_radius
     u, v = (x0 + GEO.width / 2 - xc) / r, (y0 + GEO.height / 2 - yc) / r
-    return T._fwhm_at(ctx, u, v) * T.PIXEL_SCALE
+    return _fwhm_at(ctx, u, v) * PIXEL_SCALE
 
 
 def _measure(plan):
-    hdul = T.render_exposure(plan, GEO)
+    hdul = render_exposure(plan, GEO)
     out = []
     for ccd in range(GEO.n_ccd):
         hdu = hdul[ccd + 1]
@@ -72,10 +75,10 @@ def test_seeing_within_5_percent_of_the_simulated_psf(seeing, beta):
         truth = _truth_fwhm(plan, ccd)
         assert psf.method == "moffat_fit"
         assert psf.n_stars >= P.MIN_STARS
-        assert psf.fwhm * T.PIXEL_SCALE == pytest.approx(truth, rel=0.05)
+        assert psf.fwhm * PIXEL_SCALE == pytest.approx(truth, rel=0.05)
         # a round, untrailed PSF: the minor axis is the FWHM too
-        assert psf.fwhm_minor * T.PIXEL_SCALE == pytest.approx(truth, rel=0.05)
-        measured.append(P.CcdPhysics(seeing_arcsec=psf.fwhm * T.PIXEL_SCALE, n_stars=psf.n_stars))
+        assert psf.fwhm_minor * PIXEL_SCALE == pytest.approx(truth, rel=0.05)
+        measured.append(P.CcdPhysics(seeing_arcsec=psf.fwhm * PIXEL_SCALE, n_stars=psf.n_stars))
         truths.append(truth)
     exposure = P.exposure_physics(measured, airmass=plan.airmass)
     assert exposure.seeing_arcsec == pytest.approx(float(np.median(truths)), rel=0.05)
@@ -103,14 +106,14 @@ def test_a_linear_trail_is_seen_along_its_direction_and_the_minor_axis_stays_clo
         3.0,
         seed=12,
         trail_mode="linear",
-        trail_length=1.5 * seeing / T.PIXEL_SCALE,
+        trail_length=1.5 * seeing / PIXEL_SCALE,
         trail_angle=60.0,
     )
     for ccd, (table, data, header) in enumerate(_measure(plan)):
         psf = P.measure_psf(table, data, header["SATURATE"])
         truth = _truth_fwhm(plan, ccd)
-        equivalent = psf.fwhm * T.PIXEL_SCALE / truth - 1
-        minor = psf.fwhm_minor * T.PIXEL_SCALE / truth - 1
+        equivalent = psf.fwhm * PIXEL_SCALE / truth - 1
+        minor = psf.fwhm_minor * PIXEL_SCALE / truth - 1
         assert equivalent > 0.2
         assert 0 < minor < 0.15
         assert minor < equivalent / 2
@@ -125,7 +128,7 @@ def test_catalog_mode_uses_flux_radius_and_says_so():
     assert psf.method == "catalog_flux_radius"
     assert psf.n_stars >= P.MIN_STARS
     # 2 x FLUX_RADIUS is exact for a Gaussian; Moffat wings (beta 3) make it read high
-    assert 1.0 < psf.fwhm * T.PIXEL_SCALE / _truth_fwhm(plan, 0) < 1.6
+    assert 1.0 < psf.fwhm * PIXEL_SCALE / _truth_fwhm(plan, 0) < 1.6
     no_radius = table | {"FLUX_RADIUS": np.full(len(table["FLUX_RADIUS"]), np.nan, np.float32)}
     unmeasured = P.measure_psf(no_radius, None, None)
     assert math.isnan(unmeasured.fwhm) and unmeasured.method == "none"
@@ -143,7 +146,7 @@ def test_no_star_gives_nan_not_a_number_from_noise():
 
 def _cfg(**kw):
     base = dict(
-        pixel_scale=T.PIXEL_SCALE,
+        pixel_scale=PIXEL_SCALE,
         zero_points={"r.MP9601": 26.3, "g": 26.0},
         expected_sources_per_mpx={"r.MP9601": 100.0},
         source_count_exponent=0.5,
@@ -166,15 +169,15 @@ def test_sky_rate_and_brightness_against_the_simulated_sky():
     meta = SimpleNamespace(filter=plan.filter, airmass=plan.airmass, photzp=None)
     phys = P.ccd_physics(features, meta, _cfg())
     # truth: filter sky rate x sky factor x the field (vignetting) at the CCD's centre
-    ctx = T._context(plan, GEO)
-    x0, y0 = T._ccd_origin(GEO, 0)
+    ctx = _context(plan, GEO)
+    x0, y0 = _ccd_origin(GEO, 0)
     (xc, yc), r = ctx.fp_centre, ctx.fp_radius
     u = np.array([(x0 + GEO.width / 2 - xc) / r])
     v = np.array([(y0 + GEO.height / 2 - yc) / r])
-    field, _ = T._fields(ctx, u, v)
-    truth = T.FILTERS[plan.filter].sky_rate * plan.sky_factor * float(field[0])
+    field, _ = _fields(ctx, u, v)
+    truth = FILTERS[plan.filter].sky_rate * plan.sky_factor * float(field[0])
     assert phys.sky_adu_s == pytest.approx(truth, rel=0.03)
-    mag = 26.3 - 2.5 * math.log10(truth / T.PIXEL_SCALE**2)
+    mag = 26.3 - 2.5 * math.log10(truth / PIXEL_SCALE**2)
     assert phys.sky_mag_arcsec2 == pytest.approx(mag, abs=0.03)
     assert phys.zero_point == 26.3
     assert phys.seeing_zenith_arcsec == pytest.approx(phys.seeing_arcsec * 1.3**-0.6)

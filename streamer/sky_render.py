@@ -1,0 +1,316 @@
+"""One CCD of the simulated MegaCam rendered to uint16 ADU (:func:`_render_ccd`).
+
+Per CCD (pixel scale 0.187 arcsec/px):
+
+- sky: the exposure's sky field (:func:`streamer.sky_context._fields`) on a coarse grid,
+  interpolated to the pixels;
+- sources: stars and galaxies with magnitudes from a power law ``dN/dm ~ 10**(0.3 m)``, a
+  share of them close companions, rendered as flux-scaled stamps of the region's kernels
+  (:mod:`streamer.sky_kernels`; sub-pixel phases for the compact kernel);
+- detector: Poisson (Gaussian approximation) and read noise, bias pedestal with an offset between
+  the two amplifier halves of a CCD, saturation with bleed columns, cosmic rays (rate
+  proportional to the exposure time), bad columns and rare dead CCDs.
+
+Every random step is seeded from ``(plan.seed, plan.expnum, ccd, stream)``, so the CCDs are
+independent of each other and of the order they are rendered in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.sky_context import _Context, _fields, _fwhm_at, _psf_shape_at, _trail_path
+from streamer.sky_kernels import _build_kernels
+from streamer.sky_plan import FILTERS, PIXEL_SCALE, ExposurePlan, Geometry, _ccd_origin
+
+log = logging.getLogger(__name__)
+
+
+_REF_CCD_AREA = 2048 * 4612
+_REF_DENSITY_MAG = 24.0
+_N_REF = 2000.0  # sources brighter than _REF_DENSITY_MAG on a full-size CCD
+_COUNT_SLOPE = 0.3  # dN/dm ~ 10**(_COUNT_SLOPE * m)
+_M_BRIGHT = 13.0
+_CR_RATE = 26.0 / 60.0 / _REF_CCD_AREA  # cosmic rays per pixel per second
+_DEAD_CCD_RATE = 1.0 / 300.0
+_BIAS_LEVEL = 200.0
+_N_GALAXY_TEMPLATES = 10
+_COMPANION_FRACTION = 0.35
+_LOG_HALF_LIGHT_22 = math.log(3.2)  # typical galaxy half-light radius at magnitude 22: 0.6", in px
+
+
+def _interp_matrix(n_out: int, coarse: np.ndarray) -> np.ndarray:
+    """Dense linear-interpolation matrix (n_out x len(coarse)) from coarse nodes to pixels."""
+    pix = np.arange(n_out, dtype=np.float64)
+    idx = np.clip(np.searchsorted(coarse, pix, side="right") - 1, 0, len(coarse) - 2)
+    frac = (pix - coarse[idx]) / (coarse[idx + 1] - coarse[idx])
+    m = np.zeros((n_out, len(coarse)), dtype=np.float32)
+    m[np.arange(n_out), idx] = 1.0 - frac
+    m[np.arange(n_out), idx + 1] = frac
+    return m
+
+
+@dataclass(frozen=True)
+class _CcdMeta:
+    gain: float
+    rdnoise: float
+    saturate: float
+    bias: float
+    dead: bool
+
+
+def _ccd_meta(plan: ExposurePlan, ccd: int) -> _CcdMeta:
+    rng = np.random.default_rng([plan.seed, ccd, 0xCCD])  # a CCD keeps its electronics
+    gain = round(float(rng.uniform(1.5, 1.8)), 3)
+    rdnoise = round(float(rng.uniform(4.0, 6.0)), 2)
+    saturate = float(rng.choice([65535.0, 65000.0, 64000.0, 62000.0]))
+    bias = _BIAS_LEVEL + round(float(rng.uniform(-20, 20)), 1)
+    dead = np.random.default_rng([plan.seed, plan.expnum, ccd, 0xDEAD]).random() < _DEAD_CCD_RATE
+    return _CcdMeta(gain, rdnoise, saturate, bias, bool(dead))
+
+
+def _regions(geometry: Geometry) -> tuple[int, int]:
+    return max(1, round(geometry.height / 2300)), max(1, round(geometry.width / 1024))
+
+
+def _render_ccd(ctx: _Context, ccd: int) -> tuple[np.ndarray, _CcdMeta]:
+    """Render one CCD to uint16 ADU."""
+    plan, geo = ctx.plan, ctx.geometry
+    meta = _ccd_meta(plan, ccd)
+    rng = np.random.default_rng([plan.seed, plan.expnum, ccd])
+    height, width = geo.height, geo.width
+    x0, y0 = _ccd_origin(geo, ccd)
+    xc, yc = ctx.fp_centre
+    radius = ctx.fp_radius
+    filt = FILTERS[plan.filter]
+
+    def to_uv(x: np.ndarray | float, y: np.ndarray | float) -> tuple:
+        return (x0 + x - xc) / radius, (y0 + y - yc) / radius
+
+    # Sky: smooth fields evaluated on a coarse grid and interpolated (two small matmuls).
+    step = 64.0
+    cx = np.linspace(0.0, width - 1.0, max(2, int(math.ceil((width - 1) / step)) + 1))
+    cy = np.linspace(0.0, height - 1.0, max(2, int(math.ceil((height - 1) / step)) + 1))
+    gu, gv = to_uv(cx[None, :], cy[:, None])
+    sky_mult, _ = _fields(ctx, gu + 0 * gv, gv + 0 * gu)
+    sky_level = filt.sky_rate * plan.exptime * plan.sky_factor
+    coarse = (sky_level * sky_mult).astype(np.float32)
+    signal = _interp_matrix(height, cy) @ (coarse @ _interp_matrix(width, cx).T)
+    signal = np.ascontiguousarray(signal, dtype=np.float32)
+
+    if not meta.dead:
+        _add_sources(ctx, rng, signal, to_uv, meta)
+        _add_bad_columns(rng, signal, plan.exptime)
+    else:
+        log.debug("exposure %d ccd %d is dead", plan.expnum, ccd)
+        signal[:] = 0.0
+
+    # Noise: Poisson (Gaussian approximation) + read noise, in ADU.
+    var = signal / meta.gain
+    var += (meta.rdnoise / meta.gain) ** 2
+    np.sqrt(var, out=var)
+    noise = rng.standard_normal(signal.shape, dtype=np.float32)
+    noise *= var
+    del var
+    signal += noise
+    del noise
+    signal += meta.bias
+    if plan.amp_offset > 0:
+        # The right amplifier's bias residual against the left one (MegaCam: 2 amps per CCD).
+        amp_rng = np.random.default_rng([plan.seed, plan.expnum, ccd, 0xA3F])
+        signal[:, width // 2 :] += float(plan.amp_offset * amp_rng.standard_normal())
+    if not meta.dead:
+        _add_cosmic_rays(rng, signal, plan.exptime, meta.gain)
+    np.clip(signal, 0.0, meta.saturate, out=signal)
+    np.rint(signal, out=signal)
+    return signal.astype(np.uint16), meta
+
+
+def _galaxy_templates(
+    rng: np.random.Generator, mag: np.ndarray, half_light: np.ndarray
+) -> np.ndarray:
+    """Template index of each source if it is a galaxy: brighter galaxies are larger (apparent
+    size falls ~0.1 dex per magnitude, 0.15 dex scatter), so that the brightest isolated
+    sources hold resolved, intrinsically elongated galaxies as real fields do."""
+    want = _LOG_HALF_LIGHT_22 - 0.23 * (mag - 22.0) + rng.normal(0.0, 0.35, mag.size)
+    return np.abs(np.log(half_light)[None, :] - want[:, None]).argmin(axis=1)
+
+
+def _add_sources(
+    ctx: _Context,
+    rng: np.random.Generator,
+    signal: np.ndarray,
+    to_uv: Callable,
+    meta: _CcdMeta,
+) -> None:
+    plan = ctx.plan
+    height, width = signal.shape
+    filt = FILTERS[plan.filter]
+    ry, rx = _regions(ctx.geometry)
+    # Faint galaxies have half-light radii of ~0.3-1" (1.5-5 pixels): discs (exponential),
+    # spheroids (de Vaucouleurs) and compact Gaussians, so that their outer isophotes break
+    # into deblended pieces as real ones do under a low DEBLEND_MINCONT.
+    profile = rng.choice(3, _N_GALAXY_TEMPLATES, p=[0.25, 0.55, 0.2])
+    half_light = np.clip(
+        np.exp(rng.normal(_LOG_HALF_LIGHT_22, 0.6, _N_GALAXY_TEMPLATES)), 0.8, 14.0
+    )
+    galaxy_shapes = np.column_stack(
+        [
+            half_light / np.array([1.177, 1.678, 4.0])[profile],
+            rng.uniform(0.3, 1.0, _N_GALAXY_TEMPLATES),
+            rng.uniform(0.0, 180.0, _N_GALAXY_TEMPLATES),
+            profile,
+        ]
+    )
+    kernels: list[np.ndarray] = []
+    halves: list[int] = []
+    region_core: dict[tuple[int, int], tuple[int, int]] = {}  # -> (first core id, os)
+    region_wide: dict[tuple[int, int], int] = {}
+    region_gal: dict[tuple[int, int], int] = {}
+    max_half = 0
+    for j in range(ry):
+        for i in range(rx):
+            u, v = to_uv((i + 0.5) * width / rx, (j + 0.5) * height / ry)
+            fwhm = _fwhm_at(ctx, u, v)
+            path = _trail_path(ctx, u, v, fwhm)
+            ellip, angle = _psf_shape_at(plan, u, v)
+            ks = _build_kernels(fwhm, plan.beta, ellip, angle, path, galaxy_shapes, plan.psf_model)
+            region_core[j, i] = (len(kernels), ks.oversample)
+            kernels.extend(ks.core)
+            halves.extend([ks.core_half] * len(ks.core))
+            region_wide[j, i] = len(kernels)
+            kernels.append(ks.wide)
+            halves.append(ks.wide_half)
+            region_gal[j, i] = len(kernels)
+            kernels.extend(ks.galaxies)
+            halves.extend(ks.galaxy_half)
+            max_half = max(max_half, ks.core_half)
+
+    # Source magnitudes: power law between _M_BRIGHT and a faint limit ~1 mag below detection.
+    sky_adu = filt.sky_rate * plan.exptime * plan.sky_factor
+    sigma = math.sqrt(sky_adu / meta.gain + (meta.rdnoise / meta.gain) ** 2)
+    fwhm0 = plan.seeing / PIXEL_SCALE
+    zp = filt.zero_point + 2.5 * math.log10(plan.exptime)
+    zp -= filt.extinction * (plan.airmass - 1.0) - 2.5 * math.log10(plan.transparency)
+    # Sources whose peak would stay below ~0.08 sigma are invisible even in crowds: skip them.
+    peak = float(
+        np.median([kernels[k0 + (os_ // 2) * (os_ + 1)].max() for k0, os_ in region_core.values()])
+    )
+    flux_min = 0.08 * sigma / peak
+    m_faint = min(zp - 2.5 * math.log10(flux_min), 28.0)
+    margin = max_half
+    area = (width + 2 * margin) * (height + 2 * margin)
+    n_exp = (
+        _N_REF
+        * area
+        / _REF_CCD_AREA
+        * (10 ** (_COUNT_SLOPE * (m_faint - _REF_DENSITY_MAG)) - 10 ** (_COUNT_SLOPE * (13 - 24)))
+    )
+    n = int(rng.poisson(max(n_exp, 0.0)))
+    if n == 0:
+        return
+    lo, hi = 10 ** (_COUNT_SLOPE * _M_BRIGHT), 10 ** (_COUNT_SLOPE * m_faint)
+    mag = np.log10(lo + rng.random(n) * (hi - lo)) / _COUNT_SLOPE
+    x = rng.uniform(-margin, width + margin, n)
+    y = rng.uniform(-margin, height + margin, n)
+    # Clustering: a fraction of the sources are close companions of another (pairs, groups,
+    # clumpy galaxies), so that a realistic share of detections comes out blended.
+    comp = np.nonzero(rng.random(n) < _COMPANION_FRACTION)[0]
+    parent = rng.integers(0, n, comp.size)
+    sep_px = fwhm0 * rng.uniform(1.0, 4.0, comp.size)
+    theta = rng.uniform(0.0, 2.0 * math.pi, comp.size)
+    x[comp] = x[parent] + sep_px * np.cos(theta)
+    y[comp] = y[parent] + sep_px * np.sin(theta)
+    mag[comp] = mag[parent] + rng.uniform(-0.5, 2.0, comp.size)
+    u, v = to_uv(x, y)
+    _, trans = _fields(ctx, u, v)
+    flux = 10 ** (-0.4 * (mag - zp)) * trans
+    p_gal = np.clip(0.15 + 0.12 * (mag - 18.0), 0.1, 0.75)
+    is_gal = rng.random(n) < p_gal
+    gal_tpl = _galaxy_templates(rng, mag, half_light)
+    reg_y = np.clip((y * ry / height).astype(np.int64), 0, ry - 1)
+    reg_x = np.clip((x * rx / width).astype(np.int64), 0, rx - 1)
+    core0 = np.empty(n, dtype=np.int64)
+    osa = np.empty(n, dtype=np.int64)
+    wide0 = np.empty(n, dtype=np.int64)
+    gal0 = np.empty(n, dtype=np.int64)
+    for (j, i), (k0, os_) in region_core.items():
+        sel = (reg_y == j) & (reg_x == i)
+        core0[sel], osa[sel] = k0, os_
+        wide0[sel] = region_wide[j, i]
+        gal0[sel] = region_gal[j, i]
+    # Nearest sub-pixel phase: centre pixel ix, phase q in [-os/2, os/2).
+    qx_all = np.rint(x * osa).astype(np.int64)
+    qy_all = np.rint(y * osa).astype(np.int64)
+    ix = np.floor_divide(qx_all + osa // 2, osa)
+    iy = np.floor_divide(qy_all + osa // 2, osa)
+    qx = qx_all - ix * osa + osa // 2
+    qy = qy_all - iy * osa + osa // 2
+    kid = core0 + qy * osa + qx
+    peak_core = flux * np.array([kernels[k].max() for k in range(len(kernels))])[kid]
+    bright = (peak_core > 0.3 * meta.saturate) & ~is_gal
+    kid = np.where(bright, wide0, kid)
+    kid = np.where(is_gal, gal0 + gal_tpl, kid)
+    ix = np.where(is_gal | bright, np.rint(x).astype(np.int64), ix)
+    iy = np.where(is_gal | bright, np.rint(y).astype(np.int64), iy)
+    half = np.asarray(halves)[kid]
+    ya, yb = np.maximum(iy - half, 0), np.minimum(iy + half + 1, height)
+    xa, xb = np.maximum(ix - half, 0), np.minimum(ix + half + 1, width)
+    keep = (ya < yb) & (xa < xb)
+    kya, kyb = ya - (iy - half), yb - (iy - half)
+    kxa, kxb = xa - (ix - half), xb - (ix - half)
+    idx = np.nonzero(keep)[0]
+    cols = [a[idx].tolist() for a in (kid, ya, yb, xa, xb, kya, kyb, kxa, kxb)]
+    fl = flux[idx].astype(np.float32).tolist()
+    for k, a, b, c, d, ka, kb, kc, kd, f in zip(*cols, fl, strict=True):
+        signal[a:b, c:d] += f * kernels[k][ka:kb, kc:kd]
+    # Bleed trails: the charge above saturation spills along the column through the star.
+    for s in np.nonzero(bright & keep)[0].tolist():
+        k = kernels[kid[s]]
+        excess = float(np.clip(flux[s] * k - meta.saturate, 0.0, None).sum())
+        if excess <= 0 or not (0 <= ix[s] < width):
+            continue
+        h = halves[kid[s]]
+        col = flux[s] * k[:, h]
+        rows = np.nonzero(col > meta.saturate)[0]
+        if rows.size == 0:
+            rows = np.array([h])
+        spill = int(min(excess / meta.saturate / 2.0, 600))
+        top = max(int(iy[s]) - h + int(rows.min()) - spill, 0)
+        bottom = min(int(iy[s]) - h + int(rows.max()) + spill + 1, height)
+        signal[top:bottom, int(ix[s])] = 2.0 * meta.saturate
+
+
+def _add_bad_columns(rng: np.random.Generator, signal: np.ndarray, exptime: float) -> None:
+    height, width = signal.shape
+    for _ in range(int(rng.poisson(3.0 * width / 2048.0))):
+        x = int(rng.integers(0, width))
+        y0 = int(rng.integers(0, height)) if rng.random() < 0.5 else 0
+        if rng.random() < 0.5:
+            signal[y0:, x] += float(rng.uniform(0.05, 2.0)) * exptime + 20.0  # hot (dark current)
+        else:
+            signal[y0:, x] *= float(rng.uniform(0.0, 0.3))  # dead / low-response
+
+
+def _add_cosmic_rays(
+    rng: np.random.Generator, signal: np.ndarray, exptime: float, gain: float
+) -> None:
+    height, width = signal.shape
+    n = int(rng.poisson(_CR_RATE * exptime * height * width))
+    if n == 0:
+        return
+    y = rng.integers(1, height - 3, n)
+    x = rng.integers(1, width - 3, n)
+    amp = np.exp(rng.normal(np.log(1500.0), 0.8, n)) / gain
+    length = rng.integers(1, 4, n)
+    dy = rng.integers(-1, 2, n)
+    dx = rng.integers(-1, 2, n)
+    for step in range(3):
+        on = length > step
+        frac = rng.uniform(0.3, 1.0, n)
+        signal[y[on] + step * dy[on], x[on] + step * dx[on]] += (amp * frac)[on]
