@@ -148,10 +148,44 @@ def _add_sources(
     to_uv: Callable,
     meta: _CcdMeta,
 ) -> None:
-    plan = ctx.plan
+    """Add the CCD's stars and galaxies, each a flux-scaled kernel stamp, and the bleed columns
+    of saturated stars, to ``signal`` (ADU, in place). The steps draw from ``rng`` in order."""
     height, width = signal.shape
-    filt = FILTERS[plan.filter]
-    ry, rx = _regions(ctx.geometry)
+    # 1. The galaxy templates and every kernel of each PSF region of the CCD.
+    galaxy_shapes, half_light = _galaxy_shapes(rng)
+    table = _region_kernels(ctx, width, height, to_uv, galaxy_shapes)
+    # 2. Where the sources are and how bright, down to ~1 mag below detection.
+    zp, m_faint = _magnitude_range(ctx.plan, meta, table)
+    drawn = _draw_sources(ctx, rng, width, height, table.max_half, m_faint)
+    if drawn is None:
+        return
+    x, y, mag = drawn
+    u, v = to_uv(x, y)
+    _, trans = _fields(ctx, u, v)
+    flux = 10 ** (-0.4 * (mag - zp)) * trans
+    # 3. Which kernel each source gets, then its stamp.
+    kid, ix, iy, bright = _choose_kernels(rng, table, x, y, mag, flux, half_light, meta, signal)
+    keep = _add_stamps(signal, table, kid, ix, iy, flux)
+    # 4. Bleed trails: the charge above saturation spills along the column through the star.
+    _add_bleed_trails(signal, table, kid, ix, iy, flux, bright & keep, meta.saturate)
+
+
+@dataclass
+class _KernelTable:
+    """Every kernel of one CCD in one list, and where each PSF region's kernels start in it."""
+
+    regions: tuple[int, int]  # (ry, rx), from _regions
+    kernels: list[np.ndarray]
+    halves: list[int]  # half size of each kernel
+    core: dict[tuple[int, int], tuple[int, int]]  # region (j, i) -> (first core id, os)
+    wide: dict[tuple[int, int], int]  # region -> id of its wide kernel
+    galaxy: dict[tuple[int, int], int]  # region -> id of its first galaxy template
+    max_half: int  # the largest core half size
+
+
+def _galaxy_shapes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The CCD's galaxy templates, rows of (size, axis ratio, position angle, profile), and
+    their half-light radii (pixels)."""
     # Faint galaxies have half-light radii of ~0.3-1" (1.5-5 pixels): discs (exponential),
     # spheroids (de Vaucouleurs) and compact Gaussians, so that their outer isophotes break
     # into deblended pieces as real ones do under a low DEBLEND_MINCONT.
@@ -167,12 +201,17 @@ def _add_sources(
             profile,
         ]
     )
-    kernels: list[np.ndarray] = []
-    halves: list[int] = []
-    region_core: dict[tuple[int, int], tuple[int, int]] = {}  # -> (first core id, os)
-    region_wide: dict[tuple[int, int], int] = {}
-    region_gal: dict[tuple[int, int], int] = {}
-    max_half = 0
+    return galaxy_shapes, half_light
+
+
+def _region_kernels(
+    ctx: _Context, width: int, height: int, to_uv: Callable, galaxy_shapes: np.ndarray
+) -> _KernelTable:
+    """The kernels of each PSF region of a CCD, for the PSF and tracking at its centre."""
+    plan = ctx.plan
+    ry, rx = _regions(ctx.geometry)
+    table = _KernelTable((ry, rx), [], [], {}, {}, {}, 0)
+    kernels, halves = table.kernels, table.halves
     for j in range(ry):
         for i in range(rx):
             u, v = to_uv((i + 0.5) * width / rx, (j + 0.5) * height / ry)
@@ -180,30 +219,48 @@ def _add_sources(
             path = _trail_path(ctx, u, v, fwhm)
             ellip, angle = _psf_shape_at(plan, u, v)
             ks = _build_kernels(fwhm, plan.beta, ellip, angle, path, galaxy_shapes, plan.psf_model)
-            region_core[j, i] = (len(kernels), ks.oversample)
+            table.core[j, i] = (len(kernels), ks.oversample)
             kernels.extend(ks.core)
             halves.extend([ks.core_half] * len(ks.core))
-            region_wide[j, i] = len(kernels)
+            table.wide[j, i] = len(kernels)
             kernels.append(ks.wide)
             halves.append(ks.wide_half)
-            region_gal[j, i] = len(kernels)
+            table.galaxy[j, i] = len(kernels)
             kernels.extend(ks.galaxies)
             halves.extend(ks.galaxy_half)
-            max_half = max(max_half, ks.core_half)
+            table.max_half = max(table.max_half, ks.core_half)
+    return table
 
-    # Source magnitudes: power law between _M_BRIGHT and a faint limit ~1 mag below detection.
+
+def _magnitude_range(
+    plan: ExposurePlan, meta: _CcdMeta, table: _KernelTable
+) -> tuple[float, float]:
+    """The exposure's zero point (magnitude of 1 ADU) and the faintest magnitude worth drawing."""
+    filt = FILTERS[plan.filter]
     sky_adu = filt.sky_rate * plan.exptime * plan.sky_factor
     sigma = math.sqrt(sky_adu / meta.gain + (meta.rdnoise / meta.gain) ** 2)
-    fwhm0 = plan.seeing / PIXEL_SCALE
     zp = filt.zero_point + 2.5 * math.log10(plan.exptime)
     zp -= filt.extinction * (plan.airmass - 1.0) - 2.5 * math.log10(plan.transparency)
     # Sources whose peak would stay below ~0.08 sigma are invisible even in crowds: skip them.
+    kernels = table.kernels
     peak = float(
-        np.median([kernels[k0 + (os_ // 2) * (os_ + 1)].max() for k0, os_ in region_core.values()])
+        np.median([kernels[k0 + (os_ // 2) * (os_ + 1)].max() for k0, os_ in table.core.values()])
     )
     flux_min = 0.08 * sigma / peak
     m_faint = min(zp - 2.5 * math.log10(flux_min), 28.0)
-    margin = max_half
+    return zp, m_faint
+
+
+def _draw_sources(
+    ctx: _Context,
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    margin: int,
+    m_faint: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Positions (pixels, ``margin`` beyond the edges so that stamps spill in) and magnitudes
+    of the sources: a power law between _M_BRIGHT and ``m_faint``; None if there are none."""
     area = (width + 2 * margin) * (height + 2 * margin)
     n_exp = (
         _N_REF
@@ -213,13 +270,14 @@ def _add_sources(
     )
     n = int(rng.poisson(max(n_exp, 0.0)))
     if n == 0:
-        return
+        return None
     lo, hi = 10 ** (_COUNT_SLOPE * _M_BRIGHT), 10 ** (_COUNT_SLOPE * m_faint)
     mag = np.log10(lo + rng.random(n) * (hi - lo)) / _COUNT_SLOPE
     x = rng.uniform(-margin, width + margin, n)
     y = rng.uniform(-margin, height + margin, n)
     # Clustering: a fraction of the sources are close companions of another (pairs, groups,
     # clumpy galaxies), so that a realistic share of detections comes out blended.
+    fwhm0 = ctx.plan.seeing / PIXEL_SCALE
     comp = np.nonzero(rng.random(n) < _COMPANION_FRACTION)[0]
     parent = rng.integers(0, n, comp.size)
     sep_px = fwhm0 * rng.uniform(1.0, 4.0, comp.size)
@@ -227,9 +285,26 @@ def _add_sources(
     x[comp] = x[parent] + sep_px * np.cos(theta)
     y[comp] = y[parent] + sep_px * np.sin(theta)
     mag[comp] = mag[parent] + rng.uniform(-0.5, 2.0, comp.size)
-    u, v = to_uv(x, y)
-    _, trans = _fields(ctx, u, v)
-    flux = 10 ** (-0.4 * (mag - zp)) * trans
+    return x, y, mag
+
+
+def _choose_kernels(
+    rng: np.random.Generator,
+    table: _KernelTable,
+    x: np.ndarray,
+    y: np.ndarray,
+    mag: np.ndarray,
+    flux: np.ndarray,
+    half_light: np.ndarray,
+    meta: _CcdMeta,
+    signal: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Kernel id and centre pixel of each source, and which are bright stars: a star gets its
+    region's core kernel at the nearest sub-pixel phase, or the wide kernel if it comes near
+    saturation; a galaxy (more of them at faint magnitudes) gets a template of its size."""
+    height, width = signal.shape
+    ry, rx = table.regions
+    n = x.size
     p_gal = np.clip(0.15 + 0.12 * (mag - 18.0), 0.1, 0.75)
     is_gal = rng.random(n) < p_gal
     gal_tpl = _galaxy_templates(rng, mag, half_light)
@@ -239,11 +314,11 @@ def _add_sources(
     osa = np.empty(n, dtype=np.int64)
     wide0 = np.empty(n, dtype=np.int64)
     gal0 = np.empty(n, dtype=np.int64)
-    for (j, i), (k0, os_) in region_core.items():
+    for (j, i), (k0, os_) in table.core.items():
         sel = (reg_y == j) & (reg_x == i)
         core0[sel], osa[sel] = k0, os_
-        wide0[sel] = region_wide[j, i]
-        gal0[sel] = region_gal[j, i]
+        wide0[sel] = table.wide[j, i]
+        gal0[sel] = table.galaxy[j, i]
     # Nearest sub-pixel phase: centre pixel ix, phase q in [-os/2, os/2).
     qx_all = np.rint(x * osa).astype(np.int64)
     qy_all = np.rint(y * osa).astype(np.int64)
@@ -252,13 +327,29 @@ def _add_sources(
     qx = qx_all - ix * osa + osa // 2
     qy = qy_all - iy * osa + osa // 2
     kid = core0 + qy * osa + qx
+    kernels = table.kernels
     peak_core = flux * np.array([kernels[k].max() for k in range(len(kernels))])[kid]
     bright = (peak_core > 0.3 * meta.saturate) & ~is_gal
     kid = np.where(bright, wide0, kid)
     kid = np.where(is_gal, gal0 + gal_tpl, kid)
     ix = np.where(is_gal | bright, np.rint(x).astype(np.int64), ix)
     iy = np.where(is_gal | bright, np.rint(y).astype(np.int64), iy)
-    half = np.asarray(halves)[kid]
+    return kid, ix, iy, bright
+
+
+def _add_stamps(
+    signal: np.ndarray,
+    table: _KernelTable,
+    kid: np.ndarray,
+    ix: np.ndarray,
+    iy: np.ndarray,
+    flux: np.ndarray,
+) -> np.ndarray:
+    """Add each source's kernel, times its flux, centred on its pixel and cut at the CCD's
+    edges; returns which sources touched the CCD."""
+    height, width = signal.shape
+    kernels = table.kernels
+    half = np.asarray(table.halves)[kid]
     ya, yb = np.maximum(iy - half, 0), np.minimum(iy + half + 1, height)
     xa, xb = np.maximum(ix - half, 0), np.minimum(ix + half + 1, width)
     keep = (ya < yb) & (xa < xb)
@@ -269,21 +360,37 @@ def _add_sources(
     fl = flux[idx].astype(np.float32).tolist()
     for k, a, b, c, d, ka, kb, kc, kd, f in zip(*cols, fl, strict=True):
         signal[a:b, c:d] += f * kernels[k][ka:kb, kc:kd]
-    # Bleed trails: the charge above saturation spills along the column through the star.
-    for s in np.nonzero(bright & keep)[0].tolist():
-        k = kernels[kid[s]]
-        excess = float(np.clip(flux[s] * k - meta.saturate, 0.0, None).sum())
+    return keep
+
+
+def _add_bleed_trails(
+    signal: np.ndarray,
+    table: _KernelTable,
+    kid: np.ndarray,
+    ix: np.ndarray,
+    iy: np.ndarray,
+    flux: np.ndarray,
+    stars: np.ndarray,
+    saturate: float,
+) -> None:
+    """Set to twice ``saturate`` the column through each of the ``stars`` that saturates, over
+    its saturated rows and a spill that grows with the charge above saturation."""
+    height, width = signal.shape
+    halves = table.halves
+    for s in np.nonzero(stars)[0].tolist():
+        k = table.kernels[kid[s]]
+        excess = float(np.clip(flux[s] * k - saturate, 0.0, None).sum())
         if excess <= 0 or not (0 <= ix[s] < width):
             continue
         h = halves[kid[s]]
         col = flux[s] * k[:, h]
-        rows = np.nonzero(col > meta.saturate)[0]
+        rows = np.nonzero(col > saturate)[0]
         if rows.size == 0:
             rows = np.array([h])
-        spill = int(min(excess / meta.saturate / 2.0, 600))
+        spill = int(min(excess / saturate / 2.0, 600))
         top = max(int(iy[s]) - h + int(rows.min()) - spill, 0)
         bottom = min(int(iy[s]) - h + int(rows.max()) + spill + 1, height)
-        signal[top:bottom, int(ix[s])] = 2.0 * meta.saturate
+        signal[top:bottom, int(ix[s])] = 2.0 * saturate
 
 
 def _add_bad_columns(rng: np.random.Generator, signal: np.ndarray, exptime: float) -> None:
