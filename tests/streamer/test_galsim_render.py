@@ -10,10 +10,12 @@ pytest.importorskip("galsim")
 
 from models.classes import CLASSES  # noqa: E402
 from streamer import galsim_render as gr  # noqa: E402
+from streamer.galsim_ccd import render_ccd, trail_path  # noqa: E402
+from streamer.galsim_spec import FILTERS, PIXEL_SCALE, Mosaic, plan_archive  # noqa: E402
 from transforms.dataset import find_archive  # noqa: E402
 from transforms.exposure import read_ccd, read_meta  # noqa: E402
 
-MOSAIC = gr.Mosaic(2, 256, 512)
+MOSAIC = Mosaic(2, 256, 512)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_archive_is_readable_and_labelled(archive):
         assert meta.night == "2025-02-03"  # DATE-OBS falls in the directory's night
         assert meta.n_ccd == 2 and meta.ccd_shape == (512, 256)
         assert meta.ccd_names == ("ccd00", "ccd01")
-        assert meta.filter in gr.FILTERS and meta.exptime > 0 and meta.airmass >= 1.0
+        assert meta.filter in FILTERS and meta.exptime > 0 and meta.airmass >= 1.0
         assert meta.object
         ccd = read_ccd(item.path, 1)
         assert ccd.data.dtype == np.float32 and ccd.shape == (512, 256)
@@ -56,9 +58,9 @@ def test_archive_is_readable_and_labelled(archive):
 
 
 def test_same_seed_same_pixels():
-    spec = gr.plan_archive(["2025-02-03"], 1, ["RBT"], 9, 1)[0]
-    a, _ = gr.render_ccd(spec, gr.Mosaic(1, 128, 128), 0)
-    b, _ = gr.render_ccd(spec, gr.Mosaic(1, 128, 128), 0)
+    spec = plan_archive(["2025-02-03"], 1, ["RBT"], 9, 1)[0]
+    a, _ = render_ccd(spec, Mosaic(1, 128, 128), 0)
+    b, _ = render_ccd(spec, Mosaic(1, 128, 128), 0)
     np.testing.assert_array_equal(a, b)
 
 
@@ -97,8 +99,8 @@ def _star_shapes(img: np.ndarray, n: int = 5, half: int = 30) -> tuple[float, fl
 
 
 def test_seeing_and_trails_are_drawn_as_specified():
-    mosaic = gr.Mosaic(1, 512, 512)
-    base = gr.plan_archive(["2025-02-03"], 1, ["GOOD"], 11, 1)[0]
+    mosaic = Mosaic(1, 512, 512)
+    base = plan_archive(["2025-02-03"], 1, ["GOOD"], 11, 1)[0]
     base = dataclasses.replace(
         base,
         filter="r.MP9602",
@@ -110,27 +112,27 @@ def test_seeing_and_trails_are_drawn_as_specified():
         shear_pattern=0.0,
         fwhm=0.6,
     )
-    good = gr.render_ccd(base, mosaic, 0)[0]
-    bad = gr.render_ccd(dataclasses.replace(base, label="B_SEEING", fwhm=2.0), mosaic, 0)[0]
+    good = render_ccd(base, mosaic, 0)[0]
+    bad = render_ccd(dataclasses.replace(base, label="B_SEEING", fwhm=2.0), mosaic, 0)[0]
     trail = dataclasses.replace(
         base, label="BT", trail_mode="line", trail_length=6.0, trail_angle=0.0
     )
-    trailed = gr.render_ccd(trail, mosaic, 0)[0]
+    trailed = render_ccd(trail, mosaic, 0)[0]
     g_size, g_e1, g_e2 = _star_shapes(good)
     b_size, _, _ = _star_shapes(bad)
     t_size, t_e1, t_e2 = _star_shapes(trailed)
-    assert g_size == pytest.approx(0.6 / 2.3548 / gr.PIXEL_SCALE, rel=0.3)  # drawn 0.6"
+    assert g_size == pytest.approx(0.6 / 2.3548 / PIXEL_SCALE, rel=0.3)  # drawn 0.6"
     assert abs(g_e1) < 0.1 and abs(g_e2) < 0.1  # round
     assert b_size > 2.2 * g_size  # 2.0" vs 0.6"
     assert t_e1 > 0.5 and abs(t_e2) < 0.15  # a 6" trail along x
 
 
 def test_rbt_paths_are_long_and_bt_paths_straight():
-    spec = gr.plan_archive(["2025-02-03"], 1, ["RBT"], 3, 1)[0]
+    spec = plan_archive(["2025-02-03"], 1, ["RBT"], 3, 1)[0]
     for mode in ("wobble", "walk", "arc", "jump"):
         s = dataclasses.replace(spec, trail_mode=mode, trail_length=20.0)
-        span = np.hypot(*np.ptp(gr.trail_path(s, 0.5, -0.5), axis=0))
+        span = np.hypot(*np.ptp(trail_path(s, 0.5, -0.5), axis=0))
         assert 8.0 < span < 45.0, mode
     s = dataclasses.replace(spec, trail_mode="line", trail_length=4.0, trail_params={})
-    assert np.hypot(*np.ptp(gr.trail_path(s, 0.0, 0.0), axis=0)) == pytest.approx(4.0, rel=0.05)
-    assert gr.trail_path(dataclasses.replace(spec, trail_mode="none"), 0, 0) is None
+    assert np.hypot(*np.ptp(trail_path(s, 0.0, 0.0), axis=0)) == pytest.approx(4.0, rel=0.05)
+    assert trail_path(dataclasses.replace(spec, trail_mode="none"), 0, 0) is None
