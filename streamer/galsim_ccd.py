@@ -307,11 +307,7 @@ def render_ccd(spec: ExposureSpec, mosaic: Mosaic, ccd: int) -> tuple[np.ndarray
     rng_noise = _ccd_rng(spec, ccd, 2)
     rng_det = _ccd_rng(spec, ccd, 3)
     w, h = mosaic.width, mosaic.height
-    gain = round(float(rng_det.uniform(1.45, 1.85)), 3)
-    rdnoise = round(float(rng_det.uniform(3.5, 5.5)), 2)
-    bias = spec.bias + float(rng_det.normal(0, 30))
-    amp_offset = float(rng_det.normal(0, 6)) if rng_det.random() < 0.5 else 0.0
-    full_well = (spec.saturate - bias - abs(amp_offset) - 10) * gain
+    amps = _electronics(spec, rng_det)
     cu, cv = mosaic.ccd_centre(ccd)
     _, zp, sky_mag, kext = FILTERS[spec.filter]
     mag_off = kext * (spec.airmass - 1.0)
@@ -326,21 +322,96 @@ def render_ccd(spec: ExposureSpec, mosaic: Mosaic, ccd: int) -> tuple[np.ndarray
     canvas = galsim.ImageF(
         w + 2 * margin, h + 2 * margin, xmin=-margin, ymin=-margin, scale=PIXEL_SCALE
     )
+    zones = _psf_zones(spec, mosaic, ccd)
 
-    # PSF zones along the long axis
+    # depth: faintest magnitude worth drawing (~0.5 sigma peak)
+    sky_c = float(sky_field(spec, np.array([cu]), np.array([cv]), dark_e)[0])
+    sigma = math.sqrt(sky_c + amps.rdnoise**2)
+    peak_frac = zones.psfs[0].peak
+    f_min = 0.3 * sigma / peak_frac
+    mag_lim = min(_MAX_MAG, zp + 2.5 * math.log10(spec.exptime / f_min) - mag_off)
+    stars, gals = _source_mags(spec, rng_src, mosaic, margin, mag_lim)
+
+    # sources on the canvas: stars, then galaxies (each drawn with its zone's PSF)
+    sx, sy, st = _place(rng_src, spec, mosaic, ccd, margin, len(stars))
+    star_flux = spec.exptime * 10 ** (-0.4 * (stars + mag_off - zp)) * st
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", galsim.GalSimWarning)
+        saturated = _draw_stars(canvas, zones, sx, sy, star_flux, 0.3 * sigma, amps.full_well)
+        gx, gy, gt = _place(rng_src, spec, mosaic, ccd, margin, len(gals))
+        gal_flux = spec.exptime * 10 ** (-0.4 * (gals + mag_off - zp)) * gt
+        _draw_galaxies(rng_src, spec, canvas, zones, gals, gx, gy, gal_flux, sigma)
+
+    # tracking: the whole canvas convolved with the path, then cut to the CCD
+    signal = canvas.array.astype(np.float64)
+    if kernel is not None:
+        signal = _convolve_same(signal, kernel)
+    signal = signal[margin : margin + h, margin : margin + w]
+    np.clip(signal, 0.0, None, out=signal)
+
+    sky = _sky_image(spec, mosaic, ccd, dark_e)
+    dead = ccd == spec.dead_ccd
+    adu = _read_out(spec, ccd, rng_noise, rng_det, signal + sky, saturated, amps, bool(dead))
+    meta = {
+        "gain": amps.gain,
+        "rdnoise": amps.rdnoise,
+        "saturate": spec.saturate,
+        "bias": round(amps.bias, 1),
+    }
+    meta.update(n_star=len(stars), n_gal=len(gals), mag_lim=round(mag_lim, 2), dead=bool(dead))
+    return np.round(adu).astype(np.uint16), meta
+
+
+@dataclass(frozen=True)
+class _Electronics:
+    """A CCD's gain (e-/ADU), read noise (e-), bias (ADU), right-amplifier offset (ADU) and the
+    charge (e-) at which a pixel reads ``SATURATE``."""
+
+    gain: float
+    rdnoise: float
+    bias: float
+    amp_offset: float
+    full_well: float
+
+
+def _electronics(spec: ExposureSpec, rng_det: np.random.Generator) -> _Electronics:
+    gain = round(float(rng_det.uniform(1.45, 1.85)), 3)
+    rdnoise = round(float(rng_det.uniform(3.5, 5.5)), 2)
+    bias = spec.bias + float(rng_det.normal(0, 30))
+    amp_offset = float(rng_det.normal(0, 6)) if rng_det.random() < 0.5 else 0.0
+    full_well = (spec.saturate - bias - abs(amp_offset) - 10) * gain
+    return _Electronics(gain, rdnoise, bias, amp_offset, full_well)
+
+
+@dataclass
+class _Zones:
+    """The PSF zones of a CCD, along its long axis: zone ``k`` spans ``edges[k]..edges[k+1]``."""
+
+    edges: np.ndarray
+    psfs: list[_ZonePsf]
+
+    def at(self, y: float) -> _ZonePsf:
+        """The zone of CCD row ``y``."""
+        return self.psfs[int(np.clip(np.searchsorted(self.edges, y) - 1, 0, len(self.psfs) - 1))]
+
+
+def _psf_zones(spec: ExposureSpec, mosaic: Mosaic, ccd: int) -> _Zones:
+    w, h = mosaic.width, mosaic.height
     n_zone = max(1, round(h / 1150))
     zone_edges = np.linspace(0, h, n_zone + 1)
     zones = []
     for z in range(n_zone):
         zu, zv = mosaic.to_uv(ccd, w / 2.0, (zone_edges[z] + zone_edges[z + 1]) / 2.0)
         zones.append(_zone_psf(spec, float(zu), float(zv)))
+    return _Zones(zone_edges, zones)
 
-    # depth: faintest magnitude worth drawing (~0.5 sigma peak)
-    sky_c = float(sky_field(spec, np.array([cu]), np.array([cv]), dark_e)[0])
-    sigma = math.sqrt(sky_c + rdnoise**2)
-    peak_frac = zones[0].peak
-    f_min = 0.3 * sigma / peak_frac
-    mag_lim = min(_MAX_MAG, zp + 2.5 * math.log10(spec.exptime / f_min) - mag_off)
+
+def _source_mags(
+    spec: ExposureSpec, rng_src: np.random.Generator, mosaic: Mosaic, margin: int, mag_lim: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitudes of the stars and galaxies on the canvas (the CCD and its margin), brighter
+    than ``mag_lim``."""
+    w, h = mosaic.width, mosaic.height
     area = mosaic.width * mosaic.height * (PIXEL_SCALE / 3600.0) ** 2
     area *= (w + 2 * margin) * (h + 2 * margin) / (w * h)
     stars = _sample_mags(rng_src, spec.star_density * 400 * area * 10 ** (0.15 * 4), 0.15, 9.0, 24)
@@ -351,61 +422,86 @@ def render_ccd(spec: ExposureSpec, mosaic: Mosaic, ccd: int) -> tuple[np.ndarray
         extra = _sample_mags(rng_src, n_faint, 0.33, 24.0, mag_lim)
         gals = np.concatenate([gals, extra])
     gals = gals[gals < mag_lim]
+    return stars, gals
 
-    def place(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = rng_src.uniform(-margin, w + margin - 1, n)
-        y = rng_src.uniform(-margin, h + margin - 1, n)
-        u, v = mosaic.to_uv(ccd, x, y)
-        return x, y, transmission(spec, u, v)
 
-    def zone_of(y: float) -> _ZonePsf:
-        return zones[int(np.clip(np.searchsorted(zone_edges, y) - 1, 0, n_zone - 1))]
+def _place(
+    rng_src: np.random.Generator,
+    spec: ExposureSpec,
+    mosaic: Mosaic,
+    ccd: int,
+    margin: int,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (CCD pixels, over the canvas) of ``n`` sources and the transmission at each."""
+    x = rng_src.uniform(-margin, mosaic.width + margin - 1, n)
+    y = rng_src.uniform(-margin, mosaic.height + margin - 1, n)
+    u, v = mosaic.to_uv(ccd, x, y)
+    return x, y, transmission(spec, u, v)
 
-    thr = 0.3 * sigma
-    sx, sy, st = place(len(stars))
-    star_flux = spec.exptime * 10 ** (-0.4 * (stars + mag_off - zp)) * st
+
+def _draw_stars(
+    canvas: galsim.ImageF,
+    zones: _Zones,
+    sx: np.ndarray,
+    sy: np.ndarray,
+    star_flux: np.ndarray,
+    thr: float,
+    full_well: float,
+) -> list[tuple[float, float]]:
+    """Draw the stars, out to where their profile falls below ``thr`` (e-); the bright ones from
+    the analytic PSF on large stamps. Returns the positions of those that saturate."""
     saturated: list[tuple[float, float]] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", galsim.GalSimWarning)
-        for x, y, f in zip(sx, sy, star_flux, strict=True):
-            zpsf = zone_of(y)
-            radial = zpsf.radial * f
-            half = int(np.searchsorted(-radial, -thr)) + 2
-            if f * zpsf.peak > _BRIGHT_PEAK_E:
-                half = min(max(half, 32), 300)
-                _draw(zpsf.profile.withFlux(f), canvas, x, y, half, "auto")
-                if f * zpsf.peak > full_well:
-                    saturated.append((x, y))
-            else:
-                _draw(zpsf.epsf.withFlux(f), canvas, x, y, min(half, 60), "no_pixel")
-        gx, gy, gt = place(len(gals))
-        gal_flux = spec.exptime * 10 ** (-0.4 * (gals + mag_off - zp)) * gt
-        psf_sigma = spec.fwhm / 2.3548
-        for m, x, y, f in zip(gals, gx, gy, gal_flux, strict=True):
-            shape = _galaxy_shape(rng_src, float(m))
-            zpsf = zone_of(y)
-            half = int(min((shape.extent + 2.0 * spec.fwhm) / PIXEL_SCALE, 120)) + 3
-            snr_peak = f * zpsf.peak / sigma
-            if snr_peak < _FAINT_PEAK_SIGMA or (shape.hlr < 0.3 * spec.fwhm and snr_peak < 50):
-                _draw(
-                    _faint_galaxy(shape, zpsf, psf_sigma).withFlux(f),
-                    canvas,
-                    x,
-                    y,
-                    half,
-                    "no_pixel",
-                )
-            else:
-                obj = galsim.Convolve(_galaxy(shape), zpsf.epsf, gsparams=_GSP).withFlux(f)
-                _draw(obj, canvas, x, y, half, "no_pixel")
+    for x, y, f in zip(sx, sy, star_flux, strict=True):
+        zpsf = zones.at(y)
+        radial = zpsf.radial * f
+        half = int(np.searchsorted(-radial, -thr)) + 2
+        if f * zpsf.peak > _BRIGHT_PEAK_E:
+            half = min(max(half, 32), 300)
+            _draw(zpsf.profile.withFlux(f), canvas, x, y, half, "auto")
+            if f * zpsf.peak > full_well:
+                saturated.append((x, y))
+        else:
+            _draw(zpsf.epsf.withFlux(f), canvas, x, y, min(half, 60), "no_pixel")
+    return saturated
 
-    signal = canvas.array.astype(np.float64)
-    if kernel is not None:
-        signal = _convolve_same(signal, kernel)
-    signal = signal[margin : margin + h, margin : margin + w]
-    np.clip(signal, 0.0, None, out=signal)
 
-    # sky on a coarse grid, bilinearly upsampled
+def _draw_galaxies(
+    rng_src: np.random.Generator,
+    spec: ExposureSpec,
+    canvas: galsim.ImageF,
+    zones: _Zones,
+    gals: np.ndarray,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    gal_flux: np.ndarray,
+    sigma: float,
+) -> None:
+    """Draw the galaxies, each convolved with its zone's PSF; faint or small ones, which no
+    measurement resolves, as stretched PSFs."""
+    psf_sigma = spec.fwhm / 2.3548
+    for m, x, y, f in zip(gals, gx, gy, gal_flux, strict=True):
+        shape = _galaxy_shape(rng_src, float(m))
+        zpsf = zones.at(y)
+        half = int(min((shape.extent + 2.0 * spec.fwhm) / PIXEL_SCALE, 120)) + 3
+        snr_peak = f * zpsf.peak / sigma
+        if snr_peak < _FAINT_PEAK_SIGMA or (shape.hlr < 0.3 * spec.fwhm and snr_peak < 50):
+            _draw(
+                _faint_galaxy(shape, zpsf, psf_sigma).withFlux(f),
+                canvas,
+                x,
+                y,
+                half,
+                "no_pixel",
+            )
+        else:
+            obj = galsim.Convolve(_galaxy(shape), zpsf.epsf, gsparams=_GSP).withFlux(f)
+            _draw(obj, canvas, x, y, half, "no_pixel")
+
+
+def _sky_image(spec: ExposureSpec, mosaic: Mosaic, ccd: int, dark_e: float) -> np.ndarray:
+    """The sky (e-) of every pixel: the spec's field on a coarse grid, bilinearly upsampled."""
+    w, h = mosaic.width, mosaic.height
     step = 32
     gy_c = np.arange(0, h + step, step, dtype=float)
     gx_c = np.arange(0, w + step, step, dtype=float)
@@ -414,11 +510,24 @@ def render_ccd(spec: ExposureSpec, mosaic: Mosaic, ccd: int) -> tuple[np.ndarray
     rows = np.stack([np.interp(np.arange(w), gx_c, coarse[i]) for i in range(len(gy_c))])
     i0 = np.arange(h) // step
     frac = (np.arange(h) % step / step)[:, None]
-    sky = rows[i0] * (1.0 - frac) + rows[i0 + 1] * frac
-    dead = ccd == spec.dead_ccd
+    return rows[i0] * (1.0 - frac) + rows[i0 + 1] * frac
 
-    electrons = rng_noise.poisson(np.clip(signal + sky, 0, 1e9)).astype(np.float64)
-    _bleed(electrons, saturated, full_well, margin=0)
+
+def _read_out(
+    spec: ExposureSpec,
+    ccd: int,
+    rng_noise: np.random.Generator,
+    rng_det: np.random.Generator,
+    expected: np.ndarray,
+    saturated: list[tuple[float, float]],
+    amps: _Electronics,
+    dead: bool,
+) -> np.ndarray:
+    """ADU (float, clipped to ``SATURATE``) read from ``expected`` electrons: Poisson noise,
+    bleed trails, cosmic rays, a bad column, a dead CCD, read noise, gain, bias, amplifiers."""
+    h, w = expected.shape
+    electrons = rng_noise.poisson(np.clip(expected, 0, 1e9)).astype(np.float64)
+    _bleed(electrons, saturated, amps.full_well, margin=0)
     _cosmic_rays(rng_det, electrons, spec.exptime)
     if ccd in spec.bad_column_ccds:
         col = int(rng_det.integers(0, w))
@@ -429,13 +538,11 @@ def render_ccd(spec: ExposureSpec, mosaic: Mosaic, ccd: int) -> tuple[np.ndarray
             electrons[start:, col] += rng_det.uniform(300, 3000)
     if dead:
         electrons[:] = rng_noise.poisson(5.0, electrons.shape)
-    electrons += rng_noise.normal(0.0, rdnoise, electrons.shape)
-    adu = electrons / gain + bias
-    adu[:, w // 2 :] += amp_offset
+    electrons += rng_noise.normal(0.0, amps.rdnoise, electrons.shape)
+    adu = electrons / amps.gain + amps.bias
+    adu[:, w // 2 :] += amps.amp_offset
     np.clip(adu, 0.0, spec.saturate, out=adu)
-    meta = {"gain": gain, "rdnoise": rdnoise, "saturate": spec.saturate, "bias": round(bias, 1)}
-    meta.update(n_star=len(stars), n_gal=len(gals), mag_lim=round(mag_lim, 2), dead=bool(dead))
-    return np.round(adu).astype(np.uint16), meta
+    return adu
 
 
 def _bleed(img: np.ndarray, stars: Iterable[tuple[float, float]], full_well: float, margin: int):
