@@ -3,7 +3,7 @@
 Pure numpy: no Beam, no sep, no torch (imported from ``ops`` only: the config defaults, the
 log escaping). The per-CCD chain calls :func:`with_physics` (:func:`ccd_physics`) right after
 extraction, in the Beam stage (:mod:`transforms.stages`) and in the CCD pool
-(:mod:`transforms.ccd_pool`); :func:`exposure_physics` combines the CCDs.
+(:mod:`streamer.ccd_pool`); :func:`exposure_physics` combines the CCDs.
 
 Stars (:func:`select_stars`)
 ----------------------------

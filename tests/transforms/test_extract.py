@@ -223,7 +223,7 @@ def test_pooled_extraction_keeps_the_exposures_it_finished_when_a_run_dies(
     """With the CCD pool each exposure's parquet file is written as soon as the exposure is
     measured (no GroupByKey barrier): a run that dies on its second exposure keeps the first."""
     from streamer import pipelines
-    from transforms.ccd_pool import shutdown_pool
+    from streamer.ccd_pool import shutdown_pool
 
     real = pipelines._WriteMeasuredExposure.process
 
@@ -271,7 +271,7 @@ def test_cache_features_with_local_workers_uses_the_pool_and_shows_progress(
 def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
     """Pool workers run the per-CCD chain only. A spawned worker's imports are its start-up
     time, paid inside the first exposure: Beam costs ~1.3 s and torch ~3 s and ~200 MB."""
-    from transforms.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
+    from streamer.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
     from transforms.exposure import read_meta
 
     pool = ccd_pool(1)
@@ -293,7 +293,7 @@ def test_start_pool_starts_every_worker_at_once():
     import os
     import time
 
-    from transforms.ccd_pool import shutdown_pool, start_pool
+    from streamer.ccd_pool import shutdown_pool, start_pool
 
     try:
         pool = start_pool(2)
@@ -320,7 +320,7 @@ FAULTS_OF_TWO_LARGE_ALLOCATIONS = (
 def test_pool_workers_reuse_freed_memory_across_ccds():
     """Each full CCD allocates several 38 MB arrays; a worker keeps them for the next CCD
     instead of faulting in fresh zeroed pages (~10k faults per array by default)."""
-    from transforms.ccd_pool import ccd_pool, shutdown_pool
+    from streamer.ccd_pool import ccd_pool, shutdown_pool
 
     try:
         pool = ccd_pool(1)
@@ -340,8 +340,10 @@ def test_pool_workers_reuse_freed_memory_across_ccds():
 
 
 def test_a_negative_ccd_pool_is_refused():
+    from streamer.ccd_pool import pooled
+
     with pytest.raises(ValueError, match="ccd_workers"):
-        ExtractSources("sep", ccd_workers=-1)
+        pooled(-1)
 
 
 def test_backend_keeps_pixels_only_when_asked(archive):
@@ -399,14 +401,14 @@ def test_a_ccd_that_overflows_seps_pixel_buffer_is_retried_larger(monkeypatch, r
 def test_release_fragments_trims_the_heap_every_few_ccds(monkeypatch):
     """With memory reuse on, the heap is trimmed once every TRIM_EVERY CCDs: often enough
     to bound a long-running worker's RSS, rarely enough to keep the reuse's gain."""
-    import transforms.ccd_pool as ccd_pool
+    import transforms.ccd_memory as ccd_memory
 
     trims = []
-    monkeypatch.setattr(ccd_pool, "_MALLOC_TRIM", trims.append)
-    monkeypatch.setattr(ccd_pool, "_since_trim", 0)
-    for _ in range(3 * ccd_pool.TRIM_EVERY + 1):
-        ccd_pool.release_fragments()
+    monkeypatch.setattr(ccd_memory, "_MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(ccd_memory, "_since_trim", 0)
+    for _ in range(3 * ccd_memory.TRIM_EVERY + 1):
+        ccd_memory.release_fragments()
     assert trims == [0, 0, 0]
-    monkeypatch.setattr(ccd_pool, "_MALLOC_TRIM", None)  # not glibc: nothing to trim
-    ccd_pool.release_fragments()
+    monkeypatch.setattr(ccd_memory, "_MALLOC_TRIM", None)  # not glibc: nothing to trim
+    ccd_memory.release_fragments()
     assert trims == [0, 0, 0]

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 PARENT = """
 import os, sys, time
 {prelude}
-from transforms.ccd_pool import pdeathsig, start_pool
+from streamer.ccd_pool import pdeathsig, start_pool
 
 pool = start_pool(2)
 deadline = time.monotonic() + 60
@@ -48,7 +48,7 @@ time.sleep(600)
 
 #: First in the fork server's preload list: takes prctl away, as on a system without it.
 NO_PRCTL = """
-import transforms.ccd_pool as ccd_pool
+import streamer.ccd_pool as ccd_pool
 
 ccd_pool.set_pdeathsig = lambda: False
 """
@@ -126,7 +126,7 @@ def test_without_prctl_the_pool_still_dies_with_its_parent(tmp_path):
     """Where PR_SET_PDEATHSIG is missing, the fork server ends on the EOF of its "alive" pipe
     and the workers on a watchdog of their parent pid."""
     (tmp_path / "no_prctl.py").write_text(NO_PRCTL)
-    prelude = "import no_prctl, transforms.ccd_pool as p\np._CHAIN = ('no_prctl', *p._CHAIN)"
+    prelude = "import no_prctl, streamer.ccd_pool as p\np._CHAIN = ('no_prctl', *p._CHAIN)"
     # on the path through the environment: the fork server ignores its parent's sys.path
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     with pool_parent(prelude, env={"PYTHONPATH": path}) as proc:
@@ -137,7 +137,7 @@ def test_without_prctl_the_pool_still_dies_with_its_parent(tmp_path):
 def test_the_pool_outlives_the_thread_that_started_it():
     """PR_SET_PDEATHSIG fires when the *thread* that forked a process exits: the fork server
     must not be tied to the short-lived thread that first asked for a worker."""
-    from transforms.ccd_pool import shutdown_pool, start_pool
+    from streamer.ccd_pool import shutdown_pool, start_pool
 
     pools: list = []
     try:
@@ -158,7 +158,7 @@ def test_workers_ask_to_be_killed_with_their_parent():
     """Each worker has armed PR_SET_PDEATHSIG (SIGKILL) on Linux."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux only")
-    from transforms.ccd_pool import ccd_pool, pdeathsig, shutdown_pool
+    from streamer.ccd_pool import ccd_pool, pdeathsig, shutdown_pool
 
     try:
         assert ccd_pool(1).submit(pdeathsig).result(timeout=60) == signal.SIGKILL
