@@ -17,6 +17,7 @@ plain dicts with the parquet schema of :mod:`transforms.grades_dataset`.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import time
@@ -43,8 +44,6 @@ def _night_of(path: str, fallback_time: float | None) -> str:
     parent = Path(path).parent.name
     if NIGHT_PATTERN.match(parent):
         return parent
-    import datetime as dt
-
     when = dt.datetime.fromtimestamp(fallback_time or time.time(), dt.UTC)
     return observing_night(when)
 
