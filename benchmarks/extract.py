@@ -303,7 +303,7 @@ def pipeline(path: str, out_dir: str, backend: str, workers: int, pool: bool = F
         [path], out_dir, backend, ExtractConfig(), options, ccd_workers=workers if pool else 0
     )
     if pool:  # stop the pool inside the timed region, as Beam's workers stop inside theirs
-        from transforms.ccd_pool import shutdown_pool
+        from streamer.ccd_pool import shutdown_pool
 
         shutdown_pool()
     t1 = time.monotonic()

@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.classes import CLASSES
@@ -225,8 +226,6 @@ def check_bundle(path: str | os.PathLike) -> ModelBundle:
     BundleError
         Saying what is wrong.
     """
-    import numpy as np
-
     bundle = load_bundle(path)
     arrays = {
         "som.codebook": bundle.som.codebook,

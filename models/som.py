@@ -364,6 +364,7 @@ def train_som(
     seed : int
         Seeds minisom and the sample order: same inputs + seed -> same SOM and clusters.
     """
+    # only training fits a SOM: the CCD chain (and the pool's fork server) loads SOMs without it
     from minisom import MiniSom
 
     rows = np.asarray(rows, dtype=np.float32)

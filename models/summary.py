@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.som import MIN_ISOLATED, measured_mask
+
 SUMMARY_FEATURES: tuple[str, ...] = (
     "log_flux_radius",
     "log_elongation",
@@ -136,8 +138,6 @@ def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
     (``theta_alignment`` needs 5 bright sources: NaN here.) ``exptime`` may be NaN (a catalog
     without EXPTIME): the sky rate is then NaN.
     """
-    from models.som import MIN_ISOLATED, measured_mask
-
     out = np.full(len(SUMMARY_FEATURES), np.nan)
     clean = measured_mask(table)
     flags = np.asarray(table["FLAGS"])

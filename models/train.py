@@ -19,7 +19,7 @@ from torch import nn
 
 from models.aggregate import combine
 from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet, EnsembleNet
+from models.cnn import CnnShape, DualInputNet, EnsembleNet, predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,6 @@ def predict(
     model: DualInputNet | EnsembleNet, data: Dataset, present: np.ndarray | None = None
 ) -> np.ndarray:
     """Class probabilities of every sample (``present`` overrides the image flags)."""
-    from models.cnn import predict_proba
-
     flags = data.present if present is None else present
     out = [
         predict_proba(model, data.image[s : s + 256], data.vector[s : s + 256], flags[s : s + 256])

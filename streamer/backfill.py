@@ -399,6 +399,7 @@ def run_backfill(
     """
     from models.bundle import read_manifest
     from ops.config import config_digest
+    from streamer.ccd_pool import pooled, shutdown_pool
     from streamer.pipelines import make_pipeline, pipeline_options
     from streamer.progress import Progress
     from transforms.grading import GradeExposures
@@ -409,6 +410,7 @@ def run_backfill(
     model_version = str(read_manifest(bundle)["version"])
     digest = config_digest(cfg)
     items = find_exposures(archive, cfg.extract.backend, cfg.extract, nights)
+    pool = pooled(ccd_workers)
     plan = plan_backfill(items, existing_rows(out), model_version, digest, force)
     log.info(
         "backfill %s: %d exposure(s), %d already graded with model %s, %d to grade",
@@ -435,13 +437,11 @@ def run_backfill(
                         p
                         | "ExposurePaths" >> beam.Create([i.path for i in batch])
                         | "GradeExposures"
-                        >> GradeExposures(bundle, cfg.extract, digest, ccd_workers=ccd_workers)
+                        >> GradeExposures(bundle, cfg.extract, digest, ccd_pool=pool)
                         | "WriteRows" >> WriteBackfillRows(out, plan.targets)
                     )
     finally:
-        if ccd_workers:  # the pool served every batch of this backfill; it ends with it
-            from transforms.ccd_pool import shutdown_pool
-
+        if pool is not None:  # the pool served every batch of this backfill; it ends with it
             shutdown_pool()
     summary.wall_s = time.monotonic() - start
     summary.rows = _read_written(watcher.dataset, watcher.written, model_version)

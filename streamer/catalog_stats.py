@@ -16,6 +16,7 @@ shows what the files hold.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -44,8 +45,6 @@ clean and the unsaturated; median BACKGROUND."""
 
 
 def _labels(root: Path) -> dict[str, str]:
-    import csv
-
     with open(root / "labels.csv", newline="") as fh:
         return {r["exposure_id"].strip(): r["label"].strip() for r in csv.DictReader(fh)}
 

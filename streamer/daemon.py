@@ -17,7 +17,7 @@ figures are in benchmarks/README.md):
 - sep holds the GIL: CCDs run in parallel only in separate processes. Beam's
   ``multi_processing`` mode restarts its workers every run (a fixed cost of CPU-seconds per
   run), so the daemon uses a pool of CCD worker processes created once and reused by every
-  exposure (``ccd_workers``; transforms/ccd_pool.py), several times faster than one process.
+  exposure (``ccd_workers``; streamer/ccd_pool.py), several times faster than one process.
 - The model bundle and SOM load once per process (RunInference's handler and the SOM go
   through process-level caches).
 
@@ -210,7 +210,7 @@ class Daemon:
             self.server.stop()
         if getattr(self, "dispatcher", None) is not None:
             self.dispatcher.stop()
-        from transforms.ccd_pool import shutdown_pool
+        from streamer.ccd_pool import shutdown_pool
 
         shutdown_pool()
         if self.ledger is not None:

@@ -45,11 +45,29 @@ import logging
 from collections.abc import Iterator
 
 import apache_beam as beam
+import dask
+import dask.distributed as ddist
 from apache_beam import pvalue
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
-from apache_beam.runners.common import Receiver
+from apache_beam.runners.common import (
+    DoFnContext,
+    DoFnInvoker,
+    DoFnSignature,
+    Receiver,
+    _OutputHandler,
+)
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
+from apache_beam.runners.dask.overrides import dask_overrides
+from apache_beam.runners.dask.transform_evaluator import (
+    TRANSLATIONS,
+    DaskBagWindowedIterator,
+    Flatten,
+    NoOp,
+    get_windowed_value,
+)
+from apache_beam.transforms.sideinputs import SideInputMap
+from dask.distributed import LocalCluster
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +134,6 @@ class _Receiver(Receiver):
 def _run_bundle(items, fn, label, window_fn, side_inputs, args, kwargs) -> list:
     """One Dask partition = one bundle of ``fn``: setup, start, process each item, finish
     (its outputs kept), teardown. Returns ``(tag, WindowedValue)`` pairs, main tag ``None``."""
-    from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
-    from apache_beam.runners.dask.transform_evaluator import get_windowed_value
-
     out: list = []
     receivers = _Receivers(out)
     handler = _OutputHandler(
@@ -201,14 +216,6 @@ class _BagVisitor(PipelineVisitor):
         return bag
 
     def visit_transform(self, node) -> None:
-        from apache_beam.runners.dask.transform_evaluator import (
-            TRANSLATIONS,
-            DaskBagWindowedIterator,
-            Flatten,
-            NoOp,
-        )
-        from apache_beam.transforms.sideinputs import SideInputMap
-
         if node.transform.__class__ is beam.ParDo:
             op = _ParDo(node)
             self.tagged.add(node)
@@ -254,9 +261,6 @@ def translate(pipeline, bag_kwargs: dict) -> tuple:
     when that worker's copy of the partd object is freed (the scheduler drops replicas it
     thinks are surplus), which loses the groups not read yet. ``"tasks"`` moves the groups
     through the scheduler like any other result."""
-    import dask
-    from apache_beam.runners.dask.overrides import dask_overrides
-
     pipeline.replace_all(dask_overrides())
     visitor = _BagVisitor(bag_kwargs)
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
@@ -290,8 +294,6 @@ class SkygradeDaskRunner(DaskRunner):
     apart, ``finish_bundle`` outputs kept, and every leaf computed (see the module doc)."""
 
     def run_pipeline(self, pipeline, options):
-        import dask.distributed as ddist
-
         dask_options = options.view_as(DaskOptions).get_all_options(
             drop_default=True, current_only=True
         )
@@ -323,8 +325,6 @@ def local_cluster(workers: int, threads_per_worker: int = 1) -> Iterator:
 
     The scheduler's HTTP server (dashboard / health) takes a free port on 127.0.0.1: the
     default 8787 collides with any other cluster on the machine."""
-    from dask.distributed import LocalCluster
-
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     cluster = LocalCluster(

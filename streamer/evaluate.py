@@ -13,7 +13,8 @@ ablations (:func:`models.evaluate.ablation_probs`); (4) the traditional baseline
 tree on per-exposure catalog statistics fitted on the bundle's training exposures; (5) the
 report: ``report.md``, ``report.json`` and ``confusion.png`` in ``out_dir``.
 
-The numerical work lives in :mod:`models.evaluate`; the shared stages come from
+The numerical work lives in :mod:`models.evaluate`, the Markdown and the PNG in
+:mod:`streamer.evaluation_report`; the shared stages come from
 :mod:`streamer.pipelines` (the same code :func:`streamer.training_job.run_train` runs).
 """
 
@@ -26,6 +27,38 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow.parquet as pq
+
+from models.aggregate import combine, geometric_mean, vote_pool
+from models.bundle import load_bundle
+from models.classes import CLASSES
+from models.cnn import hit_vector
+from models.evaluate import (
+    STATISTICS,
+    ablation_probs,
+    build_report,
+    comparison_rows,
+    exposure_statistics,
+    fit_threshold_tree,
+    mode_metrics,
+    statistics_matrix,
+)
+from models.summary import stack_summaries
+from models.train import classification_metrics, exposure_probabilities
+from ops.files import atomic_write_text
+from streamer.evaluation_report import plot_confusion, render_markdown
+from streamer.pipelines import (
+    build_dataset,
+    cache_features,
+    pipeline_options,
+    summarize_extract,
+    work_dirs,
+)
+from transforms.dataset import find_archive, read_label_sets, read_labels
+from transforms.extract import features_from_arrow
+from transforms.grade import pick_class, saturated_sky, saturated_sky_probs
+from transforms.representative import ccd_inputs
+from transforms.som_hits import ccd_hits
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +123,6 @@ def run_evaluate(
         When the archive has no labelled exposure, when it is the bundle's training archive
         but holds none of its test exposures, or when no evaluated exposure has a usable CCD.
     """
-    from models.bundle import load_bundle
-    from models.classes import CLASSES
-    from models.evaluate import (
-        STATISTICS,
-        ablation_probs,
-        build_report,
-        comparison_rows,
-        exposure_statistics,
-        fit_threshold_tree,
-        mode_metrics,
-        plot_confusion,
-        render_markdown,
-        statistics_matrix,
-    )
-    from models.train import classification_metrics
-    from ops.files import atomic_write_text
-    from streamer.pipelines import build_dataset, cache_features, pipeline_options, work_dirs
-    from transforms.dataset import find_archive, read_label_sets
 
     say = progress or (lambda text: log.info("%s", text))
     bundle_path, out_dir = Path(bundle_path), Path(out_dir)
@@ -357,7 +372,6 @@ def saturated_ccds(features_dir: Path, exposure_ids) -> dict[str, tuple[int, int
     """Exposure -> (CCDs quarantined as ``saturated``, CCDs) from an extraction cache: its
     quarantine records (``_quarantine/<id>.ccdNN.json``) and feature files. Only exposures
     with a saturated CCD are listed."""
-    from streamer.pipelines import summarize_extract
 
     reasons: dict[str, list[str]] = {}
     for record in summarize_extract(features_dir)["quarantined"]:
@@ -377,9 +391,6 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
     """Exposure metrics of what the grading pipeline would say: the network's exposure
     probabilities, except where :func:`transforms.grade.saturated_sky` grades the exposure BGP
     by rule (also when no CCD reached the network)."""
-    from models.classes import CLASSES
-    from models.train import classification_metrics, exposure_probabilities
-    from transforms.grade import saturated_sky, saturated_sky_probs
 
     ids, truth, exp_probs = exposure_probabilities(data, probs)
     rows = {e: (t, p) for e, t, p in zip(ids, truth.tolist(), exp_probs, strict=True)}
@@ -404,7 +415,6 @@ def rule_comparison(data, probs: np.ndarray) -> dict:
     """Exposure accuracy of the shipped exposure rule (:func:`models.aggregate.combine`, the
     mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
     probabilities."""
-    from models.aggregate import combine, geometric_mean, vote_pool
 
     ids = sorted(set(data.exposure.tolist()))
     right = {"mean": 0, "geometric": 0, "vote": 0}
@@ -424,9 +434,6 @@ def agreement(data, probs: np.ndarray, evaluated, also: dict) -> dict:
     A grade in ``label`` or in ``also`` (other grades a person gave the same exposure) counts
     as agreement: manual grades are noisy (two versions of the real list disagree on 4 of 14).
     """
-    from models.classes import CLASSES
-    from models.train import exposure_probabilities
-    from transforms.grade import pick_class
 
     ids, _, exp_probs = exposure_probabilities(data, probs)
     labels = {i.exposure_id: i.label for i in evaluated}
@@ -476,7 +483,6 @@ def _enough(reference: list[Reference]) -> bool:
 def _training_reference(bundle_path: Path, training: dict, feature_dirs: list[Path]):
     """The bundle's training exposures whose features are cached (here, or in the training's
     default work directory ``<bundle>.work``) and whose labels the training archive still has."""
-    from transforms.dataset import read_labels
 
     default_work = bundle_path.with_name(bundle_path.name + ".work")
     dirs = [*feature_dirs, *(default_work / d.name for d in feature_dirs)]
@@ -504,9 +510,6 @@ def _half_split(labelled: list[tuple[str, str]], graded: list[str]):
 
 
 def _read_features(path: Path):
-    import pyarrow.parquet as pq
-
-    from transforms.extract import features_from_arrow
 
     return features_from_arrow(pq.read_table(path))
 
@@ -530,10 +533,6 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
     np.ndarray or None
         float32 (n_clusters + n_aux,), or None when no CCD has a clean source.
     """
-    from models.cnn import hit_vector
-    from models.summary import stack_summaries
-    from transforms.representative import ccd_inputs
-    from transforms.som_hits import ccd_hits
 
     inputs = [ccd_inputs(ccd_hits(f, som)) for f in ccds]
     inputs = [x for x in inputs if x.reason is None]

@@ -21,6 +21,7 @@ Example
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -29,6 +30,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from models.bundle import BundleError, load_bundle, read_manifest
+from models.classes import CLASSES
+from models.mosaic import split_tiles, tile_grid
+from models.som import SourceSom
+from ops.files import atomic_write_bytes
+from transforms.extract import CcdRejected, SepBackend
+from transforms.representative import ccd_inputs
+from transforms.som_hits import ccd_hits
 
 if TYPE_CHECKING:  # pragma: no cover
     from ops.config import Config
@@ -144,9 +157,6 @@ def inspect_panels(
     -------
     Inspection
     """
-    from models.bundle import read_manifest
-    from transforms.extract import SepBackend
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -165,9 +175,6 @@ def inspect_panels(
 
 def _load_models(bundle_path: Path, manifest: dict):
     """The bundle's SOM, and the whole bundle when its CNN weights are present (else None)."""
-    from models.bundle import BundleError, load_bundle
-    from models.som import SourceSom
-
     cnn_file = manifest.get("cnn", {}).get("file")
     if cnn_file and (bundle_path / cnn_file).is_file():
         bundle = load_bundle(bundle_path)
@@ -193,10 +200,6 @@ def _select_ccds(path: Path, n_ccd: int, ccd: int | None) -> list[int]:
 
 def _panel(backend, meta, ccd: int, som, tile: int) -> CcdPanel:
     """Extract one CCD and build its model inputs; a rejected CCD becomes a panel with a reason."""
-    from transforms.extract import CcdRejected
-    from transforms.representative import ccd_inputs
-    from transforms.som_hits import ccd_hits
-
     name = meta.ccd_names[ccd] if ccd < len(meta.ccd_names) else f"ccd{ccd:02d}"
     try:
         features = backend.features(meta, ccd, keep_pixels=True)
@@ -212,6 +215,7 @@ def _panel(backend, meta, ccd: int, som, tile: int) -> CcdPanel:
 
 def _score(bundle, panels: list[CcdPanel]) -> list[CcdPanel]:
     """Class probabilities of the CCDs that have clean sources (as the grading pipeline does)."""
+    # transforms.score imports Beam (RunInference), which only this scoring needs
     from transforms.score import score_batch
 
     scorable = [p for p in panels if p.inputs is not None and p.inputs.reason is None]
@@ -269,8 +273,6 @@ def _spaced_mosaic(
     """The representative image re-laid with ``gap`` pixels between tiles and a ``label_band``
     under each tile row for the hit counts. Gaps, bands and the tiles of empty clusters are NaN,
     drawn as the background, so an empty cluster is not mistaken for a dark cutout."""
-    from models.mosaic import split_tiles, tile_grid
-
     n_clusters = len(hits)
     rows, cols = tile_grid(n_clusters)
     step_x, step_y = tile + gap, tile + label_band
@@ -283,8 +285,6 @@ def _spaced_mosaic(
 
 
 def _probs_text(probs: np.ndarray, per_line: int) -> str:
-    from models.classes import CLASSES
-
     items = [f"{c} {p:.2f}" for c, p in zip(CLASSES, probs, strict=True)]
     return "\n".join("  ".join(items[i : i + per_line]) for i in range(0, len(items), per_line))
 
@@ -304,8 +304,6 @@ def _panel_title(panel: CcdPanel, single: bool) -> str:
 
 
 def _draw(inspection: Inspection, png_path: Path, stretch: str, single: bool) -> Path:
-    from ops.files import atomic_write_bytes
-
     atomic_write_bytes(png_path, render_png(inspection, stretch, single))
     log.info("wrote %s (%d CCD panel(s))", png_path, len(inspection.panels))
     return png_path
@@ -314,13 +312,6 @@ def _draw(inspection: Inspection, png_path: Path, stretch: str, single: bool) ->
 def render_png(inspection: Inspection, stretch: str = "asinh", single: bool = True) -> bytes:
     """The PNG :func:`inspect_exposure` writes, as bytes: one large panel (``single``) or the
     focal-plane grid of small ones. The observer page draws a CCD's SOM hit grid with it."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from models.mosaic import tile_grid
-
     if stretch not in STRETCHES:
         raise InspectError(f"stretch must be one of {', '.join(STRETCHES)}, got {stretch!r}")
     title, tile, panels = inspection
@@ -375,6 +366,4 @@ def render_png(inspection: Inspection, stretch: str = "asinh", single: bool = Tr
 
 def _grey():
     """Greyscale colour map with NaN (gaps, label bands) drawn as the white background."""
-    from matplotlib import colormaps
-
     return colormaps["gray"].with_extremes(bad="white")

@@ -173,6 +173,7 @@ def run_extract(
     dict
         ``written`` (parquet paths) and ``quarantined`` (records) read back from ``out_dir``.
     """
+    from streamer.ccd_pool import pooled
     from transforms.extract import SepParams, make_backend
     from transforms.quarantine import QUARANTINE
     from transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
@@ -181,7 +182,8 @@ def run_extract(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     make_backend(backend, params)  # an unknown name is refused with the valid ones
     extract = dataclasses.replace(params or SepParams(), backend=backend)
-    measure = MeasureExposures(extract, ccd_workers)  # refuses a bad backend or pool size now
+    # refuses a bad backend or pool size now
+    measure = MeasureExposures(extract, pooled(ccd_workers))
     with make_pipeline(options or pipeline_options()) as p:
         paths = p | "ExposurePaths" >> beam.Create([str(x) for x in paths])
         opened = paths | "OpenExposures" >> OpenExposures(extract)
@@ -236,7 +238,7 @@ def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say
     ids = [i.exposure_id for i in todo_items]
     with _FilesProgress(features_dir, ids, "features" if say is not None else None):
         if pooled:
-            from transforms.ccd_pool import shutdown_pool
+            from streamer.ccd_pool import shutdown_pool
 
             try:
                 run_extract(
@@ -384,11 +386,12 @@ def run_grade(
     """Grade ``paths`` with the model ``bundle`` into the parquet dataset at ``out_dir``.
 
     ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives this
-    call (see :mod:`transforms.ccd_pool`); 0 lets the runner spread them.
+    call (see :mod:`streamer.ccd_pool`); 0 lets the runner spread them.
 
     Returns the exposure rows written (graded and quarantined), sorted by exposure id.
     """
     from ops.config import config_digest
+    from streamer.ccd_pool import pooled
     from transforms.grading import GradeExposures
     from transforms.sinks import WriteGrades
 
@@ -399,7 +402,7 @@ def run_grade(
             | "ExposurePaths" >> beam.Create(paths)
             | "GradeExposures"
             >> GradeExposures(
-                bundle, cfg.extract, config_digest(cfg), arrivals, ccd_workers=ccd_workers
+                bundle, cfg.extract, config_digest(cfg), arrivals, ccd_pool=pooled(ccd_workers)
             )
             | "WriteGrades" >> WriteGrades(out_dir)
         )

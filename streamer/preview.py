@@ -40,7 +40,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from models.mosaic import tile_grid
 from streamer.page_images import focal_plane_layout, png_gray8
+from transforms.confined_reads import pinned
+from transforms.exposure import ExposureError, read_ccd, read_meta
+from transforms.grades_dataset import IMAGE_RANGE
+from transforms.representative import CcdInputs
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +134,7 @@ def display_limits(values: np.ndarray, stretch: str = "asinh") -> tuple[float, f
     if finite.size == 0:
         return 0.0, 1.0
     if stretch == "zscale":
+        # astropy.visualization is slow to import, and only the zscale stretch needs it
         from astropy.visualization import ZScaleInterval
 
         lo, hi = ZScaleInterval().get_limits(finite)
@@ -156,8 +162,6 @@ def _display(binned: np.ndarray) -> np.ndarray:
 
 def ccd_binned(path: str, ccd: int, height: int = PREVIEW_HEIGHT) -> tuple[np.ndarray, int]:
     """One CCD of a (pinned) exposure, binned to at most ``height`` rows; and the factor."""
-    from transforms.exposure import read_ccd
-
     pixels = read_ccd(path, ccd)
     factor = bin_factor(pixels.shape[0], height)
     return bin_pixels(pixels.data, factor), factor
@@ -205,8 +209,6 @@ def assemble_mosaic(ccds: list[np.ndarray | None], gap: int) -> np.ndarray:
 def mosaic_preview(path: str, stretch: str = "asinh", height: int = MOSAIC_HEIGHT) -> Preview:
     """The focal-plane preview of the (pinned) exposure at ``path``: every CCD binned alike, one
     display range for all; a CCD that cannot be read is left black."""
-    from transforms.exposure import ExposureError, read_ccd, read_meta
-
     meta = read_meta(path)
     rows = mosaic_cells(meta.n_ccd)[0]
     ccd_h = meta.ccd_shape[0]
@@ -236,8 +238,6 @@ def hit_grid(hits) -> list[list[dict]]:
     >>> [[c["cluster"] for c in row] for row in hit_grid(range(6))]
     [[0, 1, 2], [3, 4, 5]]
     """
-    from models.mosaic import tile_grid
-
     counts = [int(h) for h in hits]
     if not counts:
         return []
@@ -251,10 +251,8 @@ def hits_png(c: dict, stored: np.ndarray | None) -> bytes:
     representative image with ``#k: hits`` under it, the title with the sources and the
     elongation. ``c``: the CCD row (``hits``, ``n_sources``...); ``stored``: its stored
     representative image (uint8), or None (the tiles are then blank)."""
-    from models.mosaic import tile_grid
+    # streamer.inspect draws with matplotlib: loaded on the first hit grid, not with the page
     from streamer.inspect import CcdPanel, Inspection, render_png
-    from transforms.grades_dataset import IMAGE_RANGE
-    from transforms.representative import CcdInputs
 
     hits = np.asarray(c.get("hits") or [], dtype=np.int64)
     if hits.size == 0:
@@ -370,9 +368,6 @@ class Previews:
         PreviewError
             The file there is another exposure now.
         """
-        from transforms.confined_reads import pinned
-        from transforms.exposure import read_meta
-
         with pinned(path, self.drop_dir):
             meta = read_meta(path)  # the header walk: ~1 ms; refuses a file outside the drop
             if meta.exposure_id != exposure_id:

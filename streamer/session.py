@@ -90,7 +90,7 @@ class GradingSession:
     cfg : Config
         Configuration (``extract``; its digest goes on every row).
     ccd_workers : int
-        CCD worker processes (the pool outlives every run; see :mod:`transforms.ccd_pool`).
+        CCD worker processes (the pool outlives every run; see :mod:`streamer.ccd_pool`).
 
     Examples
     --------
@@ -103,6 +103,7 @@ class GradingSession:
 
         from models.bundle import read_manifest
         from ops.config import config_digest
+        from streamer.ccd_pool import pooled
         from streamer.pipelines import _worker_provision, pipeline_options
         from transforms.grading import GradeExposures
         from transforms.sinks import WriteGrades
@@ -119,7 +120,11 @@ class GradingSession:
             | "Inbox" >> beam.ParDo(_TakeInbox())
             | "GradeExposures"
             >> GradeExposures(
-                bundle, cfg.extract, config_digest(cfg), LiveArrivals(), ccd_workers=ccd_workers
+                bundle,
+                cfg.extract,
+                config_digest(cfg),
+                LiveArrivals(),
+                ccd_pool=pooled(ccd_workers),
             )
             | "WriteGrades" >> WriteGrades(self.out_dir)
             | "Outbox" >> beam.ParDo(_PutOutbox(self._token))

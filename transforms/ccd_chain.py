@@ -3,7 +3,7 @@
 :func:`measure_ccd` is the whole of what happens to one CCD before the CNN, and both ways of
 running it call it: the Beam stage (:class:`transforms.stages.MeasureExposures` without
 ``ccd_workers``, one CCD per element after a Reshuffle) and the CCD pool's workers
-(:func:`transforms.ccd_pool.measure_ccd`, the CCDs of one exposure in processes that outlive
+(:func:`streamer.ccd_pool.measure_ccd`, the CCDs of one exposure in processes that outlive
 the pipeline). It builds nothing: the extraction backend and the SOM are passed in, made once
 per process by the caller (``DoFn.setup``, the pool worker's caches), never here and never at
 import. Like the pool, it imports no Beam and no torch (the import rules in pyproject.toml).

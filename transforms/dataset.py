@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -182,8 +183,6 @@ def exposure_shard(
 
 
 def _with_pixels(f: CcdFeatures, pixels: np.ndarray) -> CcdFeatures:
-    from dataclasses import replace
-
     return replace(f, pixels=pixels)
 
 

@@ -24,13 +24,21 @@ Backends are chosen by name from :data:`BACKENDS` (``sep`` default, ``sextractor
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import sep
 
 from ops.config import ExtractConfig
+from transforms.ccd_checks import ccd_problem
+from transforms.exposure import read_ccd, read_meta
+from transforms.exposure_errors import ExposureError
+from transforms.fits_walk import check_integrity
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +179,6 @@ def _configure_sep() -> None:
     trailed CCDs, whose trails break into many pieces)."""
     global _SEP_READY
     if not _SEP_READY:
-        import sep
-
         sep.set_extract_pixstack(PIXSTACK)
         sep.set_sub_object_limit(4096)
         _SEP_READY = True
@@ -181,8 +187,6 @@ def _configure_sep() -> None:
 def _extract_growing(data, thresh, **kwargs):
     """``sep.extract``, retried with a larger pixel buffer when a CCD overflows it (trails
     and bright skies); the buffer goes back to :data:`PIXSTACK` afterwards."""
-    import sep
-
     stack = PIXSTACK
     try:
         while True:
@@ -224,8 +228,6 @@ def sep_features(
     >>> img[100:103, 100:103] += 500
     >>> table = sep_features(img)
     """
-    import sep
-
     if data.ndim != 2:
         raise ValueError(f"data must be a 2-D image, got shape {data.shape}")
     params = params or SepParams()
@@ -318,8 +320,6 @@ def half_light_radius(
         Radii (pixels) and sep's aperture flags (``sep.APER_TRUNC``: the aperture left the
         image).
     """
-    import sep
-
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     a = np.asarray(a, np.float64)
     b = np.minimum(np.asarray(b, np.float64), a)
@@ -338,8 +338,6 @@ def half_light_radius(
 
 def _sextractor_flags(sep_flags: np.ndarray) -> np.ndarray:
     """Map sep's object flags onto SExtractor's FLAGS bits."""
-    import sep
-
     out = np.zeros(len(sep_flags), dtype=np.int32)
     for sep_bit, sex_bit in (
         (sep.OBJ_MERGED, FLAG_BLENDED),
@@ -430,9 +428,6 @@ class PixelBackend:
 
     def open(self, path: str):
         """Integrity walk + metadata; raises ``ExposureError`` for a bad file."""
-        from transforms.exposure import read_meta
-        from transforms.fits_walk import check_integrity
-
         check_integrity(path)
         return read_meta(path)
 
@@ -441,10 +436,6 @@ class PixelBackend:
 
         With ``keep_pixels`` the background-subtracted image rides along in the result.
         """
-        from transforms.ccd_checks import ccd_problem
-        from transforms.exposure import read_ccd
-        from transforms.exposure_errors import ExposureError
-
         try:
             # The file pinned when the exposure was opened, if it was (the daemon): its open
             # descriptor, never the name again (transforms.confined_reads).
@@ -514,8 +505,6 @@ def make_backend(name: str, params: SepParams | None = None):
     ValueError
         For an unknown name; the message lists the valid ones.
     """
-    import importlib
-
     try:
         module, _, cls = BACKENDS[name].partition(":")
     except KeyError:
@@ -535,10 +524,6 @@ def features_to_arrow(ccds: list[CcdFeatures]):
     is kept in the schema metadata under ``skygrade.ccds`` so :func:`features_from_arrow`
     restores the records exactly.
     """
-    import json
-
-    import pyarrow as pa
-
     ccds = sorted(ccds, key=lambda c: c.ccd)
     n = [c.n_sources for c in ccds]
     columns = {
@@ -571,8 +556,6 @@ def features_to_arrow(ccds: list[CcdFeatures]):
 
 def features_from_arrow(table) -> list[CcdFeatures]:
     """Inverse of :func:`features_to_arrow`."""
-    import json
-
     meta = (table.schema.metadata or {}).get(b"skygrade.ccds")
     if meta is None:
         raise ValueError("not a skygrade feature table: schema metadata 'skygrade.ccds' missing")

@@ -8,15 +8,16 @@ The one composite transform that the daemon, ``skygrade grade`` and the backfill
 Each CCD goes through the per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`: extraction,
 hits and cutouts in one call, so the pixels read for extraction are reused for the cutouts and
 dropped before anything is serialised). :class:`~transforms.stages.MeasureExposures` runs it
-either in a Beam stage per CCD, gathered again by exposure (``ccd_workers=0``: batch runs on
+either in a Beam stage per CCD, gathered again by exposure (no ``ccd_pool``: batch runs on
 any runner), or in a process pool that outlives the pipeline, element by element with no
-shuffle (``ccd_workers=N``: the daemon). Either way each exposure comes
-back as one element, whose CCDs are scored as one batch and graded. Rows are plain dicts with
-the parquet schema of :mod:`transforms.grades_dataset`.
+shuffle (``ccd_pool``, from :func:`streamer.ccd_pool.pooled`: the daemon). Either way each
+exposure comes back as one element, whose CCDs are scored as one batch and graded. Rows are
+plain dicts with the parquet schema of :mod:`transforms.grades_dataset`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import time
@@ -32,7 +33,7 @@ from transforms.grade import CcdScore, grade_exposure, physics_columns
 from transforms.psf_measure import ExposurePhysics
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.score import ScoreExposures
-from transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
+from transforms.stages import EXPOSURES, CcdPool, MeasureExposures, OpenExposures
 
 STAGES = ("extract", "som", "representative", "score")
 
@@ -43,8 +44,6 @@ def _night_of(path: str, fallback_time: float | None) -> str:
     parent = Path(path).parent.name
     if NIGHT_PATTERN.match(parent):
         return parent
-    import datetime as dt
-
     when = dt.datetime.fromtimestamp(fallback_time or time.time(), dt.UTC)
     return observing_night(when)
 
@@ -188,10 +187,10 @@ class GradeExposures(beam.PTransform):
         When each file was complete at the drop (the daemon knows); gives ``latency_s``.
     torch_threads : int or None
         Torch threads per worker process.
-    ccd_workers : int
-        0 (default): CCDs are spread by Beam (a Reshuffle), which suits batch runs on any
-        runner. N > 0: each exposure's CCDs run in a pool of N processes that lives as long as
-        this process (:mod:`transforms.ccd_pool`), which suits the daemon's one-exposure
+    ccd_pool : CcdPool or None
+        None (default): CCDs are spread by Beam (a Reshuffle), which suits batch runs on any
+        runner. A pool (:func:`streamer.ccd_pool.pooled`): each exposure's CCDs run in its
+        processes, which live as long as this process, which suits the daemon's one-exposure
         pipelines on the in-process runner.
     """
 
@@ -202,12 +201,10 @@ class GradeExposures(beam.PTransform):
         config_digest: str = "",
         arrivals: Mapping[str, float] | None = None,
         torch_threads: int | None = 1,
-        ccd_workers: int = 0,
+        ccd_pool: CcdPool | None = None,
     ) -> None:
         super().__init__()
-        if ccd_workers < 0:
-            raise ValueError(f"ccd_workers must be >= 0, got {ccd_workers}")
-        self.ccd_workers = ccd_workers
+        self.ccd_pool = ccd_pool
         self.bundle_path = os.fspath(bundle_path)
         manifest = read_manifest(self.bundle_path)  # refuse a mismatched bundle at build time
         self.model_version = str(manifest["version"])
@@ -226,7 +223,7 @@ class GradeExposures(beam.PTransform):
         scored = (
             opened[EXPOSURES]
             | "MeasureExposures"
-            >> MeasureExposures(self.extract, self.ccd_workers, self.som_path, self.tile)
+            >> MeasureExposures(self.extract, self.ccd_pool, self.som_path, self.tile)
             | "ScoreExposures" >> ScoreExposures(self.bundle_path, self.torch_threads)
         )
         version, digest, arrivals = self.model_version, self.config_digest, self.arrivals

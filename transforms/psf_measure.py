@@ -3,7 +3,7 @@
 Pure numpy: no Beam, no sep, no torch (imported from ``ops`` only: the config defaults, the
 log escaping). The per-CCD chain calls :func:`with_physics` (:func:`ccd_physics`) right after
 extraction, in the Beam stage (:mod:`transforms.stages`) and in the CCD pool
-(:mod:`transforms.ccd_pool`); :func:`exposure_physics` combines the CCDs.
+(:mod:`streamer.ccd_pool`); :func:`exposure_physics` combines the CCDs.
 
 Stars (:func:`select_stars`)
 ----------------------------
@@ -74,11 +74,15 @@ zero point: it also falls with bad seeing, a bright sky and a sparse field.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from ops.config import ExtractConfig
+from ops.text import escape_controls
 
 NAN = float("nan")
 PIXEL_SCALE = 0.187
@@ -539,8 +543,6 @@ def ccd_physics(features, meta, settings=None, saturate=None, bias=None) -> CcdP
         The CCD's SATURATE and bias level (default: ``features.saturate`` / ``features.bias``).
     """
     if settings is None:
-        from ops.config import ExtractConfig
-
         settings = ExtractConfig()
     scale = float(settings.pixel_scale)
     t = features.sources
@@ -585,17 +587,11 @@ def with_physics(features, meta, settings=None):
     in a Beam stage or in the CCD pool. A measurement failure never loses the CCD: it is
     logged and the CCD goes on without physics.
     """
-    from dataclasses import replace
-
     if features.pixels is None and features.backend != "catalog":
         return features  # a feature cache (training): nothing to report
     try:
         physics = ccd_physics(features, meta, settings)
     except Exception as exc:  # pragma: no cover - defensive: the grade matters more
-        import logging
-
-        from ops.text import escape_controls
-
         logging.getLogger(__name__).warning(
             "CCD %d of %s: physical measurements failed: %s",
             features.ccd,

@@ -19,6 +19,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle
@@ -127,8 +128,6 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, ModelBundle]):
 
     def load_model(self) -> ModelBundle:
         if self.torch_threads:
-            import torch
-
             torch.set_num_threads(self.torch_threads)
         return load_bundle_cached(self.bundle_path)
 

@@ -2,11 +2,12 @@
 
 What happens to one CCD (pixels -> features -> SOM hits -> representative image) is one plain
 function, :func:`transforms.ccd_chain.measure_ccd`, which imports no Beam: the CCD pool's fork
-server (:mod:`transforms.ccd_pool`) imports the chain before it forks its first worker, that
+server (:mod:`streamer.ccd_pool`) imports the chain before it forks its first worker, that
 start-up is paid inside the first exposure's wall time, and without Beam the chain imports in
 well under half the time and memory (benchmarks/README.md). This module runs that function in
-Beam, and :class:`MeasureExposures` is the one place that chooses how: in a Beam stage per CCD
-(any runner) or in the CCD pool (``ccd_workers``).
+Beam: :class:`MeasureExposures` runs it in a Beam stage per CCD (any runner), or hands each
+exposure to the CCD pool it is given (``ccd_pool``). The pool's processes are streamer/'s
+(:func:`streamer.ccd_pool.pooled` makes the handle); the graph only calls it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import apache_beam as beam
 
-from transforms import ccd_pool
 from transforms.ccd_chain import ExposureInputs, exposure_inputs, measure_ccd
+from transforms.ccd_memory import release_fragments, reuse_freed_memory
+from transforms.exposure import exposure_id_from_path
+from transforms.exposure_errors import ExposureError
 from transforms.extract import SepParams, make_backend
 from transforms.quarantine import QUARANTINE, Quarantined
 from transforms.som_hits import load_som
@@ -53,9 +56,6 @@ class _OpenExposure(beam.DoFn):
         self.backend = make_backend(self._backend_name, self._params)
 
     def process(self, path: str):
-        from transforms.exposure import exposure_id_from_path
-        from transforms.exposure_errors import ExposureError
-
         try:
             meta = self.backend.open(path)
         except ExposureError as exc:
@@ -104,8 +104,8 @@ class _MeasureCcd(beam.DoFn):
         self.backend = make_backend(self.extract.backend, self.extract)
         if self.extract.backend != "catalog":
             # The process measures CCD after CCD of one size: keep their large arrays'
-            # memory (ccd_pool.reuse_freed_memory; ~40 ms less per full CCD).
-            ccd_pool.reuse_freed_memory()
+            # memory (ccd_memory.reuse_freed_memory; ~40 ms less per full CCD).
+            reuse_freed_memory()
         self.som = None if self.som_path is None else load_som(self.som_path)
 
     def process(self, task: CcdTask):
@@ -114,7 +114,7 @@ class _MeasureCcd(beam.DoFn):
                 self.backend, task.meta, task.ccd, self.extract, self.som, self.tile
             )
         finally:
-            ccd_pool.release_fragments()
+            release_fragments()
         if isinstance(result, Quarantined):
             yield beam.pvalue.TaggedOutput(QUARANTINE, result)
             return
@@ -122,21 +122,25 @@ class _MeasureCcd(beam.DoFn):
         yield result
 
 
+class CcdPool(Protocol):
+    """What :class:`MeasureExposures` needs of a CCD pool (:class:`streamer.ccd_pool.CcdPool`):
+    picklable, since Beam pickles the stage that holds it."""
+
+    def start(self) -> None:
+        """Start the workers now (called while the graph is built)."""
+
+    def measure(self, meta, extract, som_path: str | None, tile: int) -> list:
+        """What :func:`~transforms.ccd_chain.measure_ccd` gives for each CCD of ``meta``."""
+
+
 class _PooledExposure(beam.DoFn):
     """Exposure metadata -> one :class:`ExposureInputs`, its CCDs measured in the CCD pool."""
 
-    def __init__(self, workers: int, extract, som_path: str | None, tile: int) -> None:
-        self.workers, self.extract, self.som_path, self.tile = workers, extract, som_path, tile
-
-    def setup(self) -> None:
-        self.pool = ccd_pool.ccd_pool(self.workers)
+    def __init__(self, pool: CcdPool, extract, som_path: str | None, tile: int) -> None:
+        self.pool, self.extract, self.som_path, self.tile = pool, extract, som_path, tile
 
     def process(self, meta):
-        args = (self.extract, self.som_path, self.tile)
-        futures = [
-            self.pool.submit(ccd_pool.measure_ccd, meta, ccd, *args) for ccd in range(meta.n_ccd)
-        ]
-        yield exposure_inputs(meta, [f.result() for f in futures])
+        yield exposure_inputs(meta, self.pool.measure(meta, self.extract, self.som_path, self.tile))
 
 
 def _ccd_tasks(meta) -> list[CcdTask]:
@@ -152,38 +156,38 @@ def _gathered(item) -> ExposureInputs:
 
 class MeasureExposures(beam.PTransform):
     """:class:`ExposureMeta` -> one :class:`ExposureInputs` per exposure: every CCD through
-    :func:`~transforms.ccd_chain.measure_ccd`, measured one of two ways, chosen here alone.
+    :func:`~transforms.ccd_chain.measure_ccd`, measured one of two ways, as the caller chooses.
 
-    - ``ccd_workers=0`` (default): a Beam stage per CCD. The CCDs are spread with a Reshuffle,
+    - ``ccd_pool=None`` (default): a Beam stage per CCD. The CCDs are spread with a Reshuffle,
       so a runner with several workers measures them in parallel, and gathered again by
       exposure (a CoGroupByKey with the metadata). Suits any runner.
-    - ``ccd_workers=N``: each exposure's CCDs run in a pool of N processes that lives as long
-      as this process (:mod:`transforms.ccd_pool`), with the pipeline itself in one process,
-      element by element with no shuffle (a bounded pipeline of one stage, and a chain a
-      streaming pipeline can run). Beam's ``multi_processing`` workers import and start afresh
-      on every run (~7 CPU-s measured); the pool pays that once per process, which is what a
-      daemon or a short run on a few exposures wants.
+    - ``ccd_pool``: each exposure's CCDs run in that pool of processes, which lives as long
+      as this process (:mod:`streamer.ccd_pool`, :func:`~streamer.ccd_pool.pooled`), with the
+      pipeline itself in one process, element by element with no shuffle (a bounded pipeline
+      of one stage, and a chain a streaming pipeline can run). Beam's ``multi_processing``
+      workers import and start afresh on every run (~7 CPU-s measured); the pool pays that
+      once per process, which is what a daemon or a short run on a few exposures wants.
 
     With ``som_path`` the ``ccds`` are :class:`~transforms.representative.CcdInputs` ready for
     scoring (the pixels read for extraction reused for the cutouts, then dropped before
     anything is serialised); without, feature records without pixels (a feature cache).
     """
 
-    def __init__(self, extract, ccd_workers: int = 0, som_path=None, tile: int = 32) -> None:
+    def __init__(
+        self, extract, ccd_pool: CcdPool | None = None, som_path=None, tile: int = 32
+    ) -> None:
         super().__init__()
         make_backend(extract.backend, extract)  # fail at construction for an unknown name
-        if ccd_workers < 0:
-            raise ValueError(f"ccd_workers must be >= 0, got {ccd_workers}")
         if tile < 4:
             raise ValueError(f"cutout size must be >= 4, got {tile}")
-        self.extract, self.ccd_workers, self.tile = extract, ccd_workers, tile
+        self.extract, self.ccd_pool, self.tile = extract, ccd_pool, tile
         self.som_path = None if som_path is None else os.fspath(som_path)
 
     def expand(self, metas):
-        if self.ccd_workers:
-            ccd_pool.start_pool(self.ccd_workers)  # workers boot while the graph is built
+        if self.ccd_pool is not None:
+            self.ccd_pool.start()  # workers boot while the graph is built
             return metas | "MeasureCcdsInPool" >> beam.ParDo(
-                _PooledExposure(self.ccd_workers, self.extract, self.som_path, self.tile)
+                _PooledExposure(self.ccd_pool, self.extract, self.som_path, self.tile)
             )
         measured = (
             metas
@@ -205,7 +209,7 @@ class MeasureExposures(beam.PTransform):
 class ExtractSources(beam.PTransform):
     """Exposure paths -> per-CCD feature records (without pixels), with the quarantine records
     of files and CCDs and the metadata of every exposure that opened:
-    :class:`OpenExposures` then :class:`MeasureExposures` (``ccd_workers`` as there).
+    :class:`OpenExposures` then :class:`MeasureExposures` (``ccd_pool`` as there).
 
     Returns a dict with ``"features"`` (:class:`CcdFeatures`), ``"quarantine"``
     (:class:`~transforms.quarantine.Quarantined`) and ``"exposures"`` (the
@@ -219,12 +223,12 @@ class ExtractSources(beam.PTransform):
     """
 
     def __init__(
-        self, backend: str = "sep", params: SepParams | None = None, ccd_workers: int = 0
+        self, backend: str = "sep", params: SepParams | None = None, ccd_pool: CcdPool | None = None
     ) -> None:
         super().__init__()
         make_backend(backend, params)  # an unknown name is refused with the valid ones
         self.extract = dataclasses.replace(params or SepParams(), backend=backend)
-        self.measure = MeasureExposures(self.extract, ccd_workers)
+        self.measure = MeasureExposures(self.extract, ccd_pool)
 
     def expand(self, paths):
         opened = paths | "OpenExposures" >> OpenExposures(self.extract)

@@ -141,15 +141,13 @@ def test_the_beam_stages_give_what_the_function_gives(backend, meta, som_path):
     expected = _expected(backend, meta, som_path)
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
         measured = (
-            p
-            | Create([meta])
-            | MeasureExposures(EXTRACT, ccd_workers=0, som_path=som_path, tile=TILE)
+            p | Create([meta]) | MeasureExposures(EXTRACT, None, som_path=som_path, tile=TILE)
         )
         assert_that(measured | Map(exposure_signature), equal_to([expected]))
 
 
 def test_the_ccd_pool_gives_what_the_beam_stages_give(backend, meta, som_path):
-    from transforms.ccd_pool import shutdown_pool
+    from streamer.ccd_pool import CcdPool, shutdown_pool
 
     expected = _expected(backend, meta, som_path)
     try:
@@ -157,7 +155,7 @@ def test_the_ccd_pool_gives_what_the_beam_stages_give(backend, meta, som_path):
             measured = (
                 p
                 | Create([meta])
-                | MeasureExposures(EXTRACT, ccd_workers=2, som_path=som_path, tile=TILE)
+                | MeasureExposures(EXTRACT, CcdPool(2), som_path=som_path, tile=TILE)
             )
             assert_that(measured | Map(exposure_signature), equal_to([expected]))
     finally:
@@ -165,7 +163,7 @@ def test_the_ccd_pool_gives_what_the_beam_stages_give(backend, meta, som_path):
 
 
 def test_without_a_som_both_ways_give_the_feature_records(backend, meta):
-    from transforms.ccd_pool import shutdown_pool
+    from streamer.ccd_pool import pooled, shutdown_pool
 
     expected = exposure_signature(
         exposure_inputs(meta, [measure_ccd(backend, meta, c, EXTRACT) for c in range(3)])
@@ -173,14 +171,18 @@ def test_without_a_som_both_ways_give_the_feature_records(backend, meta):
     try:
         for workers in (0, 1):
             with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
-                measured = p | Create([meta]) | MeasureExposures(EXTRACT, ccd_workers=workers)
+                measured = p | Create([meta]) | MeasureExposures(EXTRACT, pooled(workers))
                 assert_that(measured | Map(exposure_signature), equal_to([expected]))
     finally:
         shutdown_pool()
 
 
 def test_measure_exposures_refuses_bad_settings():
+    from streamer.ccd_pool import CcdPool, pooled
+
     with pytest.raises(ValueError, match="ccd_workers"):
-        MeasureExposures(EXTRACT, ccd_workers=-1)
+        pooled(-1)
+    with pytest.raises(ValueError, match="workers"):
+        CcdPool(0)
     with pytest.raises(ValueError, match="cutout size"):
         MeasureExposures(EXTRACT, tile=2)

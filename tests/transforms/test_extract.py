@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -223,7 +221,7 @@ def test_pooled_extraction_keeps_the_exposures_it_finished_when_a_run_dies(
     """With the CCD pool each exposure's parquet file is written as soon as the exposure is
     measured (no GroupByKey barrier): a run that dies on its second exposure keeps the first."""
     from streamer import pipelines
-    from transforms.ccd_pool import shutdown_pool
+    from streamer.ccd_pool import shutdown_pool
 
     real = pipelines._WriteMeasuredExposure.process
 
@@ -271,7 +269,7 @@ def test_cache_features_with_local_workers_uses_the_pool_and_shows_progress(
 def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
     """Pool workers run the per-CCD chain only. A spawned worker's imports are its start-up
     time, paid inside the first exposure: Beam costs ~1.3 s and torch ~3 s and ~200 MB."""
-    from transforms.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
+    from streamer.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
     from transforms.exposure import read_meta
 
     pool = ccd_pool(1)
@@ -285,63 +283,6 @@ def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
         assert "torch" not in loaded
     finally:
         shutdown_pool()
-
-
-def test_start_pool_starts_every_worker_at_once():
-    """start_pool starts all workers before the first CCD, so their start-up overlaps the
-    caller's own work instead of delaying the first exposure; shutdown stops them all."""
-    import os
-    import time
-
-    from transforms.ccd_pool import shutdown_pool, start_pool
-
-    try:
-        pool = start_pool(2)
-        deadline = time.monotonic() + 60
-        while len(pool._processes) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(pool._processes) == 2  # started, though no CCD was submitted
-        workers = list(pool._processes.values())
-        pids = {pool.submit(os.getpid).result(timeout=60) for _ in range(8)}
-        assert pids <= {w.pid for w in workers} and os.getpid() not in pids
-    finally:
-        shutdown_pool()
-    assert not any(w.is_alive() for w in workers)
-
-
-# Page-fault counts after each of two 40 MB allocations, each freed at once (an expression,
-# so that a spawned worker can evaluate it without importing this test module).
-FAULTS_OF_TWO_LARGE_ALLOCATIONS = (
-    "[(bytearray(40_000_000) and None, __import__('resource').getrusage(0).ru_minflt)[1]"
-    " for _ in range(2)]"
-)
-
-
-def test_pool_workers_reuse_freed_memory_across_ccds():
-    """Each full CCD allocates several 38 MB arrays; a worker keeps them for the next CCD
-    instead of faulting in fresh zeroed pages (~10k faults per array by default)."""
-    from transforms.ccd_pool import ccd_pool, shutdown_pool
-
-    try:
-        pool = ccd_pool(1)
-        first, second = pool.submit(eval, FAULTS_OF_TWO_LARGE_ALLOCATIONS).result(timeout=60)
-    finally:
-        shutdown_pool()
-    assert second - first < 500
-    # A fresh interpreter keeps glibc's defaults (this one may have measured CCDs already).
-    fresh = subprocess.run(
-        [sys.executable, "-c", f"print(*{FAULTS_OF_TWO_LARGE_ALLOCATIONS})"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    first, second = map(int, fresh.stdout.split())
-    assert second - first > 5000
-
-
-def test_a_negative_ccd_pool_is_refused():
-    with pytest.raises(ValueError, match="ccd_workers"):
-        ExtractSources("sep", ccd_workers=-1)
 
 
 def test_backend_keeps_pixels_only_when_asked(archive):
@@ -400,14 +341,14 @@ def test_a_ccd_that_overflows_seps_pixel_buffer_is_retried_larger(monkeypatch, r
 def test_release_fragments_trims_the_heap_every_few_ccds(monkeypatch):
     """With memory reuse on, the heap is trimmed once every TRIM_EVERY CCDs: often enough
     to bound a long-running worker's RSS, rarely enough to keep the reuse's gain."""
-    import transforms.ccd_pool as ccd_pool
+    import transforms.ccd_memory as ccd_memory
 
     trims = []
-    monkeypatch.setattr(ccd_pool, "_MALLOC_TRIM", trims.append)
-    monkeypatch.setattr(ccd_pool, "_since_trim", 0)
-    for _ in range(3 * ccd_pool.TRIM_EVERY + 1):
-        ccd_pool.release_fragments()
+    monkeypatch.setattr(ccd_memory, "_MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(ccd_memory, "_since_trim", 0)
+    for _ in range(3 * ccd_memory.TRIM_EVERY + 1):
+        ccd_memory.release_fragments()
     assert trims == [0, 0, 0]
-    monkeypatch.setattr(ccd_pool, "_MALLOC_TRIM", None)  # not glibc: nothing to trim
-    ccd_pool.release_fragments()
+    monkeypatch.setattr(ccd_memory, "_MALLOC_TRIM", None)  # not glibc: nothing to trim
+    ccd_memory.release_fragments()
     assert trims == [0, 0, 0]

@@ -19,7 +19,10 @@ spawning fresh interpreters makes every worker import the chain again, so every 
 costs more wall and CPU than with the fork server. This module and the chain it runs
 (:mod:`transforms.ccd_chain`, :mod:`transforms.extract`, :mod:`transforms.som_hits`,
 :mod:`transforms.representative`) never import Beam or torch (Beam alone costs each process a
-second and more of import and over 100 MB); their Beam wrappers are in :mod:`transforms.stages`.
+second and more of import and over 100 MB); their Beam wrappers are in :mod:`transforms.stages`,
+which takes the pool as a :class:`CcdPool` (:func:`pooled`): the processes live here, in
+streamer/, and the Beam graph only runs what it is given. The heap settings every worker makes
+are :mod:`transforms.ccd_memory`'s (the Beam stage makes them too).
 The figures are in benchmarks/README.md.
 
 The pool dies with the process that uses it, even under ``kill -9`` (before, every kill left
@@ -29,13 +32,15 @@ saw an EOF). On Linux the fork server and each worker ask for SIGKILL when their
 (``prctl(PR_SET_PDEATHSIG)``, see :func:`die_with_parent`); elsewhere the fork server ends on
 the EOF of its "alive" pipe (which the workers now close) and each worker polls its parent's
 pid. The resource tracker then ends on its own EOF. Measured: 4 of the 5 processes of a
-2-worker pool survived a ``kill -9`` of their parent, none now (tests/transforms/test_ccd_pool.py).
+2-worker pool survived a ``kill -9`` of their parent, none now (tests/streamer/test_ccd_pool.py).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -44,8 +49,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import forkserver
 
 from transforms import ccd_chain as chain
+from transforms.ccd_memory import release_fragments, reuse_freed_memory
 from transforms.extract import make_backend
 from transforms.som_hits import load_som
 
@@ -55,9 +62,9 @@ _POOL: ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 _LOCK = threading.Lock()
 _BACKENDS: dict = {}
-_CHAIN = ("transforms.ccd_pool_server", "sep", "transforms.exposure", "transforms.ccd_pool")
+_CHAIN = ("streamer.ccd_pool_server", "sep", "transforms.exposure", "streamer.ccd_pool")
 """What the fork server imports before it serves: first the module that ties it to its parent
-(:mod:`transforms.ccd_pool_server`), then what every worker needs, imported once by the fork
+(:mod:`streamer.ccd_pool_server`), then what every worker needs, imported once by the fork
 server and inherited by each worker."""
 _KEEPER: threading.Thread | None = None
 _KEEPER_STOP = threading.Event()
@@ -124,8 +131,6 @@ def _start_fork_server() -> None:
     global _KEEPER
     if _KEEPER is not None and _KEEPER.is_alive():
         return
-    from multiprocessing import forkserver
-
     started, failed = threading.Event(), []
 
     def keep() -> None:
@@ -164,8 +169,6 @@ def set_pdeathsig() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
-
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -177,8 +180,6 @@ def pdeathsig() -> int:
     """The signal this process gets when its parent dies (0: none, or not Linux)."""
     if not sys.platform.startswith("linux"):
         return 0
-    import ctypes
-
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -228,7 +229,7 @@ def die_with_parent(parent: int, watch: bool = True) -> str:
 def guard_fork_server() -> None:
     """In the fork server, before it imports the CCD chain: end with the process it serves.
 
-    Called by :mod:`transforms.ccd_pool_server`, first in the fork server's preload list. The
+    Called by :mod:`streamer.ccd_pool_server`, first in the fork server's preload list. The
     parent pid is read here, so a parent that dies while the fork server starts (before this
     runs) goes unseen by :func:`die_with_parent`; the fork server then still ends, on the EOF
     of its "alive" pipe, since no worker holds it yet.
@@ -256,60 +257,12 @@ def _close_alive_fd() -> None:
     """
     if multiprocessing.parent_process() is None:  # not a pool worker: leave the server alone
         return
-    from multiprocessing import forkserver
-
     server = forkserver._forkserver
     fd = getattr(server, "_forkserver_alive_fd", None)
     if fd is not None:
         server._forkserver_alive_fd = None
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def reuse_freed_memory() -> bool:
-    """Serve large allocations from the heap and keep freed memory (glibc ``mallopt``).
-
-    A full CCD's arrays (pixels, background and RMS maps: 38 MB each) are above glibc's
-    largest mmap threshold (32 MB), so by default each is a fresh mmap whose pages fault in
-    zeroed, unmapped again when freed: ~12k page faults per CCD. A process that measures CCD
-    after CCD of one size keeps that memory instead: measured 550 -> 512 ms CPU per full CCD
-    (page faults 175k -> 26k over 13 CCDs) at the same peak RSS. Without mmap the heap
-    fragments slowly (+0.5 MB per exposure over 200 small ones, measured), so the caller also
-    calls :func:`release_fragments` after every CCD. Returns False where the C library is
-    not glibc (then nothing changes).
-    """
-    global _MALLOC_TRIM
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 256 << 20))
-    _MALLOC_TRIM = malloc_trim if ok else None
-    return ok
-
-
-TRIM_EVERY = 32
-"""CCDs between two :func:`release_fragments` trims: one round of page faults (~40 ms) per
-32 CCDs keeps nearly all the gain of :func:`reuse_freed_memory` and bounds the RSS."""
-_MALLOC_TRIM = None
-_since_trim = 0
-
-
-def release_fragments() -> None:
-    """Call after each CCD: every :data:`TRIM_EVERY` CCDs, hand the free pages of the heap
-    (holes included, not just its top) back to the system with glibc's ``malloc_trim``."""
-    global _since_trim
-    if _MALLOC_TRIM is None:
-        return
-    _since_trim += 1
-    if _since_trim >= TRIM_EVERY:
-        _since_trim = 0
-        _MALLOC_TRIM(0)
 
 
 def _ready() -> None:
@@ -325,8 +278,6 @@ def shutdown_pool() -> None:
             _POOL, _POOL_WORKERS = None, 0
             # The fork server would otherwise idle until this process exits. multiprocessing
             # has no public call to stop it; _stop exists in CPython 3.8 to 3.14.
-            from multiprocessing import forkserver
-
             stop = getattr(forkserver._forkserver, "_stop", None)
             if stop is not None:
                 stop()
@@ -352,3 +303,44 @@ def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):
         return chain.measure_ccd(backend, meta, ccd, extract, som, tile)
     finally:
         release_fragments()
+
+
+@dataclasses.dataclass(frozen=True)
+class CcdPool:
+    """The CCD pool of ``workers`` processes, as :class:`transforms.stages.MeasureExposures`
+    takes it: a small picklable handle (Beam pickles the stage that holds it) that reaches the
+    process-wide pool (:func:`ccd_pool`) of whichever process runs the stage.
+    """
+
+    workers: int
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+    def start(self) -> None:
+        """:func:`start_pool`: the workers boot while the caller builds its graph."""
+        start_pool(self.workers)
+
+    def measure(self, meta, extract, som_path: str | None, tile: int) -> list:
+        """Every CCD of one exposure through :func:`measure_ccd` in the pool, in CCD order."""
+        pool = ccd_pool(self.workers)
+        futures = [
+            pool.submit(measure_ccd, meta, ccd, extract, som_path, tile)
+            for ccd in range(meta.n_ccd)
+        ]
+        return [f.result() for f in futures]
+
+
+def pooled(ccd_workers: int) -> CcdPool | None:
+    """``ccd_workers`` as the config and the commands give it, as the graph takes it: 0 gives
+    None (a Beam stage per CCD, any runner), N > 0 a :class:`CcdPool` of N processes.
+
+    Raises
+    ------
+    ValueError
+        ``ccd_workers`` is negative.
+    """
+    if ccd_workers < 0:
+        raise ValueError(f"ccd_workers must be >= 0, got {ccd_workers}")
+    return CcdPool(ccd_workers) if ccd_workers else None
