@@ -44,8 +44,9 @@ from astropy.io import fits
 
 from streamer.cli_common import not_beam_noise
 from streamer.progress import Progress
+from transforms.catalog_files import REQUIRED_COLUMNS
 from transforms.exposure import read_ccd
-from transforms.sextractor import CATALOG_PARAMETERS, REQUIRED_COLUMNS
+from transforms.sextractor import CATALOG_PARAMETERS
 
 SHARE = Path("/usr/share/source-extractor")
 """Where Debian's ``source-extractor`` package keeps ``default.sex``, ``.conv`` and ``.nnw``."""
@@ -76,7 +77,7 @@ class Extraction:
         Whether the processed image keeps the sky (BACKGROUND ~ the sky level) or not (~0).
     columns : {"full", "archive"}
         All of :data:`CATALOG_PARAMETERS`, or only the eight columns of the real catalogs
-        (:data:`~transforms.sextractor.REQUIRED_COLUMNS`: no FLUX, FLUX_RADIUS, A/B_IMAGE).
+        (:data:`~transforms.catalog_files.REQUIRED_COLUMNS`: no FLUX, FLUX_RADIUS, A/B_IMAGE).
     times : bool
         Whether the image header keeps EXPTIME and DATE-OBS (real archive catalogs have neither).
     """

@@ -1,7 +1,7 @@
 """The errors of reading a MegaCam exposure, and every reason they give.
 
 Every failure of the readers (:mod:`transforms.fits_walk`, :mod:`transforms.confined_reads`,
-:mod:`transforms.exposure`, the catalog reader :mod:`transforms.sextractor`) is an
+:mod:`transforms.exposure`, the catalog reader :mod:`transforms.catalog_files`) is an
 :class:`ExposureError` that names the file, the HDU and what is wrong, with a short
 machine-friendly ``reason`` slug for the ledger and metrics. Its two subclasses tell the watcher
 what to do:

@@ -491,7 +491,7 @@ class SepBackend(PixelBackend):
 BACKENDS: dict[str, str] = {
     "sep": "transforms.extract:SepBackend",
     "sextractor": "transforms.sextractor:SextractorBackend",
-    "catalog": "transforms.sextractor:CatalogBackend",
+    "catalog": "transforms.catalog_files:CatalogBackend",
 }
 """Extraction backends by name (the ``extract.backend`` setting), as ``module:class`` so the
 SExtractor module (which builds on this one) is imported only when chosen."""

@@ -293,7 +293,7 @@ def header_value(header: fits.Header, key: str):
     """Header value, or None when absent, undefined or unparsable (quietly: callers validate).
 
     Shared by the image reader (transforms.exposure) and the catalog reader
-    (transforms.sextractor)."""
+    (transforms.catalog_files)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)
         try:

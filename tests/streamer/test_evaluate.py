@@ -186,7 +186,7 @@ def test_real_archive_catalogs_gz_eight_columns_dead_ccd_and_other_grades(traine
     from astropy.io import fits
 
     from streamer.archive_catalogs import ARCHIVE, sextract_exposure
-    from transforms.sextractor import REQUIRED_COLUMNS
+    from transforms.catalog_files import REQUIRED_COLUMNS
 
     root, summary = trained
     items = find_archive(root / "train")

@@ -158,9 +158,9 @@ def test_catalog_backend_reports_what_a_catalog_allows(exposure, tmp_path):
     from astropy.io import fits
 
     from ops.config import ExtractConfig
+    from transforms.catalog_files import CatalogBackend
     from transforms.extract import FEATURE_COLUMNS, sep_features
     from transforms.psf_measure import with_physics
-    from transforms.sextractor import CatalogBackend
 
     plan, path = exposure
     primary = fits.PrimaryHDU()
