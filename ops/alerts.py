@@ -3,7 +3,7 @@
 :class:`AlertEngine` looks at each exposure row as it is written and keeps one state per rule:
 
 ==================  =====================================================================
-rule                condition (thresholds from :class:`ops.config.AlertsConfig`)
+rule                condition (thresholds from :class:`skygrade.ops.config.AlertsConfig`)
 ==================  =====================================================================
 consecutive_bad     N consecutive graded exposures not GOOD: WARN at ``consecutive_bad_warn``,
                     ALARM at ``consecutive_bad_alarm``; cleared by a GOOD exposure
@@ -43,8 +43,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ops.config import AlertsConfig, check_http_url
-from ops.metrics import Metrics
+from skygrade.ops.config import AlertsConfig, check_http_url
+from skygrade.ops.metrics import Metrics
 
 __all__ = [
     "RULES",
@@ -149,12 +149,12 @@ class AlertEngine:
 
     Parameters
     ----------
-    config : ops.config.AlertsConfig
+    config : skygrade.ops.config.AlertsConfig
         The thresholds.
     sink : callable, optional
         Called with each :class:`Alert` that :meth:`observe` reports (e.g.
         ``AlertDispatcher.send``). An exception from it is logged, never raised.
-    metrics : ops.metrics.Metrics, optional
+    metrics : skygrade.ops.metrics.Metrics, optional
         Counts fired alerts in ``skygrade_alerts_total{level}``.
     clock : callable, optional
         Returns the current aware datetime (default ``datetime.now(UTC)``); for tests.
@@ -438,7 +438,7 @@ class AlertDispatcher:
     queue_size : int, optional
         Alerts waiting for delivery at most (default 100); when full, the oldest is dropped
         and counted in ``skygrade_alerts_dropped_total``.
-    metrics : ops.metrics.Metrics, optional
+    metrics : skygrade.ops.metrics.Metrics, optional
         Counts undelivered alerts (``skygrade_alert_webhook_failures_total``) and dropped ones.
     backoff_s : float, optional
         First wait between attempts (default 0.25 s).
@@ -496,9 +496,9 @@ class AlertDispatcher:
 
         Parameters
         ----------
-        config : ops.config.AlertsConfig
+        config : skygrade.ops.config.AlertsConfig
             Uses ``webhook_url``, ``webhook_timeout_s``, ``webhook_retries``, ``webhook_queue``.
-        metrics : ops.metrics.Metrics, optional
+        metrics : skygrade.ops.metrics.Metrics, optional
             Where failures and drops are counted.
 
         Returns

@@ -1,9 +1,9 @@
 """Configuration: the sections of skygrade's YAML file, and loading it.
 
 Each section is a frozen, typed, documented dataclass (the engine that makes it one, and checks
-every value with its dotted key path, is :mod:`ops.config_schema`; the YAML reading and writing
-is :mod:`ops.config_yaml`). :class:`Config` holds one attribute per section; :func:`load_config`
-reads and validates a file into it.
+every value with its dotted key path, is :mod:`skygrade.ops.config_schema`; the YAML reading and
+writing is :mod:`skygrade.ops.config_yaml`). :class:`Config` holds one attribute per section;
+:func:`load_config` reads and validates a file into it.
 
 Adding a section later takes two steps::
 
@@ -27,8 +27,8 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-from ops.classes import CLASSES
-from ops.config_schema import (
+from skygrade.ops.classes import CLASSES
+from skygrade.ops.config_schema import (
     ConfigError,
     Problem,
     build_section,
@@ -41,7 +41,7 @@ from ops.config_schema import (
     to_dict,
     type_text,
 )
-from ops.config_yaml import read_yaml
+from skygrade.ops.config_yaml import read_yaml
 
 __all__ = [
     "CLASSES",

@@ -3,9 +3,10 @@
 A section is a frozen dataclass decorated with :func:`config_section`; each of its fields is
 declared with :func:`setting` (a leaf value with a ``doc`` and optional constraints) or
 :func:`section` (a nested section). Validation (:func:`build_section`, and every section's
-constructor), :func:`to_dict`, the YAML rendering (:mod:`ops.config_yaml`) and the field listing
-(:func:`ops.config.documented_fields`) are generic: they are driven by the type hints and the
-field metadata, never written per field. The sections themselves are in :mod:`ops.config`.
+constructor), :func:`to_dict`, the YAML rendering (:mod:`skygrade.ops.config_yaml`) and the field
+listing (:func:`skygrade.ops.config.documented_fields`) are generic: they are driven by the type
+hints and the field metadata, never written per field. The sections themselves are in
+:mod:`skygrade.ops.config`.
 
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted and stored as float; bools are
 never numbers), ``str``, ``Literal[...]``, ``X | None``, ``tuple[T, T]`` and ``tuple[T, ...]`` of
@@ -18,7 +19,7 @@ callable that gets the converted value and returns an error text or None).
 Every problem is a :class:`Problem` at the dotted key path it concerns, and a
 :class:`ConfigError` carries all of them at once. :func:`section_fields`, :func:`join_path`,
 :func:`describe_allowed`, :func:`type_text`, :func:`plain_value` and :func:`show_value` are the
-engine's introspection, for :mod:`ops.config` and :mod:`ops.config_yaml`.
+engine's introspection, for :mod:`skygrade.ops.config` and :mod:`skygrade.ops.config_yaml`.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
@@ -604,7 +605,8 @@ def build_section(cls: type, data: object, source: str = "<config>") -> Any:
     Parameters
     ----------
     cls : type
-        A :func:`config_section` class (the root :class:`ops.config.Config`, or any section).
+        A :func:`config_section` class (the root :class:`skygrade.ops.config.Config`, or any
+        section).
     data : object
         The parsed YAML: a mapping, or None (all defaults).
     source : str, optional

@@ -1,10 +1,11 @@
 """The configuration as YAML: the file read (a key given twice refused) and written, documented.
 
 :func:`read_yaml` reads a config file as ``yaml.safe_load`` would, except that every key given
-twice in one mapping is a :class:`~ops.config_schema.Problem`; :func:`render_yaml` writes any
-config (or section) back as YAML with each field's doc, what it allows and its default as
-comments. Both are generic over the sections (:mod:`ops.config_schema`);
-:func:`ops.config.load_config` is the one that knows the root :class:`ops.config.Config`.
+twice in one mapping is a :class:`~skygrade.ops.config_schema.Problem`; :func:`render_yaml` writes
+any config (or section) back as YAML with each field's doc, what it allows and its default as
+comments. Both are generic over the sections (:mod:`skygrade.ops.config_schema`);
+:func:`skygrade.ops.config.load_config` is the one that knows the root
+:class:`skygrade.ops.config.Config`.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ops.config_schema import (
+from skygrade.ops.config_schema import (
     ConfigError,
     Problem,
     describe_allowed,
@@ -175,7 +176,7 @@ def render_yaml(cfg: Any, docs: bool = True) -> str:
 
     Parameters
     ----------
-    cfg : ops.config.Config
+    cfg : skygrade.ops.config.Config
         The configuration to render (or any one section).
     docs : bool, optional
         Put each section's and field's doc, what it allows and its default as comments above
@@ -188,7 +189,7 @@ def render_yaml(cfg: Any, docs: bool = True) -> str:
 
     Examples
     --------
-    >>> print(render_yaml(ops.config.load_config(), docs=False).splitlines()[1])
+    >>> print(render_yaml(skygrade.ops.config.load_config(), docs=False).splitlines()[1])
       geometry: full
     """
     lines: list[str] = []

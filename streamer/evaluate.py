@@ -9,13 +9,14 @@ Which exposures are scored:
 Stages (progress lines through ``progress``): (1) features, cached under ``work_dir/features``
 like ``skygrade train`` (a Beam job); (2) hits + representative images of every CCD with the
 *bundle's* SOM and tile (a Beam job); (3) CNN probabilities in full mode, catalog mode and the
-ablations (:func:`models.evaluate.ablation_probs`); (4) the traditional baseline, a threshold
-tree on per-exposure catalog statistics fitted on the bundle's training exposures; (5) the
+ablations (:func:`skygrade.models.evaluate.ablation_probs`); (4) the traditional baseline, a
+threshold tree on per-exposure catalog statistics fitted on the bundle's training exposures; (5) the
 report: ``report.md``, ``report.json`` and ``confusion.png`` in ``out_dir``.
 
-The numerical work lives in :mod:`models.evaluate`, the Markdown and the PNG in
-:mod:`streamer.evaluation_report`; the shared stages come from
-:mod:`streamer.pipelines` (the same code :func:`streamer.training_job.run_train` runs).
+The numerical work lives in :mod:`skygrade.models.evaluate`, the Markdown and the PNG in
+:mod:`skygrade.streamer.evaluation_report`; the shared stages come from
+:mod:`skygrade.streamer.pipelines` (the same code :func:`skygrade.streamer.training_job.run_train`
+runs).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow.parquet as pq
 
-from models.aggregate import combine, geometric_mean, vote_pool
-from models.bundle import load_bundle
-from models.classes import CLASSES
-from models.cnn import hit_vector
-from models.evaluate import (
+from skygrade.models.aggregate import combine, geometric_mean, vote_pool
+from skygrade.models.bundle import load_bundle
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import hit_vector
+from skygrade.models.evaluate import (
     STATISTICS,
     ablation_probs,
     build_report,
@@ -43,22 +44,22 @@ from models.evaluate import (
     mode_metrics,
     statistics_matrix,
 )
-from models.summary import stack_summaries
-from models.train import classification_metrics, exposure_probabilities
-from ops.files import atomic_write_text
-from streamer.evaluation_report import plot_confusion, render_markdown
-from streamer.pipelines import (
+from skygrade.models.summary import stack_summaries
+from skygrade.models.train import classification_metrics, exposure_probabilities
+from skygrade.ops.files import atomic_write_text
+from skygrade.streamer.evaluation_report import plot_confusion, render_markdown
+from skygrade.streamer.pipelines import (
     build_dataset,
     cache_features,
     pipeline_options,
     summarize_extract,
     work_dirs,
 )
-from transforms.dataset import find_archive, read_label_sets, read_labels
-from transforms.extract import features_from_arrow
-from transforms.grade import pick_class, saturated_sky, saturated_sky_probs
-from transforms.representative import ccd_inputs
-from transforms.som_hits import ccd_hits
+from skygrade.transforms.dataset import find_archive, read_label_sets, read_labels
+from skygrade.transforms.extract import features_from_arrow
+from skygrade.transforms.grade import pick_class, saturated_sky, saturated_sky_probs
+from skygrade.transforms.representative import ccd_inputs
+from skygrade.transforms.som_hits import ccd_hits
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run_evaluate(
         Labelled archive (exposures + ``labels.csv``).
     out_dir : path-like
         Where ``report.md``, ``report.json`` and ``confusion.png`` are written.
-    cfg : ops.config.Config
+    cfg : skygrade.ops.config.Config
         Extraction settings (``cfg.extract``) for exposures not yet in the feature cache.
     options : PipelineOptions, optional
         Beam options of the two Beam jobs.
@@ -290,9 +291,10 @@ def run_evaluate(
     if pipeline["n_rule"]:
         m = pipeline["exposure"]
         notes.append(
-            "Pipeline (the network plus the saturated-sky rule of transforms.grade: half or more "
-            f"of an exposure's CCDs saturated -> BGP): {pipeline['n_rule']} exposure(s) graded "
-            f"by the rule, {pipeline['n_rule_only']} of them with no CCD for the network; "
+            "Pipeline (the network plus the saturated-sky rule of skygrade.transforms.grade: "
+            "half or more of an exposure's CCDs saturated -> BGP): "
+            f"{pipeline['n_rule']} exposure(s) graded by the rule, "
+            f"{pipeline['n_rule_only']} of them with no CCD for the network; "
             f"exposure accuracy {m['accuracy']:.1%} on {m['n']} exposures (macro-F1 "
             f"{m['macro_f1']:.3f})."
         )
@@ -389,8 +391,8 @@ def saturated_ccds(features_dir: Path, exposure_ids) -> dict[str, tuple[int, int
 
 def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> dict:
     """Exposure metrics of what the grading pipeline would say: the network's exposure
-    probabilities, except where :func:`transforms.grade.saturated_sky` grades the exposure BGP
-    by rule (also when no CCD reached the network)."""
+    probabilities, except where :func:`skygrade.transforms.grade.saturated_sky` grades the exposure
+    BGP by rule (also when no CCD reached the network)."""
 
     ids, truth, exp_probs = exposure_probabilities(data, probs)
     rows = {e: (t, p) for e, t, p in zip(ids, truth.tolist(), exp_probs, strict=True)}
@@ -412,8 +414,8 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
 
 
 def rule_comparison(data, probs: np.ndarray) -> dict:
-    """Exposure accuracy of the shipped exposure rule (:func:`models.aggregate.combine`, the
-    mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
+    """Exposure accuracy of the shipped exposure rule (:func:`skygrade.models.aggregate.combine`,
+    the mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
     probabilities."""
 
     ids = sorted(set(data.exposure.tolist()))
@@ -523,9 +525,9 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
 
     Parameters
     ----------
-    ccds : list of transforms.extract.CcdFeatures
+    ccds : list of skygrade.transforms.extract.CcdFeatures
         Any number of CCDs, of any exposures.
-    som : models.som.SourceSom
+    som : skygrade.models.som.SourceSom
         The bundle's SOM.
 
     Returns

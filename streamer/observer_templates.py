@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from streamer.night_summary import GRADE_COLORS
+from skygrade.streamer.night_summary import GRADE_COLORS
 
 __all__ = ["ASSETS", "TEMPLATES", "asset", "grade_css", "page_url", "render", "render_page"]
 

@@ -2,8 +2,8 @@
 
 Pure numpy: no Beam, no sep, no torch (imported from ``ops`` only: the config defaults, the
 log escaping). The per-CCD chain calls :func:`with_physics` (:func:`ccd_physics`) right after
-extraction, in the Beam stage (:mod:`transforms.stages`) and in the CCD pool
-(:mod:`streamer.ccd_pool`); :func:`exposure_physics` combines the CCDs.
+extraction, in the Beam stage (:mod:`skygrade.transforms.stages`) and in the CCD pool
+(:mod:`skygrade.streamer.ccd_pool`); :func:`exposure_physics` combines the CCDs.
 
 Stars (:func:`select_stars`)
 ----------------------------
@@ -81,8 +81,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ops.config import ExtractConfig
-from ops.text import escape_controls
+from skygrade.ops.config import ExtractConfig
+from skygrade.ops.text import escape_controls
 
 NAN = float("nan")
 PIXEL_SCALE = 0.187
@@ -528,7 +528,7 @@ def zenith_seeing(seeing: float, airmass: float | None) -> float:
 
 
 def ccd_physics(features, meta, settings=None, saturate=None, bias=None) -> CcdPhysics:
-    """The physical measurements of one CCD's :class:`~transforms.extract.CcdFeatures`.
+    """The physical measurements of one CCD's :class:`~skygrade.transforms.extract.CcdFeatures`.
 
     Parameters
     ----------
@@ -538,7 +538,7 @@ def ccd_physics(features, meta, settings=None, saturate=None, bias=None) -> CcdP
         ``filter``, ``airmass``, ``exptime`` and ``photzp`` (when it has one).
     settings : ExtractConfig, optional
         ``pixel_scale``, ``zero_points``, ``expected_sources_per_mpx``,
-        ``source_count_exponent``; the defaults of :mod:`ops.config` when None.
+        ``source_count_exponent``; the defaults of :mod:`skygrade.ops.config` when None.
     saturate, bias : float, optional
         The CCD's SATURATE and bias level (default: ``features.saturate`` / ``features.bias``).
     """
@@ -583,7 +583,7 @@ def with_physics(features, meta, settings=None):
     """``features`` with its :class:`CcdPhysics` (``features.physics``) when it can be
     measured: from the pixels when they were kept, from the table for the catalog backend.
 
-    Called by the per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`), whether it runs
+    Called by the per-CCD chain (:func:`skygrade.transforms.ccd_chain.measure_ccd`), whether it runs
     in a Beam stage or in the CCD pool. A measurement failure never loses the CCD: it is
     logged and the CCD goes on without physics.
     """

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ops.config import Config, ConfigError, with_backend
-from streamer.cli_common import (
+from skygrade.ops.config import Config, ConfigError, with_backend
+from skygrade.streamer.cli_common import (
     EXIT_OK,
     UsageError,
     add_backend_option,
@@ -15,7 +15,7 @@ from streamer.cli_common import (
     add_runner_options,
     bundle_from_args,
 )
-from streamer.pipelines import pipeline_options, run_grade
+from skygrade.streamer.pipelines import pipeline_options, run_grade
 
 EXAMPLES = (
     "examples:\n"

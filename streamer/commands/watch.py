@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ops.config import Config, ConfigError
-from streamer.cli_common import EXIT_OK, UsageError, add_bundle_option, bundle_from_args
-from streamer.daemon import Daemon
+from skygrade.ops.config import Config, ConfigError
+from skygrade.streamer.cli_common import EXIT_OK, UsageError, add_bundle_option, bundle_from_args
+from skygrade.streamer.daemon import Daemon
 
 EXAMPLES = (
     "examples:\n"

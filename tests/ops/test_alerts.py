@@ -1,4 +1,4 @@
-"""Tests for ops.alerts: the WARN / ALARM rules, Alertmanager JSON, background delivery."""
+"""Tests for skygrade.ops.alerts: the WARN / ALARM rules, Alertmanager JSON, background delivery."""
 
 import json
 import logging
@@ -12,10 +12,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from ops.alerts import RULES, Alert, AlertDispatcher, AlertEngine, alertmanager_payload, rfc3339
-from ops.config import AlertsConfig, parse_config
-from ops.config_schema import ConfigError
-from ops.metrics import Metrics
+from skygrade.ops.alerts import (
+    RULES,
+    Alert,
+    AlertDispatcher,
+    AlertEngine,
+    alertmanager_payload,
+    rfc3339,
+)
+from skygrade.ops.config import AlertsConfig, parse_config
+from skygrade.ops.config_schema import ConfigError
+from skygrade.ops.metrics import Metrics
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -376,7 +383,7 @@ def test_engine_to_dispatcher_end_to_end(webhook):
 
 
 def test_every_alert_is_logged_even_without_a_url(caplog):
-    caplog.set_level(logging.INFO, logger="ops.alerts")
+    caplog.set_level(logging.INFO, logger="skygrade.ops.alerts")
     dispatcher = AlertDispatcher(None)
     dispatcher.start()  # nothing to start
     dispatcher.send(WARN)

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from ops.alerts import RULES, AlertEngine
-from ops.config import AlertsConfig, parse_config
-from ops.config_schema import ConfigError
+from skygrade.ops.alerts import RULES, AlertEngine
+from skygrade.ops.config import AlertsConfig, parse_config
+from skygrade.ops.config_schema import ConfigError
 
 
 def row(eid, seeing=None, status="graded", **extra):

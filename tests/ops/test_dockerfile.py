@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import load_config
-from ops.http import HttpServer
-from ops.metrics import Metrics
-from streamer.cli import build_parser
+from skygrade.ops.config import load_config
+from skygrade.ops.http import HttpServer
+from skygrade.ops.metrics import Metrics
+from skygrade.streamer.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"

@@ -1,4 +1,5 @@
-"""Tests for transforms.exposure: the header walk, metadata, CCD reads and CCD quarantine."""
+"""Tests for skygrade.transforms.exposure: the header walk, metadata, CCD reads and CCD
+quarantine."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from transforms import ccd_checks, confined_reads, exposure_errors, fits_header, fits_walk
-from transforms import exposure as ex
-from transforms.ccd_checks import ccd_problem
-from transforms.confined_reads import pinned
-from transforms.exposure import (
+from skygrade.transforms import ccd_checks, confined_reads, exposure_errors, fits_header, fits_walk
+from skygrade.transforms import exposure as ex
+from skygrade.transforms.ccd_checks import ccd_problem
+from skygrade.transforms.confined_reads import pinned
+from skygrade.transforms.exposure import (
     CcdPixels,
     CcdRef,
     ccd_refs,
@@ -27,9 +28,9 @@ from transforms.exposure import (
     read_ccd,
     read_meta,
 )
-from transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
-from transforms.fits_header import BLOCK
-from transforms.fits_walk import check_integrity
+from skygrade.transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
+from skygrade.transforms.fits_header import BLOCK
+from skygrade.transforms.fits_walk import check_integrity
 
 SHAPE = (96, 64)  # numpy order: NAXIS2 = 96 rows, NAXIS1 = 64 columns
 
@@ -501,7 +502,7 @@ def write_sparse_megacam(path, n_ccd: int = 36) -> int:
 
 
 class ReadSpy:
-    """Wraps ``open`` in transforms.confined_reads and counts the bytes read through it."""
+    """Wraps ``open`` in skygrade.transforms.confined_reads and counts the bytes read through it."""
 
     def __init__(self):
         self.bytes_read = 0
@@ -876,7 +877,7 @@ def test_a_pinned_file_is_read_through_its_descriptor_whatever_the_name_becomes(
         )
         if meta.source is not None:  # Linux: a CCD worker opens the descriptor by /proc
             code = (
-                "import sys, numpy as np; from transforms.exposure import read_ccd; "
+                "import sys, numpy as np; from skygrade.transforms.exposure import read_ccd; "
                 "d = read_ccd(sys.argv[1], 1, source=sys.argv[2], "
                 "file_id=(int(sys.argv[3]), int(sys.argv[4]))).data; "
                 "print(float(d.sum()))"
