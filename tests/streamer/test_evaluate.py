@@ -240,7 +240,7 @@ def test_pipeline_metrics_apply_the_saturated_sky_rule(tmp_path):
 
     from models.classes import CLASSES
     from models.train import Dataset
-    from streamer.evaluate import pipeline_metrics
+    from streamer.evaluation_tables import pipeline_metrics
 
     def record(exposure_id, ccd, reason):
         q = tmp_path / "_quarantine"
