@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 
 from models.bundle import MANIFEST, check_bundle
-from ops.alerts import AlertDispatcher, AlertEngine
+from ops.alert_delivery import AlertDispatcher
+from ops.alerts import AlertEngine
 from ops.config import Config
 from ops.config_schema import ConfigError, Problem
 from ops.files import atomic_write_bytes
