@@ -29,18 +29,16 @@ from typing import Literal
 
 from ops.classes import CLASSES
 from ops.config_schema import (
-    ConfigError,
-    Problem,
     build_section,
     config_section,
     join_path,
     section,
     section_fields,
     setting,
-    show_value,
     to_dict,
     type_text,
 )
+from ops.config_values import ConfigError, Problem, show_value
 from ops.config_yaml import read_yaml
 
 __all__ = [

@@ -49,7 +49,7 @@ from models.bundle import MANIFEST, check_bundle
 from ops.alert_delivery import AlertDispatcher
 from ops.alerts import AlertEngine
 from ops.config import Config
-from ops.config_schema import ConfigError, Problem
+from ops.config_values import ConfigError, Problem
 from ops.files import atomic_write_bytes
 from ops.http import HttpServer
 from ops.metrics import Metrics

@@ -16,7 +16,7 @@ import pytest
 from ops.alert_delivery import AlertDispatcher, alertmanager_payload, rfc3339
 from ops.alerts import RULES, Alert, AlertEngine
 from ops.config import AlertsConfig, parse_config
-from ops.config_schema import ConfigError
+from ops.config_values import ConfigError
 from ops.metrics import Metrics
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

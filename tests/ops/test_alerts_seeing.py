@@ -6,7 +6,7 @@ import pytest
 
 from ops.alerts import RULES, AlertEngine
 from ops.config import AlertsConfig, parse_config
-from ops.config_schema import ConfigError
+from ops.config_values import ConfigError
 
 
 def row(eid, seeing=None, status="graded", **extra):
