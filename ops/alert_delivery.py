@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ops.alerts import SEVERITY, Alert
-from ops.config import AlertsConfig, check_http_url
+from ops.config_daemon import AlertsConfig, check_http_url
 from ops.metrics import Metrics
 
 __all__ = ["AlertDispatcher", "alertmanager_payload", "rfc3339"]
@@ -179,7 +179,7 @@ class AlertDispatcher:
 
         Parameters
         ----------
-        config : ops.config.AlertsConfig
+        config : ops.config_daemon.AlertsConfig
             Uses ``webhook_url``, ``webhook_timeout_s``, ``webhook_retries``, ``webhook_queue``.
         metrics : ops.metrics.Metrics, optional
             Where failures and drops are counted.

@@ -3,7 +3,7 @@
 :class:`AlertEngine` looks at each exposure row as it is written and keeps one state per rule:
 
 ==================  =====================================================================
-rule                condition (thresholds from :class:`ops.config.AlertsConfig`)
+rule                condition (thresholds from :class:`ops.config_daemon.AlertsConfig`)
 ==================  =====================================================================
 consecutive_bad     N consecutive graded exposures not GOOD: WARN at ``consecutive_bad_warn``,
                     ALARM at ``consecutive_bad_alarm``; cleared by a GOOD exposure
@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ops.config import AlertsConfig
+from ops.config_daemon import AlertsConfig
 from ops.metrics import Metrics
 
 __all__ = ["RULES", "SEVERITY", "Alert", "AlertEngine"]
@@ -114,7 +114,7 @@ class AlertEngine:
 
     Parameters
     ----------
-    config : ops.config.AlertsConfig
+    config : ops.config_daemon.AlertsConfig
         The thresholds.
     sink : callable, optional
         Called with each :class:`Alert` that :meth:`observe` reports (e.g.

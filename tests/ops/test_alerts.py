@@ -15,7 +15,8 @@ import pytest
 
 from ops.alert_delivery import AlertDispatcher, alertmanager_payload, rfc3339
 from ops.alerts import RULES, Alert, AlertEngine
-from ops.config import AlertsConfig, parse_config
+from ops.config import parse_config
+from ops.config_daemon import AlertsConfig
 from ops.config_values import ConfigError
 from ops.metrics import Metrics
 
