@@ -45,7 +45,7 @@ from astropy.io import fits
 from streamer.cli_common import not_beam_noise
 from streamer.progress import Progress
 from transforms.catalog_files import REQUIRED_COLUMNS
-from transforms.exposure import read_ccd
+from transforms.ccd_pixels import read_ccd
 from transforms.sextractor import CATALOG_PARAMETERS
 
 SHARE = Path("/usr/share/source-extractor")

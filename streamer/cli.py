@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ops.config import Config, ConfigError, load_config
+from ops.config import Config, load_config
+from ops.config_values import ConfigError
 from streamer.cli_common import EXIT_FAILURE, EXIT_USAGE, UsageError, not_beam_noise
 
 log = logging.getLogger("skygrade")

@@ -49,9 +49,10 @@ import time
 from pathlib import Path
 
 from models.bundle import MANIFEST, check_bundle
-from ops.alerts import AlertDispatcher, AlertEngine
+from ops.alert_delivery import AlertDispatcher
+from ops.alerts import AlertEngine
 from ops.config import Config
-from ops.config_schema import ConfigError, Problem
+from ops.config_values import ConfigError, Problem
 from ops.files import atomic_write_bytes
 from ops.http import HttpServer
 from ops.metrics import Metrics

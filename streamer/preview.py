@@ -42,8 +42,9 @@ import numpy as np
 
 from models.mosaic import tile_grid
 from streamer.page_images import focal_plane_layout, png_gray8
+from transforms.ccd_pixels import read_ccd
 from transforms.confined_reads import pinned
-from transforms.exposure import ExposureError, read_ccd, read_meta
+from transforms.exposure import ExposureError, read_meta
 from transforms.grades_dataset import IMAGE_RANGE
 from transforms.representative import CcdInputs
 

@@ -1,6 +1,6 @@
 """Whether a CCD's pixels look like a working detector: the checks that quarantine a CCD.
 
-:func:`ccd_problem` runs on the pixels :func:`transforms.exposure.read_ccd` returns, before any
+:func:`ccd_problem` runs on the pixels :func:`transforms.ccd_pixels.read_ccd` returns, before any
 source is measured; a CCD it names a problem for is quarantined, never graded.
 """
 
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from transforms.exposure import CcdPixels
+from transforms.ccd_pixels import CcdPixels
 
 __all__ = ["MAX_NAN_FRACTION", "MAX_SATURATED_FRACTION", "MIN_CCD_SIDE", "ccd_problem"]
 

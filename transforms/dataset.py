@@ -22,7 +22,8 @@ from models.classes import CLASSES
 from models.cnn import hit_vector
 from models.summary import stack_summaries
 from ops.files import atomic_write_bytes
-from transforms.exposure import NIGHT_PATTERN, exposure_id_from_path, read_ccd, read_meta
+from transforms.ccd_pixels import read_ccd
+from transforms.exposure import NIGHT_PATTERN, exposure_id_from_path, read_meta
 from transforms.exposure_errors import ExposureError
 from transforms.extract import CcdFeatures, features_from_arrow
 from transforms.representative import ccd_inputs

@@ -36,7 +36,8 @@ import sep
 
 from ops.config import ExtractConfig
 from transforms.ccd_checks import ccd_problem
-from transforms.exposure import read_ccd, read_meta
+from transforms.ccd_pixels import read_ccd
+from transforms.exposure import read_meta
 from transforms.exposure_errors import ExposureError
 from transforms.fits_walk import check_integrity
 

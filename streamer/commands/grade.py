@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ops.config import Config, ConfigError, with_backend
+from ops.config import Config, with_backend
+from ops.config_values import ConfigError
 from streamer.cli_common import (
     EXIT_OK,
     UsageError,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ops.config import Config, ConfigError
+from ops.config import Config
+from ops.config_values import ConfigError
 from streamer.cli_common import EXIT_OK, UsageError, add_bundle_option, bundle_from_args
 from streamer.daemon import Daemon
 

@@ -1,4 +1,5 @@
-"""Tests for ops.alerts: the WARN / ALARM rules, Alertmanager JSON, background delivery."""
+"""Tests for ops.alerts (the WARN / ALARM rules) and ops.alert_delivery (Alertmanager JSON,
+background delivery)."""
 
 import json
 import logging
@@ -12,9 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ops.alerts import RULES, Alert, AlertDispatcher, AlertEngine, alertmanager_payload, rfc3339
-from ops.config import AlertsConfig, parse_config
-from ops.config_schema import ConfigError
+from ops.alert_delivery import AlertDispatcher, alertmanager_payload, rfc3339
+from ops.alerts import RULES, Alert, AlertEngine
+from ops.config import parse_config
+from ops.config_daemon import AlertsConfig
+from ops.config_values import ConfigError
 from ops.metrics import Metrics
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

@@ -5,8 +5,9 @@ import math
 import pytest
 
 from ops.alerts import RULES, AlertEngine
-from ops.config import AlertsConfig, parse_config
-from ops.config_schema import ConfigError
+from ops.config import parse_config
+from ops.config_daemon import AlertsConfig
+from ops.config_values import ConfigError
 
 
 def row(eid, seeing=None, status="graded", **extra):

@@ -21,15 +21,8 @@ from ops.config import (
     load_config,
     parse_config,
 )
-from ops.config_schema import (
-    ConfigError,
-    FrozenMap,
-    Problem,
-    config_section,
-    section,
-    setting,
-    to_dict,
-)
+from ops.config_schema import config_section, section, setting, to_dict
+from ops.config_values import ConfigError, FrozenMap, Problem
 from ops.config_yaml import render_yaml
 
 EXAMPLE = Path(__file__).parents[2] / "ops" / "skygrade.example.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import WatchConfig
+from ops.config_daemon import WatchConfig
 from streamer.cli import build_parser
 
 UNIT = Path(__file__).resolve().parents[2] / "ops" / "skygrade.service"

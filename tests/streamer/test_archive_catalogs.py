@@ -17,7 +17,7 @@ from streamer.archive_catalogs import (
 from streamer.sky_plan import Geometry
 from streamer.telescope import simulate_archive
 from transforms.catalog_files import REQUIRED_COLUMNS, read_catalog
-from transforms.exposure import read_ccd
+from transforms.ccd_pixels import read_ccd
 
 
 @pytest.fixture(scope="module")

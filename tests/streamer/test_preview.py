@@ -18,8 +18,8 @@ from streamer.page_images import focal_plane_layout
 from streamer.sky_fits import exposure_bytes
 from streamer.sky_plan import Geometry, _ccd_origin, _layout, plan_night
 from tests.helpers.http import get
+from transforms.ccd_pixels import read_ccd
 from transforms.confined_reads import pinned
-from transforms.exposure import read_ccd
 from transforms.exposure_errors import ExposureError
 from transforms.grades_dataset import GradesDataset
 

@@ -23,7 +23,8 @@ from transforms.catalog_files import (
     catalog_columns_to_features,
     read_catalog,
 )
-from transforms.exposure import CcdPixels, ExposureMeta
+from transforms.ccd_pixels import CcdPixels
+from transforms.exposure import ExposureMeta
 from transforms.exposure_errors import ExposureError
 from transforms.extract import (
     FEATURE_COLUMNS,
