@@ -21,6 +21,7 @@ COPY streamer ./streamer
 COPY transforms ./transforms
 COPY models ./models
 COPY ops ./ops
+COPY skygrade ./skygrade
 RUN /opt/skygrade/bin/pip install . && /opt/skygrade/bin/pip check
 
 # Stage 2: the runtime, the same Python base (the venv points at its interpreter), non-root.

@@ -47,7 +47,7 @@ demo: venv
 # on them and evaluate the bundle on the held-out nights. One exposure in two is also turned
 # into a SExtractor catalog the way archives make them, with a configuration drawn per exposure
 # (1.5-5 sigma, filter on/off, DEBLEND_MINCONT 0-0.005, sky kept/subtracted, eight columns or
-# all, EXPTIME kept or not: streamer.archive_catalogs --extraction random) and trained on beside
+# all, EXPTIME kept or not: skygrade.streamer.archive_catalogs --extraction random) and trained on beside
 # the pixels, so catalog mode knows real catalogs; the held-out catalogs get their own report.
 # 58 min on 2 cores measured (with other work beside it; docs/model.md).
 # Features are cached in build/model-work, so a retrain with new settings is faster.
@@ -59,7 +59,7 @@ model: venv
 	  $(BIN)/skygrade -q --config models/training.yaml simulate --out $(MODEL_ARCHIVE) \
 	    --nights $${block%%:*} --exposures 30 --n-ccd 8 --ccd-shape 1024x2306 \
 	    --seed $${block##*:} || exit 1; done
-	$(BIN)/python -m streamer.archive_catalogs $(MODEL_ARCHIVE) $(MODEL_CATALOGS) \
+	$(BIN)/python -m skygrade.streamer.archive_catalogs $(MODEL_ARCHIVE) $(MODEL_CATALOGS) \
 	  --sky mixed --extraction random --every 2 --workers 2
 	$(BIN)/skygrade --config models/training.yaml train $(MODEL_ARCHIVE) --out models/default \
 	  --catalogs $(MODEL_CATALOGS) --work build/model-work --workers 2
@@ -72,7 +72,7 @@ model: venv
 # any training block (450 exposures), from pixels and from SExtractor catalogs made four ways
 # (stock default.sex with the sky kept and subtracted; the real catalogs' configuration: 5 sigma,
 # no filter, DEBLEND_MINCONT 0, eight columns, no EXPTIME; one configuration drawn per
-# exposure); the evaluation-only GalSim renderer (streamer.galsim_render, 5 per class, never
+# exposure); the evaluation-only GalSim renderer (skygrade.streamer.galsim_render, 5 per class, never
 # trained on): 25 exposures of 8 quarter-size CCDs and 25 of 4 full-size 2048x4612 CCDs; then
 # the real graded catalogs of ../shared/real-catalogs (never trained on) and the calibration
 # table beside them (~100 min on 2 cores). Reports in build/holdout-seed*-report*,
@@ -90,17 +90,17 @@ model-holdout: venv
 	    --out $$h-report --work $$h-work --workers 2 || exit 1; \
 	  for ex in stock:kept stock:subtracted archive:kept random:mixed; do \
 	    c=$$h-catalogs-$${ex%%:*}-$${ex##*:}; \
-	    $(BIN)/python -m streamer.archive_catalogs $$h $$c --extraction $${ex%%:*} \
+	    $(BIN)/python -m skygrade.streamer.archive_catalogs $$h $$c --extraction $${ex%%:*} \
 	      --sky $${ex##*:} --workers 2 \
 	    && $(BIN)/skygrade --config models/training.yaml evaluate $$c \
 	      --backend catalog --bundle models/default --out $$c-report \
 	      --work $$c-work || exit 1; done; done
-	$(BIN)/python -m streamer.galsim_render --out build/galsim-quarter --exposures 5 --nights 1 \
+	$(BIN)/python -m skygrade.streamer.galsim_render --out build/galsim-quarter --exposures 5 --nights 1 \
 	  --n-ccd 8 --ccd-shape 1024x2306 --seed 2020
 	$(BIN)/skygrade --config models/training.yaml evaluate build/galsim-quarter \
 	  --bundle models/default --out build/galsim-quarter-report --work build/galsim-quarter-work \
 	  --workers 2
-	$(BIN)/python -m streamer.galsim_render --out build/galsim-full --exposures 5 --nights 1 \
+	$(BIN)/python -m skygrade.streamer.galsim_render --out build/galsim-full --exposures 5 --nights 1 \
 	  --n-ccd 4 --ccd-shape 2048x4612 --seed 2021
 	$(BIN)/skygrade --config models/training.yaml evaluate build/galsim-full \
 	  --bundle models/default --out build/galsim-full-report --work build/galsim-full-work \
@@ -108,7 +108,7 @@ model-holdout: venv
 	@if [ -d $(REAL_CATALOGS) ]; then \
 	  $(BIN)/skygrade evaluate $(REAL_CATALOGS) --backend catalog --bundle models/default \
 	    --out build/real-catalogs-report --work build/real-catalogs-work; \
-	  $(BIN)/python -m streamer.catalog_stats $(REAL_CATALOGS) \
+	  $(BIN)/python -m skygrade.streamer.catalog_stats $(REAL_CATALOGS) \
 	    build/holdout-seed17-catalogs-archive-kept; fi
 
 bench: venv

@@ -2,14 +2,14 @@
 
 Run ``.venv/bin/python benchmarks/backfill.py`` (``--help`` for options; ``--preset small``
 is a smoke run of a minute or two). It renders ``--exposures`` simulated exposures
-(:mod:`streamer.sky_fits`; ``--preset full``: 36 CCDs of 2048 x 4612, ~680 MB each, ~35 s
+(:mod:`skygrade.streamer.sky_fits`; ``--preset full``: 36 CCDs of 2048 x 4612, ~680 MB each, ~35 s
 each to render, two at a time) into one night of an archive in a temporary directory under
 /tmp, backfills that archive once per configuration into a fresh grades directory, prints
 the table and deletes everything (unless ``--keep``).
 
 What is measured
 ----------------
-Each configuration is ``streamer.backfill.run_backfill(archive, out, bundle, Config(),
+Each configuration is ``skygrade.streamer.backfill.run_backfill(archive, out, bundle, Config(),
 options=...)``, the whole archive in one Beam job (``--batch``, default all exposures),
 timed from the call to its return (discovery, plan, job, reading back the rows):
 
@@ -25,7 +25,7 @@ pool x2
     per exposure: the daemon's way.
 dask x2
     ``pipeline_options("dask", 2, ["--dask_client_address=..."])``: the fixed DaskRunner of
-    ``streamer.dask_runner`` on a ``LocalCluster`` of two single-threaded worker processes.
+    ``skygrade.streamer.dask_runner`` on a ``LocalCluster`` of two single-threaded worker processes.
     The cluster is started and its workers import the grading modules before the timed
     region (a standing cluster, as on a real deployment); that start-up is listed apart
     (``start s``). Parallelism is per exposure (one exposure per Dask partition), so use an
@@ -83,18 +83,18 @@ def child_main(spec: dict) -> None:
     # What a long-running backfill driver has imported before it starts.
     import apache_beam  # noqa: F401
 
-    import transforms.grading  # noqa: F401
-    from models.bundle import DEFAULT_BUNDLE
-    from ops.config import Config
-    from streamer.backfill import run_backfill
-    from streamer.pipelines import pipeline_options
+    import skygrade.transforms.grading  # noqa: F401
+    from skygrade.models.bundle import DEFAULT_BUNDLE
+    from skygrade.ops.config import Config
+    from skygrade.streamer.backfill import run_backfill
+    from skygrade.streamer.pipelines import pipeline_options
 
     bundle = spec["bundle"] or DEFAULT_BUNDLE
     runner, workers = spec["runner"], spec["workers"]
     result = {"start_s": 0.0}
     with contextlib.ExitStack() as stack:
         if runner == "dask":
-            from streamer.dask_runner import local_cluster
+            from skygrade.streamer.dask_runner import local_cluster
 
             t = time.monotonic()
             cluster = stack.enter_context(local_cluster(workers))
@@ -133,7 +133,7 @@ def _import_grading() -> None:
     import apache_beam  # noqa: F401
     import torch  # noqa: F401
 
-    import transforms.grading  # noqa: F401
+    import skygrade.transforms.grading  # noqa: F401
 
 
 def warm_workers(address: str) -> None:
@@ -165,14 +165,14 @@ def measure(spec: dict, tmp: Path) -> dict:
 
 
 def _render(plan, geometry, path: str) -> str:
-    from streamer.sky_fits import write_exposure
+    from skygrade.streamer.sky_fits import write_exposure
 
     return str(write_exposure(plan, geometry, path))
 
 
 def render_archive(archive: Path, args) -> float:
     """``--exposures`` exposures of ``--preset`` into ``archive/NIGHT/``, two at a time."""
-    from streamer.sky_plan import GEOMETRIES, plan_night
+    from skygrade.streamer.sky_plan import GEOMETRIES, plan_night
 
     geometry = GEOMETRIES[args.preset]
     plans = plan_night(NIGHT, args.exposures, args.seed, {args.label: 1.0})
@@ -271,7 +271,7 @@ def print_report(info: dict, args, render_s: float, size_mb: float, rows: dict, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from streamer.sky_plan import GEOMETRIES
+    from skygrade.streamer.sky_plan import GEOMETRIES
 
     ap = argparse.ArgumentParser(
         description="Backfill benchmark: exposures per minute with 1 and 2 local workers "

@@ -1,8 +1,8 @@
 """Benchmark: source extraction of one simulated MegaCam exposure, pipeline vs. bare floor.
 
 Run ``.venv/bin/python benchmarks/extract.py`` (``--help`` for options; ``--geometry small`` is a
-quick smoke run). It renders one exposure with :mod:`streamer.sky_fits` (full size: 36 CCDs of
-2048 x 4612, ~680 MB, ~35 s) into a temporary directory under /tmp, measures, prints a table and
+quick smoke run). It renders one exposure with :mod:`skygrade.streamer.sky_fits` (full size: 36 CCDs
+of 2048 x 4612, ~680 MB, ~35 s) into a temporary directory under /tmp, measures, prints a table and
 deletes the directory (unless ``--keep``).
 
 What is measured
@@ -17,11 +17,11 @@ bare floor
     ``multiprocessing.Pool(workers)`` (``imap_unordered``, one CCD per task). Pool start-up and
     shut-down are inside the timed region, as Beam's worker start-up is for the pipeline rows.
 sep / sextractor
-    The real pipeline: ``streamer.pipelines.run_extract([path], out_dir, backend, ExtractConfig(),
-    pipeline_options("FnApiRunner", workers))``: open + integrity walk, Reshuffle of the CCD
-    tasks, extraction, feature table (stellarity included), GroupByKey and the parquet write.
-    ``workers=1`` runs in process (``in_memory``); ``workers>1`` in Beam's ``multi_processing``
-    mode (worker subprocesses started and stopped by every run).
+    The real pipeline: ``skygrade.streamer.pipelines.run_extract([path], out_dir, backend,
+    ExtractConfig(), pipeline_options("FnApiRunner", workers))``: open + integrity walk, Reshuffle
+    of the CCD tasks, extraction, feature table (stellarity included), GroupByKey and the parquet
+    write. ``workers=1`` runs in process (``in_memory``); ``workers>1`` in Beam's
+    ``multi_processing`` mode (worker subprocesses started and stopped by every run).
 sep pool / sextractor pool (``workers > 1`` only)
     The same ``run_extract`` in process (``in_memory``) with ``ccd_workers=workers``: each
     exposure's CCDs go to a pool of that many spawned processes that lives as long as the
@@ -238,7 +238,7 @@ def _bare_ccd(task: tuple[str, int]) -> int:
     import numpy as np
     import sep
 
-    from transforms.ccd_pixels import read_ccd
+    from skygrade.transforms.ccd_pixels import read_ccd
 
     path, index = task
     data = read_ccd(path, index).data
@@ -267,7 +267,7 @@ def bare_floor(path: str, workers: int) -> dict:
     """The bare floor over all CCDs of ``path`` with ``Pool(workers)``; timed inside."""
     import multiprocessing
 
-    from transforms.exposure import read_meta
+    from skygrade.transforms.exposure import read_meta
 
     c0, t0 = _cpu_s(), time.monotonic()
     n_ccd = read_meta(path).n_ccd
@@ -291,11 +291,11 @@ def pipeline(path: str, out_dir: str, backend: str, workers: int, pool: bool = F
     # What a long-running process has imported after its first exposure: the in-process
     # (workers=1) rows time the extraction, not the imports. Worker subprocesses
     # (workers>1) still import all of it in every run: that is part of their cost.
-    import transforms.extract
-    import transforms.sextractor
-    import transforms.sinks  # noqa: F401
-    from ops.config import ExtractConfig
-    from streamer.pipelines import pipeline_options, run_extract
+    import skygrade.transforms.extract
+    import skygrade.transforms.sextractor
+    import skygrade.transforms.sinks  # noqa: F401
+    from skygrade.ops.config import ExtractConfig
+    from skygrade.streamer.pipelines import pipeline_options, run_extract
 
     options = pipeline_options("FnApiRunner", 1 if pool else workers)
     c0, t0 = _cpu_s(), time.monotonic()
@@ -303,7 +303,7 @@ def pipeline(path: str, out_dir: str, backend: str, workers: int, pool: bool = F
         [path], out_dir, backend, ExtractConfig(), options, ccd_workers=workers if pool else 0
     )
     if pool:  # stop the pool inside the timed region, as Beam's workers stop inside theirs
-        from streamer.ccd_pool import shutdown_pool
+        from skygrade.streamer.ccd_pool import shutdown_pool
 
         shutdown_pool()
     t1 = time.monotonic()
@@ -383,8 +383,8 @@ def measure(spec: dict, tmp: Path) -> dict:
 
 
 def render_exposure(tmp: Path, geometry: str, label: str, seed: int) -> tuple[Path, float]:
-    from streamer.sky_fits import write_exposure
-    from streamer.sky_plan import GEOMETRIES, plan_night
+    from skygrade.streamer.sky_fits import write_exposure
+    from skygrade.streamer.sky_plan import GEOMETRIES, plan_night
 
     t0 = time.monotonic()
     plan = plan_night("2026-11-24", 1, seed, {label: 1.0})[0]

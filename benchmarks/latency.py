@@ -1,8 +1,8 @@
 """Benchmark: live grading latency of one exposure, per-exposure overhead and RSS drift.
 
 Run ``.venv/bin/python benchmarks/latency.py`` (``--help`` for options; ``--geometry small
---n-small 20`` is a quick smoke run). Exposures are rendered with :mod:`streamer.sky_fits` into a
-temporary directory under /tmp, which is deleted at the end (unless ``--keep``).
+--n-small 20`` is a quick smoke run). Exposures are rendered with :mod:`skygrade.streamer.sky_fits`
+into a temporary directory under /tmp, which is deleted at the end (unless ``--keep``).
 
 What is measured
 ----------------
@@ -20,10 +20,10 @@ What is measured
 
    Runs are interleaved (a, b, c, then again), best of ``--repeats``.
 2. Per-exposure pipeline overhead: one bounded FnApiRunner pipeline ``Create([path]) -> Map ->
-   Map(write a file)`` (as built by ``streamer.pipelines.make_pipeline``), and the grading of a
-   tiny exposure (1 CCD of 64 x 64) minus its CCD work (the row's extract + som + representative
-   + score seconds): by the daemon's session (the target), by ``run_grade`` on the warm pool
-   (graph built per call) and in process; median of ``--n-overhead`` runs.
+   Map(write a file)`` (as built by ``skygrade.streamer.pipelines.make_pipeline``), and the grading
+   of a tiny exposure (1 CCD of 64 x 64) minus its CCD work (the row's extract + som +
+   representative + score seconds): by the daemon's session (the target), by ``run_grade`` on the
+   warm pool (graph built per call) and in process; median of ``--n-overhead`` runs.
 3. RSS over ``--n-small`` exposures of 2 CCDs of 256 x 320: the daemon's session with a warm
    pool, one exposure at a time (as the daemon does); after each, the RSS summed over the grading
    process and its pool workers (``extract.tree_rss_kb``). The slope (MB per exposure) is a
@@ -104,7 +104,7 @@ def trivial_pipeline(path: str, out_dir: str) -> float:
     """Wall seconds of one bounded pipeline: Create one path -> a trivial Map -> a file sink."""
     import apache_beam as beam
 
-    from streamer.pipelines import make_pipeline, pipeline_options
+    from skygrade.streamer.pipelines import make_pipeline, pipeline_options
 
     t0 = time.monotonic()
     with make_pipeline(pipeline_options()) as p:
@@ -126,10 +126,10 @@ def grade(
     """One grading of ``path``, timed from "file complete" to the parquet row: ``run_grade``
     (graph built per call), or with ``session`` the daemon's ``GradingSession`` (graph built
     once per output directory, reused by every later call)."""
-    from models.bundle import DEFAULT_BUNDLE
-    from ops.config import Config
-    from streamer.pipelines import run_grade
-    from streamer.session import GradingSession
+    from skygrade.models.bundle import DEFAULT_BUNDLE
+    from skygrade.ops.config import Config
+    from skygrade.streamer.pipelines import run_grade
+    from skygrade.streamer.session import GradingSession
 
     cfg = Config()
     if session and (out_dir, workers) not in _SESSIONS:
@@ -205,8 +205,8 @@ def child_main() -> None:
     # What the daemon has imported before its first exposure.
     import apache_beam  # noqa: F401
 
-    import transforms.grading
-    import transforms.sinks  # noqa: F401
+    import skygrade.transforms.grading
+    import skygrade.transforms.sinks  # noqa: F401
 
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -282,14 +282,14 @@ class Child:
 
 
 def _render(plan, geometry, path: str) -> str:
-    from streamer.sky_fits import write_exposure
+    from skygrade.streamer.sky_fits import write_exposure
 
     return str(write_exposure(plan, geometry, path))
 
 
 def render_all(tmp: Path, args) -> tuple[dict, float]:
     """All exposures the run needs, rendered on 2 processes; (paths by role, seconds)."""
-    from streamer.sky_plan import GEOMETRIES, Geometry, plan_night
+    from skygrade.streamer.sky_plan import GEOMETRIES, Geometry, plan_night
 
     mix = {args.label: 1.0}
     main, warm = plan_night(NIGHT, 2, args.seed, mix)  # main is plan_night(...)[0]
@@ -616,7 +616,7 @@ def main(argv=None) -> int:
         (tmp / "scratch").mkdir()
         log(f"rendering exposures into {tmp} ...")
         paths, render_s = render_all(tmp, args)
-        from streamer.sky_plan import GEOMETRIES
+        from skygrade.streamer.sky_plan import GEOMETRIES
 
         g = GEOMETRIES[args.geometry]
         sizes = {"main": (g.n_ccd, g.width, g.height), "main_mb": 0.0}

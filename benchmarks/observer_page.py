@@ -2,15 +2,15 @@
 
 Run ``.venv/bin/python benchmarks/observer_page.py`` (``--help`` for options; ``--exposures 200``
 is a quick smoke run). A night of exposure rows is synthesised with the sink's own functions
-(:func:`transforms.sinks.write_grade_rows`: one exposure file, one CCD file of 36 rows and one
-representative-image file per exposure, as the daemon writes them) into a temporary directory
+(:func:`skygrade.transforms.sinks.write_grade_rows`: one exposure file, one CCD file of 36 rows and
+one representative-image file per exposure, as the daemon writes them) into a temporary directory
 under /tmp, which is deleted at the end (unless ``--keep``).
 
 What is measured
 ----------------
-Server time: the route handlers of :class:`streamer.observer.Observer` called in this process
-with a :class:`ops.http.Request` (what :class:`ops.http.HttpServer` calls per request; socket
-and HTTP parsing not included), median and max of ``--repeats`` calls:
+Server time: the route handlers of :class:`skygrade.streamer.observer.Observer` called in this
+process with a :class:`skygrade.ops.http.Request` (what :class:`skygrade.ops.http.HttpServer` calls
+per request; socket and HTTP parsing not included), median and max of ``--repeats`` calls:
 
 cold
     The first request of the night page after start-up: the night's index is built from every
@@ -56,8 +56,8 @@ TARGET_MS = 100.0
 def synthesise(out: Path, n: int, n_ccd: int, first: int = 0) -> float:
     """Write graded exposures ``first`` .. ``first + n - 1`` of ``n_ccd`` CCDs (rows + images),
     45 s apart; returns the seconds taken."""
-    from models.classes import CLASSES
-    from transforms.grades_dataset import GradesDataset
+    from skygrade.models.classes import CLASSES
+    from skygrade.transforms.grades_dataset import GradesDataset
 
     rng = np.random.default_rng(first)
     yy, xx = np.mgrid[0:32, 0:32]
@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     if args.exposures < 1 or args.n_ccd < 1 or args.repeats < 1:
         ap.error("--exposures, --n-ccd and --repeats must be >= 1")
 
-    from ops.http import Request
-    from streamer.observer import Observer
+    from skygrade.ops.http import Request
+    from skygrade.streamer.observer import Observer
 
     started = time.monotonic()
     info = machine_info()

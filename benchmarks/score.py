@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bundle import load_bundle
-from models.cnn import predict_proba
-from models.mosaic import tile_grid
+from skygrade.models.bundle import load_bundle
+from skygrade.models.cnn import predict_proba
+from skygrade.models.mosaic import tile_grid
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
 BUDGET_MS = 50.0

@@ -7,9 +7,9 @@ caps training at 3M); the 3M row takes a few minutes on a busy 2-core machine.
 Input rows
 ----------
 Real, not synthetic: a few exposures, one per class (GOOD, B_SEEING, BGP, BT, RBT), are rendered
-with :mod:`streamer.sky_fits` in memory, extracted with ``sep_features`` and turned into SOM rows
-with ``feature_matrix`` (a few thousand clean sources). Those base rows are then replicated up to
-each size, every copy with Gaussian jitter of 1% of each column's standard deviation, so that
+with :mod:`skygrade.streamer.sky_fits` in memory, extracted with ``sep_features`` and turned into
+SOM rows with ``feature_matrix`` (a few thousand clean sources). Those base rows are then replicated
+up to each size, every copy with Gaussian jitter of 1% of each column's standard deviation, so that
 the distribution (clusters, tails, constant-per-exposure columns) is that of real extractions
 while no two rows are equal.
 
@@ -87,10 +87,10 @@ def parse_sizes(text: str) -> list[int]:
 
 def base_rows(geometry, seed: int) -> np.ndarray:
     """SOM rows of the clean sources of one simulated exposure per class."""
-    from models.som import feature_matrix
-    from streamer.sky_fits import render_exposure
-    from streamer.sky_plan import plan_night
-    from transforms.extract import sep_features
+    from skygrade.models.som import feature_matrix
+    from skygrade.streamer.sky_fits import render_exposure
+    from skygrade.streamer.sky_plan import plan_night
+    from skygrade.transforms.extract import sep_features
 
     parts = []
     for k, label in enumerate(CLASSES):
@@ -146,7 +146,7 @@ def minisom_loop(som, rows: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ops.config import SomConfig
+    from skygrade.ops.config import SomConfig
 
     defaults = SomConfig()
     parser = argparse.ArgumentParser(
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 if the target fails")
     args = parser.parse_args(argv)
 
-    from models.som import Scaling, train_som
-    from streamer.sky_plan import Geometry
+    from skygrade.models.som import Scaling, train_som
+    from skygrade.streamer.sky_plan import Geometry
 
     sizes = args.sizes or ([20_000, 100_000] if args.quick else [100_000, 1_000_000, 3_000_000])
     geometry = Geometry(2, 512, 1152) if args.quick else Geometry(4, 1024, 2304)

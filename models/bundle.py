@@ -9,9 +9,9 @@
       cnn.pt          state_dict of the CNN ensemble (``members.<i>.*``: one network per member),
                       loaded with ``torch.load(weights_only=True)``
 
-The CNN is an :class:`~models.cnn.EnsembleNet` of ``cnn.members`` networks trained with different
-seeds; scoring averages their log-probabilities. Format ``skygrade-bundle/1`` (a single network,
-before ensembles) still loads, as a one-member ensemble.
+The CNN is an :class:`~skygrade.models.cnn.EnsembleNet` of ``cnn.members`` networks trained with
+different seeds; scoring averages their log-probabilities. Format ``skygrade-bundle/1`` (a single
+network, before ensembles) still loads, as a one-member ensemble.
 
 A bundle whose manifest does not match this code (format, classes, SOM features, CNN inputs) is
 refused with a message saying what differs: grading with a mismatched model would be silently
@@ -32,15 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.classes import CLASSES
-from models.cnn import AUX_FEATURES, CnnShape, EnsembleNet, as_ensemble
-from models.som import SOM_FEATURES, SourceSom
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import AUX_FEATURES, CnnShape, EnsembleNet, as_ensemble
+from skygrade.models.som import SOM_FEATURES, SourceSom
 
 FORMAT = "skygrade-bundle/2"
 LEGACY_FORMAT = "skygrade-bundle/1"
 """A single network (no ``cnn.members``, a plain DualInputNet state_dict): read as one member."""
 COMBINE = "mean-log-probability"
-"""How the members' outputs are combined (:class:`~models.cnn.EnsembleNet`)."""
+"""How the members' outputs are combined (:class:`~skygrade.models.cnn.EnsembleNet`)."""
 MANIFEST, SOM_FILE, CNN_FILE = "manifest.json", "som.npz", "cnn.pt"
 
 
@@ -52,8 +52,8 @@ class BundleError(ValueError):
 class ModelBundle:
     """A loaded bundle: SOM, CNN ensemble (in eval mode) and manifest.
 
-    ``cnn`` may be given as a single :class:`~models.cnn.DualInputNet`; it is kept as a
-    one-member :class:`~models.cnn.EnsembleNet`.
+    ``cnn`` may be given as a single :class:`~skygrade.models.cnn.DualInputNet`; it is kept as a
+    one-member :class:`~skygrade.models.cnn.EnsembleNet`.
     """
 
     som: SourceSom
@@ -73,8 +73,8 @@ class ModelBundle:
 
     @property
     def ood(self) -> dict | None:
-        """The out-of-distribution reference (:func:`models.ood.fit_reference`), or None for
-        a bundle trained before it existed."""
+        """The out-of-distribution reference (:func:`skygrade.models.ood.fit_reference`), or None
+        for a bundle trained before it existed."""
         return self.manifest.get("ood")
 
     @property

@@ -1,7 +1,7 @@
 """The five image-quality classes of the method (Teimoorinia et al. 2020), in model output order,
-and what each one means (:data:`CLASSES` is defined once, in :mod:`ops.classes`)."""
+and what each one means (:data:`CLASSES` is defined once, in :mod:`skygrade.ops.classes`)."""
 
-from ops.classes import CLASSES
+from skygrade.ops.classes import CLASSES
 
 __all__ = ["CLASSES", "DESCRIPTIONS"]
 

@@ -9,7 +9,7 @@ PSF looks the same in every cluster), and the tile embeddings are concatenated i
 
 Hits branch: hit fractions per cluster plus a few per-CCD scalars (:data:`AUX_FEATURES`: source
 density, exposure time, clean fraction and robust summary statistics of the sources' size,
-elongation and sky, :func:`models.summary.ccd_summary`), through two dense layers.
+elongation and sky, :func:`skygrade.models.summary.ccd_summary`), through two dense layers.
 
 Modality dropout: in training the whole image branch is zeroed for a fraction of CCDs and an
 ``image_present`` flag tells the head so; at inference a CCD without pixels (catalog mode:
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.mosaic import tile_grid
-from models.summary import _SUMMARY_CENTRE, _SUMMARY_SCALE, SUMMARY_FEATURES, SUMMARY_FILL
+from skygrade.models.mosaic import tile_grid
+from skygrade.models.summary import _SUMMARY_CENTRE, _SUMMARY_SCALE, SUMMARY_FEATURES, SUMMARY_FILL
 
 AUX_FEATURES: tuple[str, ...] = (
     "log_clean_density",
@@ -161,7 +161,7 @@ class EnsembleNet(nn.Module):
     geometric rather than the arithmetic mean of the members' probabilities: on the validation
     split of the shipped bundle it gave the (slightly) lower log-loss and calibration error
     (docs/model.md), and it is the rule by which the CCDs of an exposure are already combined
-    (:func:`models.aggregate.combine`).
+    (:func:`skygrade.models.aggregate.combine`).
 
     Parameters
     ----------
@@ -282,8 +282,8 @@ def hit_vector(
     area_mpx : np.ndarray
         (B,) CCD area in megapixels (a full MegaCam CCD is 9.45).
     summary : np.ndarray, optional
-        (B, len(SUMMARY_FEATURES)) raw :func:`models.summary.ccd_summary` values
-        (:func:`models.summary.stack_summaries`);
+        (B, len(SUMMARY_FEATURES)) raw :func:`skygrade.models.summary.ccd_summary` values
+        (:func:`skygrade.models.summary.stack_summaries`);
         None or NaN entries take :data:`SUMMARY_FILL`.
 
     Returns

@@ -1,9 +1,9 @@
 """Honest evaluation of a model bundle: ablations, a traditional baseline, the report's data.
 
 Plain numpy + torch; no Beam, no file layout and no presentation: the caller
-(:mod:`streamer.evaluate`) picks the exposures, builds the CNN inputs with the bundle's SOM and
-hands in arrays, and :mod:`streamer.evaluation_report` writes what :func:`build_report` gives
-as Markdown and a PNG for people.
+(:mod:`skygrade.streamer.evaluate`) picks the exposures, builds the CNN inputs with the bundle's SOM
+and hands in arrays, and :mod:`skygrade.streamer.evaluation_report` writes what :func:`build_report`
+gives as Markdown and a PNG for people.
 
 Three things are measured side by side on the same exposures:
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from models.classes import CLASSES
-from models.train import Dataset, classification_metrics, exposure_probabilities, predict
+from skygrade.models.classes import CLASSES
+from skygrade.models.train import Dataset, classification_metrics, exposure_probabilities, predict
 
 # --------------------------------------------------------------------------- statistics
 
@@ -49,7 +49,7 @@ def exposure_statistics(ccds: Sequence) -> dict[str, float]:
 
     Parameters
     ----------
-    ccds : sequence of transforms.extract.CcdFeatures
+    ccds : sequence of skygrade.transforms.extract.CcdFeatures
         The CCDs of one exposure (any object with ``sources``, ``exptime``, ``width`` and
         ``height`` attributes).
 
@@ -352,12 +352,13 @@ def mode_metrics(data: Dataset, probs: np.ndarray) -> dict:
     """CCD-level and exposure-level metrics of CCD probabilities ``probs`` of ``data``.
 
     Exposure probabilities combine the CCDs with the grading rule
-    (:func:`models.train.exposure_probabilities`).
+    (:func:`skygrade.models.train.exposure_probabilities`).
 
     Returns
     -------
     dict
-        ``{"ccd": metrics, "exposure": metrics}`` of :func:`models.train.classification_metrics`.
+        ``{"ccd": metrics, "exposure": metrics}`` of
+        :func:`skygrade.models.train.classification_metrics`.
     """
     if len(probs) != len(data):
         raise ValueError(f"probs has {len(probs)} rows for {len(data)} samples")
@@ -373,10 +374,10 @@ def ablation_probs(model, data: Dataset, mean_vector: np.ndarray) -> dict[str, n
 
     Parameters
     ----------
-    model : models.cnn.DualInputNet
+    model : skygrade.models.cnn.DualInputNet
         The trained network (trained with image dropout, so a zero image flag is in its
         training distribution).
-    data : models.train.Dataset
+    data : skygrade.models.train.Dataset
         CNN inputs of the evaluated CCDs.
     mean_vector : np.ndarray
         (n_clusters + n_aux,) mean hits vector of the training CCDs, which replaces every

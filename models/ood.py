@@ -1,7 +1,7 @@
 """Knowing when the network does not know: an out-of-distribution score per CCD.
 
 Plain numpy. A CCD's Input-2 vector (hit fractions + per-CCD statistics,
-:func:`models.cnn.hit_vector`) is compared with the training CCDs' vectors: each column is
+:func:`skygrade.models.cnn.hit_vector`) is compared with the training CCDs' vectors: each column is
 standardised with the training median and a robust spread, and the CCD's distance is the root
 mean square of those z values. The score is that distance over the training CCDs' 99th
 percentile (:data:`QUANTILE`), so 1 is the edge of what training saw and 3 is far beyond it. A
@@ -11,8 +11,8 @@ say 1.00, and the score is what says otherwise.
 
 :func:`temper` then lowers the confidence: probabilities are mixed with the uniform
 distribution by ``clip((score - 1) / 2, 0, MAX_MIX)``. The class order of one CCD is kept, the
-grade's confidence falls, and an exposure's mean (:func:`models.aggregate.combine`) weighs an
-unsure CCD less.
+grade's confidence falls, and an exposure's mean (:func:`skygrade.models.aggregate.combine`) weighs
+an unsure CCD less.
 
 The 0/1 flag columns (``exptime_known``, ``shapes_measured``, ``isolated``) are left out of the
 distance: a catalog without EXPTIME is a known case, trained on, not a strange sky.
@@ -46,7 +46,7 @@ def fit_reference(vectors: np.ndarray, names: list[str]) -> dict:
     vectors : np.ndarray
         (n, d) training vectors, n >= 10.
     names : list of str
-        The d column names (hit clusters then :data:`models.cnn.AUX_FEATURES`).
+        The d column names (hit clusters then :data:`skygrade.models.cnn.AUX_FEATURES`).
 
     Returns
     -------

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.files import atomic_path
+from skygrade.ops.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ catalogs carry a meaningless CLASS_STAR (a wrong SEEING_FWHM), often no EXPTIME,
 BACKGROUND that is the sky or ~0 depending on the product; per-source features that mean the
 same in every archive are kept, plus whether SExtractor deblended the source (FLAGS bit 2: on
 trailed CCDs, and under DEBLEND_MINCONT 0, most detections are deblended pieces). The sky and
-the exposure time enter the network as per-CCD scalars instead (:mod:`models.summary`)."""
+the exposure time enter the network as per-CCD scalars instead (:mod:`skygrade.models.summary`)."""
 
 BAD_FLAG_BITS = ~(1 | 2)
 """FLAGS bits that disqualify a source (all but 'neighbours' and 'blended')."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.som import MIN_ISOLATED, measured_mask
+from skygrade.models.som import MIN_ISOLATED, measured_mask
 
 SUMMARY_FEATURES: tuple[str, ...] = (
     "log_flux_radius",
@@ -51,9 +51,9 @@ scale; medians and percentiles, not counts):
   bad seeing and trails; it also grows with a lower DETECT_THRESH);
 - ``log_iso0_spread``: log10 of the 90th over the 50th percentile ISO0;
 - ``isolated``: 1 when the statistics are of the isolated sources, 0 when the CCD had too few
-  and all clean sources were used (:func:`models.som.measured_mask`).
+  and all clean sources were used (:func:`skygrade.models.som.measured_mask`).
 
-Every statistic is of the CCD's measured sources (:func:`models.som.measured_mask`): the
+Every statistic is of the CCD's measured sources (:func:`skygrade.models.som.measured_mask`): the
 isolated (FLAGS == 0) clean sources, whose shapes are the PSF's whatever the deblending
 settings. ``log_elongation``, ``log_iso0_bright`` and ``log_iso0_spread`` need only the eight
 columns every archive catalog has (X/Y_IMAGE, ISO0, ELONGATION, ELLIPTICITY, CLASS_STAR,
@@ -77,7 +77,7 @@ _SUMMARY_CENTRE = np.array([0.4, 0.0, 0.0, 0.4, 1.0, 0.0, 0.15, 0.1, -0.03, 0.5,
 _SUMMARY_SCALE = np.array([0.15, 0.1, 0.2, 0.2, 0.5, 0.1, 0.1, 0.1, 0.06, 0.3, 0.4, 0.3, 0.5])
 SUMMARY_FILL = np.array([0.37, 0.05, 0.12, 0.19, 1.1, 0.025, 0.12, 0.1, -0.05, 0.32, 1.3, 0.5, 1.0])
 """Raw value used for a summary statistic that is missing (typical of a GOOD CCD); the
-network is told which inputs were missing (:data:`models.cnn.AUX_FEATURES`)."""
+network is told which inputs were missing (:data:`skygrade.models.cnn.AUX_FEATURES`)."""
 
 MEASURED_COLUMNS = ("FLUX", "FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "THETA_IMAGE")
 """Optional catalog columns some statistics need; :func:`missing_columns` names the absent."""
@@ -121,7 +121,7 @@ def bright_mask(flux: np.ndarray) -> np.ndarray:
 def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
     """The :data:`SUMMARY_FEATURES` of one CCD's feature table (float64, NaN where unmeasurable).
 
-    Uses the SOM's measured sources (:func:`models.som.measured_mask`).
+    Uses the SOM's measured sources (:func:`skygrade.models.som.measured_mask`).
 
     Examples
     --------

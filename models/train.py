@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.aggregate import combine
-from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet, EnsembleNet, predict_proba
+from skygrade.models.aggregate import combine
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import CnnShape, DualInputNet, EnsembleNet, predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def exposure_probabilities(
     data: Dataset, probs: np.ndarray
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-exposure (ids, true label, probabilities) with the grading rule of
-    :mod:`transforms.grade` (normalised geometric mean over CCDs)."""
+    :mod:`skygrade.transforms.grade` (normalised geometric mean over CCDs)."""
     ids = sorted(set(data.exposure.tolist()))
     truth, out = [], []
     for e in ids:

@@ -1,8 +1,8 @@
 """Delivering alerts: a log line for each, and Alertmanager JSON POSTed from a thread.
 
-:class:`AlertDispatcher` delivers the :class:`~ops.alerts.Alert` objects that
-:class:`ops.alerts.AlertEngine` reports: a log line for each (WARNING for WARN, ERROR for ALARM,
-INFO when resolved) and, when a webhook URL is configured, an HTTP POST of
+:class:`AlertDispatcher` delivers the :class:`~skygrade.ops.alerts.Alert` objects that
+:class:`skygrade.ops.alerts.AlertEngine` reports: a log line for each (WARNING for WARN, ERROR for
+ALARM, INFO when resolved) and, when a webhook URL is configured, an HTTP POST of
 Alertmanager-compatible JSON (:func:`alertmanager_payload`, timestamps by :func:`rfc3339`) from
 a background thread, so that :meth:`AlertDispatcher.send` never blocks the pipeline. Failed
 requests are retried with exponential backoff; a full queue drops its oldest alert.
@@ -21,15 +21,15 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from ops.alerts import SEVERITY, Alert
-from ops.config_daemon import AlertsConfig, check_http_url
-from ops.metrics import Metrics
+from skygrade.ops.alerts import SEVERITY, Alert
+from skygrade.ops.config_daemon import AlertsConfig, check_http_url
+from skygrade.ops.metrics import Metrics
 
 __all__ = ["AlertDispatcher", "alertmanager_payload", "rfc3339"]
 
-# The alert log lines keep the name they had when delivery lived in ops.alerts: operators'
+# The alert log lines keep the name they had when delivery lived in skygrade.ops.alerts: operators'
 # log filters and the README's examples name that logger.
-logger = logging.getLogger("ops.alerts")
+logger = logging.getLogger("skygrade.ops.alerts")
 
 
 def rfc3339(when: datetime) -> str:
@@ -121,7 +121,7 @@ class AlertDispatcher:
     queue_size : int, optional
         Alerts waiting for delivery at most (default 100); when full, the oldest is dropped
         and counted in ``skygrade_alerts_dropped_total``.
-    metrics : ops.metrics.Metrics, optional
+    metrics : skygrade.ops.metrics.Metrics, optional
         Counts undelivered alerts (``skygrade_alert_webhook_failures_total``) and dropped ones.
     backoff_s : float, optional
         First wait between attempts (default 0.25 s).
@@ -179,9 +179,9 @@ class AlertDispatcher:
 
         Parameters
         ----------
-        config : ops.config_daemon.AlertsConfig
+        config : skygrade.ops.config_daemon.AlertsConfig
             Uses ``webhook_url``, ``webhook_timeout_s``, ``webhook_retries``, ``webhook_queue``.
-        metrics : ops.metrics.Metrics, optional
+        metrics : skygrade.ops.metrics.Metrics, optional
             Where failures and drops are counted.
 
         Returns

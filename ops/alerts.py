@@ -3,7 +3,7 @@
 :class:`AlertEngine` looks at each exposure row as it is written and keeps one state per rule:
 
 ==================  =====================================================================
-rule                condition (thresholds from :class:`ops.config_daemon.AlertsConfig`)
+rule                condition (thresholds from :class:`skygrade.ops.config_daemon.AlertsConfig`)
 ==================  =====================================================================
 consecutive_bad     N consecutive graded exposures not GOOD: WARN at ``consecutive_bad_warn``,
                     ALARM at ``consecutive_bad_alarm``; cleared by a GOOD exposure
@@ -22,8 +22,9 @@ resolved :class:`Alert`). While a rule stays active its level does not go down, 
 :meth:`AlertEngine.active` shows its latest message. Quarantined exposures only count for the
 quarantine rule; they neither extend nor break a run of exposures not GOOD.
 
-The engine hands each :class:`Alert` to its sink; :class:`ops.alert_delivery.AlertDispatcher`
-logs it and posts it to the webhook (:mod:`ops.alert_delivery`).
+The engine hands each :class:`Alert` to its sink;
+:class:`skygrade.ops.alert_delivery.AlertDispatcher` logs it and posts it to the webhook
+(:mod:`skygrade.ops.alert_delivery`).
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
@@ -37,8 +38,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ops.config_daemon import AlertsConfig
-from ops.metrics import Metrics
+from skygrade.ops.config_daemon import AlertsConfig
+from skygrade.ops.metrics import Metrics
 
 __all__ = ["RULES", "SEVERITY", "Alert", "AlertEngine"]
 
@@ -114,12 +115,13 @@ class AlertEngine:
 
     Parameters
     ----------
-    config : ops.config_daemon.AlertsConfig
+    config : skygrade.ops.config_daemon.AlertsConfig
         The thresholds.
     sink : callable, optional
         Called with each :class:`Alert` that :meth:`observe` reports (e.g.
-        ``ops.alert_delivery.AlertDispatcher.send``). An exception from it is logged, never raised.
-    metrics : ops.metrics.Metrics, optional
+        ``skygrade.ops.alert_delivery.AlertDispatcher.send``). An exception from it is logged, never
+        raised.
+    metrics : skygrade.ops.metrics.Metrics, optional
         Counts fired alerts in ``skygrade_alerts_total{level}``.
     clock : callable, optional
         Returns the current aware datetime (default ``datetime.now(UTC)``); for tests.

@@ -1,10 +1,11 @@
 """Configuration: the sections of skygrade's YAML file, and loading it.
 
 Each section is a frozen, typed, documented dataclass (the engine that makes it one, and checks
-every value with its dotted key path, is :mod:`ops.config_schema`; the YAML reading and writing
-is :mod:`ops.config_yaml`). The sections of the daemon (``watch``, ``metrics``, ``alerts``) are
-in :mod:`ops.config_daemon`. :class:`Config` holds one attribute per section; :func:`load_config`
-reads and validates a file into it.
+every value with its dotted key path, is :mod:`skygrade.ops.config_schema`; the YAML reading and
+writing is :mod:`skygrade.ops.config_yaml`). The sections of the daemon (``watch``, ``metrics``,
+``alerts``) are in :mod:`skygrade.ops.config_daemon`. :class:`Config` holds one attribute per
+section;
+:func:`load_config` reads and validates a file into it.
 
 Adding a section later takes two steps::
 
@@ -28,9 +29,9 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-from ops.classes import CLASSES
-from ops.config_daemon import AlertsConfig, MetricsConfig, WatchConfig
-from ops.config_schema import (
+from skygrade.ops.classes import CLASSES
+from skygrade.ops.config_daemon import AlertsConfig, MetricsConfig, WatchConfig
+from skygrade.ops.config_schema import (
     build_section,
     config_section,
     join_path,
@@ -40,8 +41,8 @@ from ops.config_schema import (
     to_dict,
     type_text,
 )
-from ops.config_values import show_value
-from ops.config_yaml import read_yaml
+from skygrade.ops.config_values import show_value
+from skygrade.ops.config_yaml import read_yaml
 
 __all__ = [
     "CLASSES",

@@ -3,16 +3,16 @@
 :class:`WatchConfig` (the watcher, the grader's retries and back-off, the CCD pool's size),
 :class:`MetricsConfig` (the /metrics and /healthz HTTP server) and :class:`AlertsConfig` (the
 WARN / ALARM thresholds and the webhook, checked by :func:`check_http_url`). They are declared
-with the schema engine (:mod:`ops.config_schema`) like every section, and the root
-:class:`ops.config.Config` holds them as ``watch``, ``metrics`` and ``alerts``.
+with the schema engine (:mod:`skygrade.ops.config_schema`) like every section, and the root
+:class:`skygrade.ops.config.Config` holds them as ``watch``, ``metrics`` and ``alerts``.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
 
 from typing import Literal
 
-from ops.config_schema import config_section, setting
-from ops.config_values import ConfigError, Problem, show_value
+from skygrade.ops.config_schema import config_section, setting
+from skygrade.ops.config_values import ConfigError, Problem, show_value
 
 __all__ = ["AlertsConfig", "MetricsConfig", "WatchConfig", "check_http_url"]
 

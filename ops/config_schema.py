@@ -3,9 +3,10 @@
 A section is a frozen dataclass decorated with :func:`config_section`; each of its fields is
 declared with :func:`setting` (a leaf value with a ``doc`` and optional constraints) or
 :func:`section` (a nested section). Validation (:func:`build_section`, and every section's
-constructor), :func:`to_dict`, the YAML rendering (:mod:`ops.config_yaml`) and the field listing
-(:func:`ops.config.documented_fields`) are generic: they are driven by the type hints and the
-field metadata, never written per field. The sections themselves are in :mod:`ops.config`.
+constructor), :func:`to_dict`, the YAML rendering (:mod:`skygrade.ops.config_yaml`) and the field
+listing (:func:`skygrade.ops.config.documented_fields`) are generic: they are driven by the type
+hints and the field metadata, never written per field. The sections themselves are in
+:mod:`skygrade.ops.config`.
 
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted and stored as float; bools are
 never numbers), ``str``, ``Literal[...]``, ``X | None``, ``tuple[T, T]`` and ``tuple[T, ...]`` of
@@ -15,12 +16,14 @@ hashable, picklable :class:`FrozenMap`) and nested sections. Constraints in the 
 ``choices`` (the allowed keys of a mapping, named ``key_label`` in messages) and ``check`` (a
 callable that gets the converted value and returns an error text or None).
 
-Every problem is a :class:`~ops.config_values.Problem` at the dotted key path it concerns, and
-a :class:`~ops.config_values.ConfigError` carries all of them at once (both, with
-:class:`~ops.config_values.FrozenMap` and :func:`~ops.config_values.show_value`, are in
-:mod:`ops.config_values`). :func:`section_fields`, :func:`join_path`, :func:`describe_allowed`,
-:func:`type_text` and :func:`plain_value` are the engine's introspection, for :mod:`ops.config`
-and :mod:`ops.config_yaml`.
+Every problem is a :class:`~skygrade.ops.config_values.Problem` at the dotted key path it concerns,
+and a :class:`~skygrade.ops.config_values.ConfigError` carries all of them at once (both, with
+:class:`~skygrade.ops.config_values.FrozenMap` and :func:`~skygrade.ops.config_values.show_value`,
+are in
+:mod:`skygrade.ops.config_values`). :func:`section_fields`, :func:`join_path`,
+:func:`describe_allowed`,
+:func:`type_text` and :func:`plain_value` are the engine's introspection, for
+:mod:`skygrade.ops.config` and :mod:`skygrade.ops.config_yaml`.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
@@ -35,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any, Literal, NamedTuple, get_args, get_origin
 
-from ops.config_values import ConfigError, FrozenMap, Problem, show_value
+from skygrade.ops.config_values import ConfigError, FrozenMap, Problem, show_value
 
 __all__ = [
     "SectionField",
@@ -503,7 +506,8 @@ def build_section(cls: type, data: object, source: str = "<config>") -> Any:
     Parameters
     ----------
     cls : type
-        A :func:`config_section` class (the root :class:`ops.config.Config`, or any section).
+        A :func:`config_section` class (the root :class:`skygrade.ops.config.Config`, or any
+        section).
     data : object
         The parsed YAML: a mapping, or None (all defaults).
     source : str, optional

@@ -4,7 +4,7 @@ A :class:`Problem` is one thing wrong with a configuration at the dotted key pat
 a :class:`ConfigError` carries all of them at once, one line each. :class:`FrozenMap` is the
 stored (immutable, hashable, picklable) form of mapping-valued fields, and :func:`show_value`
 the short repr of a value that messages quote. The engine that produces them is
-:mod:`ops.config_schema`; the sections are in :mod:`ops.config`.
+:mod:`skygrade.ops.config_schema`; the sections are in :mod:`skygrade.ops.config`.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """

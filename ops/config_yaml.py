@@ -1,10 +1,11 @@
 """The configuration as YAML: the file read (a key given twice refused) and written, documented.
 
 :func:`read_yaml` reads a config file as ``yaml.safe_load`` would, except that every key given
-twice in one mapping is a :class:`~ops.config_values.Problem`; :func:`render_yaml` writes any
-config (or section) back as YAML with each field's doc, what it allows and its default as
-comments. Both are generic over the sections (:mod:`ops.config_schema`);
-:func:`ops.config.load_config` is the one that knows the root :class:`ops.config.Config`.
+twice in one mapping is a :class:`~skygrade.ops.config_values.Problem`; :func:`render_yaml` writes
+any config (or section) back as YAML with each field's doc, what it allows and its default as
+comments. Both are generic over the sections (:mod:`skygrade.ops.config_schema`);
+:func:`skygrade.ops.config.load_config` is the one that knows the root
+:class:`skygrade.ops.config.Config`.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
@@ -16,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ops.config_schema import describe_allowed, join_path, plain_value, section_fields
-from ops.config_values import ConfigError, Problem
+from skygrade.ops.config_schema import describe_allowed, join_path, plain_value, section_fields
+from skygrade.ops.config_values import ConfigError, Problem
 
 __all__ = ["read_yaml", "render_yaml"]
 
@@ -169,7 +170,7 @@ def render_yaml(cfg: Any, docs: bool = True) -> str:
 
     Parameters
     ----------
-    cfg : ops.config.Config
+    cfg : skygrade.ops.config.Config
         The configuration to render (or any one section).
     docs : bool, optional
         Put each section's and field's doc, what it allows and its default as comments above
@@ -182,7 +183,7 @@ def render_yaml(cfg: Any, docs: bool = True) -> str:
 
     Examples
     --------
-    >>> print(render_yaml(ops.config.load_config(), docs=False).splitlines()[1])
+    >>> print(render_yaml(skygrade.ops.config.load_config(), docs=False).splitlines()[1])
       geometry: full
     """
     lines: list[str] = []

@@ -331,7 +331,7 @@ class HttpServer:
 
     Examples
     --------
-    >>> from ops.metrics import Metrics
+    >>> from skygrade.ops.metrics import Metrics
     >>> with HttpServer(Metrics().registry, port=0) as server:  # doctest: +SKIP
     ...     print(server.url)
     http://127.0.0.1:41235

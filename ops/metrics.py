@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from ops.config import CLASSES
+from skygrade.ops.config import CLASSES
 
 __all__ = [
     "CONFIDENCE_BUCKETS",
@@ -48,7 +48,7 @@ STAGE_BUCKETS_S: tuple[float, ...] = (
     60,
     120,
 )
-#: Buckets of the exposure OOD score: 1 is the edge of the training data (models.ood).
+#: Buckets of the exposure OOD score: 1 is the edge of the training data (skygrade.models.ood).
 OOD_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 #: Buckets of the exposure seeing (PSF FWHM, arcsec) at the thresholds observers use on Mauna
@@ -155,7 +155,8 @@ class Metrics:
     Attributes
     ----------
     registry : prometheus_client.CollectorRegistry
-        The registry holding every metric below (serve it with :class:`ops.http.HttpServer`).
+        The registry holding every metric below (serve it with
+        :class:`skygrade.ops.http.HttpServer`).
     exposures_graded : Counter
         ``skygrade_exposures_graded_total{grade}``: exposures graded, by grade.
     exposures_quarantined : Counter
@@ -177,7 +178,7 @@ class Metrics:
     ood : Histogram
         ``skygrade_exposure_ood_score``: out-of-distribution score of each graded exposure
         (the median over its CCDs; above 1 its inputs are unlike the training data and its
-        confidence was lowered: ``models.ood``).
+        confidence was lowered: ``skygrade.models.ood``).
     seeing : Histogram
         ``skygrade_seeing_arcsec``: seeing (median PSF FWHM of the stars, as measured) of each
         graded exposure, buckets :data:`SEEING_BUCKETS_ARCSEC`.
@@ -366,7 +367,7 @@ class Metrics:
         Parameters
         ----------
         grade : str or None
-            The exposure grade (one of ``ops.config.CLASSES``; anything else is counted as
+            The exposure grade (one of ``skygrade.ops.config.CLASSES``; anything else is counted as
             ``"other"``). Ignored for a quarantined exposure.
         status : {"graded", "quarantined"}
             What happened to the exposure.

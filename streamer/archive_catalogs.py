@@ -9,9 +9,9 @@ EXPTIME, no DATE-OBS). This module turns each exposure of a labelled pixel archi
 catalog, so that a bundle can be trained and scored on catalogs no part of skygrade's
 extraction measured (``make model``, ``make model-holdout``)::
 
-    python -m streamer.archive_catalogs build/holdout-seed7 build/catalogs-seed7 --sky subtracted
-    python -m streamer.archive_catalogs build/model-archive build/cats --extraction random
-    skygrade evaluate build/catalogs-seed7 --backend catalog --out report
+    python -m skygrade.streamer.archive_catalogs build/holdout-seed7 build/catalogs-seed7 --sky
+    subtracted python -m skygrade.streamer.archive_catalogs build/model-archive build/cats
+    --extraction random skygrade evaluate build/catalogs-seed7 --backend catalog --out report
 
 ``--extraction`` names how: ``stock`` (default.sex), ``archive`` (the configuration of the real
 catalogs, their eight columns, no EXPTIME) or ``random`` (:func:`draw_extraction`: one
@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from streamer.cli_common import not_beam_noise
-from streamer.progress import Progress
-from transforms.catalog_files import REQUIRED_COLUMNS
-from transforms.ccd_pixels import read_ccd
-from transforms.sextractor import CATALOG_PARAMETERS
+from skygrade.streamer.cli_common import not_beam_noise
+from skygrade.streamer.progress import Progress
+from skygrade.transforms.catalog_files import REQUIRED_COLUMNS
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.sextractor import CATALOG_PARAMETERS
 
 SHARE = Path("/usr/share/source-extractor")
 """Where Debian's ``source-extractor`` package keeps ``default.sex``, ``.conv`` and ``.nnw``."""
@@ -77,7 +77,8 @@ class Extraction:
         Whether the processed image keeps the sky (BACKGROUND ~ the sky level) or not (~0).
     columns : {"full", "archive"}
         All of :data:`CATALOG_PARAMETERS`, or only the eight columns of the real catalogs
-        (:data:`~transforms.catalog_files.REQUIRED_COLUMNS`: no FLUX, FLUX_RADIUS, A/B_IMAGE).
+        (:data:`~skygrade.transforms.catalog_files.REQUIRED_COLUMNS`: no FLUX, FLUX_RADIUS,
+        A/B_IMAGE).
     times : bool
         Whether the image header keeps EXPTIME and DATE-OBS (real archive catalogs have neither).
     """
@@ -278,7 +279,9 @@ def catalog_archive(
     overrides the preset's or the draw's sky unless ``mixed``. Returns the catalog paths, in
     the archive's exposure order.
     """
-    from transforms.dataset import find_archive  # imports Beam: not needed by the helpers above
+    from skygrade.transforms.dataset import (
+        find_archive,
+    )  # imports Beam: not needed by the helpers above
 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every!r}")
@@ -315,7 +318,7 @@ def catalog_archive(
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(not_beam_noise)  # Beam's import warns about Google Cloud
     parser = argparse.ArgumentParser(
-        prog="python -m streamer.archive_catalogs",
+        prog="python -m skygrade.streamer.archive_catalogs",
         description=(
             "Turn a labelled pixel archive into SExtractor FITS_LDAC catalogs made the way "
             "archives make them (stock default.sex, the real catalogs' 5-sigma unfiltered "

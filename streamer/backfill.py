@@ -1,6 +1,6 @@
 """``skygrade backfill``: grade an archive of exposures with Beam batch jobs.
 
-The job is the same :class:`~transforms.grading.GradeExposures` as the daemon and
+The job is the same :class:`~skygrade.transforms.grading.GradeExposures` as the daemon and
 ``skygrade grade``; what this module adds is the bookkeeping of a long batch run:
 
 * **Idempotent.** Before the job starts, the exposure rows already in the dataset are read
@@ -8,7 +8,7 @@ The job is the same :class:`~transforms.grading.GradeExposures` as the daemon an
   with this bundle's model version *and* this configuration's digest is skipped (graded and
   quarantined rows alike; ``--force`` regrades them).
 * **One row per exposure per model version.** The dataset's one naming scheme
-  (:meth:`~transforms.grades_dataset.GradesDataset.paths`): a backfill writes
+  (:meth:`~skygrade.transforms.grades_dataset.GradesDataset.paths`): a backfill writes
   ``exposures/night=N/<exposure_id>.<model_version>.parquet`` (and the same name under
   ``ccds/``), so grading an archive with a new model adds rows beside the old version's
   instead of replacing them. A regrade with the same model version (``--force``, or a new
@@ -19,7 +19,7 @@ The job is the same :class:`~transforms.grading.GradeExposures` as the daemon an
   archive goes through in batches of ``batch_size`` exposures, one Beam job each: the grading
   job groups by exposure, so one job writes nothing until all its exposures are measured.
 * **Followable.** The driver watches the exposure files appear and draws a
-  :class:`~streamer.progress.Progress` line (done / total, rate, ETA); the run ends with a
+  :class:`~skygrade.streamer.progress.Progress` line (done / total, rate, ETA); the run ends with a
   summary (grades, quarantined with reasons, throughput, output location).
 
 Reading the dataset as one table works unchanged: every file name ends in ``.parquet`` under
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 import apache_beam as beam
 
-from transforms.grades_dataset import GradesDataset, exposure_file_name
+from skygrade.transforms.grades_dataset import GradesDataset, exposure_file_name
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -95,10 +95,10 @@ def find_exposures(
     FileNotFoundError
         ``archive`` is not a directory.
     """
-    from transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
-    from transforms.exposure import NIGHT_PATTERN, exposure_id_from_path
-    from transforms.exposure_errors import ExposureError
-    from transforms.extract import make_backend
+    from skygrade.transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
+    from skygrade.transforms.exposure import NIGHT_PATTERN, exposure_id_from_path
+    from skygrade.transforms.exposure_errors import ExposureError
+    from skygrade.transforms.extract import make_backend
 
     root = Path(archive)
     if not root.is_dir():
@@ -318,7 +318,7 @@ class BackfillSummary:
 
     def text(self) -> str:
         """A few lines for the terminal."""
-        from models.classes import CLASSES
+        from skygrade.models.classes import CLASSES
 
         counts = self.grade_counts
         graded = sum(counts.values())
@@ -377,7 +377,7 @@ def run_backfill(
         Beam runner options (default: FnApiRunner in process). With the Dask runner and no
         scheduler named (``--dask_client_address`` / ``--dask_scheduler_file``), a local Dask
         cluster of ``--dask_local_workers`` processes runs all the batches and is closed at
-        the end (``streamer.dask_runner.scheduler_for``).
+        the end (``skygrade.streamer.dask_runner.scheduler_for``).
     batch_size : int
         Exposures per Beam job. The grading job groups by exposure, so a job writes its rows
         only once all its exposures are measured: batches bound what a crash loses and make
@@ -397,12 +397,12 @@ def run_backfill(
     -------
     BackfillSummary
     """
-    from models.bundle import read_manifest
-    from ops.config import config_digest
-    from streamer.ccd_pool import pooled, shutdown_pool
-    from streamer.pipelines import make_pipeline, pipeline_options
-    from streamer.progress import Progress
-    from transforms.grading import GradeExposures
+    from skygrade.models.bundle import read_manifest
+    from skygrade.ops.config import config_digest
+    from skygrade.streamer.ccd_pool import pooled, shutdown_pool
+    from skygrade.streamer.pipelines import make_pipeline, pipeline_options
+    from skygrade.streamer.progress import Progress
+    from skygrade.transforms.grading import GradeExposures
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -456,11 +456,11 @@ def _scheduler(options: PipelineOptions):
 
     from apache_beam.options.pipeline_options import StandardOptions
 
-    from streamer.pipelines import DASK_RUNNERS
+    from skygrade.streamer.pipelines import DASK_RUNNERS
 
     if options.view_as(StandardOptions).runner not in DASK_RUNNERS:
         return contextlib.nullcontext(options)
-    from streamer.dask_runner import scheduler_for
+    from skygrade.streamer.dask_runner import scheduler_for
 
     return scheduler_for(options)
 

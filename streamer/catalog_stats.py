@@ -1,13 +1,13 @@
 """Per-class statistics of labelled SExtractor catalogs, to set real archives beside emulated ones.
 
 The calibration table of docs/model.md: for each labelled catalog archive (real catalogs, or
-``python -m streamer.archive_catalogs`` on simulated exposures), per class, medians over the
-exposures of each exposure's median over its CCDs of: detections per CCD (scaled to a full
+``python -m skygrade.streamer.archive_catalogs`` on simulated exposures), per class, medians over
+the exposures of each exposure's median over its CCDs of: detections per CCD (scaled to a full
 2048x4612 MegaCam CCD when the catalog keeps NAXIS1/2), the FLAGS == 0 fraction, the median
 ELONGATION of the FLAGS == 0 sources and of all unsaturated ones, the median ISO0 of both, and
 the median BACKGROUND::
 
-    python -m streamer.catalog_stats ../shared/real-catalogs build/calib-cats-archive
+    python -m skygrade.streamer.catalog_stats ../shared/real-catalogs build/calib-cats-archive
 
 Reads the catalogs with astropy alone (the raw columns, no skygrade feature mapping), so it
 shows what the files hold.
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from models.classes import CLASSES
-from models.summary import bright_mask
-from transforms.exposure import exposure_id_from_path
+from skygrade.models.classes import CLASSES
+from skygrade.models.summary import bright_mask
+from skygrade.transforms.exposure import exposure_id_from_path
 
 FULL_CCD_PIXELS = 2048 * 4612
 STATS = (
@@ -39,9 +39,9 @@ STATS = (
     "BKG",
 )
 """Per CCD: detections (scaled to a full CCD), the FLAGS == 0 fraction, median ELONGATION of
-the FLAGS == 0 sources, of their brightest quarter by ISO0 (:func:`models.summary.bright_mask`,
-what the network's shape statistics read), and of all unsaturated ones; median ISO0 of the
-clean and the unsaturated; median BACKGROUND."""
+the FLAGS == 0 sources, of their brightest quarter by ISO0
+(:func:`skygrade.models.summary.bright_mask`, what the network's shape statistics read), and of all
+unsaturated ones; median ISO0 of the clean and the unsaturated; median BACKGROUND."""
 
 
 def _labels(root: Path) -> dict[str, str]:
@@ -132,7 +132,7 @@ def format_table(tables: dict[str, dict[str, np.ndarray]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streamer.catalog_stats",
+        prog="python -m skygrade.streamer.catalog_stats",
         description="Print per-class statistics of labelled SExtractor catalog archives side by "
         "side (the calibration table of docs/model.md).",
     )

@@ -7,9 +7,9 @@ which is fine for a backfill of thousands of exposures but not for the daemon, w
 small bounded pipeline per exposure as it lands. Here the pool is created once per process (on
 first use, or early with :func:`start_pool`) and reused by every later pipeline run.
 
-Each worker runs the whole per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`: read
+Each worker runs the whole per-CCD chain (:func:`skygrade.transforms.ccd_chain.measure_ccd`: read
 pixels, extract, SOM hits, representative image) and returns only the small
-:class:`~transforms.representative.CcdInputs` (or a quarantine record): the 38 MB of pixels
+:class:`~skygrade.transforms.representative.CcdInputs` (or a quarantine record): the 38 MB of pixels
 never cross a process boundary.
 
 Workers are forked from a fork server (``multiprocessing``'s "forkserver" start method): a
@@ -17,12 +17,13 @@ clean single-threaded process started once, which imports the per-CCD chain once
 every worker from there. Forking the parent itself is unsafe (it runs Beam's gRPC threads), and
 spawning fresh interpreters makes every worker import the chain again, so every pool start
 costs more wall and CPU than with the fork server. This module and the chain it runs
-(:mod:`transforms.ccd_chain`, :mod:`transforms.extract`, :mod:`transforms.som_hits`,
-:mod:`transforms.representative`) never import Beam or torch (Beam alone costs each process a
-second and more of import and over 100 MB); their Beam wrappers are in :mod:`transforms.stages`,
-which takes the pool as a :class:`CcdPool` (:func:`pooled`): the processes live here, in
-streamer/, and the Beam graph only runs what it is given. The heap settings every worker makes
-are :mod:`transforms.ccd_memory`'s (the Beam stage makes them too).
+(:mod:`skygrade.transforms.ccd_chain`, :mod:`skygrade.transforms.extract`,
+:mod:`skygrade.transforms.som_hits`,
+:mod:`skygrade.transforms.representative`) never import Beam or torch (Beam alone costs each process
+a second and more of import and over 100 MB); their Beam wrappers are in
+:mod:`skygrade.transforms.stages`, which takes the pool as a :class:`CcdPool` (:func:`pooled`): the
+processes live here, in streamer/, and the Beam graph only runs what it is given. The heap settings
+every worker makes are :mod:`skygrade.transforms.ccd_memory`'s (the Beam stage makes them too).
 The figures are in benchmarks/README.md.
 
 The pool dies with the process that uses it, even under ``kill -9`` (before, every kill left
@@ -51,10 +52,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 
-from transforms import ccd_chain as chain
-from transforms.ccd_memory import release_fragments, reuse_freed_memory
-from transforms.extract import make_backend
-from transforms.som_hits import load_som
+from skygrade.transforms import ccd_chain as chain
+from skygrade.transforms.ccd_memory import release_fragments, reuse_freed_memory
+from skygrade.transforms.extract import make_backend
+from skygrade.transforms.som_hits import load_som
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,14 @@ _POOL: ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 _LOCK = threading.Lock()
 _BACKENDS: dict = {}
-_CHAIN = ("streamer.ccd_pool_server", "sep", "transforms.exposure", "streamer.ccd_pool")
+_CHAIN = (
+    "skygrade.streamer.ccd_pool_server",
+    "sep",
+    "skygrade.transforms.exposure",
+    "skygrade.streamer.ccd_pool",
+)
 """What the fork server imports before it serves: first the module that ties it to its parent
-(:mod:`streamer.ccd_pool_server`), then what every worker needs, imported once by the fork
+(:mod:`skygrade.streamer.ccd_pool_server`), then what every worker needs, imported once by the fork
 server and inherited by each worker."""
 _KEEPER: threading.Thread | None = None
 _KEEPER_STOP = threading.Event()
@@ -229,7 +235,7 @@ def die_with_parent(parent: int, watch: bool = True) -> str:
 def guard_fork_server() -> None:
     """In the fork server, before it imports the CCD chain: end with the process it serves.
 
-    Called by :mod:`streamer.ccd_pool_server`, first in the fork server's preload list. The
+    Called by :mod:`skygrade.streamer.ccd_pool_server`, first in the fork server's preload list. The
     parent pid is read here, so a parent that dies while the fork server starts (before this
     runs) goes unseen by :func:`die_with_parent`; the fork server then still ends, on the EOF
     of its "alive" pipe, since no worker holds it yet.
@@ -288,7 +294,7 @@ atexit.register(shutdown_pool)
 
 
 def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):
-    """One CCD end to end in a worker: :func:`transforms.ccd_chain.measure_ccd` with this
+    """One CCD end to end in a worker: :func:`skygrade.transforms.ccd_chain.measure_ccd` with this
     process's backend and SOM (built on the first CCD, then reused).
 
     Returns :class:`CcdInputs` (with ``som_path``), :class:`CcdFeatures` without pixels (no
@@ -307,9 +313,10 @@ def measure_ccd(meta, ccd: int, extract, som_path: str | None, tile: int):
 
 @dataclasses.dataclass(frozen=True)
 class CcdPool:
-    """The CCD pool of ``workers`` processes, as :class:`transforms.stages.MeasureExposures`
-    takes it: a small picklable handle (Beam pickles the stage that holds it) that reaches the
-    process-wide pool (:func:`ccd_pool`) of whichever process runs the stage.
+    """The CCD pool of ``workers`` processes, as
+    :class:`skygrade.transforms.stages.MeasureExposures` takes it: a small picklable handle (Beam
+    pickles the stage that holds it) that reaches the process-wide pool (:func:`ccd_pool`) of
+    whichever process runs the stage.
     """
 
     workers: int

@@ -1,12 +1,12 @@
 """The ``skygrade`` command line: the parser and the registry of commands.
 
-Each command is a module of :mod:`streamer.commands` named after it, imported by name only when
-that command is parsed or run (Beam and torch take seconds to import), so ``skygrade --help``
+Each command is a module of :mod:`skygrade.streamer.commands` named after it, imported by name only
+when that command is parsed or run (Beam and torch take seconds to import), so ``skygrade --help``
 stays fast. A command module has ``EXAMPLES`` (its ``--help`` epilog), ``add_arguments(parser)``
 and ``command(args, cfg) -> int``; its one-line help is in :data:`COMMANDS` here.
 
 Exit codes: 0 success, 1 failure while running, 2 usage or configuration error. They, the
-usage error and the options the command modules share are in :mod:`streamer.cli_common`.
+usage error and the options the command modules share are in :mod:`skygrade.streamer.cli_common`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ops.config import Config, load_config
-from ops.config_values import ConfigError
-from streamer.cli_common import EXIT_FAILURE, EXIT_USAGE, UsageError, not_beam_noise
+from skygrade.ops.config import Config, load_config
+from skygrade.ops.config_values import ConfigError
+from skygrade.streamer.cli_common import EXIT_FAILURE, EXIT_USAGE, UsageError, not_beam_noise
 
 log = logging.getLogger("skygrade")
 
@@ -39,14 +39,14 @@ COMMANDS: dict[str, str] = {
     "config": "show or check the configuration",
 }
 """Every command, in the order of ``skygrade --help``, with its one-line help; the command
-``NAME`` is the module ``streamer.commands.NAME``."""
+``NAME`` is the module ``skygrade.streamer.commands.NAME``."""
 
 
 def command_module(name: str) -> ModuleType:
     """The module of the command ``name`` (imported now, on first use)."""
     if name not in COMMANDS:
         raise KeyError(f"no skygrade command {name!r}")
-    return importlib.import_module(f"streamer.commands.{name}")
+    return importlib.import_module(f"skygrade.streamer.commands.{name}")
 
 
 def _setup_logging(args: argparse.Namespace, cfg: Config | None) -> None:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # the command failed: say what, keep the traceback for -v
-        bundle = sys.modules.get("models.bundle")  # a bad model bundle is a usage error
+        bundle = sys.modules.get("skygrade.models.bundle")  # a bad model bundle is a usage error
         if bundle is not None and isinstance(exc, bundle.BundleError):
             print(f"skygrade {args.command}: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -1,10 +1,10 @@
 """What the ``skygrade`` commands share: exit codes, the usage error, option parsers and helpers.
 
-:mod:`streamer.cli` (the parser and the command registry) and the command modules it loads
-when their command is used (:mod:`streamer.commands`) import these from here, so no command
+:mod:`skygrade.streamer.cli` (the parser and the command registry) and the command modules it loads
+when their command is used (:mod:`skygrade.streamer.commands`) import these from here, so no command
 module imports the CLI that loads it. Nothing heavier than numpy (through the extraction
-module's :data:`~transforms.extract.BACKENDS`) is imported at module level: ``skygrade --help``
-imports this module.
+module's :data:`~skygrade.transforms.extract.BACKENDS`) is imported at module level: ``skygrade
+--help`` imports this module.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from transforms.extract import BACKENDS
+from skygrade.transforms.extract import BACKENDS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -81,7 +81,8 @@ def add_runner_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend_option(p: argparse.ArgumentParser, help: str) -> None:
-    """``--backend``: one of the extraction module's :data:`~transforms.extract.BACKENDS`."""
+    """``--backend``: one of the extraction module's
+    :data:`~skygrade.transforms.extract.BACKENDS`."""
     p.add_argument("--backend", choices=tuple(BACKENDS), default=None, help=help)
 
 
@@ -97,8 +98,8 @@ def add_bundle_option(p: argparse.ArgumentParser) -> None:
 
 def bundle_from_args(args: argparse.Namespace) -> Path:
     """The ``--bundle`` of ``args`` (default: the shipped bundle), its manifest read here."""
-    # models.bundle imports torch (seconds): only the commands that use a bundle pay for it
-    from models.bundle import DEFAULT_BUNDLE, read_manifest
+    # skygrade.models.bundle imports torch (seconds): only the commands that use a bundle pay for it
+    from skygrade.models.bundle import DEFAULT_BUNDLE, read_manifest
 
     bundle = args.bundle or DEFAULT_BUNDLE
     read_manifest(bundle)  # a missing or mismatched bundle is a usage error, said up front

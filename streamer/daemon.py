@@ -12,8 +12,8 @@ figures are in benchmarks/README.md):
   and the backfill run, so the daemon grades exactly like the batch tools. For the real graph,
   building it and translating it to the runner's proto cost more than the daemon's budget per
   exposure, and a CoGroupByKey split it into 5 stages: the daemon's
-  :class:`~streamer.session.GradingSession` builds graph and proto once and reruns the proto
-  per exposure, and with a CCD pool ``GradeExposures`` is one shuffle-free stage.
+  :class:`~skygrade.streamer.session.GradingSession` builds graph and proto once and reruns the
+  proto per exposure, and with a CCD pool ``GradeExposures`` is one shuffle-free stage.
 - sep holds the GIL: CCDs run in parallel only in separate processes. Beam's
   ``multi_processing`` mode restarts its workers every run (a fixed cost of CPU-seconds per
   run), so the daemon uses a pool of CCD worker processes created once and reused by every
@@ -34,7 +34,7 @@ its quarantine row is written before its ledger entry, and a failed write is ret
 watcher (a crash between the two rewrites the same row at restart).
 
 What the daemon says about itself (/healthz, the Waiting panel) is
-:class:`streamer.daemon_health.DaemonHealth`, a mixin of :class:`Daemon`.
+:class:`skygrade.streamer.daemon_health.DaemonHealth`, a mixin of :class:`Daemon`.
 """
 
 from __future__ import annotations
@@ -48,26 +48,26 @@ import threading
 import time
 from pathlib import Path
 
-from models.bundle import MANIFEST, check_bundle
-from ops.alert_delivery import AlertDispatcher
-from ops.alerts import AlertEngine
-from ops.config import Config
-from ops.config_values import ConfigError, Problem
-from ops.files import atomic_write_bytes
-from ops.http import HttpServer
-from ops.metrics import Metrics
-from ops.text import escape_controls
-from streamer.ccd_pool import shutdown_pool
-from streamer.daemon_health import DaemonHealth
-from streamer.ledger import TOO_MANY_ATTEMPTS, Ledger
-from streamer.observer import Observer
-from streamer.session import GradingSession
-from streamer.watcher import DropWatcher
-from transforms.confined_reads import pinned
-from transforms.exposure import exposure_id_from_path
-from transforms.grades_dataset import GradesDataset, stored_row
-from transforms.grading import exposure_row
-from transforms.quarantine import Quarantined
+from skygrade.models.bundle import MANIFEST, check_bundle
+from skygrade.ops.alert_delivery import AlertDispatcher
+from skygrade.ops.alerts import AlertEngine
+from skygrade.ops.config import Config
+from skygrade.ops.config_values import ConfigError, Problem
+from skygrade.ops.files import atomic_write_bytes
+from skygrade.ops.http import HttpServer
+from skygrade.ops.metrics import Metrics
+from skygrade.ops.text import escape_controls
+from skygrade.streamer.ccd_pool import shutdown_pool
+from skygrade.streamer.daemon_health import DaemonHealth
+from skygrade.streamer.ledger import TOO_MANY_ATTEMPTS, Ledger
+from skygrade.streamer.observer import Observer
+from skygrade.streamer.session import GradingSession
+from skygrade.streamer.watcher import DropWatcher
+from skygrade.transforms.confined_reads import pinned
+from skygrade.transforms.exposure import exposure_id_from_path
+from skygrade.transforms.grades_dataset import GradesDataset, stored_row
+from skygrade.transforms.grading import exposure_row
+from skygrade.transforms.quarantine import Quarantined
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Daemon(DaemonHealth):
         self.metrics.set_model(str(self.manifest.get("version", "unknown")))
         self.ledger: Ledger | None = None
         self.last_graded: dict | None = None
-        self.session = None  # the grading pipeline (streamer.session), built on first use
+        self.session = None  # the grading pipeline (skygrade.streamer.session), built on first use
         self._session_key: tuple | None = None  # the bundle the session was built for
         self._output_failures = 0  # failed writes in a row while the output is unwritable
         self._output_waiting: set[int] = set()  # ledger keys held back by it, not by themselves
@@ -345,8 +345,9 @@ class Daemon(DaemonHealth):
                     ]
                 else:
                     # Opened once, beneath the drop directory, and read only through that open file
-                    # (transforms.confined_reads.pinned): a folder swapped for a symlink after the
-                    # watcher's check cannot make the pipeline read a file outside the drop.
+                    # (skygrade.transforms.confined_reads.pinned): a folder swapped for a symlink
+                    # after the watcher's check cannot make the pipeline read a file outside the
+                    # drop.
                     with pinned(entry.path, self.drop_dir):
                         rows = self.session.grade(
                             [entry.path], {entry.path: entry.ready_at or entry.seen_at}
@@ -379,8 +380,8 @@ class Daemon(DaemonHealth):
         """Build the grading session when first needed, and again when the bundle changes on
         disk (a symlink swapped to a new version: no restart needed).
 
-        A new bundle is loaded and checked whole (:func:`models.bundle.check_bundle`) before
-        it is used: a bad one is refused once (logged, counted in
+        A new bundle is loaded and checked whole (:func:`skygrade.models.bundle.check_bundle`)
+        before it is used: a bad one is refused once (logged, counted in
         ``skygrade_bundle_refusals_total``) and grading goes on with the bundle in use. The
         session is built on the bundle's real directory, so a symlink pointing elsewhere since
         does not change what it loads. False when there is no bundle to grade with: that is

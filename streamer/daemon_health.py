@@ -1,8 +1,8 @@
 """What the daemon says about itself: the /healthz document, why it is not doing its job, and
 the files waiting to be graded (the observer page's Waiting panel).
 
-:class:`DaemonHealth` is a mixin of :class:`streamer.daemon.Daemon`; it only reads the daemon's
-state, from the HTTP server's threads and the metrics scrape, and changes nothing but the
+:class:`DaemonHealth` is a mixin of :class:`skygrade.streamer.daemon.Daemon`; it only reads the
+daemon's state, from the HTTP server's threads and the metrics scrape, and changes nothing but the
 cached probe of the output (``_probe``).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 
-from ops.text import escape_controls
+from skygrade.ops.text import escape_controls
 
 __all__ = ["DaemonHealth"]
 
 
 class DaemonHealth:
-    """/healthz, :meth:`problems` and :meth:`waiting` of :class:`~streamer.daemon.Daemon`.
+    """/healthz, :meth:`problems` and :meth:`waiting` of :class:`~skygrade.streamer.daemon.Daemon`.
 
     It reads the daemon's ``ledger``, ``watcher``, grader threads (``_threads``), ``stopping``,
     ``alerts``, ``last_graded``, ``manifest``, ``started_at``, ``out_dir``, ``bundle``, the output

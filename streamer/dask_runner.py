@@ -1,7 +1,7 @@
 """Beam's DaskRunner, with the four faults that make it grade wrongly fixed, and a local cluster.
 
 Beam 2.77's :class:`~apache_beam.runners.dask.dask_runner.DaskRunner` translates a pipeline into
-``dask.bag`` operations. Run on :class:`~transforms.grading.GradeExposures` as shipped, it
+``dask.bag`` operations. Run on :class:`~skygrade.transforms.grading.GradeExposures` as shipped, it
 produces wrong rows (found by ``tests/streamer/test_backfill_dask.py`` and small pipelines):
 
 1. **Tagged outputs are mixed.** A multi-output ``ParDo`` (``with_outputs``, ``beam.Partition``)
@@ -34,7 +34,7 @@ Still as in Beam, and what it means here:
   skygrade's grading pipeline has none.
 - ``result.metrics()`` is not implemented.
 - A bundle's outputs are held in memory until the next step reads them; the per-CCD step
-  (:class:`~transforms.stages.MeasureExposures`) hands on no pixels, so that is small.
+  (:class:`~skygrade.transforms.stages.MeasureExposures`) hands on no pixels, so that is small.
 """
 
 from __future__ import annotations

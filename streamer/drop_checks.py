@@ -1,14 +1,15 @@
 """The drop watcher's look at each file: when a candidate is settled, whole and new, and what is
 then reported or rejected.
 
-:class:`~streamer.watcher.DropWatcher` keeps a :class:`Candidate` per file it has seen and, on
-its worker thread, gives each one look every ``poll_s`` with :meth:`CandidateChecks._check`,
+:class:`~skygrade.streamer.watcher.DropWatcher` keeps a :class:`Candidate` per file it has seen and,
+on its worker thread, gives each one look every ``poll_s`` with :meth:`CandidateChecks._check`,
 whose steps are those of the watcher's readiness rule: inside the drop directory, a regular
 file not already reported under another name, ``(st_size, st_mtime_ns)`` unchanged for
 ``settle_s``, not compressed as a whole, and proven whole by
-:func:`transforms.fits_walk.check_integrity` and :func:`~transforms.fits_walk.check_data`
-(or unchanged for ``incomplete_timeout_s``). The outcomes (``on_ready``, ``on_reject`` and
-their reasons) are described in :mod:`streamer.watcher`.
+:func:`skygrade.transforms.fits_walk.check_integrity` and
+:func:`~skygrade.transforms.fits_walk.check_data` (or unchanged for ``incomplete_timeout_s``). The
+outcomes (``on_ready``, ``on_reject`` and their reasons) are described in
+:mod:`skygrade.streamer.watcher`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.text import escape_controls
-from transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
-from transforms.fits_walk import check_data, check_integrity
+from skygrade.ops.text import escape_controls
+from skygrade.transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
+from skygrade.transforms.fits_walk import check_data, check_integrity
 
 __all__ = ["UNSUPPORTED_PATTERNS", "Candidate", "CandidateChecks", "Identity"]
 
 # The watcher's log: what it reports and rejects is logged under its name, as before these
 # checks had a module of their own.
-log = logging.getLogger("streamer.watcher")
+log = logging.getLogger("skygrade.streamer.watcher")
 
 #: FITS files compressed as a whole, which the grader cannot read: quarantined as
 #: ``unsupported_compression`` (tile-compressed ``*.fits.fz`` files are read).
@@ -56,14 +57,15 @@ class Candidate:
 
 
 class CandidateChecks:
-    """The looks :class:`~streamer.watcher.DropWatcher` gives its candidates (worker thread).
+    """The looks :class:`~skygrade.streamer.watcher.DropWatcher` gives its candidates (worker
+    thread).
 
     A mixin of the watcher: it reads its settings (``drop_dir``, ``settle_s``,
     ``incomplete_timeout_s``, ``poll_s``), its callbacks (``on_ready``, ``on_reject``), the real
     path of the drop directory (``_root``) and the worker's state, made by the watcher:
     ``_candidates`` (path -> :class:`Candidate`), ``_reported`` (path -> identity reported or
     rejected), ``_files`` (``(st_dev, st_ino)`` -> name and identity) and ``_content`` (name ->
-    :func:`~transforms.fits_walk.check_data` fingerprint).
+    :func:`~skygrade.transforms.fits_walk.check_data` fingerprint).
     """
 
     def pending(self) -> list[dict]:

@@ -9,14 +9,15 @@ Which exposures are scored:
 Stages (progress lines through ``progress``): (1) features, cached under ``work_dir/features``
 like ``skygrade train`` (a Beam job); (2) hits + representative images of every CCD with the
 *bundle's* SOM and tile (a Beam job); (3) CNN probabilities in full mode, catalog mode and the
-ablations (:func:`models.evaluate.ablation_probs`); (4) the traditional baseline, a threshold
-tree on per-exposure catalog statistics fitted on the bundle's training exposures; (5) the
+ablations (:func:`skygrade.models.evaluate.ablation_probs`); (4) the traditional baseline, a
+threshold tree on per-exposure catalog statistics fitted on the bundle's training exposures; (5) the
 report: ``report.md``, ``report.json`` and ``confusion.png`` in ``out_dir``.
 
-The numerical work lives in :mod:`models.evaluate`, the exposure-level tables (pipeline, exposure
-rules, agreement with the person) in :mod:`streamer.evaluation_tables`, the Markdown and the PNG
-in :mod:`streamer.evaluation_report`; the shared stages come from
-:mod:`streamer.pipelines` (the same code :func:`streamer.training_job.run_train` runs).
+The numerical work lives in :mod:`skygrade.models.evaluate`, the exposure-level tables (pipeline,
+exposure rules, agreement with the person) in :mod:`skygrade.streamer.evaluation_tables`, the
+Markdown and the PNG in :mod:`skygrade.streamer.evaluation_report`; the shared stages come from
+:mod:`skygrade.streamer.pipelines` (the same code :func:`skygrade.streamer.training_job.run_train`
+runs).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from models.bundle import load_bundle
-from models.classes import CLASSES
-from models.cnn import hit_vector
-from models.evaluate import (
+from skygrade.models.bundle import load_bundle
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import hit_vector
+from skygrade.models.evaluate import (
     STATISTICS,
     ablation_probs,
     build_report,
@@ -42,20 +43,25 @@ from models.evaluate import (
     mode_metrics,
     statistics_matrix,
 )
-from models.summary import stack_summaries
-from models.train import classification_metrics
-from ops.files import atomic_write_text
-from streamer.evaluation_report import plot_confusion, render_markdown
-from streamer.evaluation_tables import agreement, pipeline_metrics, read_features, rule_comparison
-from streamer.pipelines import (
+from skygrade.models.summary import stack_summaries
+from skygrade.models.train import classification_metrics
+from skygrade.ops.files import atomic_write_text
+from skygrade.streamer.evaluation_report import plot_confusion, render_markdown
+from skygrade.streamer.evaluation_tables import (
+    agreement,
+    pipeline_metrics,
+    read_features,
+    rule_comparison,
+)
+from skygrade.streamer.pipelines import (
     build_dataset,
     cache_features,
     pipeline_options,
     work_dirs,
 )
-from transforms.dataset import find_archive, read_label_sets, read_labels
-from transforms.representative import ccd_inputs
-from transforms.som_hits import ccd_hits
+from skygrade.transforms.dataset import find_archive, read_label_sets, read_labels
+from skygrade.transforms.representative import ccd_inputs
+from skygrade.transforms.som_hits import ccd_hits
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +133,7 @@ def run_evaluate(
         Labelled archive (exposures + ``labels.csv``).
     out_dir : path-like
         Where ``report.md``, ``report.json`` and ``confusion.png`` are written.
-    cfg : ops.config.Config
+    cfg : skygrade.ops.config.Config
         Extraction settings (``cfg.extract``) for exposures not yet in the feature cache.
     options : PipelineOptions, optional
         Beam options of the two Beam jobs.
@@ -310,8 +316,8 @@ def _reference_set(
 
 
 def _cnn_probabilities(bundle, data, ref_ccds: list) -> dict[str, np.ndarray]:
-    """The CNN's CCD probabilities in every mode (:func:`models.evaluate.ablation_probs`), the
-    image-only mode with the reference CCDs' mean hits vector."""
+    """The CNN's CCD probabilities in every mode (:func:`skygrade.models.evaluate.ablation_probs`),
+    the image-only mode with the reference CCDs' mean hits vector."""
 
     mean_vector = mean_hits_vector([c for ccds in ref_ccds for c in ccds], bundle.som)
     if mean_vector is None:  # no reference CCD with a clean source: the evaluated CCDs' mean
@@ -359,7 +365,7 @@ def _evaluation_report(
     baseline: Baseline,
     features_dir: Path,
 ) -> dict:
-    """The dict written to ``report.json``: :func:`models.evaluate.build_report` of every
+    """The dict written to ``report.json``: :func:`skygrade.models.evaluate.build_report` of every
     stage's results, the notes that explain them, the pipeline, rule and agreement tables."""
 
     training = bundle.manifest.get("training", {})
@@ -429,8 +435,8 @@ def _exposure_tables(
     cfg, archive, data, full: np.ndarray, evaluated, graded: list[str], features_dir: Path, notes
 ) -> tuple[dict, dict, dict, list[str]]:
     """(pipeline, rules, agreement, notes): the exposure-level tables of
-    :mod:`streamer.evaluation_tables` from the full-mode probabilities ``full``, and ``notes``
-    followed by the notes that explain them."""
+    :mod:`skygrade.streamer.evaluation_tables` from the full-mode probabilities ``full``, and
+    ``notes`` followed by the notes that explain them."""
 
     notes = list(notes)
     if cfg.extract.backend == "catalog":
@@ -449,9 +455,10 @@ def _exposure_tables(
     if pipeline["n_rule"]:
         m = pipeline["exposure"]
         notes.append(
-            "Pipeline (the network plus the saturated-sky rule of transforms.grade: half or more "
-            f"of an exposure's CCDs saturated -> BGP): {pipeline['n_rule']} exposure(s) graded "
-            f"by the rule, {pipeline['n_rule_only']} of them with no CCD for the network; "
+            "Pipeline (the network plus the saturated-sky rule of skygrade.transforms.grade: "
+            "half or more of an exposure's CCDs saturated -> BGP): "
+            f"{pipeline['n_rule']} exposure(s) graded by the rule, "
+            f"{pipeline['n_rule_only']} of them with no CCD for the network; "
             f"exposure accuracy {m['accuracy']:.1%} on {m['n']} exposures (macro-F1 "
             f"{m['macro_f1']:.3f})."
         )
@@ -555,9 +562,9 @@ def mean_hits_vector(ccds: list, som) -> np.ndarray | None:
 
     Parameters
     ----------
-    ccds : list of transforms.extract.CcdFeatures
+    ccds : list of skygrade.transforms.extract.CcdFeatures
         Any number of CCDs, of any exposures.
-    som : models.som.SourceSom
+    som : skygrade.models.som.SourceSom
         The bundle's SOM.
 
     Returns

@@ -1,8 +1,8 @@
 """The evaluation report for people: Markdown (``report.md``) and the confusion PNG.
 
-What is measured, and the JSON-ready report itself, are :mod:`models.evaluate`'s
-(:func:`~models.evaluate.build_report`); this module only lays that out for a reader.
-``skygrade evaluate`` (:mod:`streamer.evaluate`) writes both files.
+What is measured, and the JSON-ready report itself, are :mod:`skygrade.models.evaluate`'s
+(:func:`~skygrade.models.evaluate.build_report`); this module only lays that out for a reader.
+``skygrade evaluate`` (:mod:`skygrade.streamer.evaluate`) writes both files.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from models.evaluate import MODES
-from ops.files import atomic_path
+from skygrade.models.evaluate import MODES
+from skygrade.ops.files import atomic_path
 
 
 def _pct(x) -> str:
@@ -33,7 +33,7 @@ def render_markdown(report: dict) -> str:
     Parameters
     ----------
     report : dict
-        From :func:`models.evaluate.build_report`.
+        From :func:`skygrade.models.evaluate.build_report`.
     """
     classes = report["classes"]
     b = report["bundle"]

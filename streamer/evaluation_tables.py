@@ -2,8 +2,8 @@
 pipeline would say (the network plus the saturated-sky rule), the shipped exposure rule beside
 the ones it replaced, and the network's agreement with the person's grades.
 
-:func:`streamer.evaluate.run_evaluate` puts them in the report (``pipeline``, ``rules``,
-``agreement``); :mod:`streamer.evaluation_report` renders them.
+:func:`skygrade.streamer.evaluate.run_evaluate` puts them in the report (``pipeline``, ``rules``,
+``agreement``); :mod:`skygrade.streamer.evaluation_report` renders them.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from models.aggregate import combine, geometric_mean, vote_pool
-from models.classes import CLASSES
-from models.train import classification_metrics, exposure_probabilities
-from streamer.pipelines import summarize_extract
-from transforms.extract import features_from_arrow
-from transforms.grade import pick_class, saturated_sky, saturated_sky_probs
+from skygrade.models.aggregate import combine, geometric_mean, vote_pool
+from skygrade.models.classes import CLASSES
+from skygrade.models.train import classification_metrics, exposure_probabilities
+from skygrade.streamer.pipelines import summarize_extract
+from skygrade.transforms.extract import features_from_arrow
+from skygrade.transforms.grade import pick_class, saturated_sky, saturated_sky_probs
 
 
 def read_features(path: Path):
@@ -48,8 +48,8 @@ def saturated_ccds(features_dir: Path, exposure_ids) -> dict[str, tuple[int, int
 
 def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> dict:
     """Exposure metrics of what the grading pipeline would say: the network's exposure
-    probabilities, except where :func:`transforms.grade.saturated_sky` grades the exposure BGP
-    by rule (also when no CCD reached the network)."""
+    probabilities, except where :func:`skygrade.transforms.grade.saturated_sky` grades the exposure
+    BGP by rule (also when no CCD reached the network)."""
 
     ids, truth, exp_probs = exposure_probabilities(data, probs)
     rows = {e: (t, p) for e, t, p in zip(ids, truth.tolist(), exp_probs, strict=True)}
@@ -71,8 +71,8 @@ def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> 
 
 
 def rule_comparison(data, probs: np.ndarray) -> dict:
-    """Exposure accuracy of the shipped exposure rule (:func:`models.aggregate.combine`, the
-    mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
+    """Exposure accuracy of the shipped exposure rule (:func:`skygrade.models.aggregate.combine`,
+    the mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
     probabilities."""
 
     ids = sorted(set(data.exposure.tolist()))

@@ -22,7 +22,7 @@ How a CCD is drawn (pixel scale 0.187"/px, electrons until the last step):
    flat-topped saturation at ``SATURATE``.
 
 Every random step is seeded from ``(seed, exposure, CCD, stream)``: the same spec gives the same
-pixels. What the spec holds is drawn in :mod:`streamer.galsim_spec`.
+pixels. What the spec holds is drawn in :mod:`skygrade.streamer.galsim_spec`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import galsim
 import numpy as np
 
-from streamer.galsim_spec import (
+from skygrade.streamer.galsim_spec import (
     FIELD_HALF_ARCSEC,
     FILTERS,
     PIXEL_SCALE,

@@ -1,26 +1,28 @@
 """An evaluation-only MegaCam renderer built on GalSim (issue 20, item 2).
 
 This module draws labelled raw exposures with code that shares nothing with the simulator
-(:mod:`streamer.sky_render` and the other ``sky_*`` modules): other PSF models (GalSim
+(:mod:`skygrade.streamer.sky_render` and the other ``sky_*`` modules): other PSF models (GalSim
 ``Moffat`` with beta 2-5 or ``Kolmogorov``, optionally convolved with an ``OpticalPSF`` whose
 defocus, astigmatism and coma vary over the focal plane), other galaxy profiles
 (``Exponential``, ``DeVaucouleurs``, ``Sersic`` and bulge + disk sums), other trails,
 backgrounds and detector effects. Its exposures measure how the grader transfers to skies it
 never saw; **never train on them or choose features with them.**
 
-The file format is the one the grader reads (:mod:`transforms.exposure`): an empty PRIMARY HDU
-with ``EXPNUM``, ``EXPTIME``, ``DATE-OBS``, ``FILTER``, ``OBJECT``, ``AIRMASS``, ``NEXTEND`` and
+The file format is the one the grader reads (:mod:`skygrade.transforms.exposure`): an empty PRIMARY
+HDU with ``EXPNUM``, ``EXPTIME``, ``DATE-OBS``, ``FILTER``, ``OBJECT``, ``AIRMASS``, ``NEXTEND`` and
 one uint16 image extension per CCD (stored as int16 with ``BZERO = 32768``) with ``EXTNAME`` /
 ``CCDNAME``, ``GAIN``, ``RDNOISE`` and ``SATURATE``. An archive is
 ``<out>/<YYYY-MM-DD>/<EXPNUM>o.fits`` plus ``<out>/labels.csv`` (``exposure_id,label``), so
 ``skygrade evaluate <out>`` reads it unchanged. Truth parameters go to ``GS*`` header keywords.
 
 What each exposure looks like is drawn first, as an
-:class:`~streamer.galsim_spec.ExposureSpec` (:mod:`streamer.galsim_spec`); the pixels of each
-CCD are drawn from it by :mod:`streamer.galsim_ccd`. Every random step is seeded from
-``(seed, night, exposure, CCD, stream)``: the same arguments give the same pixels. Usage::
+:class:`~skygrade.streamer.galsim_spec.ExposureSpec` (:mod:`skygrade.streamer.galsim_spec`); the
+pixels of each CCD are drawn from it by :mod:`skygrade.streamer.galsim_ccd`. Every random step is
+seeded from ``(seed, night, exposure, CCD, stream)``: the same arguments give the same pixels.
+Usage::
 
-    python -m streamer.galsim_render --out /tmp/gs --exposures 2 --nights 2025-01-10 --seed 7
+    python -m skygrade.streamer.galsim_render --out /tmp/gs --exposures 2 --nights 2025-01-10 --seed
+    7
 """
 
 from __future__ import annotations
@@ -39,10 +41,16 @@ from pathlib import Path
 import galsim
 from astropy.io import fits
 
-from models.classes import CLASSES
-from ops.files import atomic_write_bytes, atomic_write_text
-from streamer.galsim_ccd import render_ccd
-from streamer.galsim_spec import FULL_N_CCD, PIXEL_SCALE, ExposureSpec, Mosaic, plan_archive
+from skygrade.models.classes import CLASSES
+from skygrade.ops.files import atomic_write_bytes, atomic_write_text
+from skygrade.streamer.galsim_ccd import render_ccd
+from skygrade.streamer.galsim_spec import (
+    FULL_N_CCD,
+    PIXEL_SCALE,
+    ExposureSpec,
+    Mosaic,
+    plan_archive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +181,9 @@ def _parse_nights(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streamer.galsim_render --out DIR [options]``."""
+    """``python -m skygrade.streamer.galsim_render --out DIR [options]``."""
     p = argparse.ArgumentParser(
-        prog="python -m streamer.galsim_render",
+        prog="python -m skygrade.streamer.galsim_render",
         description="Render an evaluation-only archive of MegaCam exposures with GalSim.",
     )
     p.add_argument("--out", required=True, type=Path, help="archive root")

@@ -4,8 +4,8 @@
 focal-plane coordinates); :func:`draw_spec` draws one :class:`ExposureSpec` (filter, exposure
 time, PSF, tracking, sky, the ``BGP`` modes...) per exposure by class, and :func:`plan_archive`
 the specs of an archive's nights. :func:`transmission` and :func:`sky_field` are the spec's
-fields over the focal plane. :mod:`streamer.galsim_ccd` draws the pixels; see
-:mod:`streamer.galsim_render` for what this renderer is for (evaluation only).
+fields over the focal plane. :mod:`skygrade.streamer.galsim_ccd` draws the pixels; see
+:mod:`skygrade.streamer.galsim_render` for what this renderer is for (evaluation only).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
-from models.classes import CLASSES
+from skygrade.models.classes import CLASSES
 
 __all__ = [
     "FILTERS",

@@ -34,24 +34,25 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from models.bundle import BundleError, load_bundle, read_manifest
-from models.classes import CLASSES
-from models.mosaic import split_tiles, tile_grid
-from models.som import SourceSom
-from ops.files import atomic_write_bytes
-from transforms.extract import CcdRejected, SepBackend
-from transforms.representative import ccd_inputs
-from transforms.som_hits import ccd_hits
+from skygrade.models.bundle import BundleError, load_bundle, read_manifest
+from skygrade.models.classes import CLASSES
+from skygrade.models.mosaic import split_tiles, tile_grid
+from skygrade.models.som import SourceSom
+from skygrade.ops.files import atomic_write_bytes
+from skygrade.transforms.extract import CcdRejected, SepBackend
+from skygrade.transforms.representative import ccd_inputs
+from skygrade.transforms.som_hits import ccd_hits
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ops.config import Config
-    from transforms.representative import CcdInputs
+    from skygrade.ops.config import Config
+    from skygrade.transforms.representative import CcdInputs
 
 log = logging.getLogger(__name__)
 
 DISPLAY_RANGE = (-0.2, 1.5)
-"""Fixed display range of the tiles: the range :func:`~transforms.representative.scale_stamp`
-clips to (source peak = 1), so all tiles and all exposures are drawn alike."""
+"""Fixed display range of the tiles: the range
+:func:`~skygrade.transforms.representative.scale_stamp` clips to (source peak = 1), so all tiles and
+all exposures are drawn alike."""
 
 ASINH_SOFTENING = 0.2
 """Softening of the asinh stretch (in units of the source peak): linear below, logarithmic
@@ -116,9 +117,9 @@ def inspect_exposure(
         ``path`` does not exist.
     InspectError
         ``ccd`` is not a CCD of the exposure, or ``stretch`` is unknown.
-    transforms.exposure_errors.ExposureError
+    skygrade.transforms.exposure_errors.ExposureError
         The file is not a readable exposure (the message names the file).
-    models.bundle.BundleError
+    skygrade.models.bundle.BundleError
         The bundle is missing or does not match this code.
 
     Examples
@@ -215,8 +216,8 @@ def _panel(backend, meta, ccd: int, som, tile: int) -> CcdPanel:
 
 def _score(bundle, panels: list[CcdPanel]) -> list[CcdPanel]:
     """Class probabilities of the CCDs that have clean sources (as the grading pipeline does)."""
-    # transforms.score imports Beam (RunInference), which only this scoring needs
-    from transforms.score import score_batch
+    # skygrade.transforms.score imports Beam (RunInference), which only this scoring needs
+    from skygrade.transforms.score import score_batch
 
     scorable = [p for p in panels if p.inputs is not None and p.inputs.reason is None]
     if not scorable:

@@ -58,7 +58,7 @@ computation itself is at-least-once; the *result* is exactly-once.
 Threads and processes
 ---------------------
 A :class:`Ledger` may be shared by the watcher callback, the grading worker and a status
-endpoint, and several processes may open the same file: :mod:`streamer.ledger_store` holds
+endpoint, and several processes may open the same file: :mod:`skygrade.streamer.ledger_store` holds
 the connection, the schema and the queries that only read.
 
 Examples
@@ -82,8 +82,8 @@ import os
 import sqlite3
 import time
 
-from ops.text import escape_controls
-from streamer.ledger_store import FINAL_STATES, Entry, LedgerStore
+from skygrade.ops.text import escape_controls
+from skygrade.streamer.ledger_store import FINAL_STATES, Entry, LedgerStore
 
 __all__ = ["CRASH_LOOP", "SUPERSEDED", "TOO_MANY_ATTEMPTS", "Ledger"]
 
@@ -126,7 +126,7 @@ class Ledger(LedgerStore):
     Methods that take a ``key`` raise :class:`KeyError` for a key the ledger does not hold, and
     :class:`ValueError` naming the current state for a transition the state machine forbids.
     The file, its connection and the queries that only read (:meth:`pending`, :meth:`counts`,
-    :meth:`latest`, :meth:`is_done`...) are :class:`~streamer.ledger_store.LedgerStore`'s.
+    :meth:`latest`, :meth:`is_done`...) are :class:`~skygrade.streamer.ledger_store.LedgerStore`'s.
     """
 
     @classmethod

@@ -1,7 +1,7 @@
 """The ledger's SQLite file: its schema, the connection and the queries that only read it.
 
 :class:`LedgerStore` opens (and creates, or upgrades in place) the file and answers what is
-waiting, failing or done; :class:`streamer.ledger.Ledger` adds the state transitions on top
+waiting, failing or done; :class:`skygrade.streamer.ledger.Ledger` adds the state transitions on top
 (``observe``, ``claim``, ``finish``...), and is the class to use. :class:`Entry` is one row.
 
 The file: WAL journal, ``synchronous = FULL``, one row per *version* of an exposure (the
@@ -101,8 +101,8 @@ class Entry:
     Attributes
     ----------
     key : int
-        Row id: the handle :meth:`~streamer.ledger.Ledger.claim`,
-        :meth:`~streamer.ledger.Ledger.finish` and friends take.
+        Row id: the handle :meth:`~skygrade.streamer.ledger.Ledger.claim`,
+        :meth:`~skygrade.streamer.ledger.Ledger.finish` and friends take.
     exposure_id : str
         The MegaCam EXPNUM (or the file stem).
     path : str
@@ -116,7 +116,7 @@ class Entry:
     reason : str or None
         Why the row was quarantined (or a note on a graded row).
     attempts : int
-        Claims that were not handed back with :meth:`~streamer.ledger.Ledger.release`.
+        Claims that were not handed back with :meth:`~skygrade.streamer.ledger.Ledger.release`.
     seen_at : float
         Unix time the row was created.
     started_at, finished_at : float or None
@@ -126,14 +126,15 @@ class Entry:
     ready_at : float or None
         Unix time the watcher found the file complete (arrival time for latency metrics).
     failures : int
-        Gradings that failed on this exposure (:meth:`~streamer.ledger.Ledger.retry_later`).
+        Gradings that failed on this exposure
+        (:meth:`~skygrade.streamer.ledger.Ledger.retry_later`).
     next_attempt_at : float or None
         Unix time before which a failed row is not due again (None: due now).
     last_error : str or None
         What the last failure was.
     interruptions : int
         Times the row was caught mid-grading by a crash or kill of the daemon
-        (:meth:`~streamer.ledger.Ledger.recover`); not failures of the exposure.
+        (:meth:`~skygrade.streamer.ledger.Ledger.recover`); not failures of the exposure.
     """
 
     key: int

@@ -1,10 +1,10 @@
 """What the morning report and the observer page say about a night's exposure rows.
 
 Plain functions of the rows (dicts with the exposure schema of
-:mod:`transforms.grades_dataset`): one row per exposure, the counts, the time lost, the
+:mod:`skygrade.transforms.grades_dataset`): one row per exposure, the counts, the time lost, the
 physical statistics and trends, what to re-observe, and the grade colours both draw with.
-:mod:`streamer.report` and :mod:`streamer.observer_views` import them from here, so neither
-imports the other for them.
+:mod:`skygrade.streamer.report` and :mod:`skygrade.streamer.observer_views` import them from here,
+so neither imports the other for them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import statistics
 from collections import Counter
 
-from models.classes import CLASSES
+from skygrade.models.classes import CLASSES
 
 GRADE_COLORS = {
     "GOOD": (0, 158, 115),
@@ -40,7 +40,7 @@ PHYSICAL = (
     ("airmass", "airmass", "", ".2f"),
 )
 """The physical measurements of the rows (column, label, unit, format;
-:data:`transforms.grades_dataset.PHYSICS_FIELDS`), reported where a row has a value: rows
+:data:`skygrade.transforms.grades_dataset.PHYSICS_FIELDS`), reported where a row has a value: rows
 written before they were measured have none, and then nothing is shown. ``sources / expected`` is a
 transparency proxy, not a photometric zero point."""
 

@@ -1,10 +1,10 @@
 """The observer page: tonight at a glance, the focal plane of the last exposure, every CCD one
 click away.
 
-Served by the daemon's :class:`ops.http.HttpServer` (the same loopback-bound server as
+Served by the daemon's :class:`skygrade.ops.http.HttpServer` (the same loopback-bound server as
 ``/metrics``; :meth:`Observer.routes` gives the exact paths) and rendered into one static file by
-``skygrade report --html`` (:mod:`streamer.observer_report`). The page is read-only: it reads
-the grades dataset, never writes.
+``skygrade report --html`` (:mod:`skygrade.streamer.observer_report`). The page is read-only: it
+reads the grades dataset, never writes.
 
 Routes (every one answers GET and HEAD; unknown nights, ids and CCDs are 404, the pages' with a
 page that says what is missing and lists the nights that have data):
@@ -29,12 +29,12 @@ page that says what is missing and lists the nights that have data):
 ===================================  ==================================================
 
 This module is the HTTP side: the routes, their parameters and their responses. The pieces
-it serves come from its neighbours: :mod:`streamer.observer_index` reads the dataset (a
-:class:`~streamer.observer_index.NightIndex` per night, refreshed only when the listing of the
-night's directory changes; CCD rows and images on demand), :mod:`streamer.observer_views`
-renders each panel from its rows, with the templates of :mod:`streamer.observer_templates`,
-and :mod:`streamer.observer_report` is the static file. The JSON and HTML built from a night's
-index are cached per index revision.
+it serves come from its neighbours: :mod:`skygrade.streamer.observer_index` reads the dataset (a
+:class:`~skygrade.streamer.observer_index.NightIndex` per night, refreshed only when the listing of
+the night's directory changes; CCD rows and images on demand),
+:mod:`skygrade.streamer.observer_views` renders each panel from its rows, with the templates of
+:mod:`skygrade.streamer.observer_templates`, and :mod:`skygrade.streamer.observer_report` is the
+static file. The JSON and HTML built from a night's index are cached per index revision.
 
 Rendering: every piece of HTML, the page and the fragments its script swaps in while it polls,
 comes from the Jinja2 templates ``observer_assets/*.html.j2`` with autoescape on (one renderer:
@@ -59,10 +59,10 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from ops.http import Request, Response
-from streamer.observer_index import LRU, DatasetIndex, NightIndex
-from streamer.observer_templates import ASSETS, asset, page_url, render, render_page
-from streamer.observer_views import (
+from skygrade.ops.http import Request, Response
+from skygrade.streamer.observer_index import LRU, DatasetIndex, NightIndex
+from skygrade.streamer.observer_templates import ASSETS, asset, page_url, render, render_page
+from skygrade.streamer.observer_views import (
     ccd_confidence,
     jsonable,
     latest_graded,
@@ -78,7 +78,7 @@ from streamer.observer_views import (
     rgba,
     waiting_rows,
 )
-from streamer.page_images import focal_plane_layout, thumbnail_png
+from skygrade.streamer.page_images import focal_plane_layout, thumbnail_png
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,13 @@ class Observer:
     out_dir : path-like
         The grades dataset (``exposures/``, ``ccds/``, ``images/``).
     status : callable, optional
-        Returns the daemon's health document (:meth:`streamer.daemon.Daemon.health`: ``ok``,
-        ``model_version``, ``backlog``, ``alerts``, ...). None: no daemon (state "offline").
+        Returns the daemon's health document (:meth:`skygrade.streamer.daemon.Daemon.health`:
+        ``ok``, ``model_version``, ``backlog``, ``alerts``, ...). None: no daemon (state "offline").
     poll_s : float, optional
         Seconds between the page's polls (default :data:`POLL_S`).
     drop_dir : path-like, optional
         The drop directory: the pixel previews (``/preview``, ``/mosaic``,
-        :mod:`streamer.preview`) read the exposure files there, and nowhere else. None: no
+        :mod:`skygrade.streamer.preview`) read the exposure files there, and nowhere else. None: no
         pixel previews (404, and the page does not offer them).
     waiting : callable, optional
         Returns the files the daemon holds but has not graded, for the Waiting panel: dicts
@@ -119,12 +119,13 @@ class Observer:
     Attributes
     ----------
     index : DatasetIndex
-        The dataset as the page reads it (:mod:`streamer.observer_index`): ``index.night(N)``
-        is the refreshed :class:`~streamer.observer_index.NightIndex` of night ``N``.
+        The dataset as the page reads it (:mod:`skygrade.streamer.observer_index`):
+        ``index.night(N)`` is the refreshed :class:`~skygrade.streamer.observer_index.NightIndex` of
+        night ``N``.
 
     Examples
     --------
-    >>> from ops.http import HttpServer  # doctest: +SKIP
+    >>> from skygrade.ops.http import HttpServer  # doctest: +SKIP
     >>> server = HttpServer(registry, routes=Observer("grades").routes())  # doctest: +SKIP
     """
 
@@ -136,7 +137,7 @@ class Observer:
         waiting: Callable[[], list[dict]] | None = None,
         drop_dir=None,
     ):
-        from streamer.preview import PreviewCache, Previews
+        from skygrade.streamer.preview import PreviewCache, Previews
 
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
@@ -153,7 +154,7 @@ class Observer:
         self.assets = {name: asset(name) for name in ASSETS}
 
     def routes(self) -> dict[str, Callable[[Request], Response]]:
-        """Exact path -> handler, for :class:`ops.http.HttpServer`."""
+        """Exact path -> handler, for :class:`skygrade.ops.http.HttpServer`."""
         routes = {
             "/": self.page_live,
             "/night": self.page_night,
@@ -191,7 +192,7 @@ class Observer:
         nights = self.index.nights()
         if nights:
             return nights[-1]
-        from transforms.exposure import observing_night
+        from skygrade.transforms.exposure import observing_night
 
         return observing_night(dt.datetime.now(dt.UTC))
 
@@ -323,10 +324,10 @@ class Observer:
         return (row, c) if c is not None else (None, None)
 
     def _preview_png(self, make) -> Response:
-        """A pixel preview (:mod:`streamer.preview`); 404 when there is no drop directory, the
-        file is not (any more) that exposure in it, or it cannot be read."""
-        from streamer.preview import PreviewError
-        from transforms.exposure import ExposureError
+        """A pixel preview (:mod:`skygrade.streamer.preview`); 404 when there is no drop directory,
+        the file is not (any more) that exposure in it, or it cannot be read."""
+        from skygrade.streamer.preview import PreviewError
+        from skygrade.transforms.exposure import ExposureError
 
         if self.previews is None:
             return _NOT_FOUND
@@ -356,7 +357,7 @@ class Observer:
 
     def hits(self, request: Request) -> Response:
         """``/hits``: a CCD's SOM hits by cluster over its representative image."""
-        from streamer.preview import hits_png
+        from skygrade.streamer.preview import hits_png
 
         row, c = self._ccd_row(request)
         if c is None or not c.get("hits"):
@@ -570,7 +571,8 @@ class Observer:
     ) -> list[dict]:
         """The Waiting panel's rows, longest waiting first: the daemon's files not graded yet
         (:attr:`waiting`) and the quarantined exposures of ``index``'s night (linked by
-        ``href(row)``, default their exposure page: :func:`streamer.observer_views.waiting_rows`).
+        ``href(row)``, default their exposure page:
+        :func:`skygrade.streamer.observer_views.waiting_rows`).
         """
         now = time.time() if now is None else now
         held = []

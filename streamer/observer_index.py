@@ -2,12 +2,12 @@
 and the CCD rows and stored images of one exposure, read on demand and cached.
 
 Every read of the dataset's files made for the page (and for ``skygrade report --html``) is
-here, and nothing here renders: :mod:`streamer.observer` serves what it finds,
-:mod:`streamer.observer_views` and :mod:`streamer.observer_report` draw it.
+here, and nothing here renders: :mod:`skygrade.streamer.observer` serves what it finds,
+:mod:`skygrade.streamer.observer_views` and :mod:`skygrade.streamer.observer_report` draw it.
 
-The layout is :class:`transforms.grades_dataset.GradesDataset`'s: ``exposures/night=N/*.parquet``
-(one exposure row per file, the commit mark), the CCD rows under ``ccds/`` and the images under
-``images/`` (same file names).
+The layout is :class:`skygrade.transforms.grades_dataset.GradesDataset`'s:
+``exposures/night=N/*.parquet`` (one exposure row per file, the commit mark), the CCD rows under
+``ccds/`` and the images under ``images/`` (same file names).
 
 Serving fast with a night of 1,000 exposures: each night's :class:`NightIndex` (its exposure
 rows, one per exposure) is refreshed only when the listing of the night's directory changes
@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from streamer.night_summary import latest_per_exposure
-from transforms.exposure import NIGHT_PATTERN
-from transforms.grades_dataset import EXPOSURE_SCHEMA, GradesDataset, read_images
+from skygrade.streamer.night_summary import latest_per_exposure
+from skygrade.transforms.exposure import NIGHT_PATTERN
+from skygrade.transforms.grades_dataset import EXPOSURE_SCHEMA, GradesDataset, read_images
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class NightIndex:
     changes.
 
     Rows are the dataset's exposure rows (each exposure's latest ``graded_at``, as ``skygrade
-    report``), with ``night``, ``time`` (:func:`streamer.night_summary.row_time`) and ``_file`` (the
-    parquet file's name, from which the CCD rows and images are found).
+    report``), with ``night``, ``time`` (:func:`skygrade.streamer.night_summary.row_time`) and
+    ``_file`` (the parquet file's name, from which the CCD rows and images are found).
     """
 
     def __init__(self, out_dir: Path, night: str, boot: str) -> None:

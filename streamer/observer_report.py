@@ -1,7 +1,7 @@
 """The observer page's night view as one self-contained HTML file: ``skygrade report --html``.
 
-The same panels as the served page (:mod:`streamer.observer_views`), over the same index of
-the dataset (:mod:`streamer.observer_index`), with the CSS and the images inlined and no
+The same panels as the served page (:mod:`skygrade.streamer.observer_views`), over the same index of
+the dataset (:mod:`skygrade.streamer.observer_index`), with the CSS and the images inlined and no
 script: grades per filter, what to re-observe, the plot, the night panel, the quarantined
 files, then the latest graded exposure with every CCD's details.
 """
@@ -14,11 +14,16 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from models.classes import CLASSES
-from streamer.night_summary import counts_by_filter, physical_stats, summarize, to_reobserve
-from streamer.observer_index import DatasetIndex
-from streamer.observer_templates import asset, render, render_page
-from streamer.observer_views import (
+from skygrade.models.classes import CLASSES
+from skygrade.streamer.night_summary import (
+    counts_by_filter,
+    physical_stats,
+    summarize,
+    to_reobserve,
+)
+from skygrade.streamer.observer_index import DatasetIndex
+from skygrade.streamer.observer_templates import asset, render, render_page
+from skygrade.streamer.observer_views import (
     hms,
     latest_graded,
     neighbours,
@@ -29,7 +34,7 @@ from streamer.observer_views import (
     render_waiting,
     waiting_rows,
 )
-from streamer.page_images import thumbnail_png
+from skygrade.streamer.page_images import thumbnail_png
 
 __all__ = ["render_static_empty", "render_static_night"]
 

@@ -7,7 +7,8 @@ request, no file): :func:`render_now` (daemon state, last graded, alerts),
 (headline, CCD votes, facts, the focal plane) with :func:`render_ccd_detail` (one CCD), and
 :func:`render_tonight` (the night at a glance: chips, time lost, timeline, trends, table);
 and the JSON of a night (:func:`night_json`) and of a row (:func:`public_row`).
-:mod:`streamer.observer` serves them and :mod:`streamer.observer_report` puts them in one file.
+:mod:`skygrade.streamer.observer` serves them and :mod:`skygrade.streamer.observer_report` puts them
+in one file.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from typing import TYPE_CHECKING
 
 from markupsafe import Markup
 
-from models.classes import CLASSES, DESCRIPTIONS
-from ops.text import duration_text
-from streamer.night_summary import GRADE_COLORS, PHYSICAL, summarize, trends
-from streamer.observer_templates import TEMPLATES, page_url, render
-from streamer.page_images import focal_plane_layout
+from skygrade.models.classes import CLASSES, DESCRIPTIONS
+from skygrade.ops.text import duration_text
+from skygrade.streamer.night_summary import GRADE_COLORS, PHYSICAL, summarize, trends
+from skygrade.streamer.observer_templates import TEMPLATES, page_url, render
+from skygrade.streamer.page_images import focal_plane_layout
 
 if TYPE_CHECKING:
-    from streamer.observer_index import NightIndex
+    from skygrade.streamer.observer_index import NightIndex
 
 __all__ = [
     "TABLE_ROWS",
@@ -224,8 +225,8 @@ def waiting_rows(
     held: list[dict], rows: list[dict], now: float | None = None, href=None
 ) -> list[dict]:
     """The Waiting panel's rows, longest waiting first: the files the daemon ``held`` and has
-    not graded (:attr:`streamer.observer.Observer.waiting`) and the quarantined exposures of a
-    night's ``rows`` (linked by ``href(row)``, default their exposure page)."""
+    not graded (:attr:`skygrade.streamer.observer.Observer.waiting`) and the quarantined exposures
+    of a night's ``rows`` (linked by ``href(row)``, default their exposure page)."""
     now = time.time() if now is None else now
     href = _exposure_href if href is None else href
     items = []
@@ -339,7 +340,7 @@ def render_exposure(
 
 
 def focal_plane_layout_for(row: dict, ccds: list[dict]):
-    """:func:`streamer.page_images.focal_plane_layout` of an exposure: as many cells as it
+    """:func:`skygrade.streamer.page_images.focal_plane_layout` of an exposure: as many cells as it
     has CCDs (its ``n_ccd``, or more when a CCD row says so)."""
     n = max([int(row.get("n_ccd") or 0)] + [c["ccd"] + 1 for c in ccds])
     rows, cols, cells = focal_plane_layout(n)
@@ -385,7 +386,7 @@ def render_ccd_detail(
     representative image's tiles) and the representative image of a CCD; with ``preview``
     (a URL) its binned pixels beside it, with ``hits_png`` the hits drawn over the tiles as
     ``skygrade inspect`` draws them."""
-    from streamer.preview import PREVIEW_HEIGHT, hit_grid
+    from skygrade.streamer.preview import PREVIEW_HEIGHT, hit_grid
 
     facts = [
         ("status", c.get("status")),

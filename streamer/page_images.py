@@ -1,7 +1,7 @@
 """Pictures the observer page and its previews share: the focal-plane layout of the CCDs, a
-dependency-free 8-bit greyscale PNG encoder (:mod:`streamer.observer_views` and
-:mod:`streamer.preview` both draw with them) and the thumbnails of the stored representative
-images (the page and its static report)."""
+dependency-free 8-bit greyscale PNG encoder (:mod:`skygrade.streamer.observer_views` and
+:mod:`skygrade.streamer.preview` both draw with them) and the thumbnails of the stored
+representative images (the page and its static report)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def focal_plane_layout(n_ccd: int) -> tuple[int, int, list[tuple[int, int]]]:
     """Rows, columns and the (row, column) of each CCD index on the page.
 
     36 CCDs (or 40) are MegaCam's 4 rows of 9, ``ccd00`` top left; smaller test geometries
-    are laid out as :mod:`streamer.sky_plan` arranges them (near-square rows of
+    are laid out as :mod:`skygrade.streamer.sky_plan` arranges them (near-square rows of
     MegaCam-shaped CCDs).
 
     Examples
@@ -72,7 +72,7 @@ def png_gray8(image: np.ndarray) -> bytes:
 
 
 def _stretch_lut() -> np.ndarray:
-    from transforms.grades_dataset import IMAGE_RANGE
+    from skygrade.transforms.grades_dataset import IMAGE_RANGE
 
     lo, hi = IMAGE_RANGE
     values = lo + np.arange(256) * (hi - lo) / 255.0
@@ -85,6 +85,6 @@ _LUT = _stretch_lut()
 
 
 def thumbnail_png(stored: np.ndarray) -> bytes:
-    """PNG of a stored (uint8, :func:`transforms.grades_dataset.quantize_image`) representative
-    image, with the display stretch applied."""
+    """PNG of a stored (uint8, :func:`skygrade.transforms.grades_dataset.quantize_image`)
+    representative image, with the display stretch applied."""
     return png_gray8(_LUT[np.asarray(stored, dtype=np.uint8)])

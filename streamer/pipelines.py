@@ -20,13 +20,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 if TYPE_CHECKING:
-    from models.train import Dataset
+    from skygrade.models.train import Dataset
 
 log = logging.getLogger(__name__)
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner")
 DASK_RUNNERS = ("DaskRunner", "dask")
-"""Names that select :class:`streamer.dask_runner.SkygradeDaskRunner` (imported only then)."""
+"""Names that select :class:`skygrade.streamer.dask_runner.SkygradeDaskRunner` (imported only
+then)."""
 
 
 def pipeline_options(
@@ -38,7 +39,7 @@ def pipeline_options(
     ----------
     runner : str
         ``FnApiRunner`` (default, in this process or ``workers`` subprocesses), ``DirectRunner``,
-        ``dask`` / ``DaskRunner`` (:class:`streamer.dask_runner.SkygradeDaskRunner`: one
+        ``dask`` / ``DaskRunner`` (:class:`skygrade.streamer.dask_runner.SkygradeDaskRunner`: one
         ``Create`` element per Dask partition; a local cluster of ``workers`` processes unless
         ``extra`` names a scheduler, ``--dask_client_address=ADDRESS``), or any Beam runner
         name (``FlinkRunner``, ``SparkRunner``, ``DataflowRunner``...) whose own options go in
@@ -52,7 +53,7 @@ def pipeline_options(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if runner in DASK_RUNNERS:
-        from streamer.dask_runner import dask_options
+        from skygrade.streamer.dask_runner import dask_options
 
         runner = "DaskRunner"
         sized = any(e.startswith(("--dask_npartitions", "--dask_partition_size")) for e in extra)
@@ -94,7 +95,7 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
             runner=FnApiRunner(provision_info=_worker_provision()), options=options
         )
     if runner in DASK_RUNNERS:
-        from streamer.dask_runner import SkygradeDaskRunner
+        from skygrade.streamer.dask_runner import SkygradeDaskRunner
 
         return beam.Pipeline(runner=SkygradeDaskRunner(), options=options)
     return beam.Pipeline(options=options)
@@ -110,8 +111,8 @@ class _WriteExposureFeatures(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, item):
-        from ops.files import write_parquet_atomic
-        from transforms.extract import features_to_arrow
+        from skygrade.ops.files import write_parquet_atomic
+        from skygrade.transforms.extract import features_to_arrow
 
         exposure_id, ccds = item
         path = Path(self.out_dir) / f"{exposure_id}.parquet"
@@ -126,7 +127,7 @@ class _WriteQuarantine(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, record):
-        from ops.files import atomic_write_text
+        from skygrade.ops.files import atomic_write_text
 
         name = record.exposure_id + ("" if record.ccd is None else f".ccd{record.ccd:02d}")
         path = Path(self.out_dir) / "_quarantine" / f"{name}.json"
@@ -135,7 +136,7 @@ class _WriteQuarantine(beam.DoFn):
 
 
 class _WriteMeasuredExposure(beam.DoFn):
-    """:class:`~transforms.ccd_chain.ExposureInputs` -> its CCDs' quarantine records, then
+    """:class:`~skygrade.transforms.ccd_chain.ExposureInputs` -> its CCDs' quarantine records, then
     DIR/<exposure_id>.parquet (written last: it marks the exposure done); yields the path."""
 
     def __init__(self, out_dir: str) -> None:
@@ -164,7 +165,7 @@ def run_extract(
 
     ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives the
     pipeline (for a pipeline in this process), 0 spreads them with Beam (any runner); see
-    :class:`~transforms.stages.MeasureExposures`. Either way an exposure's parquet file is
+    :class:`~skygrade.transforms.stages.MeasureExposures`. Either way an exposure's parquet file is
     written as soon as its CCDs are measured, so an interrupted run keeps what it finished and
     shows progress.
 
@@ -173,10 +174,10 @@ def run_extract(
     dict
         ``written`` (parquet paths) and ``quarantined`` (records) read back from ``out_dir``.
     """
-    from streamer.ccd_pool import pooled
-    from transforms.extract import SepParams, make_backend
-    from transforms.quarantine import QUARANTINE
-    from transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
+    from skygrade.streamer.ccd_pool import pooled
+    from skygrade.transforms.extract import SepParams, make_backend
+    from skygrade.transforms.quarantine import QUARANTINE
+    from skygrade.transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
 
     out_dir = str(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ def run_extract(
 
 def summarize_extract(out_dir: str | os.PathLike) -> dict:
     """What an extract run left in ``out_dir``: parquet files and quarantine records."""
-    from transforms.quarantine import Quarantined
+    from skygrade.transforms.quarantine import Quarantined
 
     out = Path(out_dir)
     quarantined = [
@@ -211,8 +212,8 @@ def summarize_extract(out_dir: str | os.PathLike) -> dict:
 
 
 def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say=None) -> list:
-    """Extract the features of the :class:`~transforms.dataset.ArchiveItem` s not yet cached
-    under ``features_dir`` (one parquet file per exposure; quarantined ones are not retried).
+    """Extract the features of the :class:`~skygrade.transforms.dataset.ArchiveItem` s not yet
+    cached under ``features_dir`` (one parquet file per exposure; quarantined ones are not retried).
 
     With a local runner and several workers, the CCDs are measured in a process pool beside
     an in-process pipeline (:func:`run_extract` ``ccd_workers``): each exposure is written as
@@ -238,7 +239,7 @@ def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say
     ids = [i.exposure_id for i in todo_items]
     with _FilesProgress(features_dir, ids, "features" if say is not None else None):
         if pooled:
-            from streamer.ccd_pool import shutdown_pool
+            from skygrade.streamer.ccd_pool import shutdown_pool
 
             try:
                 run_extract(
@@ -297,7 +298,7 @@ class _FilesProgress:
         return sum(_feature_cached(self.directory, e, quarantined) for e in self.ids)
 
     def _run(self) -> None:
-        from streamer.progress import Progress
+        from skygrade.streamer.progress import Progress
 
         bar = Progress(len(self.ids), self.label, min_interval_s=30.0)
         seen = 0
@@ -327,12 +328,12 @@ def build_dataset(
 ) -> Dataset | None:
     """CNN inputs of every usable CCD of ``items``, built with the SOM at ``som_path``.
 
-    Runs :class:`~transforms.dataset.BuildShards` as a Beam job into ``shard_dir`` (emptied
+    Runs :class:`~skygrade.transforms.dataset.BuildShards` as a Beam job into ``shard_dir`` (emptied
     first: shards depend on the SOM) and reads the shards back in ``items`` order.
 
     Returns
     -------
-    models.train.Dataset or None
+    skygrade.models.train.Dataset or None
         Image flag 1 where the CCD's pixels gave its representative image, 0 for CCDs read
         from SExtractor catalogs; None when no exposure yielded a usable CCD.
     """
@@ -340,8 +341,8 @@ def build_dataset(
 
     import numpy as np
 
-    from models.train import Dataset
-    from transforms.dataset import BuildShards, read_shard
+    from skygrade.models.train import Dataset
+    from skygrade.transforms.dataset import BuildShards, read_shard
 
     shard_dir = Path(shard_dir)
     shutil.rmtree(shard_dir, ignore_errors=True)
@@ -386,14 +387,14 @@ def run_grade(
     """Grade ``paths`` with the model ``bundle`` into the parquet dataset at ``out_dir``.
 
     ``ccd_workers`` > 0 measures each exposure's CCDs in a process pool that outlives this
-    call (see :mod:`streamer.ccd_pool`); 0 lets the runner spread them.
+    call (see :mod:`skygrade.streamer.ccd_pool`); 0 lets the runner spread them.
 
     Returns the exposure rows written (graded and quarantined), sorted by exposure id.
     """
-    from ops.config import config_digest
-    from streamer.ccd_pool import pooled
-    from transforms.grading import GradeExposures
-    from transforms.sinks import WriteGrades
+    from skygrade.ops.config import config_digest
+    from skygrade.streamer.ccd_pool import pooled
+    from skygrade.transforms.grading import GradeExposures
+    from skygrade.transforms.sinks import WriteGrades
 
     paths = [str(p) for p in paths]
     with make_pipeline(options or pipeline_options()) as p:
@@ -406,7 +407,7 @@ def run_grade(
             )
             | "WriteGrades" >> WriteGrades(out_dir)
         )
-    from models.bundle import read_manifest
+    from skygrade.models.bundle import read_manifest
 
     version = str(read_manifest(bundle)["version"])
     return sorted(read_rows(out_dir, paths, version), key=lambda r: r["exposure_id"])
@@ -415,9 +416,9 @@ def run_grade(
 def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: str) -> list[dict]:
     """The exposure rows of ``paths`` graded with ``model_version``, read by file name (not by
     scanning the whole dataset, which grows all night)."""
-    from transforms.exposure import exposure_id_from_path, read_meta
-    from transforms.exposure_errors import ExposureError
-    from transforms.grades_dataset import GradesDataset
+    from skygrade.transforms.exposure import exposure_id_from_path, read_meta
+    from skygrade.transforms.exposure_errors import ExposureError
+    from skygrade.transforms.grades_dataset import GradesDataset
 
     dataset = GradesDataset(out_dir)
     rows = []

@@ -7,13 +7,14 @@ What the page shows beside a CCD's representative image (issue 22 item 10):
     (a full MegaCam CCD, 2048 x 4612, is binned 19 x 19 into 107 x 242), stretched to 8 bits.
 :func:`mosaic_preview`
     Every CCD of the exposure binned alike (to about :data:`MOSAIC_HEIGHT` pixels tall in all)
-    and laid out as the page's focal plane (:func:`streamer.page_images.focal_plane_layout`:
-    MegaCam's 4 rows of 9, ``ccd00`` top left, as :mod:`streamer.sky_plan` lays them), with
-    one display range for all, so a CCD brighter than the others shows it.
+    and laid out as the page's focal plane
+    (:func:`skygrade.streamer.page_images.focal_plane_layout`: MegaCam's 4 rows of 9, ``ccd00`` top
+    left, as :mod:`skygrade.streamer.sky_plan` lays them), with one display range for all, so a CCD
+    brighter than the others shows it.
 :func:`hits_png`
     The CCD's representative image with the SOM hit count of each cluster under its tile, drawn
-    by ``skygrade inspect``'s own renderer (:func:`streamer.inspect.render_png`) from what the
-    grades dataset stores (the hits of the CCD row and the stored representative image).
+    by ``skygrade inspect``'s own renderer (:func:`skygrade.streamer.inspect.render_png`) from what
+    the grades dataset stores (the hits of the CCD row and the stored representative image).
 
 Pixels are shown as ds9 shows them: FITS row 1 at the bottom (the simulator puts a CCD's pixel
 (0, 0) at its bottom left in the focal plane). Two stretches (:data:`STRETCHES`): ``asinh``
@@ -21,8 +22,8 @@ Pixels are shown as ds9 shows them: FITS row 1 at the bottom (the simulator puts
 trails and bright cores both show) and ``zscale`` (IRAF's zscale range, linear).
 
 Reading: only the exposure file in the drop directory, opened with
-:func:`transforms.confined_reads.pinned` beneath it (no symlink followed, nothing outside it read),
-and only when its ``EXPNUM`` is the exposure asked for. The PNGs are cached in a
+:func:`skygrade.transforms.confined_reads.pinned` beneath it (no symlink followed, nothing outside
+it read), and only when its ``EXPNUM`` is the exposure asked for. The PNGs are cached in a
 :class:`PreviewCache` bounded in bytes, keyed by the file's identity (device, inode, size,
 mtime), and computed one at a time (a full focal plane reads 680 MB: two page readers must not
 read it twice at once, nor starve the grader).
@@ -40,13 +41,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from models.mosaic import tile_grid
-from streamer.page_images import focal_plane_layout, png_gray8
-from transforms.ccd_pixels import read_ccd
-from transforms.confined_reads import pinned
-from transforms.exposure import ExposureError, read_meta
-from transforms.grades_dataset import IMAGE_RANGE
-from transforms.representative import CcdInputs
+from skygrade.models.mosaic import tile_grid
+from skygrade.streamer.page_images import focal_plane_layout, png_gray8
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.confined_reads import pinned
+from skygrade.transforms.exposure import ExposureError, read_meta
+from skygrade.transforms.grades_dataset import IMAGE_RANGE
+from skygrade.transforms.representative import CcdInputs
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def ccd_preview(
     path: str, ccd: int, stretch: str = "asinh", height: int = PREVIEW_HEIGHT
 ) -> Preview:
     """The preview of one CCD of the exposure at ``path`` (read as :func:`read_ccd` does: in a
-    :func:`transforms.confined_reads.pinned` block, the pinned file)."""
+    :func:`skygrade.transforms.confined_reads.pinned` block, the pinned file)."""
     binned, factor = ccd_binned(path, ccd, height)
     limits = display_limits(binned, stretch)
     return Preview(_display(to_uint8(binned, limits, stretch)), factor, limits)
@@ -232,7 +233,7 @@ def mosaic_preview(path: str, stretch: str = "asinh", height: int = MOSAIC_HEIGH
 
 def hit_grid(hits) -> list[list[dict]]:
     """The hit counts laid out as the representative image's tiles (one row of the grid per
-    tile row, :func:`models.mosaic.tile_grid`), each cell ``{"cluster": k, "hits": n}``.
+    tile row, :func:`skygrade.models.mosaic.tile_grid`), each cell ``{"cluster": k, "hits": n}``.
 
     Examples
     --------
@@ -252,8 +253,9 @@ def hits_png(c: dict, stored: np.ndarray | None) -> bytes:
     representative image with ``#k: hits`` under it, the title with the sources and the
     elongation. ``c``: the CCD row (``hits``, ``n_sources``...); ``stored``: its stored
     representative image (uint8), or None (the tiles are then blank)."""
-    # streamer.inspect draws with matplotlib: loaded on the first hit grid, not with the page
-    from streamer.inspect import CcdPanel, Inspection, render_png
+    # skygrade.streamer.inspect draws with matplotlib: loaded on the first hit grid, not with the
+    # page
+    from skygrade.streamer.inspect import CcdPanel, Inspection, render_png
 
     hits = np.asarray(c.get("hits") or [], dtype=np.int64)
     if hits.size == 0:
@@ -362,7 +364,7 @@ class Previews:
 
         Raises
         ------
-        transforms.exposure.ExposureError
+        skygrade.transforms.exposure.ExposureError
             Not readable there (``outside_drop``: outside the drop directory or through a
             symlink; ``unreadable``; a broken file).
         FileNotFoundError

@@ -21,8 +21,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from ops.text import duration_text
-from streamer.night_summary import (
+from skygrade.ops.text import duration_text
+from skygrade.streamer.night_summary import (
     GRADE_COLORS,
     PHYSICAL,
     counts_by_filter,
@@ -33,7 +33,7 @@ from streamer.night_summary import (
     to_reobserve,
     trends,
 )
-from transforms.grades_dataset import GradesDataset
+from skygrade.transforms.grades_dataset import GradesDataset
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def format_report(night: str, rows: list[dict]) -> str:
     rows have them), hourly timeline (UTC), the exposures to re-observe and the quarantined."""
     import statistics
 
-    from models.classes import CLASSES
+    from skygrade.models.classes import CLASSES
 
     s = summarize(rows)
     if not rows:
@@ -240,7 +240,7 @@ def night_figure(night: str, rows: list[dict]):
     from matplotlib.dates import DateFormatter
     from matplotlib.figure import Figure
 
-    from models.classes import CLASSES
+    from skygrade.models.classes import CLASSES
 
     timed = [r for r in rows if r["time"] is not None]
     times = [r["time"].astimezone(dt.UTC).replace(tzinfo=None) for r in timed]
@@ -333,7 +333,7 @@ def csv_text(rows: list[dict]) -> str:
 
 def write_png(out_dir, night: str | None, path: str | os.PathLike) -> Path:
     """The plot of an empty dataset (``night`` None: tonight's axis) or of a night."""
-    from transforms.exposure import observing_night
+    from skygrade.transforms.exposure import observing_night
 
     night = night or observing_night(dt.datetime.now(dt.UTC))
     rows = night_rows(out_dir, night) if GradesDataset(out_dir).has_exposures() else []
@@ -348,15 +348,15 @@ def write_html(
     csv: str | None = None,
 ) -> Path:
     """Write the morning report as one self-contained HTML file, atomically: the observer
-    page's night view (:func:`streamer.observer_report.render_static_night`, each exposure's latest
-    grade, as the live page shows it), the exposures to re-observe, the grades per filter and
-    the plot inlined; ``csv``: the name of the CSV written beside it, linked. ``night`` None:
-    the short page of a dataset with no night yet.
+    page's night view (:func:`skygrade.streamer.observer_report.render_static_night`, each
+    exposure's latest grade, as the live page shows it), the exposures to re-observe, the grades per
+    filter and the plot inlined; ``csv``: the name of the CSV written beside it, linked. ``night``
+    None: the short page of a dataset with no night yet.
     """
     import base64
 
-    from ops.files import atomic_write_text
-    from streamer.observer_report import render_static_empty, render_static_night
+    from skygrade.ops.files import atomic_write_text
+    from skygrade.streamer.observer_report import render_static_empty, render_static_night
 
     if night is None:
         return atomic_write_text(path, render_static_empty(out_dir))

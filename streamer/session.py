@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
 
-from transforms.grades_dataset import stored_row
+from skygrade.transforms.grades_dataset import stored_row
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class _TakeInbox(beam.DoFn):
 
 class _PutOutbox(beam.DoFn):
     """An exposure row written by ``WriteGrades`` -> the outbox of the session's token, as
-    stored (:func:`transforms.grades_dataset.stored_row`: the row a read of the dataset gives)."""
+    stored (:func:`skygrade.transforms.grades_dataset.stored_row`: the row a read of the dataset
+    gives)."""
 
     def __init__(self, token: str) -> None:
         self.token = token
@@ -90,7 +91,7 @@ class GradingSession:
     cfg : Config
         Configuration (``extract``; its digest goes on every row).
     ccd_workers : int
-        CCD worker processes (the pool outlives every run; see :mod:`streamer.ccd_pool`).
+        CCD worker processes (the pool outlives every run; see :mod:`skygrade.streamer.ccd_pool`).
 
     Examples
     --------
@@ -101,12 +102,12 @@ class GradingSession:
     def __init__(self, out_dir, bundle, cfg, ccd_workers: int = 2) -> None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        from models.bundle import read_manifest
-        from ops.config import config_digest
-        from streamer.ccd_pool import pooled
-        from streamer.pipelines import _worker_provision, pipeline_options
-        from transforms.grading import GradeExposures
-        from transforms.sinks import WriteGrades
+        from skygrade.models.bundle import read_manifest
+        from skygrade.ops.config import config_digest
+        from skygrade.streamer.ccd_pool import pooled
+        from skygrade.streamer.pipelines import _worker_provision, pipeline_options
+        from skygrade.transforms.grading import GradeExposures
+        from skygrade.transforms.sinks import WriteGrades
 
         self.out_dir = os.fspath(out_dir)
         self.model_version = str(read_manifest(bundle)["version"])

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.sky_kernels import _MAX_HALF, _path_extent
-from streamer.sky_plan import PIXEL_SCALE, ExposurePlan, Geometry, _focal_plane
+from skygrade.streamer.sky_kernels import _MAX_HALF, _path_extent
+from skygrade.streamer.sky_plan import PIXEL_SCALE, ExposurePlan, Geometry, _focal_plane
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The simulated MegaCam's FITS files: headers, the multi-extension file, its bytes on disk.
 
-:func:`render_exposure` renders an :class:`~streamer.sky_plan.ExposurePlan` into a MegaCam-like
-multi-extension FITS: an empty PRIMARY HDU (the exposure's headers and its ground truth,
-``SIM*``) and one uint16 image extension per CCD (stored as int16 with ``BZERO = 32768``).
+:func:`render_exposure` renders an :class:`~skygrade.streamer.sky_plan.ExposurePlan` into a
+MegaCam-like multi-extension FITS: an empty PRIMARY HDU (the exposure's headers and its ground
+truth, ``SIM*``) and one uint16 image extension per CCD (stored as int16 with ``BZERO = 32768``).
 Rendering is a pure function of the plan, so the same plan always gives byte-identical files
 (:func:`exposure_bytes`, :func:`write_exposure`).
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from ops.files import atomic_write_bytes
-from streamer.sky_context import _context
-from streamer.sky_plan import PIXEL_SCALE, ExposurePlan, Geometry
-from streamer.sky_render import _render_ccd
+from skygrade.ops.files import atomic_write_bytes
+from skygrade.streamer.sky_context import _context
+from skygrade.streamer.sky_plan import PIXEL_SCALE, ExposurePlan, Geometry
+from skygrade.streamer.sky_render import _render_ccd
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def render_exposure(plan: ExposurePlan, geometry: Geometry) -> fits.HDUList:
 
     Examples
     --------
-    >>> from streamer.sky_plan import Geometry, plan_night
+    >>> from skygrade.streamer.sky_plan import Geometry, plan_night
     >>> plan = plan_night("2024-03-01", 1, seed=1, class_mix={"GOOD": 1.0})[0]
     >>> hdul = render_exposure(plan, Geometry(2, 256, 256))
     >>> len(hdul), hdul[1].data.dtype
@@ -137,7 +137,7 @@ def exposure_bytes(plan: ExposurePlan, geometry: Geometry) -> bytes:
 
     Examples
     --------
-    >>> from streamer.sky_plan import Geometry, plan_night
+    >>> from skygrade.streamer.sky_plan import Geometry, plan_night
     >>> plan = plan_night("2024-03-01", 1, seed=1, class_mix={"GOOD": 1.0})[0]
     >>> len(exposure_bytes(plan, Geometry(1, 128, 128))) % 2880
     0
@@ -165,7 +165,7 @@ def write_exposure(plan: ExposurePlan, geometry: Geometry, path: str | os.PathLi
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from streamer.sky_plan import Geometry, plan_night
+    >>> from skygrade.streamer.sky_plan import Geometry, plan_night
     >>> plan = plan_night("2024-03-01", 1, seed=1, class_mix={"GOOD": 1.0})[0]
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> write_exposure(plan, Geometry(1, 128, 128), d / plan.filename).exists()

@@ -5,7 +5,8 @@ and of what shape, and where each sits on the focal plane; ``FILTERS`` hold the 
 and sky rates. :func:`plan_night` draws one :class:`ExposurePlan` per exposure (class label,
 exposure time, filter, seeing, tracking, sky...) from random streams seeded by the night, the
 seed and the exposure's index, so the same arguments always give the same plans.
-:mod:`streamer.sky_render` turns a plan into pixels; :mod:`streamer.telescope` delivers them.
+:mod:`skygrade.streamer.sky_render` turns a plan into pixels; :mod:`skygrade.streamer.telescope`
+delivers them.
 
 The class parameter distributions overlap at their edges, as the real grades do.
 """
@@ -19,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
-from models.classes import CLASSES
+from skygrade.models.classes import CLASSES
 
 PIXEL_SCALE = 0.187
 """MegaCam pixel scale, arcsec per pixel."""
@@ -177,7 +178,7 @@ class ExposurePlan:
     expnum : int
         MegaCam-like exposure number (7 digits).
     label : str
-        Ground-truth class, one of ``models.classes.CLASSES``.
+        Ground-truth class, one of ``skygrade.models.classes.CLASSES``.
     night : str
         Local (HST) observing night, ``YYYY-MM-DD``.
     date_obs : datetime

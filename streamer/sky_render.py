@@ -2,11 +2,11 @@
 
 Per CCD (pixel scale 0.187 arcsec/px):
 
-- sky: the exposure's sky field (:func:`streamer.sky_context._fields`) on a coarse grid,
+- sky: the exposure's sky field (:func:`skygrade.streamer.sky_context._fields`) on a coarse grid,
   interpolated to the pixels;
 - sources: stars and galaxies with magnitudes from a power law ``dN/dm ~ 10**(0.3 m)``, a
   share of them close companions, rendered as flux-scaled stamps of the region's kernels
-  (:mod:`streamer.sky_kernels`; sub-pixel phases for the compact kernel);
+  (:mod:`skygrade.streamer.sky_kernels`; sub-pixel phases for the compact kernel);
 - detector: Poisson (Gaussian approximation) and read noise, bias pedestal with an offset between
   the two amplifier halves of a CCD, saturation with bleed columns, cosmic rays (rate
   proportional to the exposure time), bad columns and rare dead CCDs.
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.sky_context import _Context, _fields, _fwhm_at, _psf_shape_at, _trail_path
-from streamer.sky_kernels import _build_kernels
-from streamer.sky_plan import FILTERS, PIXEL_SCALE, ExposurePlan, Geometry, _ccd_origin
+from skygrade.streamer.sky_context import _Context, _fields, _fwhm_at, _psf_shape_at, _trail_path
+from skygrade.streamer.sky_kernels import _build_kernels
+from skygrade.streamer.sky_plan import FILTERS, PIXEL_SCALE, ExposurePlan, Geometry, _ccd_origin
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,13 @@
 directory, each written progressively (:func:`write_progressively`) like a slow transfer.
 
 The simulator itself lives in five modules, each importing only those before it:
-:mod:`streamer.sky_plan` (geometry, filters, the :class:`~streamer.sky_plan.ExposurePlan` of
-each exposure, :func:`~streamer.sky_plan.plan_night`), :mod:`streamer.sky_kernels` (PSF,
-tracking and galaxy kernels), :mod:`streamer.sky_context` (the focal-plane fields an
-exposure's CCDs share), :mod:`streamer.sky_render` (one CCD's pixels) and
-:mod:`streamer.sky_fits` (headers, :func:`~streamer.sky_fits.render_exposure`, the file's
-bytes).
+:mod:`skygrade.streamer.sky_plan` (geometry, filters, the
+:class:`~skygrade.streamer.sky_plan.ExposurePlan` of each exposure,
+:func:`~skygrade.streamer.sky_plan.plan_night`), :mod:`skygrade.streamer.sky_kernels` (PSF, tracking
+and galaxy kernels), :mod:`skygrade.streamer.sky_context` (the focal-plane fields an exposure's CCDs
+share), :mod:`skygrade.streamer.sky_render` (one CCD's pixels) and
+:mod:`skygrade.streamer.sky_fits` (headers, :func:`~skygrade.streamer.sky_fits.render_exposure`, the
+file's bytes).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ops.files import atomic_write_text
-from streamer.sky_fits import exposure_bytes, write_exposure
-from streamer.sky_plan import ExposurePlan, Geometry, _iter_plans, plan_night
+from skygrade.ops.files import atomic_write_text
+from skygrade.streamer.sky_fits import exposure_bytes, write_exposure
+from skygrade.streamer.sky_plan import ExposurePlan, Geometry, _iter_plans, plan_night
 
 log = logging.getLogger(__name__)
 

@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from models.bundle import ModelBundle
-from models.classes import CLASSES
-from models.cnn import AUX_FEATURES, CnnShape
-from models.evaluate import mode_metrics
-from models.ood import fit_reference
-from models.som import feature_matrix, train_som
-from models.train import TrainSettings, predict, split_exposures, train_ensemble
-from ops.config import config_digest, with_backend
-from streamer.pipelines import build_dataset, cache_features, pipeline_options, work_dirs
-from transforms.dataset import find_archive
-from transforms.extract import features_from_arrow
+from skygrade.models.bundle import ModelBundle
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import AUX_FEATURES, CnnShape
+from skygrade.models.evaluate import mode_metrics
+from skygrade.models.ood import fit_reference
+from skygrade.models.som import feature_matrix, train_som
+from skygrade.models.train import TrainSettings, predict, split_exposures, train_ensemble
+from skygrade.ops.config import config_digest, with_backend
+from skygrade.streamer.pipelines import build_dataset, cache_features, pipeline_options, work_dirs
+from skygrade.transforms.dataset import find_archive
+from skygrade.transforms.extract import features_from_arrow
 
 log = logging.getLogger(__name__)
 

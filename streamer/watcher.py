@@ -4,9 +4,9 @@ MegaCam files (~680 MB) arrive progressively: the file exists, then grows in chu
 seconds. A file is *ready* when
 
 1. its ``(st_size, st_mtime_ns)`` has not changed for ``settle_s`` seconds (debounce),
-2. :func:`transforms.fits_walk.check_integrity` proves, from the headers alone, that every HDU the
-   headers announce is wholly present, and
-3. :func:`transforms.fits_walk.check_data` finds no data unit that ends in NUL bytes.
+2. :func:`skygrade.transforms.fits_walk.check_integrity` proves, from the headers alone, that every
+   HDU the headers announce is wholly present, and
+3. :func:`skygrade.transforms.fits_walk.check_data` finds no data unit that ends in NUL bytes.
 
 No check alone is enough: a stalled transfer is stable but incomplete, and a copy into a
 preallocated file (``truncate -s SIZE`` then filled, as ``rsync --preallocate`` and
@@ -21,7 +21,7 @@ Threads
 The watchdog observer's handler (:class:`_EnqueueHandler`) only puts the path on a queue: no
 I/O, no stat, nothing that can block or raise. One worker thread owns all the state: it drains
 the queue, keeps the candidates, re-checks them every ``poll_s`` (the checks, and the reports
-and rejections they lead to, are :class:`streamer.drop_checks.CandidateChecks`, a mixin of
+and rejections they lead to, are :class:`skygrade.streamer.drop_checks.CandidateChecks`, a mixin of
 :class:`DropWatcher`), and calls the callbacks. The
 callbacks therefore run on the worker thread, one at a time, and an exception in one is logged
 without killing the worker. :meth:`DropWatcher.stop` stops and joins the observer (and its
@@ -32,8 +32,8 @@ Outcomes
 ``on_ready(path)``
     Once per file identity ``(size, mtime_ns)``. A file rewritten later is a new identity and is
     reported again if its content changed: one touched, or copied again as it was, has the
-    same :func:`~transforms.fits_walk.check_data` fingerprint and is not. A file is reported
-    once whatever the number of names it has in the drop directory: a symlink (to a file
+    same :func:`~skygrade.transforms.fits_walk.check_data` fingerprint and is not. A file is
+    reported once whatever the number of names it has in the drop directory: a symlink (to a file
     inside the drop) is reported by the real name of its target, and a second hard link, or a
     symlink, to a file already reported as it is, is not reported at all (files are told apart
     by ``(st_dev, st_ino)``; before, a symlink to a file in the drop graded it twice). If
@@ -42,8 +42,8 @@ Outcomes
 ``on_reject(path, reason, message)``, also once per identity, and once per file: another name
 of a file rejected as it is (a hard link) is neither rejected nor reported. ``message`` names
 the file and the problem with every control character escaped
-(:func:`ops.text.escape_controls`), as is every name the watcher logs: a newline in a file name
-cannot forge a log line or a reason.
+(:func:`skygrade.ops.text.escape_controls`), as is every name the watcher logs: a newline in a file
+name cannot forge a log line or a reason.
 
 - ``outside_drop``: the real path (symlinks followed) lies outside the real drop directory. The
   file is never opened.
@@ -53,7 +53,7 @@ cannot forge a log line or a reason.
   later becomes a candidate again.
 - ``unreadable``: ``stat`` / ``open`` failed (permissions, I/O error) or it is not a regular file
   (a FIFO named ``*.fits`` would block a reader forever).
-- any :class:`~transforms.exposure_errors.CorruptFileError` / ``ExposureError`` reason
+- any :class:`~skygrade.transforms.exposure_errors.CorruptFileError` / ``ExposureError`` reason
   (``not_fits``, ``bad_header``, ``trailing_data``...): at once.
 - ``unsupported_compression``: a FITS file compressed as a whole (``*.fits.gz``, ``.bz2``,
   ``.xz``, ``.Z``, ``.zst``: :data:`UNSUPPORTED_PATTERNS`), once settled, without opening it.
@@ -106,8 +106,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ops.text import escape_controls
-from streamer.drop_checks import UNSUPPORTED_PATTERNS, Candidate, CandidateChecks, Identity
+from skygrade.ops.text import escape_controls
+from skygrade.streamer.drop_checks import UNSUPPORTED_PATTERNS, Candidate, CandidateChecks, Identity
 
 __all__ = ["DEFAULT_PATTERNS", "TEMPORARY_PATTERNS", "UNSUPPORTED_PATTERNS", "DropWatcher"]
 

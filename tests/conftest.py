@@ -35,9 +35,9 @@ def tiny_bundle():
     import numpy as np
     import torch
 
-    from models.bundle import ModelBundle
-    from models.cnn import CnnShape, DualInputNet
-    from models.som import SOM_FEATURES, train_som
+    from skygrade.models.bundle import ModelBundle
+    from skygrade.models.cnn import CnnShape, DualInputNet
+    from skygrade.models.som import SOM_FEATURES, train_som
 
     rows = np.random.default_rng(0).normal(size=(3000, len(SOM_FEATURES))).astype(np.float32)
     som = train_som(rows, grid=(6, 6), iterations=1000, n_clusters=20, seed=0)

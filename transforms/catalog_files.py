@@ -1,9 +1,10 @@
 """SExtractor catalogs as input: the catalog format, reading it, and the ``catalog`` backend.
 
-The feature table is the one of :mod:`transforms.extract` (SExtractor's names and semantics,
-:data:`~transforms.extract.FEATURE_COLUMNS`). :func:`catalog_columns_to_features` maps a
+The feature table is the one of :mod:`skygrade.transforms.extract` (SExtractor's names and
+semantics,
+:data:`~skygrade.transforms.extract.FEATURE_COLUMNS`). :func:`catalog_columns_to_features` maps a
 catalog's columns onto it, for archived catalogs here and for the catalogs
-:mod:`transforms.sextractor` has SExtractor write.
+:mod:`skygrade.transforms.sextractor` has SExtractor write.
 
 :class:`CatalogBackend` (``"catalog"``)
     Reads archived SExtractor catalogs, for nights whose pixels are gone: FITS_1.0 (an empty
@@ -20,7 +21,7 @@ method's features); ``ELONGATION`` / ``ELLIPTICITY`` may instead be derived from
 ``CLASS_STAR`` in real archived catalogs is ~3e-4 for every source (SExtractor was run with a wrong
 ``SEEING_FWHM``; docs/model.md, "Real SExtractor catalogs"). When the median ``CLASS_STAR`` of a
 CCD is below :data:`CLASS_STAR_FLOOR` and ``FLUX_RADIUS`` and ``FLUX_ISO`` are present, it is
-recomputed with :func:`transforms.extract.stellarity`, as the sep backend does.
+recomputed with :func:`skygrade.transforms.extract.stellarity`, as the sep backend does.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
-from transforms.exposure import (
+from skygrade.transforms.exposure import (
     NIGHT_PATTERN,
     ExposureMeta,
     exposure_id_from_path,
@@ -44,8 +45,8 @@ from transforms.exposure import (
     parse_date_obs,
     parse_expnum,
 )
-from transforms.exposure_errors import ExposureError
-from transforms.extract import (
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.extract import (
     CcdFeatures,
     CcdRejected,
     SepParams,
@@ -53,7 +54,7 @@ from transforms.extract import (
     empty_sources,
     stellarity,
 )
-from transforms.fits_header import header_float, header_str, header_value
+from skygrade.transforms.fits_header import header_float, header_str, header_value
 
 __all__ = [
     "CLASS_STAR_FLOOR",
@@ -112,8 +113,8 @@ def catalog_columns_to_features(table, *, where: str = "catalog") -> dict[str, n
     Returns
     -------
     dict of np.ndarray
-        The columns of :data:`~transforms.extract.FEATURE_COLUMNS`, cast by
-        :func:`~transforms.extract.as_feature_table`.
+        The columns of :data:`~skygrade.transforms.extract.FEATURE_COLUMNS`, cast by
+        :func:`~skygrade.transforms.extract.as_feature_table`.
 
     Raises
     ------

@@ -1,9 +1,9 @@
 """The per-CCD chain as one function: pixels -> features -> SOM hits -> representative image.
 
 :func:`measure_ccd` is the whole of what happens to one CCD before the CNN, and both ways of
-running it call it: the Beam stage (:class:`transforms.stages.MeasureExposures` without
+running it call it: the Beam stage (:class:`skygrade.transforms.stages.MeasureExposures` without
 ``ccd_workers``, one CCD per element after a Reshuffle) and the CCD pool's workers
-(:func:`streamer.ccd_pool.measure_ccd`, the CCDs of one exposure in processes that outlive
+(:func:`skygrade.streamer.ccd_pool.measure_ccd`, the CCDs of one exposure in processes that outlive
 the pipeline). It builds nothing: the extraction backend and the SOM are passed in, made once
 per process by the caller (``DoFn.setup``, the pool worker's caches), never here and never at
 import. Like the pool, it imports no Beam and no torch (the import rules in pyproject.toml).
@@ -16,12 +16,12 @@ import time
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from ops.text import escape_controls
-from transforms.extract import CcdFeatures, CcdRejected
-from transforms.psf_measure import with_physics
-from transforms.quarantine import Quarantined
-from transforms.representative import CcdInputs, ccd_inputs
-from transforms.som_hits import ccd_hits
+from skygrade.ops.text import escape_controls
+from skygrade.transforms.extract import CcdFeatures, CcdRejected
+from skygrade.transforms.psf_measure import with_physics
+from skygrade.transforms.quarantine import Quarantined
+from skygrade.transforms.representative import CcdInputs, ccd_inputs
+from skygrade.transforms.som_hits import ccd_hits
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def measure_ccd(
     Parameters
     ----------
     backend
-        The extraction backend (:func:`transforms.extract.make_backend`), built once per
+        The extraction backend (:func:`skygrade.transforms.extract.make_backend`), built once per
         process.
     meta : ExposureMeta
         The opened exposure (``backend.open``).
@@ -43,8 +43,8 @@ def measure_ccd(
     extract : ExtractConfig
         The extraction settings (for the physical measurements).
     som : SourceSom, optional
-        The bundle's SOM (:func:`transforms.som_hits.load_som`). Without it the chain stops at
-        the features, which then carry no pixels (a feature cache).
+        The bundle's SOM (:func:`skygrade.transforms.som_hits.load_som`). Without it the chain stops
+        at the features, which then carry no pixels (a feature cache).
     tile : int
         Side of each cluster's cutout in the representative image.
 

@@ -1,7 +1,7 @@
 """Whether a CCD's pixels look like a working detector: the checks that quarantine a CCD.
 
-:func:`ccd_problem` runs on the pixels :func:`transforms.ccd_pixels.read_ccd` returns, before any
-source is measured; a CCD it names a problem for is quarantined, never graded.
+:func:`ccd_problem` runs on the pixels :func:`skygrade.transforms.ccd_pixels.read_ccd` returns,
+before any source is measured; a CCD it names a problem for is quarantined, never graded.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from transforms.ccd_pixels import CcdPixels
+from skygrade.transforms.ccd_pixels import CcdPixels
 
 __all__ = ["MAX_NAN_FRACTION", "MAX_SATURATED_FRACTION", "MIN_CCD_SIDE", "ccd_problem"]
 
@@ -35,7 +35,7 @@ def ccd_problem(ccd: CcdPixels) -> str | None:
     - ``saturated``: more than :data:`MAX_SATURATED_FRACTION` of the finite pixels are at or
       above ``ccd.saturate`` (skipped when ``saturate`` is ``None``). A sky bright enough to
       saturate a whole CCD (twilight, a 600 s exposure near the Moon) looks like this;
-      :func:`transforms.grade.grade_exposure` grades an exposure with half or more of its
+      :func:`skygrade.transforms.grade.grade_exposure` grades an exposure with half or more of its
       CCDs saturated as BGP.
 
     Parameters

@@ -1,9 +1,9 @@
 """The heap of a process that measures CCD after CCD: keep freed memory, trim it now and then.
 
 Both ways of running the per-CCD chain call these: the Beam stage
-(:class:`transforms.stages.MeasureExposures`, ``_MeasureCcd``) and the CCD pool's workers
-(:mod:`streamer.ccd_pool`). Like the chain, this module imports no Beam and no torch: the pool's
-fork server imports it before it forks every worker.
+(:class:`skygrade.transforms.stages.MeasureExposures`, ``_MeasureCcd``) and the CCD pool's workers
+(:mod:`skygrade.streamer.ccd_pool`). Like the chain, this module imports no Beam and no torch: the
+pool's fork server imports it before it forks every worker.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 each as a :class:`CcdPixels` (``BZERO`` / ``BSCALE`` applied, ``BLANK`` as NaN, with the header
 values that measuring it needs: ``GAIN``, ``RDNOISE``, ``SATURATE``, ``BIASLVL``). A plain image
 is read straight from its data offset; a tile-compressed one (``.fits.fz``) is decompressed by
-astropy, that HDU only. The headers are walked first (:mod:`transforms.fits_walk`), the CCD
-extensions validated as :func:`transforms.exposure.read_meta` does, and a pinned file is read
-through its open descriptor (:mod:`transforms.confined_reads`).
+astropy, that HDU only. The headers are walked first (:mod:`skygrade.transforms.fits_walk`), the CCD
+extensions validated as :func:`skygrade.transforms.exposure.read_meta` does, and a pinned file is
+read through its open descriptor (:mod:`skygrade.transforms.confined_reads`).
 
 No Beam in any of it.
 """
@@ -22,11 +22,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
-from transforms.confined_reads import open_exposure
-from transforms.exposure import ccd_hdus, ccd_name
-from transforms.exposure_errors import CorruptFileError, IncompleteFileError
-from transforms.fits_header import HduInfo, header_float, header_value, parse_header
-from transforms.fits_walk import FileLayout, walk_open
+from skygrade.transforms.confined_reads import open_exposure
+from skygrade.transforms.exposure import ccd_hdus, ccd_name
+from skygrade.transforms.exposure_errors import CorruptFileError, IncompleteFileError
+from skygrade.transforms.fits_header import HduInfo, header_float, header_value, parse_header
+from skygrade.transforms.fits_walk import FileLayout, walk_open
 
 __all__ = ["CcdPixels", "iter_ccds", "read_ccd"]
 

@@ -3,13 +3,13 @@
 A file named in the drop directory can change between the watcher's check and the grade (a
 night folder swapped for a symlink to somewhere else: before, the grader then read a file
 outside the drop). :func:`pinned` opens the file once, component by component with
-``O_NOFOLLOW`` beneath the drop directory (:func:`ops.files.open_beneath`), and while it is
-held every read that :mod:`transforms.fits_walk` and :mod:`transforms.exposure` make of that
-path goes to the open file, never the name again: :func:`~transforms.exposure.read_meta`
-records in the metadata the file's ``(st_dev, st_ino)`` and, on Linux, a ``/proc/<pid>/fd/<n>``
-name of the open descriptor, through which the CCD workers (other
-processes) read the same open file. A path it refuses raises ``ExposureError`` with reason
-``outside_drop`` when read; a worker that finds another file than the one pinned raises
+``O_NOFOLLOW`` beneath the drop directory (:func:`skygrade.ops.files.open_beneath`), and while it is
+held every read that :mod:`skygrade.transforms.fits_walk` and :mod:`skygrade.transforms.exposure`
+make of that path goes to the open file, never the name again:
+:func:`~skygrade.transforms.exposure.read_meta` records in the metadata the file's ``(st_dev,
+st_ino)`` and, on Linux, a ``/proc/<pid>/fd/<n>`` name of the open descriptor, through which the CCD
+workers (other processes) read the same open file. A path it refuses raises ``ExposureError`` with
+reason ``outside_drop`` when read; a worker that finds another file than the one pinned raises
 ``file_changed``.
 
 :func:`open_exposure` is how those readers open a file: the pinned one, one named by a worker's
@@ -25,8 +25,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ops.files import OutsideRootError, open_beneath
-from transforms.exposure_errors import ExposureError
+from skygrade.ops.files import OutsideRootError, open_beneath
+from skygrade.transforms.exposure_errors import ExposureError
 
 __all__ = ["open_exposure", "pin_of", "pinned", "pinned_source"]
 
@@ -48,8 +48,8 @@ _PINS_LOCK = threading.Lock()
 def pinned(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Iterator[None]:
     """Open ``path`` once, beneath ``root``; inside the block the readers read only that file.
 
-    ``path`` is opened with :func:`ops.files.open_beneath` (no symlink followed anywhere below
-    ``root``, the open file's real path checked to be inside it). While the block runs, every
+    ``path`` is opened with :func:`skygrade.ops.files.open_beneath` (no symlink followed anywhere
+    below ``root``, the open file's real path checked to be inside it). While the block runs, every
     read of ``path`` in this process (:func:`check_integrity`, :func:`read_meta`,
     :func:`read_ccd`...) reads that open file whatever the name now points to, and the
     metadata :func:`read_meta` returns carries what CCD workers in other processes need to

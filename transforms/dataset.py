@@ -18,16 +18,16 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 
-from models.classes import CLASSES
-from models.cnn import hit_vector
-from models.summary import stack_summaries
-from ops.files import atomic_write_bytes
-from transforms.ccd_pixels import read_ccd
-from transforms.exposure import NIGHT_PATTERN, exposure_id_from_path, read_meta
-from transforms.exposure_errors import ExposureError
-from transforms.extract import CcdFeatures, features_from_arrow
-from transforms.representative import ccd_inputs
-from transforms.som_hits import ccd_hits, load_som
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import hit_vector
+from skygrade.models.summary import stack_summaries
+from skygrade.ops.files import atomic_write_bytes
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.exposure import NIGHT_PATTERN, exposure_id_from_path, read_meta
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.extract import CcdFeatures, features_from_arrow
+from skygrade.transforms.representative import ccd_inputs
+from skygrade.transforms.som_hits import ccd_hits, load_som
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ with ``ZIMAGE = T``.
 
 No Beam in any of it. From cheapest to dearest:
 
-:func:`~transforms.fits_walk.check_integrity` (:mod:`transforms.fits_walk`)
+:func:`~skygrade.transforms.fits_walk.check_integrity` (:mod:`skygrade.transforms.fits_walk`)
     The header walk. Reads only the header blocks (never a pixel) and proves that every HDU the
     headers announce is wholly present, that nothing follows the last one and that the number of
     extensions matches ``NEXTEND``. Milliseconds per exposure, whatever the file size
@@ -16,19 +16,20 @@ No Beam in any of it. From cheapest to dearest:
 :func:`read_meta` (here)
     The walk plus header validation: the exposure id, night, EXPTIME, filter, CCD names, and the
     rule that every extension is a 2-D image of one common shape.
-:func:`~transforms.ccd_pixels.read_ccd` / :func:`~transforms.ccd_pixels.iter_ccds`
-    The pixels of one CCD (:mod:`transforms.ccd_pixels`) as native float32 with ``BZERO`` /
+:func:`~skygrade.transforms.ccd_pixels.read_ccd` / :func:`~skygrade.transforms.ccd_pixels.iter_ccds`
+    The pixels of one CCD (:mod:`skygrade.transforms.ccd_pixels`) as native float32 with ``BZERO`` /
     ``BSCALE`` applied, in bounded memory.
-:func:`~transforms.ccd_checks.ccd_problem` (:mod:`transforms.ccd_checks`)
+:func:`~skygrade.transforms.ccd_checks.ccd_problem` (:mod:`skygrade.transforms.ccd_checks`)
     Why a CCD should be quarantined (NaN, dead, saturated, wrong shape), or ``None``.
 
-Every failure is an :class:`~transforms.exposure_errors.ExposureError` with a ``reason`` slug
-(:mod:`transforms.exposure_errors` lists them all). One header's cards are parsed in
-:mod:`transforms.fits_header`; a file named in the drop is read through its open descriptor
-while it is :func:`~transforms.confined_reads.pinned` (:mod:`transforms.confined_reads`).
+Every failure is an :class:`~skygrade.transforms.exposure_errors.ExposureError` with a ``reason``
+slug (:mod:`skygrade.transforms.exposure_errors` lists them all). One header's cards are parsed in
+:mod:`skygrade.transforms.fits_header`; a file named in the drop is read through its open descriptor
+while it is :func:`~skygrade.transforms.confined_reads.pinned`
+(:mod:`skygrade.transforms.confined_reads`).
 
-Separation of duties: :func:`~transforms.fits_walk.check_integrity` is purely structural (sizes,
-blocks, card syntax of structural keywords, NEXTEND); it does not care what the HDUs hold.
+Separation of duties: :func:`~skygrade.transforms.fits_walk.check_integrity` is purely structural
+(sizes, blocks, card syntax of structural keywords, NEXTEND); it does not care what the HDUs hold.
 :func:`read_meta` decides whether the structure is a gradable exposure.
 
 This module holds the metadata (:func:`read_meta`, :func:`observing_night`, the exposure id, and
@@ -49,9 +50,9 @@ from typing import NamedTuple
 
 from astropy.io import fits
 
-from transforms.confined_reads import pin_of, pinned_source
-from transforms.exposure_errors import CorruptFileError, ExposureError
-from transforms.fits_header import (
+from skygrade.transforms.confined_reads import pin_of, pinned_source
+from skygrade.transforms.exposure_errors import CorruptFileError, ExposureError
+from skygrade.transforms.fits_header import (
     Cards,
     HduInfo,
     header_float,
@@ -60,7 +61,7 @@ from transforms.fits_header import (
     parse_header,
     string_value,
 )
-from transforms.fits_walk import FileLayout, walk
+from skygrade.transforms.fits_walk import FileLayout, walk
 
 __all__ = [
     "CATALOG_SUFFIXES",

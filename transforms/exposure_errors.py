@@ -1,7 +1,9 @@
 """The errors of reading a MegaCam exposure, and every reason they give.
 
-Every failure of the readers (:mod:`transforms.fits_walk`, :mod:`transforms.confined_reads`,
-:mod:`transforms.exposure`, the catalog reader :mod:`transforms.catalog_files`) is an
+Every failure of the readers (:mod:`skygrade.transforms.fits_walk`,
+:mod:`skygrade.transforms.confined_reads`,
+:mod:`skygrade.transforms.exposure`, the catalog reader :mod:`skygrade.transforms.catalog_files`) is
+an
 :class:`ExposureError` that names the file, the HDU and what is wrong, with a short
 machine-friendly ``reason`` slug for the ledger and metrics. Its two subclasses tell the watcher
 what to do:
@@ -15,10 +17,10 @@ what to do:
   first one missing).
 - ``zero_filled``: where a header must start (or continue) there are only NUL bytes while more
   HDUs are expected: the signature of a copy into a preallocated file. From
-  :func:`~transforms.fits_walk.check_data` also: a data unit ends in NUL bytes and its
+  :func:`~skygrade.transforms.fits_walk.check_data` also: a data unit ends in NUL bytes and its
   ``DATASUM`` does not match.
-- ``zero_tail`` (:func:`~transforms.fits_walk.check_data` only): a data unit ends in NUL bytes
-  and has no ``DATASUM`` to tell a copy still filling preallocated space from data that really
+- ``zero_tail`` (:func:`~skygrade.transforms.fits_walk.check_data` only): a data unit ends in NUL
+  bytes and has no ``DATASUM`` to tell a copy still filling preallocated space from data that really
   end in zeros. The file is structurally complete: the watcher grades it once it has stayed
   unchanged for its whole ``incomplete_timeout_s``.
 
@@ -27,23 +29,24 @@ what to do:
 - ``not_fits``: the first card is not ``SIMPLE = T``.
 - ``bad_header``: a header holds non-ASCII bytes, lacks or garbles a structural keyword
   (BITPIX, NAXIS, NAXISn, PCOUNT, GCOUNT, the ZIMAGE keywords), has no END card within
-  :data:`~transforms.fits_walk.MAX_HEADER_BLOCKS` blocks, or an extension does not start with
-  ``XTENSION``.
+  :data:`~skygrade.transforms.fits_walk.MAX_HEADER_BLOCKS` blocks, or an extension does not start
+  with ``XTENSION``.
 - ``bad_nextend``: ``NEXTEND`` is not a non-negative integer, or the file holds *more* complete
   extensions than it says.
 - ``trailing_data``: bytes follow the last HDU once every extension that ``NEXTEND`` promises is
   present (or, without ``NEXTEND``, bytes that are not the start of another extension header).
   FITS allows "special records" there, but no MegaCam product writes them and a grading
   pipeline should not guess what they are.
-- ``bad_shape`` / ``bad_extension`` / ``no_ccds`` (from :func:`~transforms.exposure.read_meta`
-  / :func:`~transforms.ccd_pixels.read_ccd`): an extension is not an image, is not 2-D, or the CCDs
-  differ in shape; or there is no CCD at all.
+- ``bad_shape`` / ``bad_extension`` / ``no_ccds`` (from
+  :func:`~skygrade.transforms.exposure.read_meta` /
+  :func:`~skygrade.transforms.ccd_pixels.read_ccd`): an extension is not an image, is not 2-D, or
+  the CCDs differ in shape; or there is no CCD at all.
 
 Plain :class:`ExposureError` -- a structurally sound FITS file whose metadata breaks the
 exposure contract: ``missing_exptime``, ``bad_exptime``, ``bad_expnum``, ``bad_date_obs``.
 
 Reading through a pinned file adds ``outside_drop``, ``unreadable`` and ``file_changed``
-(:mod:`transforms.confined_reads`).
+(:mod:`skygrade.transforms.confined_reads`).
 """
 
 from __future__ import annotations

@@ -34,12 +34,12 @@ import numpy as np
 import pyarrow as pa
 import sep
 
-from ops.config import ExtractConfig
-from transforms.ccd_checks import ccd_problem
-from transforms.ccd_pixels import read_ccd
-from transforms.exposure import read_meta
-from transforms.exposure_errors import ExposureError
-from transforms.fits_walk import check_integrity
+from skygrade.ops.config import ExtractConfig
+from skygrade.transforms.ccd_checks import ccd_problem
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.exposure import read_meta
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.fits_walk import check_integrity
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ class CcdFeatures:
     """The bias level still in the pixels (``BIASLVL``), taken off the sky; None: none."""
     physics: object | None = field(default=None, compare=False)
     """Seeing, PSF shape, sky and source counts
-    (:class:`transforms.psf_measure.CcdPhysics`), set by the per-CCD chain after extraction
-    (:func:`transforms.psf_measure.ccd_physics`); None when not measured."""
+    (:class:`skygrade.transforms.psf_measure.CcdPhysics`), set by the per-CCD chain after extraction
+    (:func:`skygrade.transforms.psf_measure.ccd_physics`); None when not measured."""
 
     @classmethod
     def of(
@@ -439,7 +439,7 @@ class PixelBackend:
         """
         try:
             # The file pinned when the exposure was opened, if it was (the daemon): its open
-            # descriptor, never the name again (transforms.confined_reads).
+            # descriptor, never the name again (skygrade.transforms.confined_reads).
             pixels = read_ccd(
                 meta.path,
                 ccd,
@@ -490,9 +490,9 @@ class SepBackend(PixelBackend):
 
 
 BACKENDS: dict[str, str] = {
-    "sep": "transforms.extract:SepBackend",
-    "sextractor": "transforms.sextractor:SextractorBackend",
-    "catalog": "transforms.catalog_files:CatalogBackend",
+    "sep": "skygrade.transforms.extract:SepBackend",
+    "sextractor": "skygrade.transforms.sextractor:SextractorBackend",
+    "catalog": "skygrade.transforms.catalog_files:CatalogBackend",
 }
 """Extraction backends by name (the ``extract.backend`` setting), as ``module:class`` so the
 SExtractor module (which builds on this one) is imported only when chosen."""

@@ -1,6 +1,7 @@
 """One FITS header's structure: card lookup in raw header bytes, and where its HDU lies.
 
-The header walk (:mod:`transforms.fits_walk`) reads each header's blocks and hands them here:
+The header walk (:mod:`skygrade.transforms.fits_walk`) reads each header's blocks and hands them
+here:
 :func:`hdu_info` parses the structural keywords (BITPIX, NAXISn, PCOUNT, GCOUNT, the ZIMAGE
 keywords of a tile-compressed image) into an :class:`HduInfo` with the size of the data unit.
 Cards are read straight from the bytes (:class:`Cards`), never through astropy: the walk must
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
-from transforms.exposure_errors import CorruptFileError
+from skygrade.transforms.exposure_errors import CorruptFileError
 
 __all__ = [
     "BLOCK",
@@ -292,8 +293,8 @@ def parse_header(raw: bytes) -> fits.Header:
 def header_value(header: fits.Header, key: str):
     """Header value, or None when absent, undefined or unparsable (quietly: callers validate).
 
-    Shared by the image reader (transforms.exposure) and the catalog reader
-    (transforms.catalog_files)."""
+    Shared by the image reader (skygrade.transforms.exposure) and the catalog reader
+    (skygrade.transforms.catalog_files)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)
         try:

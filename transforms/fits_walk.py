@@ -8,8 +8,9 @@
 :func:`check_data`
     Reads the end of every data unit, for a copy into a preallocated file still filling it.
 
-Both raise the errors of :mod:`transforms.exposure_errors`, whose docstring lists every reason.
-They read a :func:`~transforms.confined_reads.pinned` file through its open descriptor.
+Both raise the errors of :mod:`skygrade.transforms.exposure_errors`, whose docstring lists every
+reason. They read a :func:`~skygrade.transforms.confined_reads.pinned` file through its open
+descriptor.
 
 What a header walk cannot see:
 
@@ -31,9 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.confined_reads import open_exposure
-from transforms.exposure_errors import CorruptFileError, IncompleteFileError
-from transforms.fits_header import BLOCK, CARD, Cards, HduInfo, bare_value, hdu_info, string_value
+from skygrade.transforms.confined_reads import open_exposure
+from skygrade.transforms.exposure_errors import CorruptFileError, IncompleteFileError
+from skygrade.transforms.fits_header import (
+    BLOCK,
+    CARD,
+    Cards,
+    HduInfo,
+    bare_value,
+    hdu_info,
+    string_value,
+)
 
 __all__ = [
     "MAX_HEADER_BLOCKS",

@@ -1,8 +1,8 @@
 """CCD class probabilities -> one grade per exposure, with a confidence and a human reason.
 
 Aggregation: the exposure's class probabilities are the mean of its graded CCDs' probabilities
-(:func:`models.aggregate.combine`): every CCD weighs the same, so the grade follows what most
-CCDs say, and no single confident CCD outvotes the others (background problems are often local:
+(:func:`skygrade.models.aggregate.combine`): every CCD weighs the same, so the grade follows what
+most CCDs say, and no single confident CCD outvotes the others (background problems are often local:
 moonlight on one corner). The reason names the votes: ``BGP: 2/4 CCDs with a background problem
 (1 RBT, 1 B_SEEING)``.
 
@@ -27,9 +27,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.aggregate import combine
-from models.classes import CLASSES
-from transforms.psf_measure import CcdPhysics, ExposurePhysics, exposure_physics, seeing_text
+from skygrade.models.aggregate import combine
+from skygrade.models.classes import CLASSES
+from skygrade.transforms.psf_measure import (
+    CcdPhysics,
+    ExposurePhysics,
+    exposure_physics,
+    seeing_text,
+)
 
 SEVERITY = ("RBT", "BT", "BGP", "B_SEEING", "GOOD")
 """Tie-break order, most severe first."""
@@ -62,7 +67,7 @@ class CcdScore:
     """The CCD's representative image (Input-1 of the CNN), kept for the observer page and
     stored small by the sink; None when the CCD has none (catalog mode, no clean source)."""
     ood: float = field(default=float("nan"), compare=False)
-    """Out-of-distribution score of the CCD's inputs (:mod:`models.ood`; > 1: unlike any
+    """Out-of-distribution score of the CCD's inputs (:mod:`skygrade.models.ood`; > 1: unlike any
     training CCD, its probabilities already tempered); NaN when not scored."""
     missing: tuple[str, ...] = field(default=(), compare=False)
     """Inputs the CCD was graded without (``EXPTIME``, ``FLUX_RADIUS``...), for the reason."""
@@ -163,8 +168,8 @@ def grade_exposure(
     airmass : float, optional
         The exposure's AIRMASS, for the seeing at zenith.
 
-    The physical measurements (:func:`transforms.psf_measure.exposure_physics`) combine every
-    CCD that has them, graded or not (a CCD without a clean source for the network may still
+    The physical measurements (:func:`skygrade.transforms.psf_measure.exposure_physics`) combine
+    every CCD that has them, graded or not (a CCD without a clean source for the network may still
     have a sky); the seeing enters the reason as ``seeing 1.21" (0.98" at zenith, 37 stars)``.
     They never change the grade.
     """

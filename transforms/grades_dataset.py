@@ -10,8 +10,9 @@ one file per exposure per model version (:func:`exposure_file_name`). The exposu
 commit mark: it is written last, so its presence means the CCD rows and images it refers to are
 in place. :class:`GradesDataset` is the one place that knows this layout: the sinks, the
 daemon, backfill, the report and the observer page all go through it. Every file is written
-atomically (:func:`ops.files.write_parquet_atomic`), so a reader (or a crash) never sees half a
-file. Plain pyarrow and numpy: no Beam here (the Beam sink is :mod:`transforms.sinks`).
+atomically (:func:`skygrade.ops.files.write_parquet_atomic`), so a reader (or a crash) never sees
+half a file. Plain pyarrow and numpy: no Beam here (the Beam sink is
+:mod:`skygrade.transforms.sinks`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from models.classes import CLASSES
-from ops.files import atomic_write_bytes, write_parquet_atomic
-from ops.text import escape_controls
+from skygrade.models.classes import CLASSES
+from skygrade.ops.files import atomic_write_bytes, write_parquet_atomic
+from skygrade.ops.text import escape_controls
 
 TREES = ("exposures", "ccds", "images")
 """The dataset's three trees, each partitioned by night."""
@@ -57,7 +58,7 @@ PHYSICS_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("source_count_ratio", pa.float64()),
     ("seeing_method", pa.string()),
 )
-"""What observers read (:mod:`transforms.psf_measure`), in the exposure and CCD rows, null
+"""What observers read (:mod:`skygrade.transforms.psf_measure`), in the exposure and CCD rows, null
 where not measured: ``seeing_arcsec`` the median PSF FWHM of the stars (equivalent circle),
 ``seeing_minor_arcsec`` along the minor axis (robust to a linear trail),
 ``seeing_zenith_arcsec`` times airmass^-0.6, ``n_psf_stars`` the stars used,
@@ -187,7 +188,7 @@ def exposure_file_name(exposure_id: str, model_version: str) -> str:
     :data:`MAX_NAME_ID_BYTES` bytes (or one that could not be a name) becomes its first 40
     characters, made safe, then ``~`` and 16 hex digits of its SHA-256; a version tag longer
     than :data:`MAX_NAME_TAG_BYTES` the same way. The name stays under 200 bytes, which leaves
-    room for the temporary name of an atomic write (:func:`ops.files.atomic_path`).
+    room for the temporary name of an atomic write (:func:`skygrade.ops.files.atomic_path`).
 
     Examples
     --------
@@ -201,8 +202,8 @@ def exposure_file_name(exposure_id: str, model_version: str) -> str:
 
 
 IMAGE_RANGE = (-0.2, 1.5)
-"""Value range of a representative image: :func:`transforms.representative.scale_stamp` puts a
-source's peak at 1 and clips to this range. Stored images map it linearly onto 0..255."""
+"""Value range of a representative image: :func:`skygrade.transforms.representative.scale_stamp`
+puts a source's peak at 1 and clips to this range. Stored images map it linearly onto 0..255."""
 
 
 def quantize_image(image: np.ndarray) -> np.ndarray:
@@ -387,8 +388,8 @@ class GradesDataset:
         place (:meth:`remove_other_nights`). CCD rows may carry an ``image`` (the CCD's
         representative image, not a parquet column): those go to :meth:`images_file`, as
         uint8 (:func:`write_images`). Reasons are written with their control characters
-        escaped (:func:`ops.text.escape_controls`). ``file_name``: an existing file that holds
-        this version's row (backfill) is replaced under its own name.
+        escaped (:func:`skygrade.ops.text.escape_controls`). ``file_name``: an existing file that
+        holds this version's row (backfill) is replaced under its own name.
         """
         # A reason names the file: no control character of its name reaches the dataset (and
         # the page). Escaped in place, so that the rows handed on (ledger, log) are the same.

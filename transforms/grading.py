@@ -5,14 +5,15 @@ The one composite transform that the daemon, ``skygrade grade`` and the backfill
     paths ─ OpenExposures ─ MeasureExposures ─ ScoreExposures ─ GradeExposure ─┐
               └ quarantine (files) ──────────────────────────── GradeRefused ──┴─ rows
 
-Each CCD goes through the per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`: extraction,
-hits and cutouts in one call, so the pixels read for extraction are reused for the cutouts and
-dropped before anything is serialised). :class:`~transforms.stages.MeasureExposures` runs it
-either in a Beam stage per CCD, gathered again by exposure (no ``ccd_pool``: batch runs on
-any runner), or in a process pool that outlives the pipeline, element by element with no
-shuffle (``ccd_pool``, from :func:`streamer.ccd_pool.pooled`: the daemon). Either way each
-exposure comes back as one element, whose CCDs are scored as one batch and graded. Rows are
-plain dicts with the parquet schema of :mod:`transforms.grades_dataset`.
+Each CCD goes through the per-CCD chain (:func:`skygrade.transforms.ccd_chain.measure_ccd`:
+extraction, hits and cutouts in one call, so the pixels read for extraction are reused for the
+cutouts and dropped before anything is serialised).
+:class:`~skygrade.transforms.stages.MeasureExposures` runs it either in a Beam stage per CCD,
+gathered again by exposure (no ``ccd_pool``: batch runs on any runner), or in a process pool that
+outlives the pipeline, element by element with no shuffle (``ccd_pool``, from
+:func:`skygrade.streamer.ccd_pool.pooled`: the daemon). Either way each exposure comes back as one
+element, whose CCDs are scored as one batch and graded. Rows are plain dicts with the parquet schema
+of :mod:`skygrade.transforms.grades_dataset`.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from models.bundle import read_manifest
-from models.classes import CLASSES
-from transforms.exposure import NIGHT_PATTERN, observing_night
-from transforms.grade import CcdScore, grade_exposure, physics_columns
-from transforms.psf_measure import ExposurePhysics
-from transforms.quarantine import QUARANTINE, Quarantined
-from transforms.score import ScoreExposures
-from transforms.stages import EXPOSURES, CcdPool, MeasureExposures, OpenExposures
+from skygrade.models.bundle import read_manifest
+from skygrade.models.classes import CLASSES
+from skygrade.transforms.exposure import NIGHT_PATTERN, observing_night
+from skygrade.transforms.grade import CcdScore, grade_exposure, physics_columns
+from skygrade.transforms.psf_measure import ExposurePhysics
+from skygrade.transforms.quarantine import QUARANTINE, Quarantined
+from skygrade.transforms.score import ScoreExposures
+from skygrade.transforms.stages import EXPOSURES, CcdPool, MeasureExposures, OpenExposures
 
 STAGES = ("extract", "som", "representative", "score")
 
@@ -58,7 +59,7 @@ def exposure_row(
     arrived_at: float | None,
 ) -> tuple[dict, list[dict]]:
     """The exposure row and its CCD rows (columns: ``EXPOSURE_SCHEMA`` and ``CCD_SCHEMA`` of
-    :mod:`transforms.grades_dataset`)."""
+    :mod:`skygrade.transforms.grades_dataset`)."""
     now = time.time()
     if meta is None:  # refused when opened: the first (exposure-level) quarantine record
         q = next(b for b in bad if b.ccd is None)
@@ -189,7 +190,7 @@ class GradeExposures(beam.PTransform):
         Torch threads per worker process.
     ccd_pool : CcdPool or None
         None (default): CCDs are spread by Beam (a Reshuffle), which suits batch runs on any
-        runner. A pool (:func:`streamer.ccd_pool.pooled`): each exposure's CCDs run in its
+        runner. A pool (:func:`skygrade.streamer.ccd_pool.pooled`): each exposure's CCDs run in its
         processes, which live as long as this process, which suits the daemon's one-exposure
         pipelines on the in-process runner.
     """
@@ -216,7 +217,7 @@ class GradeExposures(beam.PTransform):
         self.torch_threads = torch_threads
 
     def expand(self, paths):
-        """Open -> every CCD measured (:class:`~transforms.stages.MeasureExposures`, which
+        """Open -> every CCD measured (:class:`~skygrade.transforms.stages.MeasureExposures`, which
         chooses how) -> each exposure's CCDs scored as one batch -> graded; a file refused
         when opened becomes its quarantined row."""
         opened = paths | "OpenExposures" >> OpenExposures(self.extract)

@@ -6,7 +6,7 @@ averaged so that the model is integrated over each pixel, by Levenberg-Marquardt
 analytic Jacobian. The :class:`StarFit` it returns holds the FWHM along the major and minor
 axes (``2 sqrt((2^(1/beta) - 1) / lambda)``, ``lambda`` an eigenvalue of ``Q``) and the
 position angle. Which stars are fitted, and what is made of the fits, is
-:mod:`transforms.psf_measure`.
+:mod:`skygrade.transforms.psf_measure`.
 
 Pure numpy: no Beam, no sep, no torch.
 """

@@ -1,9 +1,9 @@
 """What observers read of a CCD: seeing in arcsec, PSF shape, sky brightness, source counts.
 
 Pure numpy: no Beam, no sep, no torch (imported from ``ops`` only: the config defaults, the
-log escaping; the star fit from :mod:`transforms.moffat_fit`). The per-CCD chain calls
+log escaping; the star fit from :mod:`skygrade.transforms.moffat_fit`). The per-CCD chain calls
 :func:`with_physics` (:func:`ccd_physics`) right after extraction, in the Beam stage
-(:mod:`transforms.stages`) and in the CCD pool (:mod:`streamer.ccd_pool`);
+(:mod:`skygrade.transforms.stages`) and in the CCD pool (:mod:`skygrade.streamer.ccd_pool`);
 :func:`exposure_physics` combines the CCDs.
 
 Stars (:func:`select_stars`)
@@ -45,8 +45,8 @@ is ``2 sqrt((2^(1/beta) - 1) / lambda)`` with ``lambda`` an eigenvalue of ``Q``.
   convention, in [-90, 90)) of the median of the stars' spin-2 shape ``e exp(2i theta)``:
   one direction everywhere on the focal plane is tracking, a radial pattern optics.
 
-The fit itself is :func:`transforms.moffat_fit.fit_moffat`. The Moffat model is the standard
-for ground-based seeing (the simulator's PSF is one, with beta 2-5, so that
+The fit itself is :func:`skygrade.transforms.moffat_fit.fit_moffat`. The Moffat model is the
+standard for ground-based seeing (the simulator's PSF is one, with beta 2-5, so that
 ``2 * FLUX_RADIUS``, exact for a Gaussian, reads 17-55% high there).
 
 Catalog mode (no pixels, ``method = "catalog_flux_radius"``)
@@ -83,9 +83,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ops.config import ExtractConfig
-from ops.text import escape_controls
-from transforms.moffat_fit import StarFit, fit_moffat
+from skygrade.ops.config import ExtractConfig
+from skygrade.ops.text import escape_controls
+from skygrade.transforms.moffat_fit import StarFit, fit_moffat
 
 NAN = float("nan")
 PIXEL_SCALE = 0.187
@@ -405,7 +405,7 @@ def zenith_seeing(seeing: float, airmass: float | None) -> float:
 
 
 def ccd_physics(features, meta, settings=None, saturate=None, bias=None) -> CcdPhysics:
-    """The physical measurements of one CCD's :class:`~transforms.extract.CcdFeatures`.
+    """The physical measurements of one CCD's :class:`~skygrade.transforms.extract.CcdFeatures`.
 
     Parameters
     ----------
@@ -415,7 +415,7 @@ def ccd_physics(features, meta, settings=None, saturate=None, bias=None) -> CcdP
         ``filter``, ``airmass``, ``exptime`` and ``photzp`` (when it has one).
     settings : ExtractConfig, optional
         ``pixel_scale``, ``zero_points``, ``expected_sources_per_mpx``,
-        ``source_count_exponent``; the defaults of :mod:`ops.config` when None.
+        ``source_count_exponent``; the defaults of :mod:`skygrade.ops.config` when None.
     saturate, bias : float, optional
         The CCD's SATURATE and bias level (default: ``features.saturate`` / ``features.bias``).
     """
@@ -460,7 +460,7 @@ def with_physics(features, meta, settings=None):
     """``features`` with its :class:`CcdPhysics` (``features.physics``) when it can be
     measured: from the pixels when they were kept, from the table for the catalog backend.
 
-    Called by the per-CCD chain (:func:`transforms.ccd_chain.measure_ccd`), whether it runs
+    Called by the per-CCD chain (:func:`skygrade.transforms.ccd_chain.measure_ccd`), whether it runs
     in a Beam stage or in the CCD pool. A measurement failure never loses the CCD: it is
     logged and the CCD goes on without physics.
     """

@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from models.mosaic import tile_grid
-from models.summary import ccd_summary, missing_columns
-from transforms.som_hits import CcdHits
+from skygrade.models.mosaic import tile_grid
+from skygrade.models.summary import ccd_summary, missing_columns
+from skygrade.transforms.som_hits import CcdHits
 
 
 def representative_seed(exposure_id: str, ccd: int) -> np.random.Generator:
@@ -153,14 +153,14 @@ class CcdInputs:
     """Seconds per stage spent on this CCD so far (extract, som, representative)."""
     """Why this CCD's inputs are degenerate (e.g. no clean source), else None."""
     summary: np.ndarray | None = field(default=None, repr=False)
-    """Robust summary statistics of the clean sources (``models.cnn.ccd_summary``), an input of
-    the CNN beside the hits; None when not measured."""
+    """Robust summary statistics of the clean sources (``skygrade.models.cnn.ccd_summary``), an
+    input of the CNN beside the hits; None when not measured."""
     physics: object | None = field(default=None, compare=False)
-    """Seeing, PSF shape, sky, source counts (:class:`transforms.psf_measure.CcdPhysics`) of
-    the CCD: reported, never an input of the CNN; None when not measured."""
+    """Seeing, PSF shape, sky, source counts (:class:`skygrade.transforms.psf_measure.CcdPhysics`)
+    of the CCD: reported, never an input of the CNN; None when not measured."""
     missing: tuple[str, ...] = ()
     """Inputs the CCD's table lacks (``EXPTIME``, ``FLUX_RADIUS``...: an archive catalog with
-    few columns), named in the grade's reason (:func:`models.summary.missing_columns`)."""
+    few columns), named in the grade's reason (:func:`skygrade.models.summary.missing_columns`)."""
 
 
 def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:

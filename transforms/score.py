@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from models.bundle import MANIFEST, ModelBundle, load_bundle
-from models.cnn import hit_vector, predict_proba
-from models.ood import ood_scores, temper
-from models.summary import stack_summaries
-from transforms.grade import CcdScore
-from transforms.representative import CcdInputs
+from skygrade.models.bundle import MANIFEST, ModelBundle, load_bundle
+from skygrade.models.cnn import hit_vector, predict_proba
+from skygrade.models.ood import ood_scores, temper
+from skygrade.models.summary import stack_summaries
+from skygrade.transforms.grade import CcdScore
+from skygrade.transforms.representative import CcdInputs
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def load_bundle_cached(path: str | os.PathLike) -> ModelBundle:
 
 def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (len(batch), n_classes) of CCD inputs, tempered by their
-    out-of-distribution scores (:mod:`models.ood`), and those scores (NaN without a
+    out-of-distribution scores (:mod:`skygrade.models.ood`), and those scores (NaN without a
     reference in the bundle)."""
     image = np.stack([x.image for x in batch])
     vector = hit_vector(
@@ -109,7 +109,7 @@ def score_ccds(bundle: ModelBundle, inputs: Sequence[CcdInputs]) -> list[CcdScor
 
 class BundleModelHandler(ModelHandler[Any, PredictionResult, ModelBundle]):
     """RunInference handler for skygrade bundles whose elements are whole exposures
-    (:class:`~transforms.ccd_chain.ExposureInputs`): each exposure's CCDs are scored in one
+    (:class:`~skygrade.transforms.ccd_chain.ExposureInputs`): each exposure's CCDs are scored in one
     batch (:func:`score_ccds`), and the inference is the list of their :class:`CcdScore`.
 
     Parameters
@@ -147,7 +147,8 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, ModelBundle]):
 
 
 class ScoreExposures(beam.PTransform):
-    """:class:`~transforms.ccd_chain.ExposureInputs` -> ``(ExposureInputs, [CcdScore])``."""
+    """:class:`~skygrade.transforms.ccd_chain.ExposureInputs` -> ``(ExposureInputs,
+    [CcdScore])``."""
 
     def __init__(self, bundle_path: str | os.PathLike, torch_threads: int | None = 1) -> None:
         super().__init__()

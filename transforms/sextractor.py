@@ -1,15 +1,16 @@
 """SExtractor as an extraction backend: running ``source-extractor`` on a CCD's pixels.
 
 :class:`SextractorBackend` (``"sextractor"``) gives the same feature table as
-:mod:`transforms.extract` (SExtractor's names and semantics,
-:data:`~transforms.extract.FEATURE_COLUMNS`). It runs the ``source-extractor`` executable on
-one CCD at a time: the CCD is written to a temporary FITS file with a generated configuration
+:mod:`skygrade.transforms.extract` (SExtractor's names and semantics,
+:data:`~skygrade.transforms.extract.FEATURE_COLUMNS`). It runs the ``source-extractor`` executable
+on one CCD at a time: the CCD is written to a temporary FITS file with a generated configuration
 (pixel scale, a seeing FWHM measured on the CCD, gain, saturation and the detection settings of
-:class:`~transforms.extract.SepParams`), and the FITS_1.0 catalog it writes is read back and
-mapped by :func:`transforms.catalog_files.catalog_columns_to_features`. The reference
+:class:`~skygrade.transforms.extract.SepParams`), and the FITS_1.0 catalog it writes is read back
+and mapped by :func:`skygrade.transforms.catalog_files.catalog_columns_to_features`. The reference
 implementation the sep backend is checked against; slower (a process, two files per CCD).
 
-Archived SExtractor catalogs (the ``catalog`` backend) are read by :mod:`transforms.catalog_files`.
+Archived SExtractor catalogs (the ``catalog`` backend) are read by
+:mod:`skygrade.transforms.catalog_files`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from transforms.catalog_files import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, catalog_columns_to_features
-from transforms.extract import (
+from skygrade.transforms.catalog_files import (
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    catalog_columns_to_features,
+)
+from skygrade.transforms.extract import (
     SATURATION_MARGIN,
     PixelBackend,
     SepParams,

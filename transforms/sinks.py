@@ -1,6 +1,6 @@
 """The Beam sink of the grading pipeline: each exposure's rows into the grades dataset.
 
-The dataset's layout and format are :mod:`transforms.grades_dataset`'s; this module only
+The dataset's layout and format are :mod:`skygrade.transforms.grades_dataset`'s; this module only
 wraps its writer in a DoFn.
 """
 
@@ -10,7 +10,7 @@ import os
 
 import apache_beam as beam
 
-from transforms.grades_dataset import GradesDataset
+from skygrade.transforms.grades_dataset import GradesDataset
 
 
 class _WriteGrades(beam.DoFn):

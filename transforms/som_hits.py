@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.som import SourceSom, feature_matrix
-from transforms.extract import CcdFeatures
+from skygrade.models.som import SourceSom, feature_matrix
+from skygrade.transforms.extract import CcdFeatures
 
 log = logging.getLogger(__name__)
 

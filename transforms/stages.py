@@ -1,13 +1,13 @@
 """The Beam stages of the per-CCD chain: open the exposures, then measure their CCDs.
 
 What happens to one CCD (pixels -> features -> SOM hits -> representative image) is one plain
-function, :func:`transforms.ccd_chain.measure_ccd`, which imports no Beam: the CCD pool's fork
-server (:mod:`streamer.ccd_pool`) imports the chain before it forks its first worker, that
-start-up is paid inside the first exposure's wall time, and without Beam the chain imports in
+function, :func:`skygrade.transforms.ccd_chain.measure_ccd`, which imports no Beam: the CCD pool's
+fork server (:mod:`skygrade.streamer.ccd_pool`) imports the chain before it forks its first worker,
+that start-up is paid inside the first exposure's wall time, and without Beam the chain imports in
 well under half the time and memory (benchmarks/README.md). This module runs that function in
 Beam: :class:`MeasureExposures` runs it in a Beam stage per CCD (any runner), or hands each
 exposure to the CCD pool it is given (``ccd_pool``). The pool's processes are streamer/'s
-(:func:`streamer.ccd_pool.pooled` makes the handle); the graph only calls it.
+(:func:`skygrade.streamer.ccd_pool.pooled` makes the handle); the graph only calls it.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any, NamedTuple, Protocol
 
 import apache_beam as beam
 
-from transforms.ccd_chain import ExposureInputs, exposure_inputs, measure_ccd
-from transforms.ccd_memory import release_fragments, reuse_freed_memory
-from transforms.exposure import exposure_id_from_path
-from transforms.exposure_errors import ExposureError
-from transforms.extract import SepParams, make_backend
-from transforms.quarantine import QUARANTINE, Quarantined
-from transforms.som_hits import load_som
+from skygrade.transforms.ccd_chain import ExposureInputs, exposure_inputs, measure_ccd
+from skygrade.transforms.ccd_memory import release_fragments, reuse_freed_memory
+from skygrade.transforms.exposure import exposure_id_from_path
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.extract import SepParams, make_backend
+from skygrade.transforms.quarantine import QUARANTINE, Quarantined
+from skygrade.transforms.som_hits import load_som
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class OpenExposures(beam.PTransform):
 
 
 class _MeasureCcd(beam.DoFn):
-    """:class:`CcdTask` -> what :func:`~transforms.ccd_chain.measure_ccd` gives, a quarantine
-    record tagged; the backend and the SOM are made once per DoFn instance."""
+    """:class:`CcdTask` -> what :func:`~skygrade.transforms.ccd_chain.measure_ccd` gives, a
+    quarantine record tagged; the backend and the SOM are made once per DoFn instance."""
 
     def __init__(self, extract, som_path: str | None, tile: int) -> None:
         self.extract, self.som_path, self.tile = extract, som_path, tile
@@ -123,14 +123,16 @@ class _MeasureCcd(beam.DoFn):
 
 
 class CcdPool(Protocol):
-    """What :class:`MeasureExposures` needs of a CCD pool (:class:`streamer.ccd_pool.CcdPool`):
-    picklable, since Beam pickles the stage that holds it."""
+    """What :class:`MeasureExposures` needs of a CCD pool
+    (:class:`skygrade.streamer.ccd_pool.CcdPool`): picklable, since Beam pickles the stage that
+    holds it."""
 
     def start(self) -> None:
         """Start the workers now (called while the graph is built)."""
 
     def measure(self, meta, extract, som_path: str | None, tile: int) -> list:
-        """What :func:`~transforms.ccd_chain.measure_ccd` gives for each CCD of ``meta``."""
+        """What :func:`~skygrade.transforms.ccd_chain.measure_ccd` gives for each CCD of
+        ``meta``."""
 
 
 class _PooledExposure(beam.DoFn):
@@ -156,20 +158,22 @@ def _gathered(item) -> ExposureInputs:
 
 class MeasureExposures(beam.PTransform):
     """:class:`ExposureMeta` -> one :class:`ExposureInputs` per exposure: every CCD through
-    :func:`~transforms.ccd_chain.measure_ccd`, measured one of two ways, as the caller chooses.
+    :func:`~skygrade.transforms.ccd_chain.measure_ccd`, measured one of two ways, as the caller
+    chooses.
 
     - ``ccd_pool=None`` (default): a Beam stage per CCD. The CCDs are spread with a Reshuffle,
       so a runner with several workers measures them in parallel, and gathered again by
       exposure (a CoGroupByKey with the metadata). Suits any runner.
     - ``ccd_pool``: each exposure's CCDs run in that pool of processes, which lives as long
-      as this process (:mod:`streamer.ccd_pool`, :func:`~streamer.ccd_pool.pooled`), with the
-      pipeline itself in one process, element by element with no shuffle (a bounded pipeline
-      of one stage, and a chain a streaming pipeline can run). Beam's ``multi_processing``
-      workers import and start afresh on every run (~7 CPU-s measured); the pool pays that
-      once per process, which is what a daemon or a short run on a few exposures wants.
+      as this process (:mod:`skygrade.streamer.ccd_pool`,
+      :func:`~skygrade.streamer.ccd_pool.pooled`), with the pipeline itself in one process, element
+      by element with no shuffle (a bounded pipeline of one stage, and a chain a streaming pipeline
+      can run). Beam's ``multi_processing`` workers import and start afresh on every run (~7 CPU-s
+      measured); the pool pays that once per process, which is what a daemon or a short run on a few
+      exposures wants.
 
-    With ``som_path`` the ``ccds`` are :class:`~transforms.representative.CcdInputs` ready for
-    scoring (the pixels read for extraction reused for the cutouts, then dropped before
+    With ``som_path`` the ``ccds`` are :class:`~skygrade.transforms.representative.CcdInputs` ready
+    for scoring (the pixels read for extraction reused for the cutouts, then dropped before
     anything is serialised); without, feature records without pixels (a feature cache).
     """
 
@@ -212,8 +216,8 @@ class ExtractSources(beam.PTransform):
     :class:`OpenExposures` then :class:`MeasureExposures` (``ccd_pool`` as there).
 
     Returns a dict with ``"features"`` (:class:`CcdFeatures`), ``"quarantine"``
-    (:class:`~transforms.quarantine.Quarantined`) and ``"exposures"`` (the
-    :class:`~transforms.exposure.ExposureMeta` of every exposure that opened).
+    (:class:`~skygrade.transforms.quarantine.Quarantined`) and ``"exposures"`` (the
+    :class:`~skygrade.transforms.exposure.ExposureMeta` of every exposure that opened).
 
     Examples
     --------

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.config import with_backend
-from streamer.backfill import run_backfill
-from streamer.cli_common import (
+from skygrade.ops.config import with_backend
+from skygrade.streamer.backfill import run_backfill
+from skygrade.streamer.cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
@@ -16,7 +16,7 @@ from streamer.cli_common import (
     bundle_from_args,
     parse_nights,
 )
-from streamer.pipelines import DASK_RUNNERS, pipeline_options
+from skygrade.streamer.pipelines import DASK_RUNNERS, pipeline_options
 
 EXAMPLES = (
     "examples:\n"

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ops.config import Config, config_digest, load_config
-from ops.config_yaml import render_yaml
-from streamer.cli_common import EXIT_OK
+from skygrade.ops.config import Config, config_digest, load_config
+from skygrade.ops.config_yaml import render_yaml
+from skygrade.streamer.cli_common import EXIT_OK
 
 EXAMPLES = (
     "examples:\n  skygrade config show > skygrade.yaml\n  skygrade config check skygrade.yaml"

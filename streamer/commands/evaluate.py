@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ops.config import with_backend
-from streamer.cli_common import (
+from skygrade.ops.config import with_backend
+from skygrade.streamer.cli_common import (
     EXIT_OK,
     UsageError,
     add_backend_option,
@@ -14,8 +14,8 @@ from streamer.cli_common import (
     add_runner_options,
     bundle_from_args,
 )
-from streamer.evaluate import run_evaluate
-from streamer.pipelines import pipeline_options
+from skygrade.streamer.evaluate import run_evaluate
+from skygrade.streamer.pipelines import pipeline_options
 
 EXAMPLES = (
     "examples:\n"

@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ops.config import Config
-from streamer.cli_common import EXIT_OK, UsageError, add_backend_option, add_runner_options
-from streamer.pipelines import pipeline_options, run_extract
+from skygrade.ops.config import Config
+from skygrade.streamer.cli_common import EXIT_OK, UsageError, add_backend_option, add_runner_options
+from skygrade.streamer.pipelines import pipeline_options, run_extract
 
 EXAMPLES = (
     "examples:\n"

@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ops.config import Config, with_backend
-from ops.config_values import ConfigError
-from streamer.cli_common import (
+from skygrade.ops.config import Config, with_backend
+from skygrade.ops.config_values import ConfigError
+from skygrade.streamer.cli_common import (
     EXIT_OK,
     UsageError,
     add_backend_option,
@@ -16,7 +16,7 @@ from streamer.cli_common import (
     add_runner_options,
     bundle_from_args,
 )
-from streamer.pipelines import pipeline_options, run_grade
+from skygrade.streamer.pipelines import pipeline_options, run_grade
 
 EXAMPLES = (
     "examples:\n"

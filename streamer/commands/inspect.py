@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.bundle import DEFAULT_BUNDLE
-from ops.config import Config
-from streamer.cli_common import UsageError, add_bundle_option
-from streamer.inspect import STRETCHES, InspectError, inspect_exposure
+from skygrade.models.bundle import DEFAULT_BUNDLE
+from skygrade.ops.config import Config
+from skygrade.streamer.cli_common import UsageError, add_bundle_option
+from skygrade.streamer.inspect import STRETCHES, InspectError, inspect_exposure
 
 EXAMPLES = (
     "examples:\n"

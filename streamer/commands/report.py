@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.files import atomic_write_text
-from streamer.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, parse_nights
-from streamer.report import (
+from skygrade.ops.files import atomic_write_text
+from skygrade.streamer.cli_common import EXIT_FAILURE, EXIT_OK, UsageError, parse_nights
+from skygrade.streamer.report import (
     csv_text,
     format_empty,
     format_report,
@@ -15,7 +15,7 @@ from streamer.report import (
     write_html,
     write_png,
 )
-from transforms.grades_dataset import GradesDataset
+from skygrade.transforms.grades_dataset import GradesDataset
 
 EXAMPLES = (
     "examples:\n"

@@ -7,12 +7,12 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from ops.config import Config
-from streamer import telescope
-from streamer.cli_common import EXIT_OK, UsageError, parse_nights, parse_shape
-from streamer.progress import Progress
-from streamer.sky_plan import resolve_geometry
-from transforms.exposure import observing_night
+from skygrade.ops.config import Config
+from skygrade.streamer import telescope
+from skygrade.streamer.cli_common import EXIT_OK, UsageError, parse_nights, parse_shape
+from skygrade.streamer.progress import Progress
+from skygrade.streamer.sky_plan import resolve_geometry
+from skygrade.transforms.exposure import observing_night
 
 log = logging.getLogger("skygrade")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ops.config import Config
-from streamer.cli_common import EXIT_OK, UsageError, add_runner_options
-from streamer.pipelines import pipeline_options
-from streamer.training_job import run_train
+from skygrade.ops.config import Config
+from skygrade.streamer.cli_common import EXIT_OK, UsageError, add_runner_options
+from skygrade.streamer.pipelines import pipeline_options
+from skygrade.streamer.training_job import run_train
 
 EXAMPLES = (
     "examples:\n"
@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="a labelled archive of SExtractor catalogs of some of the same exposures (e.g. "
-        "made by python -m streamer.archive_catalogs): trained on beside the pixels, so that "
+        "made by python -m skygrade.streamer.archive_catalogs): trained on beside the pixels, so "
+        "that "
         "catalog mode knows SExtractor's measurements; each catalog follows its exposure's "
         "side of the split",
     )

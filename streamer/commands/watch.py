@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ops.config import Config
-from ops.config_values import ConfigError
-from streamer.cli_common import EXIT_OK, UsageError, add_bundle_option, bundle_from_args
-from streamer.daemon import Daemon
+from skygrade.ops.config import Config
+from skygrade.ops.config_values import ConfigError
+from skygrade.streamer.cli_common import EXIT_OK, UsageError, add_bundle_option, bundle_from_args
+from skygrade.streamer.daemon import Daemon
 
 EXAMPLES = (
     "examples:\n"

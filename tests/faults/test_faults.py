@@ -1,5 +1,5 @@
-"""The fault suite of issue 21: the real daemon (``python -m streamer.cli watch``) treated as an
-operator would treat it, each scenario asserting numbers.
+"""The fault suite of issue 21: the real daemon (``python -m skygrade.streamer.cli watch``) treated
+as an operator would treat it, each scenario asserting numbers.
 
 - kill -9 of the daemon at random points over a burst of exposures, restarted each time: every
   exposure ends exactly once (one row, graded or quarantined with a reason), no process of the
@@ -35,9 +35,12 @@ from pathlib import Path
 
 import pytest
 
-from streamer.ledger import Ledger
-from streamer.sky_plan import Geometry
-from streamer.telescope import write_progressively
+from skygrade.streamer.ledger import Ledger
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import write_progressively
+from skygrade.transforms.exposure import exposure_id_from_path
+from skygrade.transforms.fits_walk import check_integrity
+from skygrade.transforms.grades_dataset import GradesDataset
 from tests.helpers.bundles import bad_copies
 from tests.helpers.daemon_process import (
     GRADE_TIMEOUT_S,
@@ -53,9 +56,6 @@ from tests.helpers.daemon_process import (
     wait_for,
     write_config,
 )
-from transforms.exposure import exposure_id_from_path
-from transforms.fits_walk import check_integrity
-from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.faults
 

@@ -11,7 +11,7 @@ def bad_copies(bundle: Path, where: Path) -> tuple[Path, Path]:
     (``garbled``), and NaN weights (``nan``)."""
     import torch
 
-    from models.bundle import ModelBundle, load_bundle
+    from skygrade.models.bundle import ModelBundle, load_bundle
 
     garbled = Path(shutil.copytree(bundle, where / "garbled"))
     (garbled / "cnn.pt").write_bytes(b"not a torch file " * 64)

@@ -1,5 +1,5 @@
-"""The daemon as a real process (``python -m streamer.cli watch``) for the tests that start,
-kill and restart it: its configuration, tiny exposures, bounded waits, the members of its
+"""The daemon as a real process (``python -m skygrade.streamer.cli watch``) for the tests that
+start, kill and restart it: its configuration, tiny exposures, bounded waits, the members of its
 session (to count orphans) and its metrics and health as a client reads them."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
-from transforms.exposure import exposure_id_from_path
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.exposure import exposure_id_from_path
 
 REPO = Path(__file__).resolve().parents[2]
 NIGHT = "2026-11-24"
@@ -132,7 +132,7 @@ class DaemonProcess:
         unprivileged: bool = False,
     ) -> None:
         self.log = log
-        cmd = [sys.executable, "-m", "streamer.cli", "--config", str(config), "watch"]
+        cmd = [sys.executable, "-m", "skygrade.streamer.cli", "--config", str(config), "watch"]
         cmd += ["--drop", str(drop), "--out", str(out), "--bundle", str(bundle)]
         if unprivileged and os.geteuid() == 0:
             setpriv = shutil.which("setpriv")

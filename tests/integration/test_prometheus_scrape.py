@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.metrics import LATENCY_BUCKETS_S
+from skygrade.ops.metrics import LATENCY_BUCKETS_S
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "ops" / "prometheus"

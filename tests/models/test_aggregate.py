@@ -1,6 +1,6 @@
 import numpy as np
 
-from models.aggregate import combine, geometric_mean, vote_pool
+from skygrade.models.aggregate import combine, geometric_mean, vote_pool
 
 
 def test_vote_pool_follows_the_majority_where_the_mean_follows_one_confident_ccd():

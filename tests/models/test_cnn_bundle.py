@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import BundleError, ModelBundle, load_bundle, read_manifest
-from models.classes import CLASSES
-from models.cnn import (
+from skygrade.models.bundle import BundleError, ModelBundle, load_bundle, read_manifest
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import (
     AUX_FEATURES,
     CnnShape,
     DualInputNet,
@@ -14,8 +14,8 @@ from models.cnn import (
     hit_vector,
     predict_proba,
 )
-from models.som import SOM_FEATURES, train_som
-from models.summary import SUMMARY_FEATURES, SUMMARY_FILL, ccd_summary, stack_summaries
+from skygrade.models.som import SOM_FEATURES, train_som
+from skygrade.models.summary import SUMMARY_FEATURES, SUMMARY_FILL, ccd_summary, stack_summaries
 
 
 @pytest.fixture(scope="module")

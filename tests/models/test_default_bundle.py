@@ -2,7 +2,7 @@
 
 import json
 
-from models.bundle import DEFAULT_BUNDLE, load_bundle
+from skygrade.models.bundle import DEFAULT_BUNDLE, load_bundle
 
 
 def test_default_bundle_loads_and_records_held_out_metrics():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.classes import CLASSES
-from models.cnn import AUX_FEATURES, CnnShape, DualInputNet
-from models.evaluate import (
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import AUX_FEATURES, CnnShape, DualInputNet
+from skygrade.models.evaluate import (
     MODES,
     STATISTICS,
     ablation_probs,
@@ -19,9 +19,9 @@ from models.evaluate import (
     mode_metrics,
     statistics_matrix,
 )
-from models.mosaic import tile_grid
-from models.train import Dataset, classification_metrics, predict
-from transforms.extract import CcdFeatures, empty_sources
+from skygrade.models.mosaic import tile_grid
+from skygrade.models.train import Dataset, classification_metrics, predict
+from skygrade.transforms.extract import CcdFeatures, empty_sources
 
 
 def _separable(n_per_class: int, seed: int):

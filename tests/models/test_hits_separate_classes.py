@@ -18,11 +18,11 @@ import warnings
 import numpy as np
 import pytest
 
-from models.classes import CLASSES
-from models.som import feature_matrix, train_som
-from streamer.sky_fits import render_exposure
-from streamer.sky_plan import Geometry, plan_night
-from transforms.extract import sep_features
+from skygrade.models.classes import CLASSES
+from skygrade.models.som import feature_matrix, train_som
+from skygrade.streamer.sky_fits import render_exposure
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.extract import sep_features
 
 GEOMETRY = Geometry(1, 1024, 1152)
 PER_CLASS = 10

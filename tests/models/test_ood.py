@@ -1,11 +1,11 @@
-"""Out-of-distribution scores (models.ood): inputs made deliberately unlike training."""
+"""Out-of-distribution scores (skygrade.models.ood): inputs made deliberately unlike training."""
 
 import numpy as np
 import pytest
 
-from models.cnn import AUX_FEATURES, hit_vector
-from models.ood import fit_reference, ood_scores, temper
-from models.summary import SUMMARY_FEATURES
+from skygrade.models.cnn import AUX_FEATURES, hit_vector
+from skygrade.models.ood import fit_reference, ood_scores, temper
+from skygrade.models.summary import SUMMARY_FEATURES
 
 NAMES = [f"hits_{i}" for i in range(20)] + list(AUX_FEATURES)
 

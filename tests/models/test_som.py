@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.som import (
+from skygrade.models.som import (
     MIN_ISOLATED,
     SOM_FEATURES,
     Scaling,

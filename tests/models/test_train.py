@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from models.classes import CLASSES
-from models.cnn import CnnShape
-from models.train import (
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import CnnShape
+from skygrade.models.train import (
     Dataset,
     TrainSettings,
     classification_metrics,

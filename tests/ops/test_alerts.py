@@ -1,5 +1,5 @@
-"""Tests for ops.alerts (the WARN / ALARM rules) and ops.alert_delivery (Alertmanager JSON,
-background delivery)."""
+"""Tests for skygrade.ops.alerts (the WARN / ALARM rules) and skygrade.ops.alert_delivery
+(Alertmanager JSON, background delivery)."""
 
 import json
 import logging
@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from ops.alert_delivery import AlertDispatcher, alertmanager_payload, rfc3339
-from ops.alerts import RULES, Alert, AlertEngine
-from ops.config import parse_config
-from ops.config_daemon import AlertsConfig
-from ops.config_values import ConfigError
-from ops.metrics import Metrics
+from skygrade.ops.alert_delivery import AlertDispatcher, alertmanager_payload, rfc3339
+from skygrade.ops.alerts import RULES, Alert, AlertEngine
+from skygrade.ops.config import parse_config
+from skygrade.ops.config_daemon import AlertsConfig
+from skygrade.ops.config_values import ConfigError
+from skygrade.ops.metrics import Metrics
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -379,7 +379,7 @@ def test_engine_to_dispatcher_end_to_end(webhook):
 
 
 def test_every_alert_is_logged_even_without_a_url(caplog):
-    caplog.set_level(logging.INFO, logger="ops.alerts")
+    caplog.set_level(logging.INFO, logger="skygrade.ops.alerts")
     dispatcher = AlertDispatcher(None)
     dispatcher.start()  # nothing to start
     dispatcher.send(WARN)

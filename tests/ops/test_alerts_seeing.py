@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from ops.alerts import RULES, AlertEngine
-from ops.config import parse_config
-from ops.config_daemon import AlertsConfig
-from ops.config_values import ConfigError
+from skygrade.ops.alerts import RULES, AlertEngine
+from skygrade.ops.config import parse_config
+from skygrade.ops.config_daemon import AlertsConfig
+from skygrade.ops.config_values import ConfigError
 
 
 def row(eid, seeing=None, status="graded", **extra):

@@ -1,4 +1,4 @@
-"""Tests for ops.config: loading, validation messages, rendering, digest, field docs."""
+"""Tests for skygrade.ops.config: loading, validation messages, rendering, digest, field docs."""
 
 import dataclasses
 import json
@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from ops.config import (
+from skygrade.ops.config import (
     CLASSES,
     Config,
     LoggingConfig,
@@ -21,14 +21,14 @@ from ops.config import (
     load_config,
     parse_config,
 )
-from ops.config_schema import config_section, section, setting, to_dict
-from ops.config_values import ConfigError, FrozenMap, Problem
-from ops.config_yaml import render_yaml
+from skygrade.ops.config_schema import config_section, section, setting, to_dict
+from skygrade.ops.config_values import ConfigError, FrozenMap, Problem
+from skygrade.ops.config_yaml import render_yaml
 
 EXAMPLE = Path(__file__).parents[2] / "ops" / "skygrade.example.yaml"
 REGENERATE = (
-    ".venv/bin/python -c 'from ops.config import load_config; "
-    "from ops.config_yaml import render_yaml; "
+    ".venv/bin/python -c 'from skygrade.ops.config import load_config; "
+    "from skygrade.ops.config_yaml import render_yaml; "
     'open("ops/skygrade.example.yaml", "w").write(render_yaml(load_config()))\''
 )
 
@@ -77,12 +77,12 @@ def test_parse_none_and_empty_mapping_give_defaults():
 
 
 def test_one_classes_tuple_for_the_config_and_the_model():
-    import ops.classes
-    from models.classes import CLASSES as MODEL_CLASSES
-    from models.classes import DESCRIPTIONS
+    import skygrade.ops.classes
+    from skygrade.models.classes import CLASSES as MODEL_CLASSES
+    from skygrade.models.classes import DESCRIPTIONS
 
-    # Defined once (ops.classes): the config and the model hold the very same tuple.
-    assert CLASSES is MODEL_CLASSES is ops.classes.CLASSES
+    # Defined once (skygrade.ops.classes): the config and the model hold the very same tuple.
+    assert CLASSES is MODEL_CLASSES is skygrade.ops.classes.CLASSES
     assert tuple(Config().telescope.class_mix) == CLASSES == tuple(DESCRIPTIONS)
 
 
@@ -334,7 +334,7 @@ def test_duplicate_keys_are_refused_with_their_key_path(tmp_path):
 def test_without_duplicates_the_file_loads_as_yaml_safe_load_reads_it(tmp_path):
     text = "telescope: &base\n  seed: 3\n  cadence_s: 30\nsimulate:\n  <<: *base\n  seed: 4\n"
     path = write(tmp_path, text)
-    from ops.config_yaml import _UniqueKeyLoader
+    from skygrade.ops.config_yaml import _UniqueKeyLoader
 
     loader = _UniqueKeyLoader(text)
     try:
@@ -540,7 +540,7 @@ def test_cross_field_check_in_post_init_gets_the_yaml_path():
     class Root:
         window: Window = section(Window, "A window.")
 
-    from ops import config_schema
+    from skygrade.ops import config_schema
 
     problems = []
     assert config_schema._build(Root, {"window": {"lo": 2}}, "", problems) is config_schema._INVALID

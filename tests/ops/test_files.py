@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from ops.files import atomic_path, atomic_write_text
+from skygrade.ops.files import atomic_path, atomic_write_text
 
 
 def test_written_file_has_normal_permissions(tmp_path):
@@ -38,7 +38,7 @@ def _tree(tmp_path):
 
 
 def test_open_beneath_opens_a_file_below_the_root(tmp_path):
-    from ops.files import open_beneath
+    from skygrade.ops.files import open_beneath
 
     root, _ = _tree(tmp_path)
     fd = open_beneath(root, root / "night" / "a.fits")
@@ -52,7 +52,7 @@ def test_open_beneath_opens_a_file_below_the_root(tmp_path):
 def test_open_beneath_follows_no_symlink_and_leaves_no_root(tmp_path, how):
     """A night folder swapped for a symlink (issue 21, item 9), a symlink as the file, a path
     out of the root, and a FIFO are refused, and nothing outside is read."""
-    from ops.files import OutsideRootError, open_beneath
+    from skygrade.ops.files import OutsideRootError, open_beneath
 
     root, outside = _tree(tmp_path)
     path = root / "night" / "a.fits"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.metrics import Metrics
+from skygrade.ops.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "skygrade.json"
 PROMTOOL = "/usr/bin/promtool"

@@ -1,4 +1,4 @@
-"""Tests for ops.http: /metrics, /healthz, routes, binding, clean stop (no thread left)."""
+"""Tests for skygrade.ops.http: /metrics, /healthz, routes, binding, clean stop (no thread left)."""
 
 import contextlib
 import gzip
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.http import HttpServer, Request, Response
-from ops.metrics import Metrics
+from skygrade.ops.http import HttpServer, Request, Response
+from skygrade.ops.metrics import Metrics
 
 
 def get(
@@ -159,7 +159,7 @@ def test_failing_route_is_500_and_the_server_keeps_serving(metrics, caplog):
 
 
 def test_requests_are_logged_at_debug_only(metrics, caplog, capsys):
-    caplog.set_level("DEBUG", logger="ops.http")
+    caplog.set_level("DEBUG", logger="skygrade.ops.http")
     with HttpServer(metrics.registry, port=0) as server:
         get(server, "/metrics")
     assert any(r.levelname == "DEBUG" and "GET /metrics" in r.getMessage() for r in caplog.records)
@@ -300,8 +300,8 @@ def test_invalid_bounds(metrics, kwargs, match):
 
 
 def test_the_config_defaults_are_the_servers():
-    from ops import http
-    from ops.config_daemon import MetricsConfig
+    from skygrade.ops import http
+    from skygrade.ops.config_daemon import MetricsConfig
 
     cfg = MetricsConfig()
     assert (cfg.request_timeout_s, cfg.max_connections) == (

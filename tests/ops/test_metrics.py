@@ -1,4 +1,4 @@
-"""Tests for ops.metrics: metrics on a private registry, bounded labels, exported names."""
+"""Tests for skygrade.ops.metrics: metrics on a private registry, bounded labels, exported names."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.metrics import LATENCY_BUCKETS_S, Metrics, label_slug, reason_slug
+from skygrade.ops.metrics import LATENCY_BUCKETS_S, Metrics, label_slug, reason_slug
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:

@@ -2,7 +2,7 @@
 
 import math
 
-from ops.metrics import SEEING_BUCKETS_ARCSEC, SKY_BRIGHTNESS_BUCKETS, Metrics
+from skygrade.ops.metrics import SEEING_BUCKETS_ARCSEC, SKY_BRIGHTNESS_BUCKETS, Metrics
 
 
 def _bucket(m, name, le):

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.metrics import Metrics
+from skygrade.ops.metrics import Metrics
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "ops" / "prometheus"
 RULES = PROMETHEUS_DIR / "skygrade.rules.yml"

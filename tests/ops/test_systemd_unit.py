@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.config_daemon import WatchConfig
-from streamer.cli import build_parser
+from skygrade.ops.config_daemon import WatchConfig
+from skygrade.streamer.cli import build_parser
 
 UNIT = Path(__file__).resolve().parents[2] / "ops" / "skygrade.service"
 

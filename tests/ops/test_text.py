@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from ops.text import escape_controls
+from skygrade.ops.text import escape_controls
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""Archive-style SExtractor catalogs of a labelled archive (streamer.archive_catalogs)."""
+"""Archive-style SExtractor catalogs of a labelled archive (skygrade.streamer.archive_catalogs)."""
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from streamer.archive_catalogs import (
+from skygrade.streamer.archive_catalogs import (
     ARCHIVE,
     STOCK,
     draw_extraction,
@@ -14,10 +14,10 @@ from streamer.archive_catalogs import (
     sextract_exposure,
     sky_choice,
 )
-from streamer.sky_plan import Geometry
-from streamer.telescope import simulate_archive
-from transforms.catalog_files import REQUIRED_COLUMNS, read_catalog
-from transforms.ccd_pixels import read_ccd
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import simulate_archive
+from skygrade.transforms.catalog_files import REQUIRED_COLUMNS, read_catalog
+from skygrade.transforms.ccd_pixels import read_ccd
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,20 @@ import shutil
 import duckdb
 import pytest
 
-from models.classes import CLASSES
-from ops.config import Config
-from streamer.backfill import (
+from skygrade.models.classes import CLASSES
+from skygrade.ops.config import Config
+from skygrade.streamer.backfill import (
     existing_rows,
     find_exposures,
     plan_backfill,
     run_backfill,
 )
-from streamer.cli import COMMANDS
-from streamer.commands import backfill as backfill_command
-from streamer.pipelines import run_grade
-from streamer.sky_plan import Geometry
-from streamer.telescope import simulate_archive
-from transforms.grades_dataset import GradesDataset
+from skygrade.streamer.cli import COMMANDS
+from skygrade.streamer.commands import backfill as backfill_command
+from skygrade.streamer.pipelines import run_grade
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import simulate_archive
+from skygrade.transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -101,7 +101,7 @@ def test_backfill_with_a_ccd_pool_writes_the_same_rows(archive, bundle, graded, 
 
 
 def test_ccd_pool_needs_the_in_process_runner(archive, tmp_path, capsys):
-    from streamer.cli import main
+    from skygrade.streamer.cli import main
 
     argv = ["backfill", str(archive), "--out", str(tmp_path / "o"), "--ccd-workers", "2"]
     assert main([*argv, "--workers", "2"]) == 2
@@ -189,7 +189,7 @@ def test_same_version_from_the_daemon_is_skipped_or_replaced_with_force(archive,
 
 
 def _digest():
-    from ops.config import config_digest
+    from skygrade.ops.config import config_digest
 
     return config_digest(Config())
 

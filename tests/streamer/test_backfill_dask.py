@@ -1,4 +1,4 @@
-"""``skygrade backfill`` on Dask: Beam's DaskRunner (fixed, ``streamer.dask_runner``) on a
+"""``skygrade backfill`` on Dask: Beam's DaskRunner (fixed, ``skygrade.streamer.dask_runner``) on a
 ``dask.distributed.LocalCluster`` of worker processes gives the same rows as the local runner."""
 
 import argparse
@@ -9,14 +9,14 @@ import threading
 import apache_beam as beam
 import pytest
 
-from ops.config import Config
-from streamer.backfill import run_backfill
-from streamer.commands import backfill as backfill_command
-from streamer.dask_runner import local_cluster, translate
-from streamer.pipelines import make_pipeline, pipeline_options
-from streamer.sky_plan import Geometry
-from streamer.telescope import simulate_archive
-from transforms.grades_dataset import GradesDataset
+from skygrade.ops.config import Config
+from skygrade.streamer.backfill import run_backfill
+from skygrade.streamer.commands import backfill as backfill_command
+from skygrade.streamer.dask_runner import local_cluster, translate
+from skygrade.streamer.pipelines import make_pipeline, pipeline_options
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import simulate_archive
+from skygrade.transforms.grades_dataset import GradesDataset
 
 NIGHTS = ["2026-11-01", "2026-11-02"]
 CORRUPT = "2899999"
@@ -180,7 +180,7 @@ def test_dask_scheduler_option_needs_the_dask_runner(archive, tmp_path):
     args = parser.parse_args(
         [str(archive), "--out", str(tmp_path), "--dask-scheduler", "tcp://127.0.0.1:1"]
     )
-    from streamer.cli_common import UsageError
+    from skygrade.streamer.cli_common import UsageError
 
     with pytest.raises(UsageError, match="--dask-scheduler needs --runner dask"):
         backfill_command.command(args, Config())
@@ -210,7 +210,7 @@ def test_group_by_key_shuffles_through_the_scheduler_not_a_worker_directory(clus
 
 
 def test_runner_keeps_tagged_outputs_apart_and_finish_bundle_outputs(cluster, tmp_path):
-    """The faults of Beam 2.77's DaskRunner that broke grading (see streamer.dask_runner):
+    """The faults of Beam 2.77's DaskRunner that broke grading (see skygrade.streamer.dask_runner):
     a multi-output ParDo (``Partition``) fed every output to each branch, and the last batch
     of ``BatchElements`` (emitted in ``finish_bundle``) was lost; both branches are leaves."""
     evens, odds = tmp_path / "evens.txt", tmp_path / "odds.txt"
@@ -243,7 +243,7 @@ def test_runner_keeps_tagged_outputs_apart_and_finish_bundle_outputs(cluster, tm
 def test_pipeline_options_for_dask():
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
-    from streamer.dask_runner import SkygradeDaskOptions
+    from skygrade.streamer.dask_runner import SkygradeDaskOptions
 
     options = pipeline_options("dask", 3)
     assert options.view_as(DaskOptions).partition_size == 1  # one exposure a partition

@@ -1,7 +1,7 @@
 import numpy as np
 from astropy.io import fits
 
-from streamer.catalog_stats import STATS, ccd_stats
+from skygrade.streamer.catalog_stats import STATS, ccd_stats
 
 
 def _table(elong, iso, flags):

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 PARENT = """
 import os, sys, time
 {prelude}
-from streamer.ccd_pool import pdeathsig, start_pool
+from skygrade.streamer.ccd_pool import pdeathsig, start_pool
 
 pool = start_pool(2)
 deadline = time.monotonic() + 60
@@ -50,7 +50,7 @@ time.sleep(600)
 
 #: First in the fork server's preload list: takes prctl away, as on a system without it.
 NO_PRCTL = """
-import streamer.ccd_pool as ccd_pool
+import skygrade.streamer.ccd_pool as ccd_pool
 
 ccd_pool.set_pdeathsig = lambda: False
 """
@@ -128,7 +128,7 @@ def test_without_prctl_the_pool_still_dies_with_its_parent(tmp_path):
     """Where PR_SET_PDEATHSIG is missing, the fork server ends on the EOF of its "alive" pipe
     and the workers on a watchdog of their parent pid."""
     (tmp_path / "no_prctl.py").write_text(NO_PRCTL)
-    prelude = "import no_prctl, streamer.ccd_pool as p\np._CHAIN = ('no_prctl', *p._CHAIN)"
+    prelude = "import no_prctl, skygrade.streamer.ccd_pool as p\np._CHAIN = ('no_prctl', *p._CHAIN)"
     # on the path through the environment: the fork server ignores its parent's sys.path
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     with pool_parent(prelude, env={"PYTHONPATH": path}) as proc:
@@ -139,7 +139,7 @@ def test_without_prctl_the_pool_still_dies_with_its_parent(tmp_path):
 def test_the_pool_outlives_the_thread_that_started_it():
     """PR_SET_PDEATHSIG fires when the *thread* that forked a process exits: the fork server
     must not be tied to the short-lived thread that first asked for a worker."""
-    from streamer.ccd_pool import shutdown_pool, start_pool
+    from skygrade.streamer.ccd_pool import shutdown_pool, start_pool
 
     pools: list = []
     try:
@@ -160,7 +160,7 @@ def test_workers_ask_to_be_killed_with_their_parent():
     """Each worker has armed PR_SET_PDEATHSIG (SIGKILL) on Linux."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux only")
-    from streamer.ccd_pool import ccd_pool, pdeathsig, shutdown_pool
+    from skygrade.streamer.ccd_pool import ccd_pool, pdeathsig, shutdown_pool
 
     try:
         assert ccd_pool(1).submit(pdeathsig).result(timeout=60) == signal.SIGKILL
@@ -172,7 +172,7 @@ def test_workers_ask_to_be_killed_with_their_parent():
 def test_start_pool_starts_every_worker_at_once():
     """start_pool starts all workers before the first CCD, so their start-up overlaps the
     caller's own work instead of delaying the first exposure; shutdown stops them all."""
-    from streamer.ccd_pool import shutdown_pool, start_pool
+    from skygrade.streamer.ccd_pool import shutdown_pool, start_pool
 
     try:
         pool = start_pool(2)
@@ -199,7 +199,7 @@ FAULTS_OF_TWO_LARGE_ALLOCATIONS = (
 def test_pool_workers_reuse_freed_memory_across_ccds():
     """Each full CCD allocates several 38 MB arrays; a worker keeps them for the next CCD
     instead of faulting in fresh zeroed pages (~10k faults per array by default)."""
-    from streamer.ccd_pool import ccd_pool, shutdown_pool
+    from skygrade.streamer.ccd_pool import ccd_pool, shutdown_pool
 
     try:
         pool = ccd_pool(1)
@@ -222,7 +222,7 @@ def test_the_pool_handle_is_small_picklable_and_refuses_bad_sizes():
     """What the Beam graph holds (MeasureExposures pickles it): the worker count only."""
     import pickle
 
-    from streamer.ccd_pool import CcdPool, pooled
+    from skygrade.streamer.ccd_pool import CcdPool, pooled
 
     assert pooled(0) is None and pooled(2) == CcdPool(2)
     assert pickle.loads(pickle.dumps(CcdPool(2))) == CcdPool(2)

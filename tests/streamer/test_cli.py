@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from streamer.cli import build_parser, main
-from streamer.cli_common import UsageError, parse_nights, parse_shape
+from skygrade.streamer.cli import build_parser, main
+from skygrade.streamer.cli_common import UsageError, parse_nights, parse_shape
 
 
 def test_parse_nights_ranges_and_lists():
@@ -135,7 +135,7 @@ def test_extract_writes_features_and_reports_quarantine(tmp_path, capsys):
 
 
 def test_only_the_chosen_command_gets_its_arguments_built():
-    from streamer.cli import _command_name
+    from skygrade.streamer.cli import _command_name
 
     assert _command_name(["--config", "report", "-q", "watch", "--out", "x"]) == "watch"
     assert _command_name(["-v"]) == ""
@@ -234,13 +234,13 @@ def test_top_level_help_imports_no_command_module_nor_beam_nor_torch():
 
     probe = (
         "import sys\n"
-        "from streamer.cli import main\n"
+        "from skygrade.streamer.cli import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         "heavy = [m for m in ('apache_beam', 'torch') if m in sys.modules]\n"
-        "loaded = [m for m in sys.modules if m.startswith('streamer.commands.')]\n"
+        "loaded = [m for m in sys.modules if m.startswith('skygrade.streamer.commands.')]\n"
         "print(heavy, loaded)\n"
     )
     out = subprocess.run(
@@ -250,7 +250,7 @@ def test_top_level_help_imports_no_command_module_nor_beam_nor_torch():
 
 
 def test_every_registered_command_has_its_module():
-    from streamer.cli import COMMANDS, command_module
+    from skygrade.streamer.cli import COMMANDS, command_module
 
     for name in COMMANDS:
         module = command_module(name)
@@ -262,7 +262,7 @@ def test_every_registered_command_has_its_module():
 
 @pytest.mark.parametrize("name", ["extract", "grade", "evaluate", "backfill"])
 def test_backend_choices_are_the_extraction_modules(name):
-    from transforms.extract import BACKENDS
+    from skygrade.transforms.extract import BACKENDS
 
     parser = build_parser([name])
     sub = parser._subparsers._group_actions[0].choices[name]

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import ModelBundle
-from streamer.daemon import Daemon
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
-from streamer.telescope import write_progressively
+from skygrade.models.bundle import ModelBundle
+from skygrade.streamer.daemon import Daemon
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.streamer.telescope import write_progressively
+from skygrade.transforms.grades_dataset import GradesDataset
 from tests.helpers.bundles import bad_copies
 from tests.helpers.daemon_process import metric_sample
-from transforms.grades_dataset import GradesDataset
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_a_new_bundle_swapped_in_behind_a_symlink_is_used_without_restart(
     is graded with it, and the model metric follows."""
     import os
 
-    from models.bundle import load_bundle
+    from skygrade.models.bundle import load_bundle
 
     old = load_bundle(bundle)
     new = ModelBundle(old.som, old.cnn, {"version": "daemon-test-2"}).save(tmp_path / "b2")
@@ -154,8 +154,8 @@ def test_control_characters_in_names_reach_no_log_line_reason_or_row(
     assert len(reasons) == 4 and all(reasons), reasons
     assert not [r for r in reasons if CONTROLS & set(r)], reasons
     assert any("2899998o\\nERROR forged line.fits" in r for r in reasons), reasons
-    ours = ("streamer", "transforms", "ops", "models")  # Beam's own debug lines span lines
-    lines = [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ours]
+    # Beam's own debug lines span lines
+    lines = [r.getMessage() for r in caplog.records if r.name.split(".")[0] == "skygrade"]
     assert any("quarantined" in line and "2899998o" in line for line in lines)
     assert not [line for line in lines if CONTROLS & set(line)], lines
 
@@ -188,8 +188,8 @@ def _blocked(drop_night, out, plan, data, version):
     """Write ``plan``'s exposure into the drop's night folder, with a directory standing where
     its exposure row must go: writing that exposure fails (IsADirectoryError) every time, and
     only that exposure's. Returns its path."""
-    from transforms.exposure import read_meta
-    from transforms.grades_dataset import GradesDataset
+    from skygrade.transforms.exposure import read_meta
+    from skygrade.transforms.grades_dataset import GradesDataset
 
     staged = out.parent / "staging" / plan.filename
     staged.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,7 @@ def test_an_exposure_that_keeps_failing_is_quarantined_after_max_attempts(
     assert entry.state == "quarantined"
     assert entry.reason.startswith("too_many_attempts: 3 failed attempts, the last: ")
     assert "IsADirectoryError" in entry.reason
-    ours = [r for r in caplog.records if r.name.startswith("streamer")]
+    ours = [r for r in caplog.records if r.name.startswith("skygrade.streamer")]
     failed = [r for r in ours if "failed" in r.getMessage() and r.levelname == "ERROR"]
     assert len(failed) == 3, [r.getMessage() for r in failed]  # 2 retries, then given up
     assert not [r for r in ours if r.exc_info], "a traceback was logged"
@@ -348,7 +348,7 @@ def test_a_deleted_file_leaves_the_pending_work(bundle, tmp_path, daemon_config,
 def test_a_bad_bundle_is_refused_at_start(bundle, tmp_path, daemon_config):
     """Issue 21, item 8: ``watch --bundle BAD`` started and failed on every exposure; the whole
     bundle, weights included, is checked first (the CLI exits 2 with this message)."""
-    from models.bundle import BundleError
+    from skygrade.models.bundle import BundleError
 
     garbled, nan = bad_copies(bundle, tmp_path)
     drop = tmp_path / "drop"
@@ -367,7 +367,7 @@ def test_a_bad_bundle_swapped_in_is_refused_and_the_old_one_kept(
     one swapped in later is taken."""
     import os
 
-    from models.bundle import load_bundle
+    from skygrade.models.bundle import load_bundle
 
     caplog.set_level("INFO")
     garbled, _ = bad_copies(bundle, tmp_path)
@@ -415,8 +415,8 @@ def test_an_exposure_in_flight_during_three_kills_is_still_graded(
     """Issue 21, item 6: three unrelated kills of the daemon while it graded the same good
     exposure took it to too_many_attempts (watch.max_attempts 3): each restart counted as an
     attempt. Kills are interruptions, not failures of the exposure; it is graded."""
-    from streamer.ledger import Ledger
-    from transforms.exposure import exposure_id_from_path
+    from skygrade.streamer.ledger import Ledger
+    from skygrade.transforms.exposure import exposure_id_from_path
 
     cfg = _config(daemon_config, max_attempts=3)
     drop, out = tmp_path / "drop", tmp_path / "grades"

@@ -4,12 +4,12 @@ bounds its HTTP clients as configured (issue 21, items 4, 9, 10, 12)."""
 
 import pytest
 
-from streamer.daemon import Daemon
-from streamer.ledger import Ledger
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
+from skygrade.streamer.daemon import Daemon
+from skygrade.streamer.ledger import Ledger
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.grades_dataset import GradesDataset
 from tests.helpers.daemon_process import metric_total
-from transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"
 
@@ -75,7 +75,7 @@ def test_links_and_a_preallocated_copy_are_graded_once_each(
     import time
     import urllib.request
 
-    from transforms.fits_walk import check_integrity
+    from skygrade.transforms.fits_walk import check_integrity
 
     drop, out = tmp_path / "drop", tmp_path / "grades"
     night = drop / NIGHT
@@ -121,7 +121,7 @@ def test_the_http_bounds_come_from_the_config(bundle, tmp_path, daemon_config):
     21, item 12)."""
     import dataclasses
 
-    from ops.config_daemon import MetricsConfig
+    from skygrade.ops.config_daemon import MetricsConfig
 
     cfg = dataclasses.replace(
         daemon_config, metrics=MetricsConfig(port=0, request_timeout_s=3.5, max_connections=5)

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from streamer.daemon import Daemon
-from streamer.ledger_store import Entry
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
+from skygrade.streamer.daemon import Daemon
+from skygrade.streamer.ledger_store import Entry
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 

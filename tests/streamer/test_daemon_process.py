@@ -1,6 +1,6 @@
-"""The daemon as a real process (``python -m streamer.cli watch``): kill -9 and restart, SIGTERM,
-a failing sink, bad inputs. Tiny exposures; every wait is bounded and every daemon started is
-killed, with its whole session, in a ``finally``."""
+"""The daemon as a real process (``python -m skygrade.streamer.cli watch``): kill -9 and restart,
+SIGTERM, a failing sink, bad inputs. Tiny exposures; every wait is bounded and every daemon started
+is killed, with its whole session, in a ``finally``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from streamer.ledger import Ledger
-from streamer.sky_plan import Geometry
-from streamer.telescope import write_progressively
+from skygrade.streamer.ledger import Ledger
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import write_progressively
+from skygrade.transforms.grades_dataset import GradesDataset
 from tests.helpers.daemon_process import (
     GRADE_TIMEOUT_S,
     NIGHT,
@@ -33,7 +34,6 @@ from tests.helpers.daemon_process import (
     wait_for,
     write_config,
 )
-from transforms.grades_dataset import GradesDataset
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_watch_with_a_bad_bundle_exits_2_saying_why(bundle, dirs, tmp_path):
     bad = Path(shutil.copytree(bundle, tmp_path / "bad"))
     (bad / "cnn.pt").write_bytes(b"not a torch file " * 64)
     config = write_config(tmp_path / "skygrade.yaml")
-    cmd = [sys.executable, "-m", "streamer.cli", "--config", str(config), "watch"]
+    cmd = [sys.executable, "-m", "skygrade.streamer.cli", "--config", str(config), "watch"]
     cmd += ["--drop", str(drop), "--out", str(out), "--bundle", str(bad)]
     done = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False

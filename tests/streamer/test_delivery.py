@@ -2,12 +2,12 @@
 
 import pytest
 
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
-from streamer.telescope import write_progressively
-from transforms.exposure import read_meta
-from transforms.exposure_errors import IncompleteFileError
-from transforms.fits_walk import check_integrity
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.streamer.telescope import write_progressively
+from skygrade.transforms.exposure import read_meta
+from skygrade.transforms.exposure_errors import IncompleteFileError
+from skygrade.transforms.fits_walk import check_integrity
 
 
 def test_progressively_written_file_is_valid_only_once_complete(tmp_path):

@@ -12,15 +12,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from models.bundle import load_bundle
-from ops.config import Config, SomConfig, TrainConfig
-from streamer.commands.evaluate import add_arguments, command
-from streamer.evaluate import mean_hits_vector, run_evaluate
-from streamer.sky_plan import Geometry
-from streamer.telescope import simulate_archive
-from streamer.training_job import run_train
-from transforms.dataset import find_archive, read_shard
-from transforms.extract import features_from_arrow
+from skygrade.models.bundle import load_bundle
+from skygrade.ops.config import Config, SomConfig, TrainConfig
+from skygrade.streamer.commands.evaluate import add_arguments, command
+from skygrade.streamer.evaluate import mean_hits_vector, run_evaluate
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import simulate_archive
+from skygrade.streamer.training_job import run_train
+from skygrade.transforms.dataset import find_archive, read_shard
+from skygrade.transforms.extract import features_from_arrow
 
 MIX = {"GOOD": 1.0, "B_SEEING": 1.0, "RBT": 1.0}
 GEOMETRY = Geometry(2, 512, 1152)
@@ -153,7 +153,7 @@ def test_archive_of_sextractor_catalogs_is_evaluated_in_catalog_mode(trained, cf
     """Real archived nights are SExtractor catalogs, not pixels: the catalogs of an archive,
     made as an archive makes them (stock default.sex), are evaluated with the catalog backend;
     every CCD enters with image flag 0 and no pixel file is opened."""
-    from streamer.archive_catalogs import catalog_archive
+    from skygrade.streamer.archive_catalogs import catalog_archive
 
     root, summary = trained
     done = catalog_archive(root / "train", root / "catalogs", sky="mixed", workers=2)
@@ -185,8 +185,8 @@ def test_real_archive_catalogs_gz_eight_columns_dead_ccd_and_other_grades(traine
 
     from astropy.io import fits
 
-    from streamer.archive_catalogs import ARCHIVE, sextract_exposure
-    from transforms.catalog_files import REQUIRED_COLUMNS
+    from skygrade.streamer.archive_catalogs import ARCHIVE, sextract_exposure
+    from skygrade.transforms.catalog_files import REQUIRED_COLUMNS
 
     root, summary = trained
     items = find_archive(root / "train")
@@ -238,9 +238,9 @@ def test_pipeline_metrics_apply_the_saturated_sky_rule(tmp_path):
     pipeline grades them, whether or not some of their CCDs reached the network."""
     from types import SimpleNamespace
 
-    from models.classes import CLASSES
-    from models.train import Dataset
-    from streamer.evaluation_tables import pipeline_metrics
+    from skygrade.models.classes import CLASSES
+    from skygrade.models.train import Dataset
+    from skygrade.streamer.evaluation_tables import pipeline_metrics
 
     def record(exposure_id, ccd, reason):
         q = tmp_path / "_quarantine"

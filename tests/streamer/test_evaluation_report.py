@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from models.classes import CLASSES
-from models.evaluate import MODES, build_report, comparison_rows
-from models.train import classification_metrics
-from streamer.evaluation_report import plot_confusion, render_markdown
+from skygrade.models.classes import CLASSES
+from skygrade.models.evaluate import MODES, build_report, comparison_rows
+from skygrade.models.train import classification_metrics
+from skygrade.streamer.evaluation_report import plot_confusion, render_markdown
 
 
 def _metrics(truth, pred):

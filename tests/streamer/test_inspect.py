@@ -5,16 +5,16 @@ import struct
 import numpy as np
 import pytest
 
-from models.bundle import ModelBundle
-from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
-from ops.config import Config
-from streamer.commands.inspect import add_arguments, command
-from streamer.inspect import InspectError, inspect_exposure, inspect_panels
-from streamer.sky_fits import write_exposure
-from streamer.sky_plan import Geometry, plan_night
-from transforms.exposure_errors import ExposureError
+from skygrade.models.bundle import ModelBundle
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import CnnShape, DualInputNet
+from skygrade.models.som import SOM_FEATURES, train_som
+from skygrade.ops.config import Config
+from skygrade.streamer.commands.inspect import add_arguments, command
+from skygrade.streamer.inspect import InspectError, inspect_exposure, inspect_panels
+from skygrade.streamer.sky_fits import write_exposure
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.exposure_errors import ExposureError
 
 TILE = 16
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -50,7 +50,7 @@ def test_every_ccd_is_drawn_into_a_valid_png(exposure, bundle, tmp_path, caplog)
     from matplotlib.image import imread
 
     out = tmp_path / "figs" / "all.png"
-    with caplog.at_level(logging.INFO, logger="streamer.inspect"):
+    with caplog.at_level(logging.INFO, logger="skygrade.streamer.inspect"):
         assert inspect_exposure(exposure, bundle, out) == out
     width, height = png_size(out)
     assert 400 <= width <= 4000 and 200 <= height <= 4000
@@ -77,7 +77,7 @@ def test_panels_carry_hits_image_and_probabilities(exposure, bundle):
 
 def test_ccd_option_selects_one_ccd(exposure, bundle, tmp_path, caplog):
     full = inspect_exposure(exposure, bundle, tmp_path / "full.png")
-    with caplog.at_level(logging.INFO, logger="streamer.inspect"):
+    with caplog.at_level(logging.INFO, logger="skygrade.streamer.inspect"):
         one = inspect_exposure(exposure, bundle, tmp_path / "one.png", ccd=1, stretch="linear")
     assert "(1 CCD panel(s))" in caplog.text
     assert png_size(one) != png_size(full)
@@ -92,8 +92,8 @@ def test_a_bad_ccd_index_is_a_clear_error(exposure, bundle, tmp_path, ccd):
 
 
 def test_command_line(exposure, bundle, tmp_path, capsys):
-    from streamer.cli import build_parser
-    from streamer.cli_common import UsageError
+    from skygrade.streamer.cli import build_parser
+    from skygrade.streamer.cli_common import UsageError
 
     top = build_parser(["inspect"])
     help_text = top._subparsers._group_actions[0].choices["inspect"].format_help()

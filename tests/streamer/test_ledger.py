@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.ledger import Ledger
-from streamer.ledger_store import STATES, Entry
+from skygrade.streamer.ledger import Ledger
+from skygrade.streamer.ledger_store import STATES, Entry
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -291,7 +291,7 @@ def test_recover_does_not_retry_a_superseded_version(ledger):
 _HOLD_TRANSACTION = textwrap.dedent(
     """
     import sys
-    from streamer.ledger import Ledger
+    from skygrade.streamer.ledger import Ledger
 
     ledger = Ledger(sys.argv[1])
     entry, _ = ledger.observe("crash", "/drop/crash.fits", 2880, 1)

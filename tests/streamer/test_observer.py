@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.classes import CLASSES
-from ops.config import Config
-from ops.http import HttpServer, Request
-from ops.metrics import Metrics
-from streamer import observer as obs
-from streamer import observer_report, observer_templates, observer_views, report
-from streamer.commands import report as report_command
-from streamer.night_summary import GRADE_COLORS
-from streamer.observer_index import NightIndex
-from streamer.page_images import focal_plane_layout, png_gray8
+from skygrade.models.classes import CLASSES
+from skygrade.ops.config import Config
+from skygrade.ops.http import HttpServer, Request
+from skygrade.ops.metrics import Metrics
+from skygrade.streamer import observer as obs
+from skygrade.streamer import observer_report, observer_templates, observer_views, report
+from skygrade.streamer.commands import report as report_command
+from skygrade.streamer.night_summary import GRADE_COLORS
+from skygrade.streamer.observer_index import NightIndex
+from skygrade.streamer.page_images import focal_plane_layout, png_gray8
+from skygrade.transforms.grades_dataset import GradesDataset, quantize_image, read_images
 from tests.helpers.http import get
-from transforms.grades_dataset import GradesDataset, quantize_image, read_images
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -469,7 +469,7 @@ def test_night_at_a_glance_chips_legend_and_time_lost(server):
     assert re.search(r'class="chip q"[^>]*>quarantined <b class="n">1<', glance)
     legend = glance.split('id="legend"', 1)[1]
     assert all(f'data-grade="{g}">{g}</span>' in legend for g in CLASSES)
-    assert "bad tracking: stars trailed" in legend  # models.classes.DESCRIPTIONS
+    assert "bad tracking: stars trailed" in legend  # skygrade.models.classes.DESCRIPTIONS
     lost = re.sub(r"<[^>]+>|\s+", " ", glance.split('id="lost"', 1)[1].split("</p>", 1)[0])
     assert "time lost (sum of EXPTIME per grade): RBT 5 min" in re.sub(r" +", " ", lost)
     s = report.summarize([exposure(0, "BT", 4), exposure(1, "BT", 4) | {"exptime": None}])

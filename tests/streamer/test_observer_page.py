@@ -21,15 +21,15 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from models.bundle import ModelBundle, read_manifest
-from models.classes import CLASSES
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
-from streamer.daemon import Daemon
-from streamer.night_summary import GRADE_COLORS
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
-from transforms.grades_dataset import GradesDataset
+from skygrade.models.bundle import ModelBundle, read_manifest
+from skygrade.models.classes import CLASSES
+from skygrade.models.cnn import CnnShape, DualInputNet
+from skygrade.models.som import SOM_FEATURES, train_som
+from skygrade.streamer.daemon import Daemon
+from skygrade.streamer.night_summary import GRADE_COLORS
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -286,10 +286,10 @@ def test_the_observer_page_follows_the_daemon_in_a_browser(
 def test_nine_ccds_per_row_fit_at_800_px_and_the_palette_is_the_servers(
     tmp_path, browser, capsys, width, observer_rows
 ):
-    from ops.http import HttpServer
-    from ops.metrics import Metrics
-    from streamer.observer import Observer
-    from transforms.grades_dataset import GradesDataset
+    from skygrade.ops.http import HttpServer
+    from skygrade.ops.metrics import Metrics
+    from skygrade.streamer.observer import Observer
+    from skygrade.transforms.grades_dataset import GradesDataset
 
     rows = observer_rows
     out = tmp_path / "grades"
@@ -337,7 +337,7 @@ def test_the_daemon_tells_the_waiting_panel_its_incoming_files():
     """Daemon.waiting: the ledger's rows waiting to be graded, since they were ready."""
     from types import SimpleNamespace
 
-    from streamer.ledger_store import Entry
+    from skygrade.streamer.ledger_store import Entry
 
     def entry(eid, ready_at):
         return Entry(

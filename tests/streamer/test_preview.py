@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ops.http import HttpServer
-from ops.metrics import Metrics
-from streamer import inspect as inspect_mod
-from streamer import preview as pv
-from streamer.observer import Observer
-from streamer.page_images import focal_plane_layout
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, _ccd_origin, _layout, plan_night
+from skygrade.ops.http import HttpServer
+from skygrade.ops.metrics import Metrics
+from skygrade.streamer import inspect as inspect_mod
+from skygrade.streamer import preview as pv
+from skygrade.streamer.observer import Observer
+from skygrade.streamer.page_images import focal_plane_layout
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, _ccd_origin, _layout, plan_night
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.confined_reads import pinned
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.grades_dataset import GradesDataset
 from tests.helpers.http import get
-from transforms.ccd_pixels import read_ccd
-from transforms.confined_reads import pinned
-from transforms.exposure_errors import ExposureError
-from transforms.grades_dataset import GradesDataset
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -142,7 +142,7 @@ def test_the_mosaic_preview_of_a_simulated_exposure(drop):
 def test_the_hit_grid_is_laid_out_as_the_tiles_and_labelled_by_cluster(monkeypatch):
     hits = list(range(100, 120))
     grid = pv.hit_grid(hits)
-    assert [len(r) for r in grid] == [5, 5, 5, 5]  # models.mosaic.tile_grid(20): 4 x 5
+    assert [len(r) for r in grid] == [5, 5, 5, 5]  # skygrade.models.mosaic.tile_grid(20): 4 x 5
     assert [c["cluster"] for r in grid for c in r] == list(range(20))
     assert [c["hits"] for r in grid for c in r] == hits
     assert pv.hit_grid([]) == []
@@ -350,7 +350,7 @@ def test_the_page_shows_the_previews_beside_the_representative_image(server, dro
 def test_a_tile_compressed_exposure_previews_as_the_plain_one(drop, tmp_path):
     from astropy.io import fits
 
-    from streamer.sky_fits import render_exposure
+    from skygrade.streamer.sky_fits import render_exposure
 
     root, plans = drop
     plain = str(root / NIGHT / plans[0].filename)

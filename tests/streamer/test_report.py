@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from models.classes import CLASSES
-from ops.config import Config
-from streamer import report
-from streamer.commands import report as report_command
-from transforms.grades_dataset import GradesDataset
+from skygrade.models.classes import CLASSES
+from skygrade.ops.config import Config
+from skygrade.streamer import report
+from skygrade.streamer.commands import report as report_command
+from skygrade.transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"
 START = dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.UTC)
@@ -169,7 +169,7 @@ def test_command_line(dataset, tmp_path, capsys):
     assert capsys.readouterr().out == (
         f"night 2026-01-01: no exposure in {dataset}; nights with data: 2026-11-23, {NIGHT}\n"
     )
-    from streamer.cli_common import UsageError
+    from skygrade.streamer.cli_common import UsageError
 
     with pytest.raises(UsageError, match="not a grades dataset"):
         report_command.command(parser.parse_args([str(tmp_path)]), Config())

@@ -3,11 +3,11 @@ exposure, and hands back the rows it wrote, which are the rows on disk."""
 
 import pytest
 
-from ops.config import Config
-from streamer.session import GradingSession
-from streamer.sky_fits import write_exposure
-from streamer.sky_plan import Geometry, plan_night
-from transforms.grades_dataset import GradesDataset
+from skygrade.ops.config import Config
+from skygrade.streamer.session import GradingSession
+from skygrade.streamer.sky_fits import write_exposure
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.grades_dataset import GradesDataset
 
 NIGHT = "2026-11-24"
 KEYS = ("exposure_id", "night", "path", "status", "grade", "confidence", "model_version")

@@ -13,9 +13,15 @@ import pytest
 import sep
 from astropy.io import fits
 
-from streamer.sky_fits import exposure_bytes, render_exposure, write_exposure
-from streamer.sky_plan import GEOMETRIES, ExposurePlan, Geometry, plan_night, resolve_geometry
-from streamer.telescope import run_telescope, simulate_archive, write_progressively
+from skygrade.streamer.sky_fits import exposure_bytes, render_exposure, write_exposure
+from skygrade.streamer.sky_plan import (
+    GEOMETRIES,
+    ExposurePlan,
+    Geometry,
+    plan_night,
+    resolve_geometry,
+)
+from skygrade.streamer.telescope import run_telescope, simulate_archive, write_progressively
 
 TINY = Geometry(2, 256, 320)
 SMALL = Geometry(2, 512, 1152)

@@ -8,12 +8,12 @@ import dataclasses
 
 import numpy as np
 
-from models.classes import CLASSES
-from streamer.sky_context import _context, _fields, _psf_shape_at, _trail_path
-from streamer.sky_fits import render_exposure
-from streamer.sky_kernels import _build_kernels, _kolmogorov_profile, _psf_grid
-from streamer.sky_plan import Geometry, plan_night
-from streamer.sky_render import _galaxy_templates
+from skygrade.models.classes import CLASSES
+from skygrade.streamer.sky_context import _context, _fields, _psf_shape_at, _trail_path
+from skygrade.streamer.sky_fits import render_exposure
+from skygrade.streamer.sky_kernels import _build_kernels, _kolmogorov_profile, _psf_grid
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.streamer.sky_render import _galaxy_templates
 
 TINY = Geometry(2, 256, 320)
 NIGHT = "2024-03-01"

@@ -5,12 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from models.bundle import load_bundle
-from ops.config import Config, SomConfig, TrainConfig
-from streamer.sky_plan import Geometry
-from streamer.telescope import simulate_archive
-from streamer.training_job import run_train
-from transforms.dataset import find_archive, read_labels
+from skygrade.models.bundle import load_bundle
+from skygrade.ops.config import Config, SomConfig, TrainConfig
+from skygrade.streamer.sky_plan import Geometry
+from skygrade.streamer.telescope import simulate_archive
+from skygrade.streamer.training_job import run_train
+from skygrade.transforms.dataset import find_archive, read_labels
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_tiny_training_learns_and_writes_a_loadable_bundle(archive, tmp_path):
 def test_exposures_quarantined_ccd_by_ccd_are_not_extracted_again(tmp_path):
     from types import SimpleNamespace
 
-    from streamer.pipelines import cache_features
+    from skygrade.streamer.pipelines import cache_features
 
     quarantine = tmp_path / "_quarantine"
     quarantine.mkdir()
@@ -94,8 +94,8 @@ def test_training_with_sextractor_catalogs_of_the_same_exposures(archive, tmp_pa
     """`train --catalogs`: SExtractor catalogs of a third of the exposures are trained on beside
     the pixels (image flag 0), each on its exposure's side of the split, and the held-out
     catalogs are scored."""
-    from streamer.archive_catalogs import catalog_archive
-    from transforms.dataset import read_shard
+    from skygrade.streamer.archive_catalogs import catalog_archive
+    from skygrade.transforms.dataset import read_shard
 
     catalogs = tmp_path / "catalogs"
     catalog_archive(archive, catalogs, sky="mixed", workers=2, every=3)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import streamer.drop_checks as drop_checks_mod
-import streamer.watcher as watcher_mod
-import transforms.confined_reads as confined_reads_mod
-from streamer.sky_fits import exposure_bytes
-from streamer.sky_plan import Geometry, plan_night
-from streamer.telescope import write_progressively
-from streamer.watcher import DropWatcher
-from transforms.fits_walk import check_integrity
+import skygrade.streamer.drop_checks as drop_checks_mod
+import skygrade.streamer.watcher as watcher_mod
+import skygrade.transforms.confined_reads as confined_reads_mod
+from skygrade.streamer.sky_fits import exposure_bytes
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.streamer.telescope import write_progressively
+from skygrade.streamer.watcher import DropWatcher
+from skygrade.transforms.fits_walk import check_integrity
 
 pytestmark = [
     pytest.mark.usefixtures("no_thread_leak"),
@@ -363,7 +363,7 @@ def test_a_slow_copy_still_growing_past_the_timeout_is_waited_for(drop, start_wa
     path = drop / "2817001o.fits"
     data = exposure()
     chunks = [data[i : i + len(data) // 12] for i in range(0, len(data), len(data) // 12)]
-    with caplog.at_level("WARNING", logger="streamer.watcher"):
+    with caplog.at_level("WARNING", logger="skygrade.streamer.watcher"):
         with path.open("wb") as fh:
             for chunk in chunks:  # ~1.3 s of growth, > 2x the timeout
                 fh.write(chunk)
@@ -432,7 +432,7 @@ def test_control_characters_in_a_name_reach_neither_the_log_nor_the_reason(
 ):
     """A newline in a file name split the log line (a forged second line): every logged name
     and reason is escaped, and so is the message handed to ``on_reject``."""
-    caplog.set_level("DEBUG", logger="streamer.watcher")
+    caplog.set_level("DEBUG", logger="skygrade.streamer.watcher")
     rec = Recorder()
     start_watcher(rec)
     bad, good = drop / name, drop / (name.replace(".fits", "") + "-good.fits")
@@ -444,7 +444,7 @@ def test_control_characters_in_a_name_reach_neither_the_log_nor_the_reason(
     controls = set("\n\r\x1b\x85")
     assert not controls & set(message), message
     assert name.replace("\n", "\\n").replace("\r", "\\r")[:10] in message
-    lines = [r.getMessage() for r in caplog.records if r.name == "streamer.watcher"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "skygrade.streamer.watcher"]
     assert any("rejected" in line for line in lines) and any("ready" in line for line in lines)
     assert not [line for line in lines if controls & set(line)], lines
 

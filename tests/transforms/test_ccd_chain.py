@@ -10,14 +10,14 @@ from apache_beam import Create, Map
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.som import feature_matrix, train_som
-from ops.config import ExtractConfig
-from transforms.ccd_chain import ExposureInputs, exposure_inputs, measure_ccd
-from transforms.extract import CcdFeatures, make_backend
-from transforms.quarantine import Quarantined
-from transforms.representative import CcdInputs
-from transforms.som_hits import load_som
-from transforms.stages import MeasureExposures
+from skygrade.models.som import feature_matrix, train_som
+from skygrade.ops.config import ExtractConfig
+from skygrade.transforms.ccd_chain import ExposureInputs, exposure_inputs, measure_ccd
+from skygrade.transforms.extract import CcdFeatures, make_backend
+from skygrade.transforms.quarantine import Quarantined
+from skygrade.transforms.representative import CcdInputs
+from skygrade.transforms.som_hits import load_som
+from skygrade.transforms.stages import MeasureExposures
 
 TILE = 8
 EXTRACT = ExtractConfig()
@@ -147,7 +147,7 @@ def test_the_beam_stages_give_what_the_function_gives(backend, meta, som_path):
 
 
 def test_the_ccd_pool_gives_what_the_beam_stages_give(backend, meta, som_path):
-    from streamer.ccd_pool import CcdPool, shutdown_pool
+    from skygrade.streamer.ccd_pool import CcdPool, shutdown_pool
 
     expected = _expected(backend, meta, som_path)
     try:
@@ -163,7 +163,7 @@ def test_the_ccd_pool_gives_what_the_beam_stages_give(backend, meta, som_path):
 
 
 def test_without_a_som_both_ways_give_the_feature_records(backend, meta):
-    from streamer.ccd_pool import pooled, shutdown_pool
+    from skygrade.streamer.ccd_pool import pooled, shutdown_pool
 
     expected = exposure_signature(
         exposure_inputs(meta, [measure_ccd(backend, meta, c, EXTRACT) for c in range(3)])
@@ -178,7 +178,7 @@ def test_without_a_som_both_ways_give_the_feature_records(backend, meta):
 
 
 def test_measure_exposures_refuses_bad_settings():
-    from streamer.ccd_pool import CcdPool, pooled
+    from skygrade.streamer.ccd_pool import CcdPool, pooled
 
     with pytest.raises(ValueError, match="ccd_workers"):
         pooled(-1)

@@ -1,10 +1,11 @@
-"""Labelled archives (transforms.dataset): labels with other grades, catalogs found by name."""
+"""Labelled archives (skygrade.transforms.dataset): labels with other grades, catalogs found by
+name."""
 
 import shutil
 
 import pytest
 
-from transforms.dataset import find_archive, read_label_sets, read_labels
+from skygrade.transforms.dataset import find_archive, read_label_sets, read_labels
 
 
 def test_also_column_lists_other_grades_a_person_gave(tmp_path):

@@ -1,5 +1,5 @@
-"""Tests for transforms.exposure (metadata), transforms.ccd_pixels (CCD reads), the header walk
-and CCD quarantine."""
+"""Tests for skygrade.transforms.exposure (metadata), skygrade.transforms.ccd_pixels (CCD reads),
+the header walk and CCD quarantine."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from transforms import ccd_checks, confined_reads, exposure_errors, fits_header, fits_walk
-from transforms import ccd_pixels as px
-from transforms import exposure as ex
-from transforms.ccd_checks import ccd_problem
-from transforms.ccd_pixels import CcdPixels, iter_ccds, read_ccd
-from transforms.confined_reads import pinned
-from transforms.exposure import CcdRef, ccd_refs, observing_night, read_meta
-from transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
-from transforms.fits_header import BLOCK
-from transforms.fits_walk import check_integrity
+from skygrade.transforms import ccd_checks, confined_reads, exposure_errors, fits_header, fits_walk
+from skygrade.transforms import ccd_pixels as px
+from skygrade.transforms import exposure as ex
+from skygrade.transforms.ccd_checks import ccd_problem
+from skygrade.transforms.ccd_pixels import CcdPixels, iter_ccds, read_ccd
+from skygrade.transforms.confined_reads import pinned
+from skygrade.transforms.exposure import CcdRef, ccd_refs, observing_night, read_meta
+from skygrade.transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
+from skygrade.transforms.fits_header import BLOCK
+from skygrade.transforms.fits_walk import check_integrity
 
 SHAPE = (96, 64)  # numpy order: NAXIS2 = 96 rows, NAXIS1 = 64 columns
 
@@ -496,7 +496,7 @@ def write_sparse_megacam(path, n_ccd: int = 36) -> int:
 
 
 class ReadSpy:
-    """Wraps ``open`` in transforms.confined_reads and counts the bytes read through it."""
+    """Wraps ``open`` in skygrade.transforms.confined_reads and counts the bytes read through it."""
 
     def __init__(self):
         self.bytes_read = 0
@@ -871,7 +871,7 @@ def test_a_pinned_file_is_read_through_its_descriptor_whatever_the_name_becomes(
         )
         if meta.source is not None:  # Linux: a CCD worker opens the descriptor by /proc
             code = (
-                "import sys, numpy as np; from transforms.ccd_pixels import read_ccd; "
+                "import sys, numpy as np; from skygrade.transforms.ccd_pixels import read_ccd; "
                 "d = read_ccd(sys.argv[1], 1, source=sys.argv[2], "
                 "file_id=(int(sys.argv[3]), int(sys.argv[4]))).data; "
                 "print(float(d.sum()))"

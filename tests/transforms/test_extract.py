@@ -8,8 +8,8 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ops.config import ExtractConfig
-from transforms.extract import (
+from skygrade.ops.config import ExtractConfig
+from skygrade.transforms.extract import (
     FEATURE_COLUMNS,
     FLAG_BLENDED,
     FLAG_SATURATED,
@@ -21,8 +21,8 @@ from transforms.extract import (
     make_backend,
     sep_features,
 )
-from transforms.quarantine import QUARANTINE
-from transforms.stages import ExtractSources
+from skygrade.transforms.quarantine import QUARANTINE
+from skygrade.transforms.stages import ExtractSources
 
 
 def match(x, y, tx, ty, radius=1.0):
@@ -182,7 +182,7 @@ def test_quarantine_detail_names_file_and_hdu(archive):
 
 
 def test_run_extract_writes_one_parquet_per_exposure(archive, tmp_path):
-    from streamer.pipelines import run_extract
+    from skygrade.streamer.pipelines import run_extract
 
     out = tmp_path / "features"
     summary = run_extract(list(archive.values()), out)
@@ -199,7 +199,7 @@ def test_run_extract_writes_one_parquet_per_exposure(archive, tmp_path):
 
 def test_ccd_pool_mode_gives_the_same_features_and_quarantine(archive, tmp_path):
     """run_extract with a CCD process pool writes what the Beam-spread mode writes."""
-    from streamer.pipelines import run_extract
+    from skygrade.streamer.pipelines import run_extract
 
     spread = run_extract(list(archive.values()), tmp_path / "spread")
     pooled = run_extract(list(archive.values()), tmp_path / "pooled", ccd_workers=2)
@@ -220,8 +220,8 @@ def test_pooled_extraction_keeps_the_exposures_it_finished_when_a_run_dies(
 ):
     """With the CCD pool each exposure's parquet file is written as soon as the exposure is
     measured (no GroupByKey barrier): a run that dies on its second exposure keeps the first."""
-    from streamer import pipelines
-    from streamer.ccd_pool import shutdown_pool
+    from skygrade.streamer import pipelines
+    from skygrade.streamer.ccd_pool import shutdown_pool
 
     real = pipelines._WriteMeasuredExposure.process
 
@@ -244,8 +244,8 @@ def test_cache_features_with_local_workers_uses_the_pool_and_shows_progress(
 ):
     from types import SimpleNamespace
 
-    from ops.config import Config
-    from streamer.pipelines import cache_features, pipeline_options
+    from skygrade.ops.config import Config
+    from skygrade.streamer.pipelines import cache_features, pipeline_options
 
     items = [
         SimpleNamespace(exposure_id=e, path=archive[k])
@@ -269,8 +269,8 @@ def test_cache_features_with_local_workers_uses_the_pool_and_shows_progress(
 def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
     """Pool workers run the per-CCD chain only. A spawned worker's imports are its start-up
     time, paid inside the first exposure: Beam costs ~1.3 s and torch ~3 s and ~200 MB."""
-    from streamer.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
-    from transforms.exposure import read_meta
+    from skygrade.streamer.ccd_pool import ccd_pool, measure_ccd, shutdown_pool
+    from skygrade.transforms.exposure import read_meta
 
     pool = ccd_pool(1)
     try:
@@ -278,7 +278,7 @@ def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
         features = pool.submit(measure_ccd, meta, 0, ExtractConfig(), None, 32).result(timeout=120)
         assert features.n_sources > 5
         loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result()
-        assert "transforms.representative" in loaded and "sep" in loaded
+        assert "skygrade.transforms.representative" in loaded and "sep" in loaded
         assert "apache_beam" not in loaded
         assert "torch" not in loaded
     finally:
@@ -286,7 +286,7 @@ def test_ccd_pool_workers_import_neither_beam_nor_torch(archive):
 
 
 def test_backend_keeps_pixels_only_when_asked(archive):
-    from transforms.exposure import read_meta
+    from skygrade.transforms.exposure import read_meta
 
     backend = SepBackend(ExtractConfig())
     meta = read_meta(archive["good"])
@@ -303,8 +303,8 @@ def test_every_configured_backend_is_registered(name):
 
 def test_detections_without_defined_moments_are_dropped():
     # A simulated BGP CCD on which sep returns zero-flux objects with NaN moments.
-    from streamer.sky_fits import render_exposure
-    from streamer.sky_plan import Geometry, plan_night
+    from skygrade.streamer.sky_fits import render_exposure
+    from skygrade.streamer.sky_plan import Geometry, plan_night
 
     plan = plan_night("2024-03-01", 1, seed=2, class_mix={"BGP": 1})[0]
     with render_exposure(plan, Geometry(2, 512, 1152)) as hdul:
@@ -317,7 +317,7 @@ def test_detections_without_defined_moments_are_dropped():
 def restore_sep_buffer():
     import sep
 
-    import transforms.extract as extract
+    import skygrade.transforms.extract as extract
 
     original = extract.PIXSTACK
     yield
@@ -325,7 +325,7 @@ def restore_sep_buffer():
 
 
 def test_a_ccd_that_overflows_seps_pixel_buffer_is_retried_larger(monkeypatch, restore_sep_buffer):
-    import transforms.extract as extract
+    import skygrade.transforms.extract as extract
 
     monkeypatch.setattr(extract, "PIXSTACK", 2000)  # a tiny buffer: the blob below overflows it
     monkeypatch.setattr(extract, "_SEP_READY", False)
@@ -341,7 +341,7 @@ def test_a_ccd_that_overflows_seps_pixel_buffer_is_retried_larger(monkeypatch, r
 def test_release_fragments_trims_the_heap_every_few_ccds(monkeypatch):
     """With memory reuse on, the heap is trimmed once every TRIM_EVERY CCDs: often enough
     to bound a long-running worker's RSS, rarely enough to keep the reuse's gain."""
-    import transforms.ccd_memory as ccd_memory
+    import skygrade.transforms.ccd_memory as ccd_memory
 
     trims = []
     monkeypatch.setattr(ccd_memory, "_MALLOC_TRIM", trims.append)

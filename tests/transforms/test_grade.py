@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from models.aggregate import combine, geometric_mean
-from models.classes import CLASSES
-from transforms.grade import CcdScore, grade_exposure, pick_class
+from skygrade.models.aggregate import combine, geometric_mean
+from skygrade.models.classes import CLASSES
+from skygrade.transforms.grade import CcdScore, grade_exposure, pick_class
 
 
 def p(**kw):

@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from streamer.report import night_rows
-from transforms.grades_dataset import GradesDataset
+from skygrade.streamer.report import night_rows
+from skygrade.transforms.grades_dataset import GradesDataset
 
 ARRIVAL, DATE_OBS = "2026-12-01", "2026-11-24"
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from models.classes import CLASSES
-from ops.config import Config, config_digest
-from streamer.pipelines import run_grade
-from streamer.sky_fits import write_exposure
-from streamer.sky_plan import Geometry, plan_night
-from transforms.grades_dataset import GradesDataset
+from skygrade.models.classes import CLASSES
+from skygrade.ops.config import Config, config_digest
+from skygrade.streamer.pipelines import run_grade
+from skygrade.streamer.sky_fits import write_exposure
+from skygrade.streamer.sky_plan import Geometry, plan_night
+from skygrade.transforms.grades_dataset import GradesDataset
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_pooled_ccds_give_the_same_rows_as_beam_spread_ccds(bundle, exposures, t
 def test_a_session_built_once_grades_like_run_grade(bundle, exposures, tmp_path):
     """The daemon's session (graph and proto built once, one run per exposure) writes the
     rows run_grade writes; arrivals reach latency_s; a failed run leaves nothing behind."""
-    from streamer.session import _ARRIVALS, _INBOX, GradingSession
+    from skygrade.streamer.session import _ARRIVALS, _INBOX, GradingSession
 
     paths, bad, dead = exposures
     expected = run_grade([*paths, bad, dead], tmp_path / "a", bundle, Config(), ccd_workers=1)

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from ops.config import Config
-from streamer.pipelines import run_grade
-from streamer.sky_context import _context, _fwhm_at
-from streamer.sky_fits import write_exposure
-from streamer.sky_plan import FILTERS, ExposurePlan, Geometry, _ccd_origin
-from transforms.grade import CcdScore, grade_exposure
-from transforms.grades_dataset import CCD_SCHEMA, EXPOSURE_SCHEMA, GradesDataset
-from transforms.psf_measure import CcdPhysics
+from skygrade.ops.config import Config
+from skygrade.streamer.pipelines import run_grade
+from skygrade.streamer.sky_context import _context, _fwhm_at
+from skygrade.streamer.sky_fits import write_exposure
+from skygrade.streamer.sky_plan import FILTERS, ExposurePlan, Geometry, _ccd_origin
+from skygrade.transforms.grade import CcdScore, grade_exposure
+from skygrade.transforms.grades_dataset import CCD_SCHEMA, EXPOSURE_SCHEMA, GradesDataset
+from skygrade.transforms.psf_measure import CcdPhysics
 
 GEO = Geometry(2, 1024, 2048)
 COLUMNS = (
@@ -136,8 +136,8 @@ def test_reason_without_stars_has_no_seeing_and_physics_never_change_the_grade()
 def test_photzp_and_the_bias_level_come_from_the_headers(exposure, tmp_path):
     from astropy.io import fits
 
-    from transforms.ccd_pixels import read_ccd
-    from transforms.exposure import read_meta
+    from skygrade.transforms.ccd_pixels import read_ccd
+    from skygrade.transforms.exposure import read_meta
 
     _, path = exposure
     assert read_meta(path).photzp is None
@@ -158,10 +158,10 @@ def test_catalog_backend_reports_what_a_catalog_allows(exposure, tmp_path):
     """A FITS_1.0 catalog (no pixels): seeing from FLUX_RADIUS, said so; sky, PHOTZP, airmass."""
     from astropy.io import fits
 
-    from ops.config import ExtractConfig
-    from transforms.catalog_files import CatalogBackend
-    from transforms.extract import FEATURE_COLUMNS, sep_features
-    from transforms.psf_measure import with_physics
+    from skygrade.ops.config import ExtractConfig
+    from skygrade.transforms.catalog_files import CatalogBackend
+    from skygrade.transforms.extract import FEATURE_COLUMNS, sep_features
+    from skygrade.transforms.psf_measure import with_physics
 
     plan, path = exposure
     primary = fits.PrimaryHDU()

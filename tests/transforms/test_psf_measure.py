@@ -1,8 +1,8 @@
 """Seeing, PSF shape, sky and source counts (transforms/psf_measure.py) against the truth.
 
 The truth comes from the simulator itself: the FWHM of the PSF it rendered on each CCD
-(``streamer.sky_context._fwhm_at`` at the CCD's centre: one PSF region per CCD at these sizes),
-its Moffat beta, ellipticity and angle, its sky rate. Exposures are small (2 CCDs of
+(``skygrade.streamer.sky_context._fwhm_at`` at the CCD's centre: one PSF region per CCD at these
+sizes), its Moffat beta, ellipticity and angle, its sky rate. Exposures are small (2 CCDs of
 1024x2048, 300 s) so that each CCD has ~10-30 usable stars even at 2" seeing.
 """
 
@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from streamer.sky_context import _context, _fields, _fwhm_at
-from streamer.sky_fits import render_exposure
-from streamer.sky_plan import FILTERS, PIXEL_SCALE, ExposurePlan, Geometry, _ccd_origin
-from streamer.sky_render import _regions
-from transforms import psf_measure as P
-from transforms.extract import empty_sources, sep_features
+from skygrade.streamer.sky_context import _context, _fields, _fwhm_at
+from skygrade.streamer.sky_fits import render_exposure
+from skygrade.streamer.sky_plan import FILTERS, PIXEL_SCALE, ExposurePlan, Geometry, _ccd_origin
+from skygrade.streamer.sky_render import _regions
+from skygrade.transforms import psf_measure as P
+from skygrade.transforms.extract import empty_sources, sep_features
 
 GEO = Geometry(2, 1024, 2048)
 

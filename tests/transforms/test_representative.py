@@ -1,17 +1,17 @@
 import numpy as np
 import pytest
 
-from models.mosaic import split_tiles, tile_grid
-from models.som import SOM_FEATURES, train_som
-from transforms.extract import CcdFeatures, empty_sources
-from transforms.representative import (
+from skygrade.models.mosaic import split_tiles, tile_grid
+from skygrade.models.som import SOM_FEATURES, train_som
+from skygrade.transforms.extract import CcdFeatures, empty_sources
+from skygrade.transforms.representative import (
     ccd_inputs,
     cutout,
     representative_image,
     representative_seed,
     scale_stamp,
 )
-from transforms.som_hits import ccd_hits
+from skygrade.transforms.som_hits import ccd_hits
 
 
 def features(n, rng, width=300, height=200, flags=None):
@@ -145,7 +145,7 @@ def test_ccd_hits_and_inputs(som):
         pixels=rng.normal(0, 1, (200, 300)).astype(np.float32),
     )
     h = ccd_hits(f, som)
-    # >= 30 isolated sources: the SOM measures those, not deblended pieces (models.som)
+    # >= 30 isolated sources: the SOM measures those, not deblended pieces (skygrade.models.som)
     assert h.hits.sum() == np.sum(flags == 0) and h.reason is None
     inputs = ccd_inputs(h, size=16)
     assert inputs.image.shape == (64, 80)

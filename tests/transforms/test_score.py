@@ -5,12 +5,12 @@ import torch
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 
-from models.bundle import ModelBundle
-from models.cnn import CnnShape, DualInputNet
-from models.som import SOM_FEATURES, train_som
-from transforms.ccd_chain import ExposureInputs
-from transforms.representative import CcdInputs
-from transforms.score import ScoreExposures, load_bundle_cached, score_batch
+from skygrade.models.bundle import ModelBundle
+from skygrade.models.cnn import CnnShape, DualInputNet
+from skygrade.models.som import SOM_FEATURES, train_som
+from skygrade.transforms.ccd_chain import ExposureInputs
+from skygrade.transforms.representative import CcdInputs
+from skygrade.transforms.score import ScoreExposures, load_bundle_cached, score_batch
 
 
 @pytest.fixture(scope="module")

@@ -17,23 +17,23 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from transforms.catalog_files import (
+from skygrade.transforms.catalog_files import (
     REQUIRED_COLUMNS,
     CatalogBackend,
     catalog_columns_to_features,
     read_catalog,
 )
-from transforms.ccd_pixels import CcdPixels
-from transforms.exposure import ExposureMeta
-from transforms.exposure_errors import ExposureError
-from transforms.extract import (
+from skygrade.transforms.ccd_pixels import CcdPixels
+from skygrade.transforms.exposure import ExposureMeta
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.extract import (
     FEATURE_COLUMNS,
     CcdFeatures,
     CcdRejected,
     SepParams,
     sep_features,
 )
-from transforms.sextractor import (
+from skygrade.transforms.sextractor import (
     CATALOG_PARAMETERS,
     PIXEL_SCALE,
     SextractorBackend,
@@ -487,7 +487,7 @@ def test_meaningless_class_star_is_recomputed(tmp_path, parity_ccd, caplog, with
     flat = _rewrite(real, tmp_path / "flat.cat", flatten)
     kept = read_catalog(real, exptime=1.0).sources[0]["CLASS_STAR"]
     assert kept.max() > 0.5  # a meaningful CLASS_STAR is left alone
-    with caplog.at_level(logging.INFO, logger="transforms.catalog_files"):
+    with caplog.at_level(logging.INFO, logger="skygrade.transforms.catalog_files"):
         table = read_catalog(flat, exptime=1.0).sources[0]
         backend = CatalogBackend(SepParams(catalog_exptime=1.0))
         meta = backend.open(flat)

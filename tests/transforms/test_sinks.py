@@ -5,8 +5,8 @@ import apache_beam as beam
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.grades_dataset import GradesDataset
-from transforms.sinks import WriteGrades
+from skygrade.transforms.grades_dataset import GradesDataset
+from skygrade.transforms.sinks import WriteGrades
 
 NIGHT = "2026-11-24"
 
