@@ -238,7 +238,7 @@ def _bare_ccd(task: tuple[str, int]) -> int:
     import numpy as np
     import sep
 
-    from skygrade.transforms.exposure import read_ccd
+    from skygrade.transforms.ccd_pixels import read_ccd
 
     path, index = task
     data = read_ccd(path, index).data

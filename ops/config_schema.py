@@ -16,10 +16,14 @@ hashable, picklable :class:`FrozenMap`) and nested sections. Constraints in the 
 ``choices`` (the allowed keys of a mapping, named ``key_label`` in messages) and ``check`` (a
 callable that gets the converted value and returns an error text or None).
 
-Every problem is a :class:`Problem` at the dotted key path it concerns, and a
-:class:`ConfigError` carries all of them at once. :func:`section_fields`, :func:`join_path`,
-:func:`describe_allowed`, :func:`type_text`, :func:`plain_value` and :func:`show_value` are the
-engine's introspection, for :mod:`skygrade.ops.config` and :mod:`skygrade.ops.config_yaml`.
+Every problem is a :class:`~skygrade.ops.config_values.Problem` at the dotted key path it concerns,
+and a :class:`~skygrade.ops.config_values.ConfigError` carries all of them at once (both, with
+:class:`~skygrade.ops.config_values.FrozenMap` and :func:`~skygrade.ops.config_values.show_value`,
+are in
+:mod:`skygrade.ops.config_values`). :func:`section_fields`, :func:`join_path`,
+:func:`describe_allowed`,
+:func:`type_text` and :func:`plain_value` are the engine's introspection, for
+:mod:`skygrade.ops.config` and :mod:`skygrade.ops.config_yaml`.
 
 This module imports nothing from ``streamer``, ``transforms`` or ``models``.
 """
@@ -28,17 +32,15 @@ import dataclasses
 import difflib
 import math
 import operator
-import reprlib
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any, Literal, NamedTuple, get_args, get_origin
 
+from skygrade.ops.config_values import ConfigError, FrozenMap, Problem, show_value
+
 __all__ = [
-    "ConfigError",
-    "FrozenMap",
-    "Problem",
     "SectionField",
     "build_section",
     "config_section",
@@ -48,7 +50,6 @@ __all__ = [
     "section",
     "section_fields",
     "setting",
-    "show_value",
     "to_dict",
     "type_text",
 ]
@@ -71,106 +72,6 @@ _NOUNS = {  # type: (as "expected ...", singular, plural)
 }
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
 _IS_SECTION = "__skygrade_config_section__"
-
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = 8
-
-
-def show_value(value: Any) -> str:
-    """Short repr of a (possibly large) value for an error message."""
-    if isinstance(value, FrozenMap):
-        value = dict(value)
-    text = repr(value)
-    return text if len(text) <= 100 else _repr.repr(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-class Problem(NamedTuple):
-    """One problem in a configuration: the dotted key path (None for the whole file) and text."""
-
-    path: str | None
-    message: str
-
-
-class ConfigError(ValueError):
-    """A configuration could not be read or is invalid.
-
-    The message has one line per problem, each ``<source>: <dotted.key.path>: <what is wrong>``,
-    so that an operator can fix every mistake in one go.
-
-    Parameters
-    ----------
-    problems : iterable of Problem, or str
-        What is wrong; a plain string is one problem about the whole file.
-    source : str, optional
-        Where the configuration came from (a file name), or None.
-
-    Attributes
-    ----------
-    problems : tuple of Problem
-        Every problem found, in document order.
-    path : str or None
-        Dotted key path of the first problem, or None when it concerns the whole file.
-    source : str or None
-        The file name (or ``"<config>"``) the configuration came from.
-    """
-
-    def __init__(self, problems: Iterable[Problem] | str, source: str | None = None) -> None:
-        if isinstance(problems, str):
-            problems = [Problem(None, problems)]
-        self.problems: tuple[Problem, ...] = tuple(Problem(*p) for p in problems)
-        self.source = source
-        self.path = self.problems[0].path if self.problems else None
-        super().__init__(self.problems, source)
-
-    def __str__(self) -> str:
-        return "\n".join(
-            ": ".join(part for part in (self.source, p.path, p.message) if part)
-            for p in self.problems
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Immutable mapping for mapping-valued fields
-
-
-class FrozenMap(Mapping):
-    """An immutable, hashable, picklable mapping; the stored form of mapping-valued fields.
-
-    It compares equal to any mapping with the same items (``FrozenMap(a=1) == {"a": 1}``) and
-    keeps the order in which its items were given.
-    """
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping | Iterable[tuple[Any, Any]] = (), /) -> None:
-        self._data = dict(data)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._data == dict(other.items())
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
-
 
 # --------------------------------------------------------------------------------------------
 # Declaring sections and fields

@@ -1,7 +1,7 @@
 """The configuration as YAML: the file read (a key given twice refused) and written, documented.
 
 :func:`read_yaml` reads a config file as ``yaml.safe_load`` would, except that every key given
-twice in one mapping is a :class:`~skygrade.ops.config_schema.Problem`; :func:`render_yaml` writes
+twice in one mapping is a :class:`~skygrade.ops.config_values.Problem`; :func:`render_yaml` writes
 any config (or section) back as YAML with each field's doc, what it allows and its default as
 comments. Both are generic over the sections (:mod:`skygrade.ops.config_schema`);
 :func:`skygrade.ops.config.load_config` is the one that knows the root
@@ -17,14 +17,8 @@ from typing import Any
 
 import yaml
 
-from skygrade.ops.config_schema import (
-    ConfigError,
-    Problem,
-    describe_allowed,
-    join_path,
-    plain_value,
-    section_fields,
-)
+from skygrade.ops.config_schema import describe_allowed, join_path, plain_value, section_fields
+from skygrade.ops.config_values import ConfigError, Problem
 
 __all__ = ["read_yaml", "render_yaml"]
 

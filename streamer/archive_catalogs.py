@@ -45,7 +45,7 @@ from astropy.io import fits
 from skygrade.streamer.cli_common import not_beam_noise
 from skygrade.streamer.progress import Progress
 from skygrade.transforms.catalog_files import REQUIRED_COLUMNS
-from skygrade.transforms.exposure import read_ccd
+from skygrade.transforms.ccd_pixels import read_ccd
 from skygrade.transforms.sextractor import CATALOG_PARAMETERS
 
 SHARE = Path("/usr/share/source-extractor")

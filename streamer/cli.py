@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from skygrade.ops.config import Config, ConfigError, load_config
+from skygrade.ops.config import Config, load_config
+from skygrade.ops.config_values import ConfigError
 from skygrade.streamer.cli_common import EXIT_FAILURE, EXIT_USAGE, UsageError, not_beam_noise
 
 log = logging.getLogger("skygrade")

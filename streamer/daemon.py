@@ -32,6 +32,9 @@ grade written, or the grader's look at it every ``retry_s``), the exposures that
 it are due at once, not after their back-off. A file the watcher refuses is the exception:
 its quarantine row is written before its ledger entry, and a failed write is retried by the
 watcher (a crash between the two rewrites the same row at restart).
+
+What the daemon says about itself (/healthz, the Waiting panel) is
+:class:`skygrade.streamer.daemon_health.DaemonHealth`, a mixin of :class:`Daemon`.
 """
 
 from __future__ import annotations
@@ -46,15 +49,19 @@ import time
 from pathlib import Path
 
 from skygrade.models.bundle import MANIFEST, check_bundle
-from skygrade.ops.alerts import AlertDispatcher, AlertEngine
+from skygrade.ops.alert_delivery import AlertDispatcher
+from skygrade.ops.alerts import AlertEngine
 from skygrade.ops.config import Config
-from skygrade.ops.config_schema import ConfigError, Problem
+from skygrade.ops.config_values import ConfigError, Problem
 from skygrade.ops.files import atomic_write_bytes
 from skygrade.ops.http import HttpServer
 from skygrade.ops.metrics import Metrics
 from skygrade.ops.text import escape_controls
+from skygrade.streamer.ccd_pool import shutdown_pool
+from skygrade.streamer.daemon_health import DaemonHealth
 from skygrade.streamer.ledger import TOO_MANY_ATTEMPTS, Ledger
 from skygrade.streamer.observer import Observer
+from skygrade.streamer.session import GradingSession
 from skygrade.streamer.watcher import DropWatcher
 from skygrade.transforms.confined_reads import pinned
 from skygrade.transforms.exposure import exposure_id_from_path
@@ -69,7 +76,7 @@ LEDGER_FILE = "ledger.sqlite"
 MAX_BACKOFF_S = 300.0
 
 
-class Daemon:
+class Daemon(DaemonHealth):
     """Watch ``drop_dir``, grade every exposure into ``out_dir``; stop with :meth:`stop`.
 
     Parameters
@@ -210,8 +217,6 @@ class Daemon:
             self.server.stop()
         if getattr(self, "dispatcher", None) is not None:
             self.dispatcher.stop()
-        from skygrade.streamer.ccd_pool import shutdown_pool
-
         shutdown_pool()
         if self.ledger is not None:
             self.ledger.close()
@@ -381,8 +386,6 @@ class Daemon:
         session is built on the bundle's real directory, so a symlink pointing elsewhere since
         does not change what it loads. False when there is no bundle to grade with: that is
         the bundle's fault, not the exposure's, and counts against none."""
-        from skygrade.streamer.session import GradingSession
-
         try:
             key = self._bundle_key()
         except OSError as exc:
@@ -581,104 +584,3 @@ class Daemon:
         self.alerts.observe(row)
         if row["status"] == "graded":
             self.last_graded = row
-
-    def waiting(self) -> list[dict]:
-        """The files held but not graded yet, for the observer page's Waiting panel: the
-        watcher's files still being copied (``copying``, ``incomplete``: :meth:`DropWatcher.
-        pending`) and the ledger's ``seen`` rows (``incoming``, since they were ready). A
-        file in both (graded once, being rewritten) is listed once, as the watcher sees it."""
-        watcher, ledger = getattr(self, "watcher", None), self.ledger
-        copying = [] if watcher is None else watcher.pending()
-        seen = {w["path"] for w in copying}
-        incoming = [
-            {
-                "exposure_id": e.exposure_id,
-                "path": e.path,
-                "state": "incoming",
-                "since": e.ready_at or e.seen_at,
-            }
-            for e in ([] if ledger is None else ledger.pending())
-            if e.path not in seen
-        ]
-        return copying + incoming
-
-    def _oldest_pending_age(self) -> float:
-        """Seconds since the oldest exposure not yet final arrived (0 when none): read by
-        ``skygrade_oldest_pending_age_seconds`` at each scrape."""
-        ledger = self.ledger
-        try:
-            oldest = None if ledger is None else ledger.oldest_pending()
-        except Exception:  # a closed ledger (stopping): nothing pending that we know of
-            return 0.0
-        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
-
-    def problems(self) -> list[str]:
-        """Why the daemon is not doing its job right now (empty when it is): /healthz is 503
-        with these while any holds. No grade can be written (the dataset is read-only,
-        missing, full), there is no bundle to grade with, or an exposure keeps failing."""
-        problems = []
-        output = self.output_problem
-        if output is None:  # nothing failed lately: look (at most every 5 s, a file made and
-            when, output = self._probe  # removed beside the rows)
-            if time.monotonic() - when > 5.0:
-                output = self._output_writable()
-                self._probe = (time.monotonic(), output)
-        if output is not None:
-            problems.append(f"cannot write grades into {self.out_dir}: {output}")
-        if self.bundle_blocked:
-            problems.append(f"model bundle {self.bundle} cannot be loaded: {self.bundle_problem}")
-        ledger = self.ledger
-        for entry in [] if ledger is None else ledger.failing(min_failures=2)[:5]:
-            due = max(0.0, (entry.next_attempt_at or 0.0) - time.time())
-            problems.append(
-                f"exposure {entry.exposure_id} ({entry.path}) failed {entry.failures} times, "
-                f"next attempt in {due:.0f} s: {entry.last_error}"
-            )
-        return [escape_controls(p) for p in problems]
-
-    def health(self) -> dict:
-        """The /healthz document: ``ok`` false (HTTP 503) while the daemon is stopping, a
-        thread of it is dead, or :meth:`problems` lists something."""
-        counts = self.ledger.counts() if self.ledger is not None else {}
-        last = self.last_graded
-        watcher = getattr(self, "watcher", None)
-        grading = bool(self._threads) and all(t.is_alive() for t in self._threads)
-        problems = self.problems()
-        if not grading and self._threads:
-            problems.append("the grader thread is not running")
-        warnings = []
-        if self.bundle_problem is not None and not self.bundle_blocked:
-            warnings.append(
-                f"model bundle {self.bundle} refused, grading with version "
-                f"{self.manifest.get('version')}: {self.bundle_problem}"
-            )
-        return {
-            "ok": not self.stopping.is_set()
-            and watcher is not None
-            and watcher.running
-            and grading
-            and not problems,
-            "problems": problems,
-            "warnings": [escape_controls(w) for w in warnings],
-            "model_version": self.manifest.get("version"),
-            "backlog": counts.get("seen", 0),
-            "counts": counts,
-            "last_graded": None
-            if last is None
-            else {
-                "exposure_id": last["exposure_id"],
-                "grade": last["grade"],
-                "confidence": last["confidence"],
-            },
-            "alerts": [
-                {
-                    "level": a.level,
-                    "rule": a.rule,
-                    "message": a.message,
-                    "exposure_id": a.exposure_id,
-                    "since": a.started_at.isoformat(),
-                }
-                for a in self.alerts.active()
-            ],
-            "uptime_s": time.time() - self.started_at,
-        }

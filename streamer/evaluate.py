@@ -13,8 +13,9 @@ ablations (:func:`skygrade.models.evaluate.ablation_probs`); (4) the traditional
 threshold tree on per-exposure catalog statistics fitted on the bundle's training exposures; (5) the
 report: ``report.md``, ``report.json`` and ``confusion.png`` in ``out_dir``.
 
-The numerical work lives in :mod:`skygrade.models.evaluate`, the Markdown and the PNG in
-:mod:`skygrade.streamer.evaluation_report`; the shared stages come from
+The numerical work lives in :mod:`skygrade.models.evaluate`, the exposure-level tables (pipeline,
+exposure rules, agreement with the person) in :mod:`skygrade.streamer.evaluation_tables`, the
+Markdown and the PNG in :mod:`skygrade.streamer.evaluation_report`; the shared stages come from
 :mod:`skygrade.streamer.pipelines` (the same code :func:`skygrade.streamer.training_job.run_train`
 runs).
 """
@@ -28,9 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from skygrade.models.aggregate import combine, geometric_mean, vote_pool
 from skygrade.models.bundle import load_bundle
 from skygrade.models.classes import CLASSES
 from skygrade.models.cnn import hit_vector
@@ -45,19 +44,22 @@ from skygrade.models.evaluate import (
     statistics_matrix,
 )
 from skygrade.models.summary import stack_summaries
-from skygrade.models.train import classification_metrics, exposure_probabilities
+from skygrade.models.train import classification_metrics
 from skygrade.ops.files import atomic_write_text
 from skygrade.streamer.evaluation_report import plot_confusion, render_markdown
+from skygrade.streamer.evaluation_tables import (
+    agreement,
+    pipeline_metrics,
+    read_features,
+    rule_comparison,
+)
 from skygrade.streamer.pipelines import (
     build_dataset,
     cache_features,
     pipeline_options,
-    summarize_extract,
     work_dirs,
 )
 from skygrade.transforms.dataset import find_archive, read_label_sets, read_labels
-from skygrade.transforms.extract import features_from_arrow
-from skygrade.transforms.grade import pick_class, saturated_sky, saturated_sky_probs
 from skygrade.transforms.representative import ccd_inputs
 from skygrade.transforms.som_hits import ccd_hits
 
@@ -81,6 +83,35 @@ class Reference(NamedTuple):
     exposure_id: str
     label: str
     features: Path
+
+
+class Selection(NamedTuple):
+    """Which exposures of the archive are evaluated, and which are extracted for it."""
+
+    seen: set[str]  # the archive's exposures the bundle knows (its training archive)
+    evaluated: list  # the exposures reported on
+    scope: dict  # the report's ``scope`` (kind, text, counts)
+    extract: list  # the exposures whose features are needed (evaluated, and the reference)
+
+
+class Fit(NamedTuple):
+    """What the baseline (and the image-only mean vector) is fitted on."""
+
+    reference: list[Reference]  # the bundle's training exposures, else a half of this archive
+    fit_on: str  # the words saying which, for the progress line and the report
+    compared: set[str]  # the graded exposures all methods are compared on
+    fallback: bool  # whether it fell back to the seeded half of this archive
+    notes: list[str]  # the report's notes this choice calls for
+
+
+class Baseline(NamedTuple):
+    """The threshold tree fitted on the reference set, and its metrics on the compared
+    exposures."""
+
+    tree: object
+    min_leaf: int
+    compared_ids: list[str]
+    metrics: dict
 
 
 def run_evaluate(
@@ -137,8 +168,64 @@ def run_evaluate(
     items = find_archive(archive)
     if not items:
         raise ValueError(f"{archive}: no labelled exposure found")
+    chosen = _select_exposures(items, split, training, archive, bundle_path)
+    evaluated = chosen.evaluated
+    say(f"evaluating {len(evaluated)} of {len(items)} exposures ({chosen.scope['kind']})")
 
-    # which exposures, and what the baseline is fitted on
+    # 1. features (cached)
+    cache_features(chosen.extract, features_dir, cfg, options, lambda t: say(f"stage 1/5 {t}"))
+
+    # 2. CNN inputs with the bundle's SOM and tile
+    say(f"stage 2/5 hits and representative images with the bundle's SOM (tile {bundle.tile})")
+    som_path = bundle_path / bundle.manifest["som"]["file"]
+    data = build_dataset(evaluated, features_dir, shard_dir, som_path, bundle.tile, options)
+    if data is None:
+        raise ValueError(f"{archive}: no evaluated exposure yielded a usable CCD")
+    graded = sorted(set(data.exposure.tolist()))
+    say(f"  {len(data)} CCDs of {len(graded)} exposures")
+
+    # reference set: the bundle's training exposures, else a seeded half of this archive
+    fit = _reference_set(chosen, items, split, graded, features_dir, bundle_path, training)
+    if not fit.reference:
+        raise ValueError(f"{archive}: no labelled exposure with features to fit the baseline on")
+    ref_ccds = [read_features(r.features) for r in fit.reference]
+
+    # 3. CNN probabilities in every mode
+    say("stage 3/5 CNN probabilities: full, catalog mode, image-only")
+    probs = _cnn_probabilities(bundle, data, ref_ccds)
+    cnn = {mode: mode_metrics(data, p) for mode, p in probs.items()}
+
+    # 4. traditional baseline
+    say(f"stage 4/5 threshold-tree baseline fitted on {fit.fit_on}")
+    baseline = _fit_baseline(fit, ref_ccds, evaluated, features_dir)
+    for rule in baseline.tree.describe():
+        say(f"  {rule}")
+
+    # 5. report
+    say("stage 5/5 report")
+    report = _evaluation_report(
+        bundle_path,
+        bundle,
+        archive,
+        cfg,
+        chosen,
+        data,
+        graded,
+        probs,
+        cnn,
+        fit,
+        baseline,
+        features_dir,
+    )
+    paths = _write_report(report, cnn, graded, out_dir)
+    say(f"report written: {paths['markdown']}")
+    return {"report": report, "paths": paths, "evaluated": graded}
+
+
+def _select_exposures(items, split: dict, training: dict, archive, bundle_path: Path) -> Selection:
+    """Which exposures are evaluated (the held-out test ones of the bundle's training archive,
+    else all), the report's scope, and which are extracted (those, and the training ones)."""
+
     seen = {i.exposure_id for i in items} & (split["train"] | split["val"] | split["test"])
     if seen:
         evaluated = [i for i in items if i.exposure_id in split["test"]]
@@ -177,22 +264,22 @@ def run_evaluate(
             "n_archive": len(items),
         }
         extract = evaluated
-    say(f"evaluating {len(evaluated)} of {len(items)} exposures ({scope['kind']})")
+    return Selection(seen, evaluated, scope, extract)
 
-    # 1. features (cached)
-    cache_features(extract, features_dir, cfg, options, lambda t: say(f"stage 1/5 {t}"))
 
-    # 2. CNN inputs with the bundle's SOM and tile
-    say(f"stage 2/5 hits and representative images with the bundle's SOM (tile {bundle.tile})")
-    som_path = bundle_path / bundle.manifest["som"]["file"]
-    data = build_dataset(evaluated, features_dir, shard_dir, som_path, bundle.tile, options)
-    if data is None:
-        raise ValueError(f"{archive}: no evaluated exposure yielded a usable CCD")
-    graded = sorted(set(data.exposure.tolist()))
-    say(f"  {len(data)} CCDs of {len(graded)} exposures")
+def _reference_set(
+    chosen: Selection,
+    items,
+    split: dict,
+    graded: list[str],
+    features_dir: Path,
+    bundle_path: Path,
+    training: dict,
+) -> Fit:
+    """What the baseline is fitted on: the bundle's training exposures with cached features,
+    else (too few of them) a seeded half of the evaluated ones, the other half compared."""
 
-    # reference set: the bundle's training exposures, else a seeded half of this archive
-    if seen:
+    if chosen.seen:
         reference = [
             Reference(i.exposure_id, i.label, features_dir / f"{i.exposure_id}.parquet")
             for i in items
@@ -207,6 +294,7 @@ def run_evaluate(
     notes = []
     fallback = not _enough(reference)
     if fallback:
+        evaluated = chosen.evaluated
         fit_ids, compared = _half_split([(i.exposure_id, i.label) for i in evaluated], graded)
         reference = [
             Reference(i.exposure_id, i.label, features_dir / f"{i.exposure_id}.parquet")
@@ -224,21 +312,25 @@ def run_evaluate(
             "The image-only mean hits vector is the mean over the baseline's fitting half of "
             "this archive, not over the bundle's training set (whose features are not here)."
         )
-    if not reference:
-        raise ValueError(f"{archive}: no labelled exposure with features to fit the baseline on")
-    ref_ccds = [_read_features(r.features) for r in reference]
+    return Fit(reference, fit_on, compared, fallback, notes)
 
-    # 3. CNN probabilities in every mode
-    say("stage 3/5 CNN probabilities: full, catalog mode, image-only")
+
+def _cnn_probabilities(bundle, data, ref_ccds: list) -> dict[str, np.ndarray]:
+    """The CNN's CCD probabilities in every mode (:func:`skygrade.models.evaluate.ablation_probs`),
+    the image-only mode with the reference CCDs' mean hits vector."""
+
     mean_vector = mean_hits_vector([c for ccds in ref_ccds for c in ccds], bundle.som)
     if mean_vector is None:  # no reference CCD with a clean source: the evaluated CCDs' mean
         mean_vector = data.vector.mean(0)
-    probs = ablation_probs(bundle.cnn, data, mean_vector)
-    cnn = {mode: mode_metrics(data, p) for mode, p in probs.items()}
+    return ablation_probs(bundle.cnn, data, mean_vector)
 
-    # 4. traditional baseline
-    say(f"stage 4/5 threshold-tree baseline fitted on {fit_on}")
+
+def _fit_baseline(fit: Fit, ref_ccds: list, evaluated, features_dir: Path) -> Baseline:
+    """Fit the threshold tree on the reference exposures' statistics and score it on the
+    compared exposures that have cached features and a label."""
+
     ref_stats = [exposure_statistics(ccds) for ccds in ref_ccds]
+    reference, compared = fit.reference, fit.compared
     min_leaf = max(1, min(MIN_LEAF, len(reference) // 4))
     tree = fit_threshold_tree(
         statistics_matrix(ref_stats),
@@ -252,15 +344,72 @@ def run_evaluate(
         e for e in compared if (features_dir / f"{e}.parquet").exists() and e in labels
     )
     X = statistics_matrix(
-        [exposure_statistics(_read_features(features_dir / f"{e}.parquet")) for e in compared_ids]
+        [exposure_statistics(read_features(features_dir / f"{e}.parquet")) for e in compared_ids]
     )
     truth = np.array([CLASSES.index(labels[e]) for e in compared_ids], dtype=int)
     base_metrics = classification_metrics(truth, tree.predict_proba(X))
-    for rule in tree.describe():
-        say(f"  {rule}")
+    return Baseline(tree, min_leaf, compared_ids, base_metrics)
 
-    # 5. report
-    say("stage 5/5 report")
+
+def _evaluation_report(
+    bundle_path: Path,
+    bundle,
+    archive,
+    cfg,
+    chosen: Selection,
+    data,
+    graded: list[str],
+    probs: dict,
+    cnn: dict,
+    fit: Fit,
+    baseline: Baseline,
+    features_dir: Path,
+) -> dict:
+    """The dict written to ``report.json``: :func:`skygrade.models.evaluate.build_report` of every
+    stage's results, the notes that explain them, the pipeline, rule and agreement tables."""
+
+    training = bundle.manifest.get("training", {})
+    evaluated = chosen.evaluated
+    comparison = _comparison(data, probs, graded, fit, baseline)
+    pipeline, rules, agree_rows, notes = _exposure_tables(
+        cfg, archive, data, probs["full"], evaluated, graded, features_dir, fit.notes
+    )
+    report = build_report(
+        bundle={
+            "path": str(bundle_path),
+            "version": bundle.version,
+            "training_archive": training.get("archive"),
+            "split_by": training.get("split", {}).get("by"),
+            "tile": bundle.tile,
+            "members": bundle.n_members,
+            "recorded": _recorded_metrics(bundle.manifest),
+        },
+        archive=str(archive),
+        scope={**chosen.scope, "n_evaluated": len(evaluated), "n_graded": len(graded)},
+        cnn=cnn,
+        baseline={
+            "fit_on": fit.fit_on,
+            "n_fit": len(fit.reference),
+            "fit_ids": sorted(r.exposure_id for r in fit.reference),
+            "depth": TREE_DEPTH,
+            "min_leaf": baseline.min_leaf,
+            "rules": baseline.tree.describe(),
+            "metrics": baseline.metrics,
+        },
+        comparison=comparison,
+        notes=notes,
+    )
+    report["scope"]["exposure_ids"] = graded
+    report["pipeline"] = pipeline
+    report["rules"] = rules
+    report["agreement"] = agree_rows
+    return report
+
+
+def _comparison(data, probs: dict, graded: list[str], fit: Fit, baseline: Baseline) -> dict:
+    """The report's side-by-side table: every CNN mode and the baseline on the same exposures."""
+
+    compared_ids = baseline.compared_ids
     keep = np.isin(data.exposure, compared_ids)
     part = data.subset(compared_ids)
     cnn_compared = {mode: mode_metrics(part, p[keep]) for mode, p in probs.items()}
@@ -269,12 +418,27 @@ def run_evaluate(
         + (
             f" (the half of the archive the baseline was not fitted on; the per-mode sections "
             f"below cover all {len(graded)} graded exposures)"
-            if fallback
+            if fit.fallback
             else ""
         )
         + ". Exposure metrics use the grading rule (mean of the CCD "
         "probabilities); ECE is the expected calibration error of the exposure probabilities."
     )
+    return {
+        "text": compared_text,
+        "exposure_ids": compared_ids,
+        "rows": comparison_rows(cnn_compared, baseline.metrics),
+    }
+
+
+def _exposure_tables(
+    cfg, archive, data, full: np.ndarray, evaluated, graded: list[str], features_dir: Path, notes
+) -> tuple[dict, dict, dict, list[str]]:
+    """(pipeline, rules, agreement, notes): the exposure-level tables of
+    :mod:`skygrade.streamer.evaluation_tables` from the full-mode probabilities ``full``, and
+    ``notes`` followed by the notes that explain them."""
+
+    notes = list(notes)
     if cfg.extract.backend == "catalog":
         notes.append(
             "This archive holds SExtractor catalogs (catalog backend): no CCD has pixels, so every "
@@ -287,7 +451,7 @@ def run_evaluate(
             "features came from this archive's extraction); catalog mode is how nights with "
             "only SExtractor catalogs are graded."
         )
-    pipeline = pipeline_metrics(data, probs["full"], evaluated, features_dir)
+    pipeline = pipeline_metrics(data, full, evaluated, features_dir)
     if pipeline["n_rule"]:
         m = pipeline["exposure"]
         notes.append(
@@ -304,14 +468,14 @@ def run_evaluate(
             f"{not_graded} evaluated exposure(s) had no usable CCD (quarantined or no clean "
             "source) and are not in the CNN metrics; the pipeline quarantines them."
         )
-    rules = rule_comparison(data, probs["full"])
+    rules = rule_comparison(data, full)
     r = rules
     notes.append(
         f"Exposure rule: the mean of the CCDs' probabilities (shipped) grades {r['mean']:.1%} "
         f"of the {r['n']} exposures right, the normalised geometric mean {r['geometric']:.1%}, "
         f"the vote pool (half vote shares, half mean) {r['vote']:.1%}."
     )
-    agree_rows = agreement(data, probs["full"], evaluated, read_label_sets(archive).also)
+    agree_rows = agreement(data, full, evaluated, read_label_sets(archive).also)
     if agree_rows["n_also"]:
         a = agree_rows
         notes.append(
@@ -320,41 +484,14 @@ def run_evaluate(
             f"network agrees with the person on {a['n_agree']} of {a['n']} graded exposures "
             "(table 'Agreement with the person')."
         )
-    report = build_report(
-        bundle={
-            "path": str(bundle_path),
-            "version": bundle.version,
-            "training_archive": training.get("archive"),
-            "split_by": training.get("split", {}).get("by"),
-            "tile": bundle.tile,
-            "members": bundle.n_members,
-            "recorded": _recorded_metrics(bundle.manifest),
-        },
-        archive=str(archive),
-        scope={**scope, "n_evaluated": len(evaluated), "n_graded": len(graded)},
-        cnn=cnn,
-        baseline={
-            "fit_on": fit_on,
-            "n_fit": len(reference),
-            "fit_ids": sorted(r.exposure_id for r in reference),
-            "depth": TREE_DEPTH,
-            "min_leaf": min_leaf,
-            "rules": tree.describe(),
-            "metrics": base_metrics,
-        },
-        comparison={
-            "text": compared_text,
-            "exposure_ids": compared_ids,
-            "rows": comparison_rows(cnn_compared, base_metrics),
-        },
-        notes=notes,
-    )
-    report["scope"]["exposure_ids"] = graded
-    report["pipeline"] = pipeline
-    report["rules"] = rules
-    report["agreement"] = agree_rows
+    return pipeline, rules, agree_rows, notes
+
+
+def _write_report(report: dict, cnn: dict, graded: list[str], out_dir: Path) -> dict:
+    """Write ``report.md``, ``report.json`` and ``confusion.png`` into ``out_dir``; their paths."""
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
+    return {
         "markdown": atomic_write_text(out_dir / "report.md", render_markdown(report)),
         "json": atomic_write_text(
             out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n"
@@ -365,101 +502,6 @@ def run_evaluate(
             out_dir / "confusion.png",
             title=f"CNN full mode, {len(graded)} exposures",
         ),
-    }
-    say(f"report written: {paths['markdown']}")
-    return {"report": report, "paths": paths, "evaluated": graded}
-
-
-def saturated_ccds(features_dir: Path, exposure_ids) -> dict[str, tuple[int, int]]:
-    """Exposure -> (CCDs quarantined as ``saturated``, CCDs) from an extraction cache: its
-    quarantine records (``_quarantine/<id>.ccdNN.json``) and feature files. Only exposures
-    with a saturated CCD are listed."""
-
-    reasons: dict[str, list[str]] = {}
-    for record in summarize_extract(features_dir)["quarantined"]:
-        if not record.is_exposure:
-            reasons.setdefault(record.exposure_id, []).append(record.reason)
-    out = {}
-    for e in exposure_ids:
-        n_saturated = reasons.get(e, []).count("saturated")
-        if n_saturated:
-            features = features_dir / f"{e}.parquet"
-            n_measured = len(_read_features(features)) if features.exists() else 0
-            out[e] = (n_saturated, len(reasons[e]) + n_measured)
-    return out
-
-
-def pipeline_metrics(data, probs: np.ndarray, evaluated, features_dir: Path) -> dict:
-    """Exposure metrics of what the grading pipeline would say: the network's exposure
-    probabilities, except where :func:`skygrade.transforms.grade.saturated_sky` grades the exposure
-    BGP by rule (also when no CCD reached the network)."""
-
-    ids, truth, exp_probs = exposure_probabilities(data, probs)
-    rows = {e: (t, p) for e, t, p in zip(ids, truth.tolist(), exp_probs, strict=True)}
-    labels = {i.exposure_id: i.label for i in evaluated}
-    rule = [
-        e
-        for e, (n_saturated, n_ccd) in saturated_ccds(features_dir, labels).items()
-        if saturated_sky(n_saturated, n_ccd)
-    ]
-    n_rule_only = sum(e not in rows for e in rule)
-    for e in rule:
-        rows[e] = (CLASSES.index(labels[e]), saturated_sky_probs())
-    order = sorted(rows)
-    metrics = classification_metrics(
-        np.array([rows[e][0] for e in order], dtype=int),
-        np.array([rows[e][1] for e in order]).reshape(-1, len(CLASSES)),
-    )
-    return {"exposure": metrics, "n_rule": len(rule), "n_rule_only": n_rule_only}
-
-
-def rule_comparison(data, probs: np.ndarray) -> dict:
-    """Exposure accuracy of the shipped exposure rule (:func:`skygrade.models.aggregate.combine`,
-    the mean) beside the normalised geometric mean it replaced and the vote pool, on the same CCD
-    probabilities."""
-
-    ids = sorted(set(data.exposure.tolist()))
-    right = {"mean": 0, "geometric": 0, "vote": 0}
-    for e in ids:
-        m = data.exposure == e
-        truth = int(np.bincount(data.label[m]).argmax())
-        right["mean"] += int(np.argmax(combine(probs[m])) == truth)
-        right["geometric"] += int(np.argmax(geometric_mean(probs[m])) == truth)
-        right["vote"] += int(np.argmax(vote_pool(probs[m])) == truth)
-    n = max(len(ids), 1)
-    return {"n": len(ids), **{rule: count / n for rule, count in right.items()}}
-
-
-def agreement(data, probs: np.ndarray, evaluated, also: dict) -> dict:
-    """Per exposure: the person's grade(s), the network's exposure grade and whether they agree.
-
-    A grade in ``label`` or in ``also`` (other grades a person gave the same exposure) counts
-    as agreement: manual grades are noisy (two versions of the real list disagree on 4 of 14).
-    """
-
-    ids, _, exp_probs = exposure_probabilities(data, probs)
-    labels = {i.exposure_id: i.label for i in evaluated}
-    rows = []
-    for e, p in zip(ids, exp_probs, strict=True):
-        grade = pick_class(p)
-        others = sorted(also.get(e, ()))
-        rows.append(
-            {
-                "exposure_id": e,
-                "label": labels[e],
-                "also": others,
-                "grade": grade,
-                "confidence": float(p.max()),
-                "p": {c: float(p[i]) for i, c in enumerate(CLASSES)},
-                "agree": grade == labels[e] or grade in others,
-            }
-        )
-    return {
-        "n": len(rows),
-        "n_agree": sum(r["agree"] for r in rows),
-        "n_exact": sum(r["grade"] == r["label"] for r in rows),
-        "n_also": sum(bool(r["also"]) for r in rows),
-        "rows": rows,
     }
 
 
@@ -509,11 +551,6 @@ def _half_split(labelled: list[tuple[str, str]], graded: list[str]):
         rng.shuffle(group)
         fit.update(group[: len(group) // 2])
     return fit, {e for e in graded if e not in fit}
-
-
-def _read_features(path: Path):
-
-    return features_from_arrow(pq.read_table(path))
 
 
 def mean_hits_vector(ccds: list, som) -> np.ndarray | None:

@@ -36,14 +36,14 @@ def page_url(path: str, **params) -> str:
 
 def asset(name: str) -> bytes:
     """The bytes of one of the page's :data:`ASSETS`, as shipped in the package."""
-    return (resources.files("streamer") / "observer_assets" / name).read_bytes()
+    return (resources.files("skygrade.streamer") / "observer_assets" / name).read_bytes()
 
 
 def _environment():
     """The templates (``observer_assets/*.html.j2``), every one with HTML autoescaping."""
     import jinja2
 
-    pkg = resources.files("streamer") / "observer_assets"
+    pkg = resources.files("skygrade.streamer") / "observer_assets"
     sources = {
         p.name: p.read_text(encoding="utf-8") for p in pkg.iterdir() if p.name.endswith(".j2")
     }

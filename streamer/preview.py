@@ -43,8 +43,9 @@ import numpy as np
 
 from skygrade.models.mosaic import tile_grid
 from skygrade.streamer.page_images import focal_plane_layout, png_gray8
+from skygrade.transforms.ccd_pixels import read_ccd
 from skygrade.transforms.confined_reads import pinned
-from skygrade.transforms.exposure import ExposureError, read_ccd, read_meta
+from skygrade.transforms.exposure import ExposureError, read_meta
 from skygrade.transforms.grades_dataset import IMAGE_RANGE
 from skygrade.transforms.representative import CcdInputs
 

@@ -20,7 +20,9 @@ Threads
 -------
 The watchdog observer's handler (:class:`_EnqueueHandler`) only puts the path on a queue: no
 I/O, no stat, nothing that can block or raise. One worker thread owns all the state: it drains
-the queue, keeps the candidates, re-checks them every ``poll_s``, and calls the callbacks. The
+the queue, keeps the candidates, re-checks them every ``poll_s`` (the checks, and the reports
+and rejections they lead to, are :class:`skygrade.streamer.drop_checks.CandidateChecks`, a mixin of
+:class:`DropWatcher`), and calls the callbacks. The
 callbacks therefore run on the worker thread, one at a time, and an exception in one is logged
 without killing the worker. :meth:`DropWatcher.stop` stops and joins the observer (and its
 emitter threads) and the worker.
@@ -85,11 +87,9 @@ import fnmatch
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
@@ -107,8 +107,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from skygrade.ops.text import escape_controls
-from skygrade.transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
-from skygrade.transforms.fits_walk import check_data, check_integrity
+from skygrade.streamer.drop_checks import UNSUPPORTED_PATTERNS, Candidate, CandidateChecks, Identity
 
 __all__ = ["DEFAULT_PATTERNS", "TEMPORARY_PATTERNS", "UNSUPPORTED_PATTERNS", "DropWatcher"]
 
@@ -118,20 +117,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PATTERNS = ("*.fits", "*.fits.fz")
 #: Names of files still being written by a transfer tool; never considered.
 TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
-#: FITS files compressed as a whole, which the grader cannot read: quarantined as
-#: ``unsupported_compression`` (tile-compressed ``*.fits.fz`` files are read).
-UNSUPPORTED_PATTERNS = ("*.fits.gz", "*.fits.bz2", "*.fits.xz", "*.fits.Z", "*.fits.zst")
 
 # Events worth a look. Opened / closed-without-write events are left out on purpose: the
 # worker's own integrity check opens the file and would otherwise feed itself.
 _FILE_EVENTS = (FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent)
 _DIR_EVENTS = (DirCreatedEvent,)
 _MOVE_EVENTS = (FileMovedEvent, DirMovedEvent)
-
-#: Least delay before a file whose callback raised is offered again.
-_MIN_RETRY_S = 1.0
-
-Identity = tuple[int, int]
 
 
 class _EnqueueHandler(FileSystemEventHandler):
@@ -149,21 +140,7 @@ class _EnqueueHandler(FileSystemEventHandler):
             self._sink.put(os.fsdecode(event.src_path))
 
 
-@dataclass
-class _Candidate:
-    """A file being watched until it is ready or rejected."""
-
-    first_seen: float  # monotonic
-    identity: Identity | None = None
-    stable_since: float = 0.0  # monotonic time identity was last seen to change
-    not_before: float = 0.0  # monotonic time before which it is not looked at (callback retry)
-    incomplete: tuple[Identity, IncompleteFileError] | None = None  # last walk's verdict
-    warned_slow: bool = False  # the "still growing" warning was logged
-    fingerprint: str = ""  # check_data's digest of the content, from the last walk
-    file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the last stat
-
-
-class DropWatcher:
+class DropWatcher(CandidateChecks):
     """Report the exposures in a drop directory once each is completely written.
 
     Parameters
@@ -249,7 +226,7 @@ class DropWatcher:
         self._worker: threading.Thread | None = None
         self._root = ""  # real path of drop_dir, set by start()
         # Worker-thread state: touched by the worker only.
-        self._candidates: dict[str, _Candidate] = {}
+        self._candidates: dict[str, Candidate] = {}
         self._reported: dict[str, Identity] = {}
         # (st_dev, st_ino) of each file reported ready -> the name reported and its identity.
         self._files: dict[tuple[int, int], tuple[str, Identity]] = {}
@@ -344,47 +321,6 @@ class DropWatcher:
         """Whether the worker thread is alive."""
         return self._worker is not None and self._worker.is_alive()
 
-    def pending(self) -> list[dict]:
-        """The files seen but not reported nor rejected yet, for the observer page's Waiting
-        panel, oldest first: dicts with ``path``, ``state``, ``since`` (Unix seconds: when the
-        watcher first saw it) and ``reason``.
-
-        ``state`` is ``incomplete`` for a file the integrity walk found not whole (a copy still
-        arriving: the reason says what is missing; it is rejected as ``truncated`` once
-        unchanged for ``incomplete_timeout_s``) and ``copying`` for one still changing or not
-        yet settled. Callable from any thread: it reads a copy of the worker's candidates.
-        """
-        for _ in range(5):
-            try:
-                candidates = list(self._candidates.items())
-                break
-            except RuntimeError:  # changed size during the copy: the worker is busy; again
-                continue
-        else:
-            return []
-        wall, mono = time.time(), time.monotonic()
-        out = []
-        for path, cand in candidates:
-            if cand.identity is None:
-                continue  # not looked at yet (maybe a directory, or gone already)
-            verdict = cand.incomplete
-            if verdict is not None and verdict[0] == cand.identity:
-                state = "incomplete"
-                reason = f"{verdict[1].reason}: waiting for the rest of the copy"
-            else:
-                state = "copying"
-                changed = mono - cand.stable_since
-                reason = f"being written: last changed {changed:.0f} s ago"
-            out.append(
-                {
-                    "path": path,
-                    "state": state,
-                    "since": wall - (mono - cand.first_seen),
-                    "reason": reason,
-                }
-            )
-        return sorted(out, key=lambda w: w["since"])
-
     def scan(self) -> int:
         """Enqueue every file under the drop directory whose name the watcher would consider.
 
@@ -458,7 +394,7 @@ class DropWatcher:
             return
         if self._wanted(path):
             now = time.monotonic()
-            self._candidates[path] = _Candidate(first_seen=now, stable_since=now)
+            self._candidates[path] = Candidate(first_seen=now, stable_since=now)
 
     def _wanted_dir(self, path: str) -> bool:
         try:
@@ -473,198 +409,3 @@ class DropWatcher:
                 return
             if time.monotonic() >= cand.not_before:
                 self._check(path)
-
-    def _inside(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == self._root or os.path.commonpath([real, self._root]) == self._root
-
-    def _check(self, path: str) -> None:
-        """One look at a candidate: drop it, keep waiting, or report it."""
-        cand = self._candidates[path]
-        now = time.monotonic()
-        if not self._inside(path):
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                self._forget(path)
-                return
-            except OSError:
-                st = None
-            identity = (st.st_size, st.st_mtime_ns) if st is not None else (0, 0)
-            if self._reported.get(path) == identity:
-                del self._candidates[path]
-                return
-            real = os.path.realpath(path)
-            self._reject(
-                path, identity, "outside_drop", f"{path} resolves to {real}, outside {self._root}"
-            )
-            return
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            self._forget(path)  # deleted or moved away (a move-to event brings the new name)
-            return
-        except OSError as exc:
-            if self._reported.get(path) == (0, 0):
-                del self._candidates[path]  # rejected already, and still cannot be stat-ed
-            else:
-                self._reject(path, (0, 0), "unreadable", f"{path}: cannot stat: {exc}")
-            return
-        if stat.S_ISDIR(st.st_mode):
-            del self._candidates[path]
-            return
-        identity = (st.st_size, st.st_mtime_ns)
-        if self._reported.get(path) == identity:
-            del self._candidates[path]  # an event for a file already reported as it is
-            return
-        if not stat.S_ISREG(st.st_mode):
-            self._reject(path, identity, "unreadable", f"{path}: not a regular file")
-            return
-        cand.file_id = (st.st_dev, st.st_ino)
-        known = self._files.get(cand.file_id)
-        if known is not None and known[0] != path and known[1] == identity:
-            # Another name of a file reported or rejected as it is (a hard link, a symlink).
-            del self._candidates[path]
-            self._reported[path] = identity
-            log.info(
-                "%s is %s (same file), done already: not reported again",
-                escape_controls(path),
-                escape_controls(known[0]),
-            )
-            return
-        if identity != cand.identity:
-            cand.identity = identity
-            cand.stable_since = now
-        if now - cand.stable_since < self.settle_s:  # still changing: wait, however long
-            if not cand.warned_slow and now - cand.first_seen >= self.incomplete_timeout_s:
-                cand.warned_slow = True
-                log.warning(
-                    "%s: still being written %.0f s after it appeared; waiting for it",
-                    escape_controls(path),
-                    now - cand.first_seen,
-                )
-            return
-        name = os.path.basename(path)
-        if any(fnmatch.fnmatchcase(name, p) for p in UNSUPPORTED_PATTERNS):
-            suffix = name.rsplit(".", 1)[1]
-            self._reject(
-                path,
-                identity,
-                "unsupported_compression",
-                f"{path}: a FITS file compressed as a whole (.{suffix}) is not read; decompress "
-                "it, or tile-compress it with fpack (*.fits.fz)",
-            )
-            return
-        if cand.incomplete is None or cand.incomplete[0] != identity:
-            # A new identity since the last walk (an unchanged one gives the same verdict).
-            try:
-                cand.fingerprint = check_data(path, check_integrity(path))
-            except IncompleteFileError as exc:
-                cand.incomplete = (identity, exc)
-            except (CorruptFileError, ExposureError) as exc:
-                self._reject(path, identity, exc.reason, str(exc))
-                return
-            except FileNotFoundError:
-                self._forget(path)
-                return
-            except OSError as exc:
-                self._reject(path, identity, "unreadable", f"{path}: {exc}")
-                return
-            else:
-                cand.incomplete = None
-        if cand.incomplete is not None:
-            unchanged = now - cand.stable_since
-            if unchanged < self.incomplete_timeout_s:
-                return
-            exc = cand.incomplete[1]
-            if exc.reason != "zero_tail":
-                detail = f"still incomplete, unchanged for {unchanged:.0f} s"
-                self._reject(path, identity, "truncated", f"{exc} ({detail})")
-                return
-            # Structurally complete, only its data end in zeros with no DATASUM to tell: after
-            # this long unchanged they are taken for data (a copy that resumes is regraded).
-            log.warning(
-                "%s; unchanged for %.0f s: grading it as it is", escape_controls(exc), unchanged
-            )
-        try:
-            after = os.stat(path)
-        except OSError:
-            return  # gone or unreadable since: the next look decides
-        if (after.st_size, after.st_mtime_ns) != identity:
-            return  # changed during the walk: not settled after all
-        self._report(path, identity, (after.st_dev, after.st_ino))
-
-    def _forget(self, path: str) -> None:
-        self._candidates.pop(path, None)
-        self._reported.pop(path, None)
-        self._content.pop(path, None)
-        for file_id, (name, _) in list(self._files.items()):
-            if name == path:
-                del self._files[file_id]
-
-    def _real_name(self, path: str) -> str:
-        """The name of ``path``'s file with no symlink below the drop directory (it is inside)."""
-        real = os.path.realpath(path)
-        rel = os.path.relpath(real, self._root)
-        name = os.path.normpath(os.path.join(os.fspath(self.drop_dir), rel))
-        return path if name == os.path.normpath(path) else name
-
-    def _report(self, path: str, identity: Identity, file_id: tuple[int, int]) -> None:
-        cand = self._candidates.pop(path)
-        self._reported[path] = identity
-        if cand.fingerprint and self._content.get(path) == cand.fingerprint:
-            log.info(
-                "%s: new size or mtime, same content: not reported again", escape_controls(path)
-            )
-            return
-        known = self._files.get(file_id)
-        if known is not None and known[1] == identity:
-            log.info(
-                "%s is %s (same file), reported already: not reported again",
-                escape_controls(path),
-                escape_controls(known[0]),
-            )
-            return
-        name = self._real_name(path)
-        if name != path:
-            # A symlink inside the drop: its target's real name is what the grader opens (it
-            # follows no symlink). The target, watched under that name too, is then known.
-            self._candidates.pop(name, None)
-            self._reported[name] = identity
-        self._files[file_id] = (name, identity)
-        log.info("ready: %s (%d bytes)", escape_controls(name), identity[0])
-        try:
-            self.on_ready(Path(name))
-        except Exception:
-            self._files.pop(file_id, None)
-            if name != path:
-                self._reported.pop(name, None)
-            self._retry_later(path, cand, f"on_ready({escape_controls(name)}) failed")
-            return
-        if cand.fingerprint:
-            self._content[path] = self._content[name] = cand.fingerprint
-
-    def _reject(self, path: str, identity: Identity, reason: str, message: str) -> None:
-        cand = self._candidates.pop(path)
-        self._reported[path] = identity
-        # The message names the file: escaped once here, for the log and for on_reject, which
-        # keeps it as the reason text (the path handed over is the real one).
-        reason, message = escape_controls(reason), escape_controls(message)
-        log.warning("rejected %s: %s: %s", escape_controls(path), reason, message)
-        if cand.file_id is not None:
-            self._files[cand.file_id] = (path, identity)  # its other names: not again
-        try:
-            self.on_reject(Path(path), reason, message)
-        except Exception:
-            if cand.file_id is not None:
-                self._files.pop(cand.file_id, None)
-            what = f"on_reject({escape_controls(path)}, {reason!r}) failed"
-            self._retry_later(path, cand, what)
-
-    def _retry_later(self, path: str, cand: _Candidate, what: str) -> None:
-        """A callback raised: the file must not vanish, so look at it again a little later."""
-        delay = max(self.settle_s, self.poll_s, _MIN_RETRY_S)
-        log.exception("%s; offering it again in %.1f s", what, delay)
-        self._reported.pop(path, None)
-        cand.not_before = time.monotonic() + delay
-        self._candidates[path] = cand

@@ -102,3 +102,24 @@ def test_nothing_imports_the_folders_by_their_bare_names():
     files = [p for f in (*FOLDERS, "tests", "benchmarks") for p in _sources(f)]
     assert len(files) > 150
     assert [hit for p in files for hit in _bare_imports(p)] == []
+
+
+def _bare_names_in_calls(path: Path) -> list[str]:
+    """``importlib.resources.files("streamer")``, ``import_module("ops.x")``: a module named by a
+    string, found from a checkout's folder but not from the wheel."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        arg = node.args[0]
+        value = arg.value if isinstance(arg, ast.Constant) else None
+        bare = isinstance(value, str) and value.split(".")[0] in FOLDERS
+        if name in ("files", "import_module") and bare:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {value}")
+    return found
+
+
+def test_no_module_is_named_by_a_bare_folder_name_in_a_string():
+    files = [p for f in FOLDERS for p in _sources(f)]
+    assert [hit for p in files for hit in _bare_names_in_calls(p)] == []

@@ -1,7 +1,7 @@
 """Whether a CCD's pixels look like a working detector: the checks that quarantine a CCD.
 
-:func:`ccd_problem` runs on the pixels :func:`skygrade.transforms.exposure.read_ccd` returns, before
-any source is measured; a CCD it names a problem for is quarantined, never graded.
+:func:`ccd_problem` runs on the pixels :func:`skygrade.transforms.ccd_pixels.read_ccd` returns,
+before any source is measured; a CCD it names a problem for is quarantined, never graded.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from skygrade.transforms.exposure import CcdPixels
+from skygrade.transforms.ccd_pixels import CcdPixels
 
 __all__ = ["MAX_NAN_FRACTION", "MAX_SATURATED_FRACTION", "MIN_CCD_SIDE", "ccd_problem"]
 

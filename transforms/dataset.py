@@ -22,7 +22,8 @@ from skygrade.models.classes import CLASSES
 from skygrade.models.cnn import hit_vector
 from skygrade.models.summary import stack_summaries
 from skygrade.ops.files import atomic_write_bytes
-from skygrade.transforms.exposure import NIGHT_PATTERN, exposure_id_from_path, read_ccd, read_meta
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.exposure import NIGHT_PATTERN, exposure_id_from_path, read_meta
 from skygrade.transforms.exposure_errors import ExposureError
 from skygrade.transforms.extract import CcdFeatures, features_from_arrow
 from skygrade.transforms.representative import ccd_inputs

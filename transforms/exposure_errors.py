@@ -38,8 +38,9 @@ what to do:
   FITS allows "special records" there, but no MegaCam product writes them and a grading
   pipeline should not guess what they are.
 - ``bad_shape`` / ``bad_extension`` / ``no_ccds`` (from
-  :func:`~skygrade.transforms.exposure.read_meta` / :func:`~skygrade.transforms.exposure.read_ccd`):
-  an extension is not an image, is not 2-D, or the CCDs differ in shape; or there is no CCD at all.
+  :func:`~skygrade.transforms.exposure.read_meta` /
+  :func:`~skygrade.transforms.ccd_pixels.read_ccd`): an extension is not an image, is not 2-D, or
+  the CCDs differ in shape; or there is no CCD at all.
 
 Plain :class:`ExposureError` -- a structurally sound FITS file whose metadata breaks the
 exposure contract: ``missing_exptime``, ``bad_exptime``, ``bad_expnum``, ``bad_date_obs``.

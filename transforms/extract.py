@@ -36,7 +36,8 @@ import sep
 
 from skygrade.ops.config import ExtractConfig
 from skygrade.transforms.ccd_checks import ccd_problem
-from skygrade.transforms.exposure import read_ccd, read_meta
+from skygrade.transforms.ccd_pixels import read_ccd
+from skygrade.transforms.exposure import read_meta
 from skygrade.transforms.exposure_errors import ExposureError
 from skygrade.transforms.fits_walk import check_integrity
 

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from skygrade.ops.config import Config, ConfigError, with_backend
+from skygrade.ops.config import Config, with_backend
+from skygrade.ops.config_values import ConfigError
 from skygrade.streamer.cli_common import (
     EXIT_OK,
     UsageError,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skygrade.ops.config import Config, ConfigError
+from skygrade.ops.config import Config
+from skygrade.ops.config_values import ConfigError
 from skygrade.streamer.cli_common import EXIT_OK, UsageError, add_bundle_option, bundle_from_args
 from skygrade.streamer.daemon import Daemon
 

@@ -1,4 +1,5 @@
-"""Tests for skygrade.ops.alerts: the WARN / ALARM rules, Alertmanager JSON, background delivery."""
+"""Tests for skygrade.ops.alerts (the WARN / ALARM rules) and skygrade.ops.alert_delivery
+(Alertmanager JSON, background delivery)."""
 
 import json
 import logging
@@ -12,16 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from skygrade.ops.alerts import (
-    RULES,
-    Alert,
-    AlertDispatcher,
-    AlertEngine,
-    alertmanager_payload,
-    rfc3339,
-)
-from skygrade.ops.config import AlertsConfig, parse_config
-from skygrade.ops.config_schema import ConfigError
+from skygrade.ops.alert_delivery import AlertDispatcher, alertmanager_payload, rfc3339
+from skygrade.ops.alerts import RULES, Alert, AlertEngine
+from skygrade.ops.config import parse_config
+from skygrade.ops.config_daemon import AlertsConfig
+from skygrade.ops.config_values import ConfigError
 from skygrade.ops.metrics import Metrics
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

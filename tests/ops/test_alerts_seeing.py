@@ -5,8 +5,9 @@ import math
 import pytest
 
 from skygrade.ops.alerts import RULES, AlertEngine
-from skygrade.ops.config import AlertsConfig, parse_config
-from skygrade.ops.config_schema import ConfigError
+from skygrade.ops.config import parse_config
+from skygrade.ops.config_daemon import AlertsConfig
+from skygrade.ops.config_values import ConfigError
 
 
 def row(eid, seeing=None, status="graded", **extra):

@@ -21,15 +21,8 @@ from skygrade.ops.config import (
     load_config,
     parse_config,
 )
-from skygrade.ops.config_schema import (
-    ConfigError,
-    FrozenMap,
-    Problem,
-    config_section,
-    section,
-    setting,
-    to_dict,
-)
+from skygrade.ops.config_schema import config_section, section, setting, to_dict
+from skygrade.ops.config_values import ConfigError, FrozenMap, Problem
 from skygrade.ops.config_yaml import render_yaml
 
 EXAMPLE = Path(__file__).parents[2] / "ops" / "skygrade.example.yaml"

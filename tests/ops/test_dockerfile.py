@@ -113,10 +113,12 @@ def package_files() -> list[str]:
     setuptools = project["tool"]["setuptools"]
     files = []
     included = setuptools["packages"]["find"]["include"]
+    assert included == ["skygrade*"], included
+    files.append(REPO / "skygrade" / "__init__.py")
     for package in ("streamer", "transforms", "models", "ops"):
-        assert any(package.startswith(p.rstrip("*")) for p in included), package
+        files.append(REPO / "skygrade" / package)  # the link, copied as a link
         files += [p for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts]
-        for pattern in setuptools["package-data"].get(package, []):
+        for pattern in setuptools["package-data"].get(f"skygrade.{package}", []):
             files += [p for p in (REPO / package).glob(pattern) if p.is_file()]
     return sorted(str(p.relative_to(REPO)) for p in files)
 

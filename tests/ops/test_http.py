@@ -301,7 +301,7 @@ def test_invalid_bounds(metrics, kwargs, match):
 
 def test_the_config_defaults_are_the_servers():
     from skygrade.ops import http
-    from skygrade.ops.config import MetricsConfig
+    from skygrade.ops.config_daemon import MetricsConfig
 
     cfg = MetricsConfig()
     assert (cfg.request_timeout_s, cfg.max_connections) == (

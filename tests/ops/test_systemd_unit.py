@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skygrade.ops.config import WatchConfig
+from skygrade.ops.config_daemon import WatchConfig
 from skygrade.streamer.cli import build_parser
 
 UNIT = Path(__file__).resolve().parents[2] / "ops" / "skygrade.service"

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from skygrade.ops.config import Config, MetricsConfig, WatchConfig
+from skygrade.ops.config import Config
+from skygrade.ops.config_daemon import MetricsConfig, WatchConfig
 
 #: How long the guard waits for threads that are still shutting down.
 THREAD_JOIN_GRACE_S = 2.0

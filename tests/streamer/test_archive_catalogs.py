@@ -17,7 +17,7 @@ from skygrade.streamer.archive_catalogs import (
 from skygrade.streamer.sky_plan import Geometry
 from skygrade.streamer.telescope import simulate_archive
 from skygrade.transforms.catalog_files import REQUIRED_COLUMNS, read_catalog
-from skygrade.transforms.exposure import read_ccd
+from skygrade.transforms.ccd_pixels import read_ccd
 
 
 @pytest.fixture(scope="module")

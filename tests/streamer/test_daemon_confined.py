@@ -121,7 +121,7 @@ def test_the_http_bounds_come_from_the_config(bundle, tmp_path, daemon_config):
     21, item 12)."""
     import dataclasses
 
-    from skygrade.ops.config import MetricsConfig
+    from skygrade.ops.config_daemon import MetricsConfig
 
     cfg = dataclasses.replace(
         daemon_config, metrics=MetricsConfig(port=0, request_timeout_s=3.5, max_connections=5)

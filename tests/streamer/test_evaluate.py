@@ -240,7 +240,7 @@ def test_pipeline_metrics_apply_the_saturated_sky_rule(tmp_path):
 
     from skygrade.models.classes import CLASSES
     from skygrade.models.train import Dataset
-    from skygrade.streamer.evaluate import pipeline_metrics
+    from skygrade.streamer.evaluation_tables import pipeline_metrics
 
     def record(exposure_id, ccd, reason):
         q = tmp_path / "_quarantine"

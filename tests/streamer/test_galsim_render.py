@@ -12,8 +12,9 @@ from skygrade.models.classes import CLASSES  # noqa: E402
 from skygrade.streamer import galsim_render as gr  # noqa: E402
 from skygrade.streamer.galsim_ccd import render_ccd, trail_path  # noqa: E402
 from skygrade.streamer.galsim_spec import FILTERS, PIXEL_SCALE, Mosaic, plan_archive  # noqa: E402
+from skygrade.transforms.ccd_pixels import read_ccd  # noqa: E402
 from skygrade.transforms.dataset import find_archive  # noqa: E402
-from skygrade.transforms.exposure import read_ccd, read_meta  # noqa: E402
+from skygrade.transforms.exposure import read_meta  # noqa: E402
 
 MOSAIC = Mosaic(2, 256, 512)
 

@@ -17,8 +17,8 @@ from skygrade.streamer.observer import Observer
 from skygrade.streamer.page_images import focal_plane_layout
 from skygrade.streamer.sky_fits import exposure_bytes
 from skygrade.streamer.sky_plan import Geometry, _ccd_origin, _layout, plan_night
+from skygrade.transforms.ccd_pixels import read_ccd
 from skygrade.transforms.confined_reads import pinned
-from skygrade.transforms.exposure import read_ccd
 from skygrade.transforms.exposure_errors import ExposureError
 from skygrade.transforms.grades_dataset import GradesDataset
 from tests.helpers.http import get

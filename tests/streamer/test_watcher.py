@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import skygrade.streamer.drop_checks as drop_checks_mod
 import skygrade.streamer.watcher as watcher_mod
 import skygrade.transforms.confined_reads as confined_reads_mod
 from skygrade.streamer.sky_fits import exposure_bytes
@@ -454,7 +455,7 @@ def test_a_gzipped_fits_file_is_rejected_once_settled_not_ignored(drop, start_wa
     import gzip
 
     opened = []
-    monkeypatch.setattr(watcher_mod, "check_integrity", lambda p: opened.append(p))
+    monkeypatch.setattr(drop_checks_mod, "check_integrity", lambda p: opened.append(p))
     rec = Recorder()
     start_watcher(rec)
     path = drop / "2817001o.fits.gz"
@@ -479,13 +480,13 @@ def test_corrupt_file_rejected_with_its_reason(drop, start_watcher):
 
 def test_symlink_outside_drop_refused_without_opening(drop, start_watcher, tmp_path, monkeypatch):
     opened = []
-    real_check = watcher_mod.check_integrity
+    real_check = drop_checks_mod.check_integrity
 
     def spy(path):
         opened.append(os.fspath(path))
         return real_check(path)
 
-    monkeypatch.setattr(watcher_mod, "check_integrity", spy)
+    monkeypatch.setattr(drop_checks_mod, "check_integrity", spy)
     outside = tmp_path / "secret" / "2817001o.fits"
     outside.parent.mkdir()
     outside.write_bytes(exposure())
@@ -556,14 +557,14 @@ def test_unreadable_file_rejected(drop, start_watcher, monkeypatch):
 
     # Tests run as root, so chmod 000 would not stop a read: refuse the open instead.
     monkeypatch.setattr(confined_reads_mod, "open", guarded_open, raising=False)
-    real_check = watcher_mod.check_integrity
+    real_check = drop_checks_mod.check_integrity
 
     def flaky_disk(path):
         if os.fspath(path).endswith("eio.fits"):
             raise OSError(5, "Input/output error", os.fspath(path))
         return real_check(path)
 
-    monkeypatch.setattr(watcher_mod, "check_integrity", flaky_disk)
+    monkeypatch.setattr(drop_checks_mod, "check_integrity", flaky_disk)
     rec = Recorder()
     start_watcher(rec)
     (drop / "locked.fits").write_bytes(exposure())

@@ -1,5 +1,5 @@
-"""Tests for skygrade.transforms.exposure: the header walk, metadata, CCD reads and CCD
-quarantine."""
+"""Tests for skygrade.transforms.exposure (metadata), skygrade.transforms.ccd_pixels (CCD reads),
+the header walk and CCD quarantine."""
 
 from __future__ import annotations
 
@@ -16,18 +16,12 @@ import pytest
 from astropy.io import fits
 
 from skygrade.transforms import ccd_checks, confined_reads, exposure_errors, fits_header, fits_walk
+from skygrade.transforms import ccd_pixels as px
 from skygrade.transforms import exposure as ex
 from skygrade.transforms.ccd_checks import ccd_problem
+from skygrade.transforms.ccd_pixels import CcdPixels, iter_ccds, read_ccd
 from skygrade.transforms.confined_reads import pinned
-from skygrade.transforms.exposure import (
-    CcdPixels,
-    CcdRef,
-    ccd_refs,
-    iter_ccds,
-    observing_night,
-    read_ccd,
-    read_meta,
-)
+from skygrade.transforms.exposure import CcdRef, ccd_refs, observing_night, read_meta
 from skygrade.transforms.exposure_errors import CorruptFileError, ExposureError, IncompleteFileError
 from skygrade.transforms.fits_header import BLOCK
 from skygrade.transforms.fits_walk import check_integrity
@@ -877,7 +871,7 @@ def test_a_pinned_file_is_read_through_its_descriptor_whatever_the_name_becomes(
         )
         if meta.source is not None:  # Linux: a CCD worker opens the descriptor by /proc
             code = (
-                "import sys, numpy as np; from skygrade.transforms.exposure import read_ccd; "
+                "import sys, numpy as np; from skygrade.transforms.ccd_pixels import read_ccd; "
                 "d = read_ccd(sys.argv[1], 1, source=sys.argv[2], "
                 "file_id=(int(sys.argv[3]), int(sys.argv[4]))).data; "
                 "print(float(d.sum()))"
@@ -969,7 +963,7 @@ def test_a_ccd_reader_refuses_another_file_than_the_one_pinned(tmp_path, mef):
 
 
 @pytest.mark.parametrize(
-    "module", [ex, exposure_errors, confined_reads, fits_header, fits_walk, ccd_checks]
+    "module", [ex, px, exposure_errors, confined_reads, fits_header, fits_walk, ccd_checks]
 )
 def test_module_imports_no_beam(module):
     tree = ast.parse(Path(module.__file__).read_text())

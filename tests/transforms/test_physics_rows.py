@@ -136,7 +136,8 @@ def test_reason_without_stars_has_no_seeing_and_physics_never_change_the_grade()
 def test_photzp_and_the_bias_level_come_from_the_headers(exposure, tmp_path):
     from astropy.io import fits
 
-    from skygrade.transforms.exposure import read_ccd, read_meta
+    from skygrade.transforms.ccd_pixels import read_ccd
+    from skygrade.transforms.exposure import read_meta
 
     _, path = exposure
     assert read_meta(path).photzp is None

@@ -23,7 +23,8 @@ from skygrade.transforms.catalog_files import (
     catalog_columns_to_features,
     read_catalog,
 )
-from skygrade.transforms.exposure import CcdPixels, ExposureMeta
+from skygrade.transforms.ccd_pixels import CcdPixels
+from skygrade.transforms.exposure import ExposureMeta
 from skygrade.transforms.exposure_errors import ExposureError
 from skygrade.transforms.extract import (
     FEATURE_COLUMNS,
