@@ -30,6 +30,7 @@ one row per (``exposure_id``, ``model_version``); filter on ``model_version`` fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -41,8 +42,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
+from skygrade.models.bundle import read_manifest
+from skygrade.models.classes import CLASSES
+from skygrade.ops.config import config_digest
+from skygrade.streamer.ccd_pool import pooled, shutdown_pool
+from skygrade.streamer.dask_runner import scheduler_for
+from skygrade.streamer.pipelines import DASK_RUNNERS, make_pipeline, pipeline_options
+from skygrade.streamer.progress import Progress
+from skygrade.transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
+from skygrade.transforms.exposure import NIGHT_PATTERN, exposure_id_from_path
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.extract import make_backend
 from skygrade.transforms.grades_dataset import GradesDataset, exposure_file_name
+from skygrade.transforms.grading import GradeExposures
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -95,10 +109,6 @@ def find_exposures(
     FileNotFoundError
         ``archive`` is not a directory.
     """
-    from skygrade.transforms.dataset import CATALOG_PATTERNS, EXPOSURE_PATTERNS
-    from skygrade.transforms.exposure import NIGHT_PATTERN, exposure_id_from_path
-    from skygrade.transforms.exposure_errors import ExposureError
-    from skygrade.transforms.extract import make_backend
 
     root = Path(archive)
     if not root.is_dir():
@@ -318,7 +328,6 @@ class BackfillSummary:
 
     def text(self) -> str:
         """A few lines for the terminal."""
-        from skygrade.models.classes import CLASSES
 
         counts = self.grade_counts
         graded = sum(counts.values())
@@ -397,12 +406,6 @@ def run_backfill(
     -------
     BackfillSummary
     """
-    from skygrade.models.bundle import read_manifest
-    from skygrade.ops.config import config_digest
-    from skygrade.streamer.ccd_pool import pooled, shutdown_pool
-    from skygrade.streamer.pipelines import make_pipeline, pipeline_options
-    from skygrade.streamer.progress import Progress
-    from skygrade.transforms.grading import GradeExposures
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -452,15 +455,9 @@ def run_backfill(
 def _scheduler(options: PipelineOptions):
     """A context giving the options to run with: a local Dask cluster for the Dask runner
     without a scheduler, ``options`` unchanged otherwise."""
-    import contextlib
-
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    from skygrade.streamer.pipelines import DASK_RUNNERS
 
     if options.view_as(StandardOptions).runner not in DASK_RUNNERS:
         return contextlib.nullcontext(options)
-    from skygrade.streamer.dask_runner import scheduler_for
 
     return scheduler_for(options)
 

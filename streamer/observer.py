@@ -79,6 +79,8 @@ from skygrade.streamer.observer_views import (
     waiting_rows,
 )
 from skygrade.streamer.page_images import focal_plane_layout, thumbnail_png
+from skygrade.streamer.preview import PreviewCache, PreviewError, Previews, hits_png
+from skygrade.transforms.exposure import ExposureError, observing_night
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,6 @@ class Observer:
         waiting: Callable[[], list[dict]] | None = None,
         drop_dir=None,
     ):
-        from skygrade.streamer.preview import PreviewCache, Previews
 
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
@@ -192,7 +193,6 @@ class Observer:
         nights = self.index.nights()
         if nights:
             return nights[-1]
-        from skygrade.transforms.exposure import observing_night
 
         return observing_night(dt.datetime.now(dt.UTC))
 
@@ -326,8 +326,6 @@ class Observer:
     def _preview_png(self, make) -> Response:
         """A pixel preview (:mod:`skygrade.streamer.preview`); 404 when there is no drop directory,
         the file is not (any more) that exposure in it, or it cannot be read."""
-        from skygrade.streamer.preview import PreviewError
-        from skygrade.transforms.exposure import ExposureError
 
         if self.previews is None:
             return _NOT_FOUND
@@ -357,7 +355,6 @@ class Observer:
 
     def hits(self, request: Request) -> Response:
         """``/hits``: a CCD's SOM hits by cluster over its representative image."""
-        from skygrade.streamer.preview import hits_png
 
         row, c = self._ccd_row(request)
         if c is None or not c.get("hits"):

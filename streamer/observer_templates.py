@@ -13,6 +13,7 @@ from __future__ import annotations
 from importlib import resources
 from urllib.parse import quote
 
+import jinja2
 from markupsafe import Markup
 
 from skygrade.streamer.night_summary import GRADE_COLORS
@@ -41,7 +42,6 @@ def asset(name: str) -> bytes:
 
 def _environment():
     """The templates (``observer_assets/*.html.j2``), every one with HTML autoescaping."""
-    import jinja2
 
     pkg = resources.files("skygrade.streamer") / "observer_assets"
     sources = {

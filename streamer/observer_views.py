@@ -29,6 +29,7 @@ from skygrade.ops.text import duration_text
 from skygrade.streamer.night_summary import GRADE_COLORS, PHYSICAL, summarize, trends
 from skygrade.streamer.observer_templates import TEMPLATES, page_url, render
 from skygrade.streamer.page_images import focal_plane_layout
+from skygrade.streamer.preview import PREVIEW_HEIGHT, hit_grid
 
 if TYPE_CHECKING:
     from skygrade.streamer.observer_index import NightIndex
@@ -386,7 +387,6 @@ def render_ccd_detail(
     representative image's tiles) and the representative image of a CCD; with ``preview``
     (a URL) its binned pixels beside it, with ``hits_png`` the hits drawn over the tiles as
     ``skygrade inspect`` draws them."""
-    from skygrade.streamer.preview import PREVIEW_HEIGHT, hit_grid
 
     facts = [
         ("status", c.get("status")),

@@ -11,6 +11,8 @@ import zlib
 
 import numpy as np
 
+from skygrade.transforms.grades_dataset import IMAGE_RANGE
+
 MEGACAM_COLUMNS = 9
 """MegaCam's 36 science CCDs are 4 rows of 9 (``ccd00`` top left, as the simulator and
 ``skygrade inspect`` lay them out); 40-CCD products put the guide CCDs 36-39 on a fifth row."""
@@ -72,7 +74,6 @@ def png_gray8(image: np.ndarray) -> bytes:
 
 
 def _stretch_lut() -> np.ndarray:
-    from skygrade.transforms.grades_dataset import IMAGE_RANGE
 
     lo, hi = IMAGE_RANGE
     values = lo + np.arange(256) * (hi - lo) / 255.0

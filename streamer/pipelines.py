@@ -12,12 +12,36 @@ import json
 import logging
 import os
 import re
+import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+import numpy as np
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+from google.protobuf import struct_pb2
+
+from skygrade.models.bundle import read_manifest
+from skygrade.models.train import Dataset
+from skygrade.ops.config import config_digest
+from skygrade.ops.files import atomic_write_text, write_parquet_atomic
+from skygrade.streamer.ccd_pool import pooled, shutdown_pool
+from skygrade.streamer.dask_runner import SkygradeDaskRunner, dask_options
+from skygrade.streamer.progress import Progress
+from skygrade.transforms.dataset import BuildShards, read_shard
+from skygrade.transforms.exposure import exposure_id_from_path, read_meta
+from skygrade.transforms.exposure_errors import ExposureError
+from skygrade.transforms.extract import SepParams, features_to_arrow, make_backend
+from skygrade.transforms.grades_dataset import GradesDataset
+from skygrade.transforms.grading import GradeExposures
+from skygrade.transforms.quarantine import QUARANTINE, Quarantined
+from skygrade.transforms.sinks import WriteGrades
+from skygrade.transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
 
 if TYPE_CHECKING:
     from skygrade.models.train import Dataset
@@ -53,8 +77,6 @@ def pipeline_options(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if runner in DASK_RUNNERS:
-        from skygrade.streamer.dask_runner import dask_options
-
         runner = "DaskRunner"
         sized = any(e.startswith(("--dask_npartitions", "--dask_partition_size")) for e in extra)
         extra = [*dask_options(workers, partition_size=None if sized else 1), *extra]
@@ -68,9 +90,6 @@ def pipeline_options(
 def _worker_provision():
     """Provision info for local worker subprocesses: they log every start-up step at INFO to
     our stderr unless their pipeline options (empty by default) set a level."""
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
-    from google.protobuf import struct_pb2
 
     level = "INFO" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"
     options = struct_pb2.Struct()
@@ -85,18 +104,13 @@ def _worker_provision():
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A pipeline on the runner named in ``options`` (FnApiRunner and the Dask runner built
     directly: Beam does not know ``DaskRunner`` by its short name)."""
-    from apache_beam.options.pipeline_options import StandardOptions
 
     runner = options.view_as(StandardOptions).runner
     if runner == "FnApiRunner":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
         return beam.Pipeline(
             runner=FnApiRunner(provision_info=_worker_provision()), options=options
         )
     if runner in DASK_RUNNERS:
-        from skygrade.streamer.dask_runner import SkygradeDaskRunner
-
         return beam.Pipeline(runner=SkygradeDaskRunner(), options=options)
     return beam.Pipeline(options=options)
 
@@ -111,8 +125,6 @@ class _WriteExposureFeatures(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, item):
-        from skygrade.ops.files import write_parquet_atomic
-        from skygrade.transforms.extract import features_to_arrow
 
         exposure_id, ccds = item
         path = Path(self.out_dir) / f"{exposure_id}.parquet"
@@ -127,7 +139,6 @@ class _WriteQuarantine(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, record):
-        from skygrade.ops.files import atomic_write_text
 
         name = record.exposure_id + ("" if record.ccd is None else f".ccd{record.ccd:02d}")
         path = Path(self.out_dir) / "_quarantine" / f"{name}.json"
@@ -174,10 +185,6 @@ def run_extract(
     dict
         ``written`` (parquet paths) and ``quarantined`` (records) read back from ``out_dir``.
     """
-    from skygrade.streamer.ccd_pool import pooled
-    from skygrade.transforms.extract import SepParams, make_backend
-    from skygrade.transforms.quarantine import QUARANTINE
-    from skygrade.transforms.stages import EXPOSURES, MeasureExposures, OpenExposures
 
     out_dir = str(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -199,7 +206,6 @@ def run_extract(
 
 def summarize_extract(out_dir: str | os.PathLike) -> dict:
     """What an extract run left in ``out_dir``: parquet files and quarantine records."""
-    from skygrade.transforms.quarantine import Quarantined
 
     out = Path(out_dir)
     quarantined = [
@@ -223,7 +229,6 @@ def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say
     ``say`` gets one line ("N cached, extracting M") before the Beam job runs; a progress line
     (stderr) follows the files as they land. Returns the paths that were extracted.
     """
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     features_dir = Path(features_dir)
     quarantined = _quarantined(features_dir)
@@ -239,8 +244,6 @@ def cache_features(items, features_dir: Path, cfg, options: PipelineOptions, say
     ids = [i.exposure_id for i in todo_items]
     with _FilesProgress(features_dir, ids, "features" if say is not None else None):
         if pooled:
-            from skygrade.streamer.ccd_pool import shutdown_pool
-
             try:
                 run_extract(
                     todo,
@@ -287,7 +290,6 @@ class _FilesProgress:
     silent."""
 
     def __init__(self, directory: Path, ids: Sequence[str], label: str | None) -> None:
-        import threading
 
         self.directory, self.ids, self.label = Path(directory), list(ids), label
         self._stop = threading.Event()
@@ -298,7 +300,6 @@ class _FilesProgress:
         return sum(_feature_cached(self.directory, e, quarantined) for e in self.ids)
 
     def _run(self) -> None:
-        from skygrade.streamer.progress import Progress
 
         bar = Progress(len(self.ids), self.label, min_interval_s=30.0)
         seen = 0
@@ -337,12 +338,6 @@ def build_dataset(
         Image flag 1 where the CCD's pixels gave its representative image, 0 for CCDs read
         from SExtractor catalogs; None when no exposure yielded a usable CCD.
     """
-    import shutil
-
-    import numpy as np
-
-    from skygrade.models.train import Dataset
-    from skygrade.transforms.dataset import BuildShards, read_shard
 
     shard_dir = Path(shard_dir)
     shutil.rmtree(shard_dir, ignore_errors=True)
@@ -391,10 +386,6 @@ def run_grade(
 
     Returns the exposure rows written (graded and quarantined), sorted by exposure id.
     """
-    from skygrade.ops.config import config_digest
-    from skygrade.streamer.ccd_pool import pooled
-    from skygrade.transforms.grading import GradeExposures
-    from skygrade.transforms.sinks import WriteGrades
 
     paths = [str(p) for p in paths]
     with make_pipeline(options or pipeline_options()) as p:
@@ -407,7 +398,6 @@ def run_grade(
             )
             | "WriteGrades" >> WriteGrades(out_dir)
         )
-    from skygrade.models.bundle import read_manifest
 
     version = str(read_manifest(bundle)["version"])
     return sorted(read_rows(out_dir, paths, version), key=lambda r: r["exposure_id"])
@@ -416,9 +406,6 @@ def run_grade(
 def read_rows(out_dir: str | os.PathLike, paths: Sequence[str], model_version: str) -> list[dict]:
     """The exposure rows of ``paths`` graded with ``model_version``, read by file name (not by
     scanning the whole dataset, which grows all night)."""
-    from skygrade.transforms.exposure import exposure_id_from_path, read_meta
-    from skygrade.transforms.exposure_errors import ExposureError
-    from skygrade.transforms.grades_dataset import GradesDataset
 
     dataset = GradesDataset(out_dir)
     rows = []

@@ -14,13 +14,19 @@ for, else each exposure's most recently graded row.
 
 from __future__ import annotations
 
+import base64
+import csv
 import datetime as dt
+import io
 import logging
 import math
 import os
+import statistics
 from collections import Counter
 from pathlib import Path
 
+from skygrade.models.classes import CLASSES
+from skygrade.ops.files import atomic_write_text
 from skygrade.ops.text import duration_text
 from skygrade.streamer.night_summary import (
     GRADE_COLORS,
@@ -33,6 +39,8 @@ from skygrade.streamer.night_summary import (
     to_reobserve,
     trends,
 )
+from skygrade.streamer.observer_report import render_static_empty, render_static_night
+from skygrade.transforms.exposure import observing_night
 from skygrade.transforms.grades_dataset import GradesDataset
 
 log = logging.getLogger(__name__)
@@ -106,9 +114,6 @@ def _ut(when: dt.datetime | None) -> str:
 def format_report(night: str, rows: list[dict]) -> str:
     """The text report: header, grades per filter, time lost, physical statistics (when the
     rows have them), hourly timeline (UTC), the exposures to re-observe and the quarantined."""
-    import statistics
-
-    from skygrade.models.classes import CLASSES
 
     s = summarize(rows)
     if not rows:
@@ -215,7 +220,6 @@ def night_axis(night: str, rows: list[dict]) -> tuple[dt.datetime, dt.datetime]:
 def plot_night(night: str, rows: list[dict], png: str | os.PathLike | None = None):
     """Write a PNG of :func:`night_figure`; ``png`` None: return the PNG's bytes instead of a
     path."""
-    import io
 
     fig = night_figure(night, rows)
     if png is None:
@@ -236,11 +240,11 @@ def night_figure(night: str, rows: list[dict]):
     median background and confidence; a panel without a value says so. With no exposure, or
     none graded, only the grade panel, over the night.
     """
+    # matplotlib on first use: the daemon imports this module but draws a night PNG only on
+    # request, and matplotlib costs every process that imports it a second of start-up
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import DateFormatter
     from matplotlib.figure import Figure
-
-    from skygrade.models.classes import CLASSES
 
     timed = [r for r in rows if r["time"] is not None]
     times = [r["time"].astimezone(dt.UTC).replace(tzinfo=None) for r in timed]
@@ -311,8 +315,6 @@ def night_figure(night: str, rows: list[dict]):
 def csv_text(rows: list[dict]) -> str:
     """Every exposure of ``rows`` as CSV (:data:`CSV_COLUMNS`, then the :data:`PHYSICAL`
     columns the rows have); ``time`` in ISO 8601 UTC."""
-    import csv
-    import io
 
     extra = [c for c, *_ in PHYSICAL if any(c in r for r in rows)]
     buf = io.StringIO()
@@ -333,7 +335,6 @@ def csv_text(rows: list[dict]) -> str:
 
 def write_png(out_dir, night: str | None, path: str | os.PathLike) -> Path:
     """The plot of an empty dataset (``night`` None: tonight's axis) or of a night."""
-    from skygrade.transforms.exposure import observing_night
 
     night = night or observing_night(dt.datetime.now(dt.UTC))
     rows = night_rows(out_dir, night) if GradesDataset(out_dir).has_exposures() else []
@@ -353,10 +354,6 @@ def write_html(
     filter and the plot inlined; ``csv``: the name of the CSV written beside it, linked. ``night``
     None: the short page of a dataset with no night yet.
     """
-    import base64
-
-    from skygrade.ops.files import atomic_write_text
-    from skygrade.streamer.observer_report import render_static_empty, render_static_night
 
     if night is None:
         return atomic_write_text(path, render_static_empty(out_dir))

@@ -31,8 +31,16 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms import environments
 
+from skygrade.models.bundle import read_manifest
+from skygrade.ops.config import config_digest
+from skygrade.streamer.ccd_pool import pooled
+from skygrade.streamer.pipelines import _worker_provision, pipeline_options
 from skygrade.transforms.grades_dataset import stored_row
+from skygrade.transforms.grading import GradeExposures
+from skygrade.transforms.sinks import WriteGrades
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +108,6 @@ class GradingSession:
     """
 
     def __init__(self, out_dir, bundle, cfg, ccd_workers: int = 2) -> None:
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        from skygrade.models.bundle import read_manifest
-        from skygrade.ops.config import config_digest
-        from skygrade.streamer.ccd_pool import pooled
-        from skygrade.streamer.pipelines import _worker_provision, pipeline_options
-        from skygrade.transforms.grading import GradeExposures
-        from skygrade.transforms.sinks import WriteGrades
 
         self.out_dir = os.fspath(out_dir)
         self.model_version = str(read_manifest(bundle)["version"])
@@ -140,7 +140,6 @@ class GradingSession:
         Raises whatever the pipeline raised (a sink on a read-only disk, say): nothing is
         half-written, since every file is written atomically, and the caller may retry.
         """
-        from apache_beam.transforms import environments
 
         paths = [str(p) for p in paths]
         with _LOCK:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sep
 from astropy.io import fits
 
 from skygrade.transforms.catalog_files import (
@@ -100,7 +101,6 @@ def estimate_seeing(
     >>> estimate_seeing(np.zeros((64, 64), np.float32)) is None
     True
     """
-    import sep
 
     height, width = data.shape
     y0, x0 = max(0, (height - size) // 2), max(0, (width - size) // 2)
