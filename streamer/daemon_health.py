@@ -26,9 +26,10 @@ class DaemonHealth:
 
     def waiting(self) -> list[dict]:
         """The files held but not graded yet, for the observer page's Waiting panel: the
-        watcher's files still being copied (``copying``, ``incomplete``: :meth:`DropWatcher.
-        pending`) and the ledger's ``seen`` rows (``incoming``, since they were ready). A
-        file in both (graded once, being rewritten) is listed once, as the watcher sees it."""
+        watcher's files still being copied (``copying``, ``incomplete``:
+        :meth:`DropWatcher.pending`) and the ledger's ``seen`` rows (``incoming``, since they
+        were ready). A file in both (graded once, being rewritten) is listed once, as the
+        watcher sees it."""
         watcher, ledger = getattr(self, "watcher", None), self.ledger
         copying = [] if watcher is None else watcher.pending()
         seen = {w["path"] for w in copying}
