@@ -13,9 +13,12 @@ The CNN is an :class:`~skygrade.models.cnn.EnsembleNet` of ``cnn.members`` netwo
 different seeds; scoring averages their log-probabilities. Format ``skygrade-bundle/1`` (a single
 network, before ensembles) still loads, as a one-member ensemble.
 
-A bundle whose manifest does not match this code (format, classes, SOM features, CNN inputs) is
-refused with a message saying what differs: grading with a mismatched model would be silently
-wrong.
+A bundle names the inputs it was trained on (``cnn.aux_features``): any distinct subset of this
+code's :data:`~skygrade.models.cnn.AUX_FEATURES`, in any order. Scoring hands it those columns
+(:meth:`ModelBundle.select_inputs`), so a statistic added to the code does not void the bundles
+trained before it. A bundle whose manifest does not match this code otherwise (format, classes,
+SOM features, an input this code does not compute) is refused with a message saying what
+differs: grading with a mismatched model would be silently wrong.
 """
 
 from __future__ import annotations
@@ -78,6 +81,24 @@ class ModelBundle:
         return self.manifest.get("ood")
 
     @property
+    def aux_features(self) -> tuple[str, ...]:
+        """The per-CCD scalars this bundle's CNN reads, in its order (all of
+        :data:`~skygrade.models.cnn.AUX_FEATURES` for a bundle not yet saved)."""
+        return tuple(self.manifest.get("cnn", {}).get("aux_features", AUX_FEATURES))
+
+    @property
+    def input_columns(self) -> np.ndarray:
+        """Columns of a :func:`~skygrade.models.cnn.hit_vector` (hit fractions, then this code's
+        AUX_FEATURES) that this bundle's CNN reads, in its order."""
+        n = self.cnn.shape.n_clusters
+        where = {name: n + k for k, name in enumerate(AUX_FEATURES)}
+        return np.array([*range(n), *(where[name] for name in self.aux_features)])
+
+    def select_inputs(self, vector: np.ndarray) -> np.ndarray:
+        """The columns of ``vector`` (B, n_clusters + len(AUX_FEATURES)) this bundle reads."""
+        return np.asarray(vector)[:, self.input_columns]
+
+    @property
     def tile(self) -> int:
         return int(self.manifest["cnn"]["shape"]["tile"])
 
@@ -98,7 +119,7 @@ class ModelBundle:
             cnn={
                 "file": CNN_FILE,
                 "shape": self.cnn.shape.as_dict(),
-                "aux_features": list(AUX_FEATURES),
+                "aux_features": list(self.aux_features),
                 "members": len(self.cnn),
                 "combine": COMBINE,
             },
@@ -146,11 +167,23 @@ def read_manifest(path: str | os.PathLike) -> dict:
     expect("classes", manifest.get("classes"), list(CLASSES))
     som, cnn = manifest.get("som", {}), manifest.get("cnn", {})
     expect("som.features", som.get("features"), list(SOM_FEATURES))
-    expect("cnn.aux_features", cnn.get("aux_features"), list(AUX_FEATURES))
+    aux = cnn.get("aux_features")
+    if not isinstance(aux, list) or not all(isinstance(a, str) for a in aux):
+        problems.append(f"cnn.aux_features is {aux!r}, it must list the CNN's input names")
+        aux = list(AUX_FEATURES)
+    unknown = [a for a in aux if a not in AUX_FEATURES]
+    if unknown:
+        problems.append(
+            f"cnn.aux_features names {', '.join(map(repr, unknown))}, which this code does not "
+            f"compute (it computes {', '.join(AUX_FEATURES)})"
+        )
+    repeated = sorted({a for a in aux if aux.count(a) > 1})
+    if repeated:
+        problems.append(f"cnn.aux_features names {', '.join(map(repr, repeated))} twice")
     shape = cnn.get("shape", {})
     expect("cnn.shape.n_clusters", shape.get("n_clusters"), som.get("n_clusters"))
     expect("cnn.shape.n_classes", shape.get("n_classes"), len(CLASSES))
-    expect("cnn.shape.n_aux", shape.get("n_aux"), len(AUX_FEATURES))
+    expect("cnn.shape.n_aux", shape.get("n_aux"), len(aux))
     if fmt == FORMAT:
         members = cnn.get("members")
         if not isinstance(members, int) or isinstance(members, bool) or members < 1:
@@ -158,7 +191,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         expect("cnn.combine", cnn.get("combine"), COMBINE)
     ood = manifest.get("ood")
     if ood is not None:
-        n_inputs = (shape.get("n_clusters") or 0) + len(AUX_FEATURES)
+        n_inputs = (shape.get("n_clusters") or 0) + len(aux)
         for key in ("names", "center", "scale"):
             if not isinstance(ood.get(key), list) or len(ood[key]) != n_inputs:
                 problems.append(f"ood.{key} must list {n_inputs} values (one per CNN input)")

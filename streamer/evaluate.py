@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -317,11 +318,15 @@ def _reference_set(
 
 def _cnn_probabilities(bundle, data, ref_ccds: list) -> dict[str, np.ndarray]:
     """The CNN's CCD probabilities in every mode (:func:`skygrade.models.evaluate.ablation_probs`),
-    the image-only mode with the reference CCDs' mean hits vector."""
+    the image-only mode with the reference CCDs' mean hits vector; the network reads the
+    inputs its bundle names (:meth:`~skygrade.models.bundle.ModelBundle.select_inputs`)."""
 
+    data = replace(data, vector=bundle.select_inputs(data.vector))
     mean_vector = mean_hits_vector([c for ccds in ref_ccds for c in ccds], bundle.som)
     if mean_vector is None:  # no reference CCD with a clean source: the evaluated CCDs' mean
         mean_vector = data.vector.mean(0)
+    else:
+        mean_vector = bundle.select_inputs(mean_vector[None])[0]
     return ablation_probs(bundle.cnn, data, mean_vector)
 
 

@@ -52,7 +52,8 @@ def load_bundle_cached(path: str | os.PathLike) -> ModelBundle:
 def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (len(batch), n_classes) of CCD inputs, tempered by their
     out-of-distribution scores (:mod:`skygrade.models.ood`), and those scores (NaN without a
-    reference in the bundle)."""
+    reference in the bundle). The network reads the inputs its bundle names
+    (:meth:`~skygrade.models.bundle.ModelBundle.select_inputs`)."""
     image = np.stack([x.image for x in batch])
     vector = hit_vector(
         np.stack([x.hits for x in batch]),
@@ -61,6 +62,7 @@ def score_batch(bundle: ModelBundle, batch: Sequence[CcdInputs]) -> tuple[np.nda
         np.array([x.area_mpx for x in batch]),
         stack_summaries([x.summary for x in batch]),
     )
+    vector = bundle.select_inputs(vector)
     present = np.array([1.0 if x.has_image else 0.0 for x in batch], dtype=np.float32)
     ood = ood_scores(vector, bundle.ood)
     return temper(predict_proba(bundle.cnn, image, vector, present), ood), ood

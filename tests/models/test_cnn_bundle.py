@@ -139,6 +139,24 @@ def test_ccd_summary_tells_a_linear_trail_from_an_erratic_one():
     assert linear[i("log_major_over_radius")] > good[i("log_major_over_radius")] + 0.2
 
 
+def test_ccd_summary_sees_doubled_images_that_no_shape_statistic_sees():
+    """A mount that jumped draws every star twice, each image round: twin_fraction ~0.5 on the
+    doubled CCD, ~0 on a single image of the same sky, on positions alone."""
+    rng = np.random.default_rng(8)
+    once = _sources(400, rng, 1024, 2306)
+    twice = {k: np.r_[v, v] for k, v in once.items()}
+    twice["X_IMAGE"] = np.r_[once["X_IMAGE"], once["X_IMAGE"] + 41.0]
+    twice["Y_IMAGE"] = np.r_[once["Y_IMAGE"], once["Y_IMAGE"] - 17.0]
+    twice["FLUX"] = np.r_[once["FLUX"], 0.7 * once["FLUX"]]
+    i = SUMMARY_FEATURES.index
+    single, doubled = ccd_summary(once, 60.0), ccd_summary(twice, 60.0)
+    assert single[i("twin_fraction")] < 0.03
+    assert doubled[i("twin_fraction")] > 0.3  # a twin of 0.7x the flux may miss the 300
+    assert doubled[i("log_elongation")] == pytest.approx(single[i("log_elongation")], abs=0.02)
+    few = {k: v[:15] for k, v in twice.items()}  # under TWIN_MIN_SOURCES measured: unmeasured
+    assert np.isnan(ccd_summary(few, 60.0)[i("twin_fraction")])
+
+
 def test_ccd_summary_without_optional_columns_or_sources():
     rng = np.random.default_rng(5)
     t = _sources(50, rng, 100, 100)
@@ -218,11 +236,21 @@ def test_bundle_round_trip(bundle, tmp_path):
         (lambda m: m["som"].update(features=["X"]), "som.features is"),
         (lambda m: m["cnn"]["shape"].update(n_clusters=12), "cnn.shape.n_clusters is 12"),
         (lambda m: m.update(format="other/9"), "format is 'other/9'"),
-        # A bundle of the older input vector (3 per-CCD scalars, no summary statistics).
+        # Inputs named but a shape of other inputs: the weights could not read them.
         (
             lambda m: m["cnn"].update(aux_features=list(AUX_FEATURES[:3])),
-            "cnn.aux_features is",
+            f"cnn.shape.n_aux is {len(AUX_FEATURES)}, this code needs 3",
         ),
+        # An input this code does not compute, one named twice, no list at all.
+        (
+            lambda m: m["cnn"].update(aux_features=[*AUX_FEATURES[:-1], "moon_phase"]),
+            "names 'moon_phase', which this code does not compute",
+        ),
+        (
+            lambda m: m["cnn"].update(aux_features=[*AUX_FEATURES[:-1], AUX_FEATURES[0]]),
+            f"names '{AUX_FEATURES[0]}' twice",
+        ),
+        (lambda m: m["cnn"].update(aux_features="all"), "cnn.aux_features is 'all'"),
     ],
 )
 def test_mismatched_manifest_is_refused(bundle, tmp_path, edit, message):
@@ -232,6 +260,37 @@ def test_mismatched_manifest_is_refused(bundle, tmp_path, edit, message):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=message):
         load_bundle(path)
+
+
+def test_a_bundle_trained_before_a_statistic_existed_loads_and_reads_its_own_inputs(
+    bundle, tmp_path
+):
+    """A bundle names its inputs: one trained without ``twin_fraction`` (the shipped one) loads
+    under code that computes it, and its network is handed exactly the columns it knows, in its
+    order, whatever this code appends."""
+    older = [a for a in AUX_FEATURES if a != "twin_fraction"][::-1]  # another order, too
+    shape = CnnShape(tile=16, n_aux=len(older))
+    torch.manual_seed(2)
+    old = ModelBundle(bundle.som, DualInputNet(shape), {"cnn": {"aux_features": older}})
+    back = load_bundle(old.save(tmp_path / "old"))
+    assert back.aux_features == tuple(older)
+    image, vector = batch(4)
+    assert vector.shape[1] == SMALL.n_clusters + len(AUX_FEATURES)
+    picked = back.select_inputs(vector)
+    assert picked.shape == (4, shape.n_clusters + len(older))
+    for k, name in enumerate(older):
+        np.testing.assert_array_equal(
+            picked[:, shape.n_clusters + k], vector[:, SMALL.n_clusters + AUX_FEATURES.index(name)]
+        )
+    np.testing.assert_array_equal(picked[:, : shape.n_clusters], vector[:, : SMALL.n_clusters])
+    np.testing.assert_array_equal(
+        predict_proba(back.cnn, image, picked, np.ones(4)),
+        predict_proba(old.cnn, image, picked, np.ones(4)),
+    )
+    # a bundle of this code's inputs reads every column, in this code's order
+    np.testing.assert_array_equal(
+        load_bundle(bundle.save(tmp_path / "new")).select_inputs(vector), vector
+    )
 
 
 def test_missing_bundle_and_pickled_weights_are_refused(bundle, tmp_path):
