@@ -25,7 +25,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from skygrade.models.bundle import MANIFEST, ModelBundle, load_bundle
 from skygrade.models.cnn import hit_vector, predict_proba
 from skygrade.models.ood import ood_scores, temper
-from skygrade.models.summary import stack_summaries
+from skygrade.models.summary import SUMMARY_FEATURES, stack_summaries
 from skygrade.transforms.grade import CcdScore
 from skygrade.transforms.representative import CcdInputs
 
@@ -88,7 +88,15 @@ def to_score(
         missing=inputs.missing,
         ood=float(ood),
         physics=inputs.physics,
+        twin_fraction=_twin(inputs.summary),
     )
+
+
+def _twin(summary: np.ndarray | None) -> float:
+    """The ``twin_fraction`` of a CCD's summary statistics (NaN without them)."""
+    if summary is None:
+        return float("nan")
+    return float(np.asarray(summary, dtype=np.float64)[SUMMARY_FEATURES.index("twin_fraction")])
 
 
 def score_ccds(bundle: ModelBundle, inputs: Sequence[CcdInputs]) -> list[CcdScore]:

@@ -110,3 +110,17 @@ def test_unfamiliar_inputs_are_named_in_the_reason():
     assert g.ood == pytest.approx(2.5)
     assert "inputs unlike the training data on 2/3 CCDs (OOD 2.8): confidence lowered" in g.reason
     assert "unlike" not in grade_exposure("100", 1, [score(0, p(GOOD=1.0))]).reason
+
+
+def test_doubled_images_are_named_in_the_reason():
+    """A mount jump doubles every star: the reason says on how many CCDs, and how many of the
+    brightest sources were twinned; a CCD under the threshold, or unmeasured, is not counted."""
+    twins = [0.31, 0.27, 0.05, float("nan")]
+    ccds = [CcdScore("100", i, p(RBT=0.7, BT=0.3), twin_fraction=t) for i, t in enumerate(twins)]
+    g = grade_exposure("100", 4, ccds)
+    assert g.grade == "RBT"
+    assert "; doubled images on 2/4 CCDs (29% of the brightest sources twinned at one offset)" in (
+        g.reason
+    )
+    single = [CcdScore("100", 0, p(GOOD=1.0), twin_fraction=0.01)]
+    assert "doubled" not in grade_exposure("100", 1, single).reason

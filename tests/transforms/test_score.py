@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -8,9 +10,10 @@ from apache_beam.testing.util import assert_that
 from skygrade.models.bundle import ModelBundle
 from skygrade.models.cnn import CnnShape, DualInputNet
 from skygrade.models.som import SOM_FEATURES, train_som
+from skygrade.models.summary import SUMMARY_FEATURES
 from skygrade.transforms.ccd_chain import ExposureInputs
 from skygrade.transforms.representative import CcdInputs
-from skygrade.transforms.score import ScoreExposures, load_bundle_cached, score_batch
+from skygrade.transforms.score import ScoreExposures, load_bundle_cached, score_batch, to_score
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +65,10 @@ def test_score_an_exposure_through_run_inference(bundle_dir):
         exposure = ExposureInputs("meta of exposure 7", items, [])
         scored = p | beam.Create([exposure]) | ScoreExposures(bundle_dir)
         assert_that(scored, check)
+
+
+def test_a_scored_ccd_carries_its_twin_fraction_for_the_reason():
+    summary = np.zeros(len(SUMMARY_FEATURES))
+    summary[SUMMARY_FEATURES.index("twin_fraction")] = 0.3
+    assert to_score(replace(inputs(0), summary=summary), None).twin_fraction == 0.3
+    assert np.isnan(to_score(inputs(1), None).twin_fraction)
