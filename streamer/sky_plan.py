@@ -352,9 +352,10 @@ def _draw_optics_and_jumps(rng: np.random.Generator, label: str) -> dict[str, ob
     # Half of the nights have an astigmatic focal plane: up to 0.06 ellipticity at r = 1
     # (~0.08 in the corners), radial or tangential, on top of the constant part.
     astig = float(rng.uniform(-0.06, 0.06)) if rng.random() < 0.5 else 0.0
-    # A quarter of the tracking failures are jumps (a wind gust, a guide-star swap): the
-    # mount holds, jumps, holds again, and every source is doubled.
-    jump = float(rng.uniform(0.2, 0.5)) if label in ("BT", "RBT") and rng.random() < 0.25 else 0.0
+    # A quarter of the severe tracking failures are jumps (a wind gust, a guide-star swap): the
+    # mount holds, jumps, holds again, and every source is doubled. A doubled sky is RBT
+    # (random, severe bad tracking), never BT: BT is every star trailed along one direction.
+    jump = float(rng.uniform(0.2, 0.5)) if label == "RBT" and rng.random() < 0.25 else 0.0
     return {"psf_astig": astig, "trail_jump": jump}
 
 
