@@ -81,6 +81,12 @@ class Extraction:
         A/B_IMAGE).
     times : bool
         Whether the image header keeps EXPTIME and DATE-OBS (real archive catalogs have neither).
+    frame : bool
+        Whether the processed image keeps the CCD's prescan and overscan columns
+        (:data:`FRAME_COLUMNS` each side, bias removed: ~0 ADU beside the sky), as MegaCam's
+        Elixir products do (2112 columns: the real catalogs reach X_IMAGE 2112, with
+        BACKGROUND ~4 ADU by the strips). The step from sky to strip bends the background mesh
+        within ~100 px of both long edges, where most of such a catalog's detections are.
     """
 
     thresh: float = 1.5
@@ -92,6 +98,7 @@ class Extraction:
     sky: str = "kept"
     columns: str = "full"
     times: bool = True
+    frame: bool = False
 
     def __post_init__(self) -> None:
         if self.sky not in ("kept", "subtracted"):
@@ -117,10 +124,20 @@ class Extraction:
 STOCK = Extraction()
 """Debian's default.sex as shipped, the full column set, EXPTIME and DATE-OBS kept."""
 ARCHIVE = Extraction(
-    thresh=5.0, filter=False, minarea=5, deblend_mincont=0.0, columns="archive", times=False
+    thresh=5.0,
+    filter=False,
+    minarea=5,
+    deblend_mincont=0.0,
+    columns="archive",
+    times=False,
+    frame=True,
 )
 """The configuration of the real graded catalogs (``shared/real-catalogs/README.md``): 5 sigma,
-no filter, MINAREA 5, DEBLEND_MINCONT 0, eight columns, no EXPTIME or DATE-OBS."""
+no filter, MINAREA 5, DEBLEND_MINCONT 0, eight columns, no EXPTIME or DATE-OBS, run on Elixir
+images that keep their prescan and overscan columns."""
+
+FRAME_COLUMNS = 32
+"""Prescan and overscan columns on each side of a MegaCam CCD (2048 + 2 x 32 = 2112)."""
 
 
 def draw_extraction(exposure_id: str, sky: str = "mixed") -> Extraction:
@@ -130,7 +147,8 @@ def draw_extraction(exposure_id: str, sky: str = "mixed") -> Extraction:
     DEBLEND_MINCONT 0 (a third of the draws) or log-uniform in 1e-4..5e-3, SEEING_FWHM
     0.6-1.6" and PIXEL_SCALE 1 or 0.187 (CLASS_STAR from wrong inputs), the sky kept or
     subtracted (unless ``sky`` fixes it), the eight archive columns alone for half of the
-    exposures, and EXPTIME / DATE-OBS dropped from the header for half.
+    exposures, EXPTIME / DATE-OBS dropped from the header for half, and the prescan and
+    overscan columns kept for half (drawn last, so the other settings are the draws of before).
 
     Examples
     --------
@@ -149,6 +167,7 @@ def draw_extraction(exposure_id: str, sky: str = "mixed") -> Extraction:
         sky=str(rng.choice(["kept", "subtracted"])),
         columns=str(rng.choice(["full", "archive"])),
         times=bool(rng.random() < 0.5),
+        frame=bool(rng.random() < 0.5),
     )
     return drawn if sky == "mixed" else replace(drawn, sky=sky)
 
@@ -169,7 +188,7 @@ def extraction_for(exposure_id: str, extraction: str, sky: str) -> Extraction:
 
 
 def processed_exposure(
-    path: str | os.PathLike, sky: str = "kept", times: bool = True
+    path: str | os.PathLike, sky: str = "kept", times: bool = True, frame: bool = False
 ) -> fits.HDUList:
     """The exposure as a processed MEF: float32 CCDs, bias pedestal removed, optionally the sky.
 
@@ -182,6 +201,9 @@ def processed_exposure(
         (:func:`catalog_archive` also takes ``mixed``: half the exposures each way.)
     times : bool
         Keep EXPTIME and DATE-OBS in the CCD headers (False: as archives without them).
+    frame : bool
+        Keep :data:`FRAME_COLUMNS` prescan and overscan columns on each side: read noise about
+        0 ADU (the bias removed; with the sky subtracted, about minus the CCD's median).
     """
     if sky not in ("kept", "subtracted"):
         raise ValueError(f"sky must be 'kept' or 'subtracted', got {sky!r}")
@@ -193,8 +215,11 @@ def processed_exposure(
         data = read_ccd(path, i).data.astype(np.float32)
         bias = float(head.get("BIASLVL", 0.0))
         data -= np.float32(bias)
+        median = float(np.nanmedian(data))
+        if frame:
+            data = _with_frame(data, float(head.get("RDNOISE", 4.0)) / float(head.get("GAIN", 1.6)))
         if sky == "subtracted":
-            data -= np.float32(np.nanmedian(data))
+            data -= np.float32(median)
         h = fits.Header()
         for key in _KEPT_KEYS:
             if key in head:
@@ -206,6 +231,14 @@ def processed_exposure(
             h["SATURATE"] = float(head["SATURATE"]) - bias
         out.append(fits.ImageHDU(data, header=h))
     return fits.HDUList(out)
+
+
+def _with_frame(data: np.ndarray, noise_adu: float) -> np.ndarray:
+    """``data`` between prescan and overscan strips of read noise about zero."""
+    rng = np.random.default_rng(zlib.crc32(data[:8, :8].tobytes()))
+    strip = (FRAME_COLUMNS, data.shape[0])
+    left, right = (rng.normal(0.0, noise_adu, strip[::-1]).astype(np.float32) for _ in range(2))
+    return np.concatenate([left, data, right], axis=1)
 
 
 def sextract_exposure(
@@ -226,7 +259,9 @@ def sextract_exposure(
     catalog.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skygrade-archive-") as tmp:
         work = Path(tmp)
-        processed_exposure(path, extraction.sky, extraction.times).writeto(work / "image.fits")
+        processed_exposure(path, extraction.sky, extraction.times, extraction.frame).writeto(
+            work / "image.fits"
+        )
         (work / "cat.param").write_text("\n".join(extraction.parameters) + "\n")
         cmd = [
             binary, "image.fits", "-c", str(SHARE / "default.sex"),

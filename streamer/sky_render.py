@@ -8,8 +8,8 @@ Per CCD (pixel scale 0.187 arcsec/px):
   share of them close companions, rendered as flux-scaled stamps of the region's kernels
   (:mod:`skygrade.streamer.sky_kernels`; sub-pixel phases for the compact kernel);
 - detector: Poisson (Gaussian approximation) and read noise, bias pedestal with an offset between
-  the two amplifier halves of a CCD, saturation with bleed columns, cosmic rays (rate
-  proportional to the exposure time), bad columns and rare dead CCDs.
+  the two amplifier halves of a CCD, saturation with bleed columns, cosmic rays (muon tracks and
+  electron worms, diffused; rate proportional to the exposure time), bad columns and rare dead CCDs.
 
 Every random step is seeded from ``(plan.seed, plan.expnum, ccd, stream)``, so the CCDs are
 independent of each other and of the order they are rendered in.
@@ -36,7 +36,8 @@ _REF_DENSITY_MAG = 24.0
 _N_REF = 2000.0  # sources brighter than _REF_DENSITY_MAG on a full-size CCD
 _COUNT_SLOPE = 0.3  # dN/dm ~ 10**(_COUNT_SLOPE * m)
 _M_BRIGHT = 13.0
-_CR_RATE = 26.0 / 60.0 / _REF_CCD_AREA  # cosmic rays per pixel per second
+_PIXEL_UM = 13.5  # MegaCam pixel, microns
+_PIXEL_CM2 = (_PIXEL_UM * 1e-4) ** 2
 _DEAD_CCD_RATE = 1.0 / 300.0
 _BIAS_LEVEL = 200.0
 _N_GALAXY_TEMPLATES = 10
@@ -125,7 +126,7 @@ def _render_ccd(ctx: _Context, ccd: int) -> tuple[np.ndarray, _CcdMeta]:
         amp_rng = np.random.default_rng([plan.seed, plan.expnum, ccd, 0xA3F])
         signal[:, width // 2 :] += float(plan.amp_offset * amp_rng.standard_normal())
     if not meta.dead:
-        _add_cosmic_rays(rng, signal, plan.exptime, meta.gain)
+        _add_cosmic_rays(rng, signal, plan, meta.gain)
     np.clip(signal, 0.0, meta.saturate, out=signal)
     np.rint(signal, out=signal)
     return signal.astype(np.uint16), meta
@@ -405,19 +406,58 @@ def _add_bad_columns(rng: np.random.Generator, signal: np.ndarray, exptime: floa
 
 
 def _add_cosmic_rays(
-    rng: np.random.Generator, signal: np.ndarray, exptime: float, gain: float
+    rng: np.random.Generator, signal: np.ndarray, plan: ExposurePlan, gain: float
 ) -> None:
+    """Charged particles crossing the CCD, as a thick silicon detector records them.
+
+    Two kinds of event, at a rate per cm^2 drawn per exposure (1-5 /cm^2/min: sea-level muons
+    are ~1, more at 4200 m, plus the dewar's own radioactivity):
+
+    - muons (three events in four): straight tracks whose projected length is the depletion
+      depth times tan(incidence); the incidence through a flat detector follows cos^3 sin, so
+      most are 1-3 px spots and a few cross tens of pixels; ~80 electrons per micron of path
+      (a minimum-ionising particle, Landau-like spread);
+    - electrons (one in four; Compton and beta electrons): curled "worms" of 3-30 px that
+      deposit several times more charge per pixel.
+
+    The charge spreads by diffusion (0.3-0.7 px, drawn per exposure) before it is collected,
+    so a track is a few pixels wide: under a 5-sigma, MINAREA-5 extraction without a filter,
+    cosmic rays are small, sharp and often elongated detections, present in every class and
+    untouched by clouds or tracking.
+    """
     height, width = signal.shape
-    n = int(rng.poisson(_CR_RATE * exptime * height * width))
+    exp_rng = np.random.default_rng([plan.seed, plan.expnum, 0xC05])
+    rate = float(np.exp(exp_rng.uniform(np.log(1.0), np.log(5.0))))  # per cm^2 per minute
+    depth_um = float(exp_rng.uniform(15.0, 40.0))
+    diffusion = float(exp_rng.uniform(0.3, 0.7))
+    n = int(rng.poisson(rate / 60.0 * plan.exptime * height * width * _PIXEL_CM2))
     if n == 0:
         return
-    y = rng.integers(1, height - 3, n)
-    x = rng.integers(1, width - 3, n)
-    amp = np.exp(rng.normal(np.log(1500.0), 0.8, n)) / gain
-    length = rng.integers(1, 4, n)
-    dy = rng.integers(-1, 2, n)
-    dx = rng.integers(-1, 2, n)
-    for step in range(3):
-        on = length > step
-        frac = rng.uniform(0.3, 1.0, n)
-        signal[y[on] + step * dy[on], x[on] + step * dx[on]] += (amp * frac)[on]
+    x0 = rng.uniform(0.0, width, n)
+    y0 = rng.uniform(0.0, height, n)
+    muon = rng.random(n) < 0.75
+    cos_inc = np.clip(rng.random(n) ** 0.25, 0.05, 1.0)
+    tan_inc = np.sqrt(1.0 - cos_inc**2) / cos_inc
+    length = np.where(
+        muon, depth_um * tan_inc / _PIXEL_UM, np.exp(rng.uniform(np.log(3), np.log(30), n))
+    )
+    path_um = np.where(muon, depth_um / cos_inc, length * _PIXEL_UM)
+    per_um = np.where(muon, 80.0, 250.0) * np.exp(rng.normal(0.0, 0.35, n))
+    charge = per_um * path_um / gain  # ADU
+    xs, ys, qs = [], [], []
+    for i in range(n):
+        steps = max(int(length[i] * 4), 1)
+        if muon[i]:
+            angle = np.full(steps, rng.uniform(0.0, 2 * np.pi))
+        else:
+            angle = rng.uniform(0.0, 2 * np.pi) + np.cumsum(rng.normal(0.0, 0.15, steps))
+        xs.append(x0[i] + np.cumsum(0.25 * np.cos(angle)))
+        ys.append(y0[i] + np.cumsum(0.25 * np.sin(angle)))
+        qs.append(np.full(steps, charge[i] / steps))
+    # Diffusion: each path point's charge as 8 packets scattered by the diffusion length.
+    x = np.repeat(np.concatenate(xs), 8) + rng.normal(0.0, diffusion, 8 * sum(map(len, xs)))
+    y = np.repeat(np.concatenate(ys), 8) + rng.normal(0.0, diffusion, x.size)
+    q = np.repeat(np.concatenate(qs) / 8.0, 8)
+    ix, iy = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    np.add.at(signal, (iy[inside], ix[inside]), q[inside].astype(signal.dtype))

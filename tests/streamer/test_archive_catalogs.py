@@ -1,11 +1,14 @@
 """Archive-style SExtractor catalogs of a labelled archive (skygrade.streamer.archive_catalogs)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from astropy.io import fits
 
 from skygrade.streamer.archive_catalogs import (
     ARCHIVE,
+    FRAME_COLUMNS,
     STOCK,
     draw_extraction,
     extraction_for,
@@ -37,6 +40,22 @@ def test_processed_exposure_removes_the_bias_and_optionally_the_sky(archive):
     assert kept[2].header["EXPTIME"] == fits.getheader(path, 0)["EXPTIME"]
     with pytest.raises(ValueError, match="sky must be"):
         processed_exposure(path, "halfway")
+
+
+def test_the_frame_keeps_prescan_and_overscan_strips_about_zero_beside_the_sky(archive):
+    path = sorted(archive.rglob("*.fits"))[0]
+    kept = processed_exposure(path, "kept")[1].data
+    framed = processed_exposure(path, "kept", frame=True)[1].data
+    assert framed.shape == (kept.shape[0], kept.shape[1] + 2 * FRAME_COLUMNS)
+    np.testing.assert_array_equal(framed[:, FRAME_COLUMNS:-FRAME_COLUMNS], kept)
+    strips = np.concatenate([framed[:, :FRAME_COLUMNS], framed[:, -FRAME_COLUMNS:]], axis=1)
+    assert abs(float(strips.mean())) < 1.0 and float(np.median(kept)) > 20 * float(strips.std())
+    subtracted = processed_exposure(path, "subtracted", frame=True)[1].data
+    assert float(np.median(subtracted[:, :FRAME_COLUMNS])) < -0.5 * float(np.median(kept))
+    # the real catalogs' configuration keeps the frame; the drawn ones keep it for about half
+    assert ARCHIVE.frame and not STOCK.frame
+    framed_draws = [draw_extraction(str(e)).frame for e in range(1000, 1200)]
+    assert 0.35 < np.mean(framed_draws) < 0.65
 
 
 def test_mixed_sky_splits_the_archive_by_exposure_number():
@@ -91,7 +110,9 @@ def test_archive_extraction_writes_the_real_catalogs_columns_without_exptime(arc
     # MINAREA 5 at 5 sigma: no detection under 5 pixels, where stock's 1.5 sigma finds some;
     # DEBLEND_MINCONT 0 splits every isophote with two peaks, so far more detections are pieces
     # (FLAGS 2), as in the real catalogs.
-    ccd, ccd_stock = cat.sources[0], stock.sources[0]
+    unframed = replace(ARCHIVE, frame=False)
+    ccd = read_catalog(sextract_exposure(path, tmp_path / "unframed.fits", unframed)).sources[0]
+    ccd_stock = stock.sources[0]
     assert np.min(ccd["ISO0"]) >= 5 and np.min(ccd_stock["ISO0"]) < 5
     pieces = np.mean(np.asarray(ccd["FLAGS"]) & 2 > 0)
     assert pieces > 2 * np.mean(np.asarray(ccd_stock["FLAGS"]) & 2 > 0) and pieces > 0.3

@@ -159,3 +159,27 @@ def test_a_jump_in_a_random_walk_displaces_the_rest_of_the_path():
     steps = np.hypot(*np.diff(jumped, axis=0).T)
     assert steps.max() > 0.45 * 120.0 > 10 * np.hypot(*np.diff(smooth, axis=0).T).max()
     assert int(np.argmax(steps)) + 1 == round(len(jumped) * 0.7)
+
+
+def test_cosmic_rays_are_diffused_tracks_a_5_sigma_unfiltered_extraction_detects():
+    import sep
+
+    from skygrade.streamer.sky_render import _add_cosmic_rays
+
+    plan = plan_night("2026-10-01", 1, seed=3, class_mix={"GOOD": 1.0})[0]
+    noise = np.random.default_rng(0).normal(0.0, 10.0, (2000, 1000)).astype(np.float32)
+    found = {}
+    for exptime in (60.0, 600.0):
+        image = noise.copy()
+        _add_cosmic_rays(
+            np.random.default_rng(1), image, dataclasses.replace(plan, exptime=exptime), 1.6
+        )
+        found[exptime] = sep.extract(
+            image, 5.0, err=10.0, minarea=5, filter_kernel=None, deblend_cont=1.0
+        )
+    # the rate follows the exposure time (a dozen to a few hundred on 2 Mpx)
+    assert len(found[60.0]) >= 5 and 6 * len(found[60.0]) < len(found[600.0]) < 600
+    long = found[600.0]
+    # small and sharp, and a share of them tracks elongated like no PSF
+    assert np.median(long["npix"]) < 40
+    assert 0.05 < np.mean(long["a"] / long["b"] > 3.0) < 0.6
