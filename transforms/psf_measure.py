@@ -18,9 +18,9 @@ From the CCD's feature table, a source is used as a PSF star when it is
 - not sharper than a PSF: the peak pixel holds at most 30% of the flux (cosmic rays and hot
   pixels hold more; a 0.37" PSF, 2 px FWHM, holds ~25%);
 - point-like: its half-light radius ``FLUX_RADIUS`` between 0.8 and 1.4 times the stellar
-  locus (the median of the narrowest third of the radii of the candidates: galaxies lie
-  above it, cosmic rays below), then, after the fits, in the narrowest group of FWHMs
-  (within 15%; every source is at least as broad as the PSF). A size, not a shape: trailed
+  locus (the narrowest dense group of the candidates' radii, :func:`_locus`: galaxies lie
+  above it, cosmic rays below, both spread out), then, after the fits, in the narrowest group
+  of FWHMs (within 15%; every source is at least as broad as the PSF). A size, not a shape: trailed
   stars still qualify;
 - isolated: no other detection brighter than 2% of its flux within 1.5 stamp half-sizes,
   and its stamp inside the CCD.
@@ -157,14 +157,29 @@ def pixel_noise(pixels: np.ndarray, n: int = 200_000) -> float:
 
 
 def _locus(radius: np.ndarray) -> float:
-    """The stellar locus of half-light radii: the median of the lowest third of them.
+    """The stellar locus of half-light radii: the narrowest dense group of them.
 
-    Bright sources are mostly stars and every source is at least as large as a star, so the
-    narrow end of the distribution is the stars' (the densest bin is not: on a small CCD a few
-    galaxies can outnumber the stars)."""
+    Stars share one radius, so they pile up in a narrow window; galaxies lie above it, spread
+    out, and cosmic rays below it, spread out too (spots, tracks, worms: a real CCD records
+    tens to hundreds in a long exposure). The locus is the median of the radii in the window
+    (``LOCUS_TOLERANCE`` wide in log radius) that holds the most sources among those no larger
+    than the narrowest window holding a third of the fullest one. Neither the densest window
+    alone (on a small CCD a few galaxies can outnumber the stars) nor the narrow end alone
+    (cosmic rays) is the stars'.
+    """
     r = np.sort(np.asarray(radius, np.float64))
-    low = r[: max(1, int(math.ceil(len(r) / 3)))]
-    return float(np.median(low))
+    r = r[r > 0]
+    if len(r) == 0:
+        return NAN
+    log_r = np.log(r)
+    half = 0.5 * math.log1p(LOCUS_TOLERANCE)
+    counts = np.searchsorted(log_r, log_r + half, "right") - np.searchsorted(log_r, log_r - half)
+    first = int(np.argmax(counts >= counts.max() / 3.0))
+    # within one more window above the first dense one, centre on its fullest window
+    reach = np.searchsorted(log_r, log_r[first] + 2 * half, "right")
+    centre = first + int(np.argmax(counts[first:reach]))
+    near = np.abs(log_r - log_r[centre]) <= half
+    return float(np.median(r[near]))
 
 
 def stamp_half(r0: float) -> int:
