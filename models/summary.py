@@ -190,28 +190,31 @@ def twin_fraction(x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> float:
     return float(max(excess, 0.0) / len(x))
 
 
-def ccd_summary(table: dict[str, np.ndarray], exptime: float) -> np.ndarray:
+def ccd_summary(
+    table: dict[str, np.ndarray], exptime: float, width: int, height: int
+) -> np.ndarray:
     """The :data:`SUMMARY_FEATURES` of one CCD's feature table (float64, NaN where unmeasurable).
 
-    Uses the SOM's measured sources (:func:`skygrade.models.som.measured_mask`).
+    Uses the SOM's measured sources (:func:`skygrade.models.som.measured_mask`) of a ``width`` x
+    ``height`` CCD.
 
     Examples
     --------
-    >>> t = {"X_IMAGE": np.ones(4), "Y_IMAGE": np.ones(4), "ISO0": np.full(4, 20.0),
+    >>> t = {"X_IMAGE": np.full(4, 4.0), "Y_IMAGE": np.full(4, 4.0), "ISO0": np.full(4, 20.0),
     ...      "ELONGATION": np.array([1.0, 1.0, 2.0, 2.0]),
     ...      "ELLIPTICITY": np.array([0.0, 0.0, 0.5, 0.5]),
     ...      "CLASS_STAR": np.zeros(4), "FLAGS": np.zeros(4, int),
     ...      "FLUX": np.array([1.0, 2.0, 3.0, 4.0]), "FLUX_RADIUS": np.full(4, 2.5),
     ...      "A_IMAGE": np.array([1.0, 1.0, 2.0, 4.0]), "B_IMAGE": np.ones(4),
     ...      "BACKGROUND": np.full(4, 100.0), "THETA_IMAGE": np.full(4, 30.0)}
-    >>> ccd_summary(t, 100.0).round(3).tolist()[:10]
+    >>> ccd_summary(t, 100.0, 8, 8).round(3).tolist()[:10]
     [0.398, 0.301, 0.301, 0.58, 0.0, 0.0, 0.103, 0.0, 0.079, nan]
 
     (``theta_alignment`` needs 5 bright sources: NaN here.) ``exptime`` may be NaN (a catalog
     without EXPTIME): the sky rate is then NaN.
     """
     out = np.full(len(SUMMARY_FEATURES), np.nan)
-    clean = measured_mask(table)
+    clean = measured_mask(table, width, height)
     flags = np.asarray(table["FLAGS"])
     isolated = int(clean.sum()) >= MIN_ISOLATED and bool((flags[clean] == 0).all())
     if not clean.any():

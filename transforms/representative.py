@@ -209,7 +209,7 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         padded_tiles=padded,
         has_image=f.pixels is not None,
         reason=hits.reason,
-        summary=ccd_summary(t, f.exptime),
+        summary=ccd_summary(t, f.exptime, f.width, f.height),
         physics=f.physics,
         missing=(
             *(() if np.isfinite(f.exptime) and f.exptime > 0 else ("EXPTIME",)),

@@ -102,8 +102,8 @@ def _sources(
 
 def test_ccd_summary_is_the_same_on_quarter_and_full_size_ccds():
     rng = np.random.default_rng(3)
-    quarter = ccd_summary(_sources(500, rng, 1024, 2306), 100.0)
-    full = ccd_summary(_sources(2000, rng, 2048, 4612), 100.0)
+    quarter = ccd_summary(_sources(500, rng, 1024, 2306), 100.0, 1024, 2306)
+    full = ccd_summary(_sources(2000, rng, 2048, 4612), 100.0, 2048, 4612)
     assert quarter.shape == (len(SUMMARY_FEATURES),)
     # theta_alignment of random orientations is noise ~ 1/sqrt(n): small on both, not equal
     t = SUMMARY_FEATURES.index("theta_alignment")
@@ -115,10 +115,10 @@ def test_ccd_summary_is_the_same_on_quarter_and_full_size_ccds():
 
 def test_ccd_summary_sees_size_trails_and_sky_gradients():
     rng = np.random.default_rng(4)
-    good = ccd_summary(_sources(400, rng, 1024, 2306), 60.0)
-    fat = ccd_summary(_sources(400, rng, 1024, 2306, radius=4.0), 60.0)
-    trailed = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0), 60.0)
-    sky = ccd_summary(_sources(400, rng, 1024, 2306, gradient=1.0), 60.0)
+    good = ccd_summary(_sources(400, rng, 1024, 2306), 60.0, 1024, 2306)
+    fat = ccd_summary(_sources(400, rng, 1024, 2306, radius=4.0), 60.0, 1024, 2306)
+    trailed = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0), 60.0, 1024, 2306)
+    sky = ccd_summary(_sources(400, rng, 1024, 2306, gradient=1.0), 60.0, 1024, 2306)
     i = SUMMARY_FEATURES.index
     assert fat[i("log_flux_radius")] > good[i("log_flux_radius")] + 0.25
     assert trailed[i("log_elongation")] > good[i("log_elongation")] + 0.2
@@ -129,9 +129,13 @@ def test_ccd_summary_sees_size_trails_and_sky_gradients():
 def test_ccd_summary_tells_a_linear_trail_from_an_erratic_one():
     """BT: every star the same stroke, one way; RBT: pieces of unequal length, less aligned."""
     rng = np.random.default_rng(6)
-    good = ccd_summary(_sources(400, rng, 1024, 2306), 60.0)
-    linear = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0, theta=30.0), 60.0)
-    erratic = ccd_summary(_sources(400, rng, 1024, 2306, elongation=2.0, major_scatter=0.5), 60.0)
+    good = ccd_summary(_sources(400, rng, 1024, 2306), 60.0, 1024, 2306)
+    linear = ccd_summary(
+        _sources(400, rng, 1024, 2306, elongation=2.0, theta=30.0), 60.0, 1024, 2306
+    )
+    erratic = ccd_summary(
+        _sources(400, rng, 1024, 2306, elongation=2.0, major_scatter=0.5), 60.0, 1024, 2306
+    )
     i = SUMMARY_FEATURES.index
     assert linear[i("theta_alignment")] > 0.95 and good[i("theta_alignment")] < 0.2
     assert linear[i("theta_alignment")] > erratic[i("theta_alignment")] + 0.5
@@ -149,21 +153,21 @@ def test_ccd_summary_sees_doubled_images_that_no_shape_statistic_sees():
     twice["Y_IMAGE"] = np.r_[once["Y_IMAGE"], once["Y_IMAGE"] - 17.0]
     twice["FLUX"] = np.r_[once["FLUX"], 0.7 * once["FLUX"]]
     i = SUMMARY_FEATURES.index
-    single, doubled = ccd_summary(once, 60.0), ccd_summary(twice, 60.0)
+    single, doubled = ccd_summary(once, 60.0, 1024, 2306), ccd_summary(twice, 60.0, 1024, 2306)
     assert single[i("twin_fraction")] < 0.03
     assert doubled[i("twin_fraction")] > 0.3  # a twin of 0.7x the flux may miss the 300
     assert doubled[i("log_elongation")] == pytest.approx(single[i("log_elongation")], abs=0.02)
     few = {k: v[:15] for k, v in twice.items()}  # under TWIN_MIN_SOURCES measured: unmeasured
-    assert np.isnan(ccd_summary(few, 60.0)[i("twin_fraction")])
+    assert np.isnan(ccd_summary(few, 60.0, 1024, 2306)[i("twin_fraction")])
 
 
 def test_ccd_summary_without_optional_columns_or_sources():
     rng = np.random.default_rng(5)
-    t = _sources(50, rng, 100, 100)
-    t["FLUX"] = np.full(50, np.nan)  # a catalog without FLUX: brightness by ISO0
+    t = _sources(200, rng, 100, 100)
+    t["FLUX"] = np.full(200, np.nan)  # a catalog without FLUX: brightness by ISO0
     for name in ("FLUX_RADIUS", "A_IMAGE", "B_IMAGE", "THETA_IMAGE"):  # optional columns
-        t[name] = np.full(50, np.nan)
-    s = ccd_summary(t, 30.0)
+        t[name] = np.full(200, np.nan)
+    s = ccd_summary(t, 30.0, 100, 100)
     missing = [
         SUMMARY_FEATURES.index(n)
         for n in (
@@ -177,8 +181,8 @@ def test_ccd_summary_without_optional_columns_or_sources():
     ]
     assert np.isnan(s[missing]).all()
     assert np.isfinite(np.delete(s, missing)).all()
-    t["FLAGS"] = np.full(50, 16)  # nothing clean
-    assert np.isnan(ccd_summary(t, 30.0)).all()
+    t["FLAGS"] = np.full(200, 16)  # nothing clean
+    assert np.isnan(ccd_summary(t, 30.0, 100, 100)).all()
     # missing statistics enter the network at their fill values, like no summary at all
     v = hit_vector(np.array([[3, 1]]), [4], [30.0], [0.01], stack_summaries([s]))
     filled = hit_vector(

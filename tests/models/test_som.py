@@ -2,24 +2,27 @@ import numpy as np
 import pytest
 
 from skygrade.models.som import (
+    EDGE_MARGIN,
     MIN_ISOLATED,
     SOM_FEATURES,
     Scaling,
     SourceSom,
     best_matching_units,
     feature_matrix,
+    interior_mask,
     measured_mask,
     train_som,
     ward_clusters,
 )
+from skygrade.models.summary import ccd_summary
 
 D = len(SOM_FEATURES)
 
 
 def table(n, rng, flags=None):
     return {
-        "X_IMAGE": rng.uniform(1, 512, n),
-        "Y_IMAGE": rng.uniform(1, 1152, n),
+        "X_IMAGE": rng.uniform(129, 384, n),  # inside the edge margin of a 512 x 1152 CCD
+        "Y_IMAGE": rng.uniform(129, 1024, n),
         "ISO0": rng.integers(5, 200, n),
         "ELONGATION": rng.uniform(1, 3, n),
         "ELLIPTICITY": rng.uniform(0, 0.6, n),
@@ -60,12 +63,49 @@ def test_feature_matrix_validates_inputs():
         feature_matrix(t, width=0, height=10)
 
 
+def test_detections_by_the_edges_are_left_out_of_every_statistic():
+    """A real archive CCD keeps MegaCam's prescan/overscan strips: thousands of deblended,
+    elongated detections where the background bends by the strips (x < 100, x past the width,
+    the top rows). Neither the SOM's rows nor the summary statistics may see them."""
+    rng = np.random.default_rng(4)
+    sky = table(600, rng)
+    sky["X_IMAGE"] = rng.uniform(EDGE_MARGIN + 1, 2048 - EDGE_MARGIN, 600)
+    sky["Y_IMAGE"] = rng.uniform(EDGE_MARGIN + 1, 4612 - EDGE_MARGIN, 600)
+    junk = table(2000, rng, flags=rng.choice([0, 2], 2000))
+    junk["X_IMAGE"] = np.r_[
+        rng.uniform(33, 100, 700), rng.uniform(2000, 2080, 700), rng.uniform(1, 2112, 600)
+    ]
+    junk["Y_IMAGE"] = np.r_[rng.uniform(1, 4612, 1400), rng.uniform(4580, 4612, 600)]
+    junk["ELONGATION"] = rng.uniform(3, 8, 2000)
+    framed = {k: np.r_[sky[k], junk[k]] for k in sky}
+    assert not interior_mask(junk, 2048, 4612).any()
+    assert interior_mask(sky, 2048, 4612).all()
+    np.testing.assert_array_equal(
+        feature_matrix(framed, 2048, 4612)[0], feature_matrix(sky, 2048, 4612)[0]
+    )
+    np.testing.assert_array_equal(  # a statistic of an absent column (FLUX...) is NaN in both
+        ccd_summary(framed, 60.0, 2048, 4612), ccd_summary(sky, 60.0, 2048, 4612)
+    )
+
+
+def test_the_edge_margin_keeps_the_middle_of_a_small_ccd():
+    t = table(400, np.random.default_rng(2))  # a 512 x 1152 CCD
+    t["X_IMAGE"] = np.linspace(1, 512, 400)
+    kept = interior_mask(t, 512, 1152)
+    assert kept.any()
+    x = t["X_IMAGE"][kept]
+    assert x.min() >= EDGE_MARGIN and x.max() <= 512 - EDGE_MARGIN + 1
+    small = {"X_IMAGE": np.linspace(1, 64, 64), "Y_IMAGE": np.full(64, 32.0)}
+    kept = interior_mask(small, 64, 64)  # the margin is at most a quarter of the shorter side
+    assert kept.sum() == 32 and kept[16:48].all()
+
+
 def test_few_isolated_sources_fall_back_to_every_clean_one():
     """A trailed CCD under stock deblending: the trails are deblended pieces."""
     t = table(100, np.random.default_rng(0), flags=[0] * (MIN_ISOLATED - 1) + [2] * 71)
-    assert measured_mask(t).sum() == 100
+    assert measured_mask(t, 512, 1152).sum() == 100
     t["FLAGS"][MIN_ISOLATED - 1] = 0
-    assert measured_mask(t).sum() == MIN_ISOLATED
+    assert measured_mask(t, 512, 1152).sum() == MIN_ISOLATED
 
 
 def test_meaningless_class_star_and_any_sky_give_the_same_rows():
