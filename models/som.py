@@ -82,14 +82,15 @@ def interior_mask(table: dict[str, np.ndarray], width: int, height: int) -> np.n
     """Detections at least :data:`EDGE_MARGIN` pixels from every edge of a ``width`` x
     ``height`` CCD (1-based X/Y_IMAGE, as SExtractor writes them).
 
-    The margin is at most a quarter of the CCD's shorter side, so a small CCD keeps its middle.
+    The margin is at most an eighth of the CCD's shorter side (128 px from 1024 px up: the
+    simulator's quarter-area CCDs and MegaCam's), so a small test CCD keeps most of itself.
     A framed catalog's X_IMAGE runs past ``width`` by the strips' 32 columns: those fall outside.
 
     >>> t = {"X_IMAGE": np.array([10.0, 600.0, 1990.0]), "Y_IMAGE": np.full(3, 900.0)}
     >>> interior_mask(t, 2048, 4612).tolist()
     [False, True, False]
     """
-    margin = min(EDGE_MARGIN, min(width, height) // 4)
+    margin = min(EDGE_MARGIN, min(width, height) // 8)
     x = np.asarray(table["X_IMAGE"], dtype=np.float64) - 1.0
     y = np.asarray(table["Y_IMAGE"], dtype=np.float64) - 1.0
     return (x >= margin) & (x < width - margin) & (y >= margin) & (y < height - margin)

@@ -88,16 +88,17 @@ def test_detections_by_the_edges_are_left_out_of_every_statistic():
     )
 
 
-def test_the_edge_margin_keeps_the_middle_of_a_small_ccd():
-    t = table(400, np.random.default_rng(2))  # a 512 x 1152 CCD
-    t["X_IMAGE"] = np.linspace(1, 512, 400)
-    kept = interior_mask(t, 512, 1152)
-    assert kept.any()
-    x = t["X_IMAGE"][kept]
-    assert x.min() >= EDGE_MARGIN and x.max() <= 512 - EDGE_MARGIN + 1
-    small = {"X_IMAGE": np.linspace(1, 64, 64), "Y_IMAGE": np.full(64, 32.0)}
-    kept = interior_mask(small, 64, 64)  # the margin is at most a quarter of the shorter side
-    assert kept.sum() == 32 and kept[16:48].all()
+def test_the_edge_margin_is_two_meshes_from_1024_px_up_and_an_eighth_of_a_smaller_ccd():
+    for width, height, margin in (
+        (2048, 4612, EDGE_MARGIN),
+        (1024, 2306, EDGE_MARGIN),
+        (512, 1152, 64),
+        (64, 64, 8),
+    ):
+        x = np.arange(1.0, width + 1.0)  # one detection per column, 1-based
+        kept = interior_mask({"X_IMAGE": x, "Y_IMAGE": np.full(width, height / 2)}, width, height)
+        assert kept.sum() == width - 2 * margin, (width, height)
+        assert x[kept].min() == margin + 1 and x[kept].max() == width - margin
 
 
 def test_few_isolated_sources_fall_back_to_every_clean_one():
