@@ -78,6 +78,22 @@ Whether a catalog kept the strips is not in the catalog, so every path leaves th
 framed or not; it costs a sixth of a full CCD's area."""
 
 
+def edge_margin(width: int, height: int) -> int:
+    """The margin :func:`interior_mask` leaves out of a ``width`` x ``height`` CCD (pixels)."""
+    return min(EDGE_MARGIN, min(width, height) // 8)
+
+
+def interior_area_mpx(width: int, height: int) -> float:
+    """Megapixels of the CCD's interior (:func:`interior_mask`): the area its measured sources
+    come from, so that a density means the same on a simulated quarter CCD and a full one.
+
+    >>> round(interior_area_mpx(2048, 4612), 2), round(interior_area_mpx(1024, 2306), 2)
+    (7.81, 1.57)
+    """
+    margin = edge_margin(width, height)
+    return max(width - 2 * margin, 0) * max(height - 2 * margin, 0) / 1e6
+
+
 def interior_mask(table: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
     """Detections at least :data:`EDGE_MARGIN` pixels from every edge of a ``width`` x
     ``height`` CCD (1-based X/Y_IMAGE, as SExtractor writes them).
@@ -90,7 +106,7 @@ def interior_mask(table: dict[str, np.ndarray], width: int, height: int) -> np.n
     >>> interior_mask(t, 2048, 4612).tolist()
     [False, True, False]
     """
-    margin = min(EDGE_MARGIN, min(width, height) // 8)
+    margin = edge_margin(width, height)
     x = np.asarray(table["X_IMAGE"], dtype=np.float64) - 1.0
     y = np.asarray(table["Y_IMAGE"], dtype=np.float64) - 1.0
     return (x >= margin) & (x < width - margin) & (y >= margin) & (y < height - margin)

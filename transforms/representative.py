@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from skygrade.models.mosaic import tile_grid
+from skygrade.models.som import interior_area_mpx
 from skygrade.models.summary import ccd_summary, missing_columns
 from skygrade.transforms.som_hits import CcdHits
 
@@ -144,7 +145,8 @@ class CcdInputs:
     median_background: float = float("nan")
     blended_fraction: float = float("nan")
     area_mpx: float = float("nan")
-    """CCD area in megapixels."""
+    """Area of the CCD's interior (megapixels), where its measured sources lie
+    (:func:`skygrade.models.som.interior_area_mpx`)."""
     padded_tiles: int = 0
     has_image: bool = True
     """False in catalog mode (no pixels): the CNN then grades from the hits alone."""
@@ -205,7 +207,7 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         median_iso0=med("ISO0"),
         median_background=med("BACKGROUND"),
         blended_fraction=blended,
-        area_mpx=f.width * f.height / 1e6,
+        area_mpx=interior_area_mpx(f.width, f.height),
         padded_tiles=padded,
         has_image=f.pixels is not None,
         reason=hits.reason,

@@ -153,6 +153,7 @@ def test_ccd_hits_and_inputs(som):
     assert inputs.image.shape == (64, 80)
     assert inputs.n_sources == 300 and inputs.n_clean == h.hits.sum()
     assert inputs.blended_fraction == pytest.approx(np.mean(flags == 2))
+    assert inputs.area_mpx == pytest.approx(250 * 150 / 1e6)  # the interior, 25 px margins
     again = ccd_inputs(ccd_hits(f, som), size=16)
     np.testing.assert_array_equal(inputs.image, again.image)
 
