@@ -359,6 +359,10 @@ def _draw_optics_and_jumps(rng: np.random.Generator, label: str) -> dict[str, ob
     return {"psf_astig": astig, "trail_jump": jump}
 
 
+OVERCAST_SHARE = 0.4
+"""Share of cloudy BGP exposures taken through an even overcast rather than patchy cloud."""
+
+
 def _draw_conditions(rng: np.random.Generator, label: str) -> dict[str, object]:
     """Physical parameters of one exposure, by class (the distributions overlap at the edges)."""
     c: dict[str, object] = {
@@ -407,6 +411,14 @@ def _draw_conditions(rng: np.random.Generator, label: str) -> dict[str, object]:
             c["cloud_min"] = float(rng.uniform(0.05, 0.5))
             c["cloud_cover"] = float(rng.uniform(0.4, 1.0))
             c["transparency"] = float(rng.uniform(0.4, 0.9))
+            if rng.random() < OVERCAST_SHARE:
+                # Overcast: a thick, nearly even deck takes 1-3.5 mag off every source and
+                # leaves the sky and the cosmic rays as they were, so a long exposure's
+                # brightest isolated detections are cosmic rays (the real BGP catalogs:
+                # docs/model.md item 15).
+                c["transparency"] = float(np.exp(rng.uniform(np.log(0.04), np.log(0.4))))
+                c["cloud_min"] = float(rng.uniform(0.6, 0.9))
+                c["cloud_cover"] = 1.0
     return c
 
 

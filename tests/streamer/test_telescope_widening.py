@@ -5,8 +5,10 @@ visible in the pixels."""
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import numpy as np
+import sep
 
 from skygrade.models.classes import CLASSES
 from skygrade.streamer.sky_context import _context, _fields, _psf_shape_at, _trail_path
@@ -183,3 +185,29 @@ def test_cosmic_rays_are_diffused_tracks_a_5_sigma_unfiltered_extraction_detects
     # small and sharp, and a share of them tracks elongated like no PSF
     assert np.median(long["npix"]) < 40
     assert 0.05 < np.mean(long["a"] / long["b"] > 3.0) < 0.6
+
+
+def test_overcast_bgp_exposures_lose_magnitudes_of_every_source_and_only_bgp_does():
+    """Thick, even cloud: 1-3.5 mag off every source, drawn only for BGP; clear classes keep a
+    transparency of 0.85 or more."""
+    plans = [
+        p
+        for night in ("2024-03-01", "2024-03-02", "2024-03-03")
+        for p in plan_night(night, 60, seed=5, class_mix={c: 1.0 for c in CLASSES})
+    ]
+    overcast = [p for p in plans if p.transparency < 0.4]
+    assert overcast and {p.label for p in overcast} == {"BGP"}
+    assert all(p.transparency >= 0.04 and p.cloud_cover == 1.0 for p in overcast)
+    assert min(p.transparency for p in plans if p.label != "BGP") >= 0.85
+    # every source is fainter by the transparency: most drop under 5 sigma; the sky stays
+    one = next(p for p in overcast if p.exptime >= 100 and p.sky_factor < 3)
+    clear = dataclasses.replace(one, transparency=1.0, cloud_min=1.0, cloud_cover=0.0)
+    with mock.patch("skygrade.streamer.sky_render._add_cosmic_rays", lambda *a: None):
+        found, sky = [], []
+        for q in (one, clear):
+            data = render_exposure(q, Geometry(1, 1024, 1024))[1].data.astype(np.float64)
+            back = sep.Background(data, bw=64, bh=64)
+            found.append(len(sep.extract(data - back, 5.0, err=back.globalrms)))
+            sky.append(back.globalback)
+    assert found[1] >= 8 and found[0] <= 0.5 * found[1], found
+    assert abs(sky[0] / sky[1] - 1) < 0.45  # the sky is not dimmed with the sources
