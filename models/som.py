@@ -75,44 +75,53 @@ The real graded catalogs were made on images that keep MegaCam's prescan and ove
 background mesh near both long edges, and most of a real CCD's detections are deblended
 noise there (1,100 of 1,593 on 1625583 CCD 14, at x < 100 or x > 2000; also the top 32 rows).
 Whether a catalog kept the strips is not in the catalog, so every path leaves the edges out,
-framed or not; it costs a sixth of a full CCD's area."""
+framed or not; it costs a sixth of a full CCD's area. A SOM records the margin its bundle was
+trained with (:attr:`SourceSom.edge_margin`): bundles from before it have none, and keep theirs."""
 
 
-def edge_margin(width: int, height: int) -> int:
-    """The margin :func:`interior_mask` leaves out of a ``width`` x ``height`` CCD (pixels)."""
-    return min(EDGE_MARGIN, min(width, height) // 8)
+def edge_margin(width: int, height: int, margin: int = EDGE_MARGIN) -> int:
+    """The margin :func:`interior_mask` leaves out of a ``width`` x ``height`` CCD (pixels):
+    ``margin``, at most an eighth of the shorter side."""
+    return min(margin, min(width, height) // 8)
 
 
-def interior_area_mpx(width: int, height: int) -> float:
+def interior_area_mpx(width: int, height: int, margin: int = EDGE_MARGIN) -> float:
     """Megapixels of the CCD's interior (:func:`interior_mask`): the area its measured sources
     come from, so that a density means the same on a simulated quarter CCD and a full one.
 
     >>> round(interior_area_mpx(2048, 4612), 2), round(interior_area_mpx(1024, 2306), 2)
     (7.81, 1.57)
     """
-    margin = edge_margin(width, height)
+    margin = edge_margin(width, height, margin)
     return max(width - 2 * margin, 0) * max(height - 2 * margin, 0) / 1e6
 
 
-def interior_mask(table: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
+def interior_mask(
+    table: dict[str, np.ndarray], width: int, height: int, margin: int = EDGE_MARGIN
+) -> np.ndarray:
     """Detections at least :data:`EDGE_MARGIN` pixels from every edge of a ``width`` x
     ``height`` CCD (1-based X/Y_IMAGE, as SExtractor writes them).
 
     The margin is at most an eighth of the CCD's shorter side (128 px from 1024 px up: the
     simulator's quarter-area CCDs and MegaCam's), so a small test CCD keeps most of itself.
     A framed catalog's X_IMAGE runs past ``width`` by the strips' 32 columns: those fall outside.
+    ``margin`` 0 (a SOM from before the margin) keeps every detection.
 
     >>> t = {"X_IMAGE": np.array([10.0, 600.0, 1990.0]), "Y_IMAGE": np.full(3, 900.0)}
     >>> interior_mask(t, 2048, 4612).tolist()
     [False, True, False]
     """
-    margin = edge_margin(width, height)
+    if margin <= 0:  # a bundle from before the margin: every detection, the frame's included
+        return np.ones(len(table["X_IMAGE"]), dtype=bool)
+    margin = edge_margin(width, height, margin)
     x = np.asarray(table["X_IMAGE"], dtype=np.float64) - 1.0
     y = np.asarray(table["Y_IMAGE"], dtype=np.float64) - 1.0
     return (x >= margin) & (x < width - margin) & (y >= margin) & (y < height - margin)
 
 
-def measured_mask(table: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
+def measured_mask(
+    table: dict[str, np.ndarray], width: int, height: int, margin: int = EDGE_MARGIN
+) -> np.ndarray:
     """The sources the SOM and the summary statistics measure: the isolated clean ones, away
     from the CCD's edges (:func:`interior_mask`).
 
@@ -124,13 +133,13 @@ def measured_mask(table: dict[str, np.ndarray], width: int, height: int) -> np.n
     fewer than :data:`MIN_ISOLATED` of them (a trailed CCD under stock deblending, where the
     trails are pieces) uses all its clean sources instead.
     """
-    clean = clean_mask(table) & interior_mask(table, width, height)
+    clean = clean_mask(table) & interior_mask(table, width, height, margin)
     isolated = clean & (np.asarray(table["FLAGS"]) == 0)
     return isolated if int(isolated.sum()) >= MIN_ISOLATED else clean
 
 
 def feature_matrix(
-    table: dict[str, np.ndarray], width: int, height: int
+    table: dict[str, np.ndarray], width: int, height: int, margin: int = EDGE_MARGIN
 ) -> tuple[np.ndarray, np.ndarray]:
     """SOM input rows of the measured sources of one CCD (:func:`measured_mask`).
 
@@ -140,6 +149,8 @@ def feature_matrix(
         Extraction feature table (SExtractor column names).
     width, height : int
         CCD size in pixels.
+    margin : int
+        Edge margin (:func:`interior_mask`; the SOM's :attr:`SourceSom.edge_margin`).
 
     Returns
     -------
@@ -150,7 +161,7 @@ def feature_matrix(
     """
     if width < 1 or height < 1:
         raise ValueError(f"CCD size must be positive, got {width}x{height}")
-    index = np.flatnonzero(measured_mask(table, width, height))
+    index = np.flatnonzero(measured_mask(table, width, height, margin))
     t = {k: np.asarray(v, dtype=np.float64)[index] for k, v in table.items()}
     rows = np.column_stack(
         [
@@ -307,6 +318,12 @@ class SourceSom:
     def n_clusters(self) -> int:
         return int(self.clusters.max()) + 1
 
+    @property
+    def edge_margin(self) -> int:
+        """The edge margin (pixels, :func:`interior_mask`) of the sources it was trained on and
+        must be fed: 0 for a SOM written before the margin existed."""
+        return int(self.meta.get("edge_margin", 0))
+
     def bmu(self, rows: np.ndarray) -> np.ndarray:
         """Best-matching neuron of unscaled feature rows."""
         return best_matching_units(self.scaling.apply(rows), self.codebook, distances=False)[0]
@@ -392,6 +409,7 @@ def train_som(
     iterations: int = 100_000,
     n_clusters: int = 20,
     seed: int = 0,
+    edge_margin: int = EDGE_MARGIN,
 ) -> SourceSom:
     """Fit scaling, SOM (minisom) and clusters on unscaled feature rows.
 
@@ -409,6 +427,9 @@ def train_som(
         Clusters of neurons (the method uses 20).
     seed : int
         Seeds minisom and the sample order: same inputs + seed -> same SOM and clusters.
+    edge_margin : int
+        The edge margin ``rows`` were measured with (:func:`feature_matrix`), recorded in
+        ``meta`` so that grading measures the same sources.
     """
     # only training fits a SOM: the CCD chain (and the pool's fork server) loads SOMs without it
     from minisom import MiniSom
@@ -445,6 +466,7 @@ def train_som(
         "seed": int(seed),
         "quantization_error": quality.quantization_error,
         "topographic_error": quality.topographic_error,
+        "edge_margin": int(edge_margin),
     }
     log.info(
         "SOM %dx%d trained on %d sources: QE %.3f, TE %.3f",

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from skygrade.models.som import MIN_ISOLATED, measured_mask
+from skygrade.models.som import EDGE_MARGIN, MIN_ISOLATED, measured_mask
 
 SUMMARY_FEATURES: tuple[str, ...] = (
     "log_flux_radius",
@@ -191,12 +191,16 @@ def twin_fraction(x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> float:
 
 
 def ccd_summary(
-    table: dict[str, np.ndarray], exptime: float, width: int, height: int
+    table: dict[str, np.ndarray],
+    exptime: float,
+    width: int,
+    height: int,
+    margin: int = EDGE_MARGIN,
 ) -> np.ndarray:
     """The :data:`SUMMARY_FEATURES` of one CCD's feature table (float64, NaN where unmeasurable).
 
     Uses the SOM's measured sources (:func:`skygrade.models.som.measured_mask`) of a ``width`` x
-    ``height`` CCD.
+    ``height`` CCD, ``margin`` pixels from its edges (the SOM's ``edge_margin``).
 
     Examples
     --------
@@ -214,7 +218,7 @@ def ccd_summary(
     without EXPTIME): the sky rate is then NaN.
     """
     out = np.full(len(SUMMARY_FEATURES), np.nan)
-    clean = measured_mask(table, width, height)
+    clean = measured_mask(table, width, height, margin)
     flags = np.asarray(table["FLAGS"])
     isolated = int(clean.sum()) >= MIN_ISOLATED and bool((flags[clean] == 0).all())
     if not clean.any():

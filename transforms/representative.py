@@ -207,11 +207,11 @@ def ccd_inputs(hits: CcdHits, size: int = 32) -> CcdInputs:
         median_iso0=med("ISO0"),
         median_background=med("BACKGROUND"),
         blended_fraction=blended,
-        area_mpx=interior_area_mpx(f.width, f.height),
+        area_mpx=interior_area_mpx(f.width, f.height, hits.edge_margin),
         padded_tiles=padded,
         has_image=f.pixels is not None,
         reason=hits.reason,
-        summary=ccd_summary(t, f.exptime, f.width, f.height),
+        summary=ccd_summary(t, f.exptime, f.width, f.height, hits.edge_margin),
         physics=f.physics,
         missing=(
             *(() if np.isfinite(f.exptime) and f.exptime > 0 else ("EXPTIME",)),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from skygrade.models.som import SourceSom, feature_matrix
+from skygrade.models.som import EDGE_MARGIN, SourceSom, feature_matrix
 from skygrade.transforms.extract import CcdFeatures
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class CcdHits:
     index: np.ndarray = field(repr=False)  # position of each clean source in the feature table
     reason: str | None = None
     som_s: float = 0.0
+    edge_margin: int = EDGE_MARGIN
+    """The SOM's edge margin: the summary statistics measure the same sources as the hits."""
 
 
 def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
@@ -54,7 +56,8 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
     A CCD with no clean source gets a zero hit vector and a reason.
     """
     start = time.perf_counter()
-    rows, index = feature_matrix(features.sources, features.width, features.height)
+    margin = som.edge_margin
+    rows, index = feature_matrix(features.sources, features.width, features.height, margin)
     labels = som.cluster_of(rows)
     hits = np.bincount(labels, minlength=som.n_clusters).astype(np.int32)
     reason = None
@@ -64,4 +67,4 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
             if features.n_sources == 0
             else f"no_clean_sources: all {features.n_sources} sources flagged"
         )
-    return CcdHits(features, hits, labels, index, reason, time.perf_counter() - start)
+    return CcdHits(features, hits, labels, index, reason, time.perf_counter() - start, margin)

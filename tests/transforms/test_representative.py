@@ -158,6 +158,30 @@ def test_ccd_hits_and_inputs(som):
     np.testing.assert_array_equal(inputs.image, again.image)
 
 
+def test_a_som_from_before_the_edge_margin_measures_the_whole_ccd(som, tmp_path):
+    """A bundle is fed the sources it was trained on: a SOM saved without an edge margin (every
+    bundle before it) counts the detections by the edges, a new one leaves them out, and the
+    summary statistics and the density follow the SOM."""
+    import dataclasses
+
+    from skygrade.models.som import EDGE_MARGIN, SourceSom
+
+    assert som.edge_margin == EDGE_MARGIN
+    assert SourceSom.load(som.save(tmp_path / "som.npz")).edge_margin == EDGE_MARGIN
+    old = dataclasses.replace(som, meta={k: v for k, v in som.meta.items() if k != "edge_margin"})
+    assert SourceSom.load(old.save(tmp_path / "old.npz")).edge_margin == 0
+    rng = np.random.default_rng(6)
+    src = features(300, rng, flags=np.zeros(300))
+    src["X_IMAGE"][:5] = 310.0  # a framed catalog's strip, past the nominal width
+    f = CcdFeatures("77", 0, 36, 60.0, 300, 200, src)
+    new_hits, old_hits = ccd_hits(f, som), ccd_hits(f, old)
+    assert old_hits.hits.sum() == 300
+    assert new_hits.hits.sum() == interior_mask(f.sources, 300, 200).sum() < 300
+    new, before = ccd_inputs(new_hits, size=16), ccd_inputs(old_hits, size=16)
+    assert before.area_mpx == pytest.approx(0.06) and new.area_mpx == pytest.approx(0.0375)
+    assert not np.array_equal(new.summary, before.summary, equal_nan=True)
+
+
 def test_ccd_without_clean_sources_gets_zero_vector_and_reason(som):
     rng = np.random.default_rng(3)
     f = CcdFeatures("9", 0, 36, 60.0, 300, 200, features(5, rng, flags=[4] * 5))
