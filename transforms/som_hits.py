@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from skygrade.models.som import EDGE_MARGIN, SourceSom, feature_matrix
+from skygrade.models.som import (
+    EDGE_MARGIN,
+    SourceSom,
+    clean_mask,
+    edge_margin,
+    feature_matrix,
+    interior_mask,
+)
 from skygrade.transforms.extract import CcdFeatures
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,28 @@ class CcdHits:
     """The SOM's edge margin: the summary statistics measure the same sources as the hits."""
 
 
+def _empty_reason(features: CcdFeatures, margin: int) -> str:
+    """Why a CCD has no measured source: none detected, all flagged, or all by the edges (or
+    outside the CCD's size: a catalog whose X/Y are not of a 2048 x 4612 CCD)."""
+    n = features.n_sources
+    if n == 0:
+        return "no_sources: no source detected"
+    clean = clean_mask(features.sources)
+    if (
+        clean.any()
+        and not interior_mask(features.sources, features.width, features.height, margin)[
+            clean
+        ].any()
+    ):
+        return (
+            f"no_interior_sources: all {int(clean.sum())} clean sources lie within "
+            f"{edge_margin(features.width, features.height, margin)} px of the edges of the "
+            f"{features.width}x{features.height} CCD or outside it (a catalog of another CCD "
+            "size: set extract.catalog_ccd_shape)"
+        )
+    return f"no_clean_sources: all {n} sources flagged"
+
+
 def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
     """Map one CCD's clean sources onto the SOM's clusters.
 
@@ -62,9 +91,5 @@ def ccd_hits(features: CcdFeatures, som: SourceSom) -> CcdHits:
     hits = np.bincount(labels, minlength=som.n_clusters).astype(np.int32)
     reason = None
     if len(index) == 0:
-        reason = (
-            "no_sources: no source detected"
-            if features.n_sources == 0
-            else f"no_clean_sources: all {features.n_sources} sources flagged"
-        )
+        reason = _empty_reason(features, margin)
     return CcdHits(features, hits, labels, index, reason, time.perf_counter() - start, margin)

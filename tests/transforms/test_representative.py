@@ -187,6 +187,11 @@ def test_ccd_without_clean_sources_gets_zero_vector_and_reason(som):
     f = CcdFeatures("9", 0, 36, 60.0, 300, 200, features(5, rng, flags=[4] * 5))
     h = ccd_hits(f, som)
     assert h.hits.sum() == 0 and h.reason.startswith("no_clean_sources")
+    outside = features(50, rng, width=3000, height=2000, flags=np.zeros(50))
+    outside["X_IMAGE"] += 400.0  # a mosaic's coordinates, not this 300 x 200 CCD's
+    h = ccd_hits(CcdFeatures("9", 2, 36, 60.0, 300, 200, outside), som)
+    assert h.hits.sum() == 0 and h.reason.startswith("no_interior_sources: all 50 clean")
+    assert "25 px" in h.reason and "300x200" in h.reason and "catalog_ccd_shape" in h.reason
     empty = CcdFeatures("9", 1, 36, 60.0, 300, 200, empty_sources())
     assert ccd_hits(empty, som).reason.startswith("no_sources")
     assert not ccd_inputs(ccd_hits(empty, som)).image.any()
