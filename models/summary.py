@@ -63,8 +63,9 @@ scale; medians and percentiles, not counts):
 Every statistic is of the CCD's measured sources (:func:`skygrade.models.som.measured_mask`): the
 isolated (FLAGS == 0) clean sources, whose shapes are the PSF's whatever the deblending
 settings, at least the SOM's edge margin from the CCD's edges (where the real archives' prescan
-and overscan strips bend the background: :data:`skygrade.models.som.EDGE_MARGIN`). ``log_elongation``, ``log_iso0_bright`` and ``log_iso0_spread`` need only the eight
-columns every archive catalog has (X/Y_IMAGE, ISO0, ELONGATION, ELLIPTICITY, CLASS_STAR,
+and overscan strips bend the background: :data:`skygrade.models.som.EDGE_MARGIN`).
+``log_elongation``, ``log_iso0_bright`` and ``log_iso0_spread`` need only the eight columns
+every archive catalog has (X/Y_IMAGE, ISO0, ELONGATION, ELLIPTICITY, CLASS_STAR,
 BACKGROUND, FLAGS).
 
 The trail-shape statistics (major spread to theta alignment) tell a linear trail (BT: every
