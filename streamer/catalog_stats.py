@@ -9,6 +9,10 @@ the median BACKGROUND::
 
     python -m skygrade.streamer.catalog_stats ../shared/real-catalogs build/calib-cats-archive
 
+``--interior`` keeps only the detections the network's statistics read, those at least the edge
+margin from a CCD's edges (:func:`skygrade.models.som.interior_mask`; the CCD's size from
+NAXIS1/2, else MegaCam's 2048x4612), and scales the counts by the interior's area.
+
 Reads the catalogs with astropy alone (the raw columns, no skygrade feature mapping), so it
 shows what the files hold.
 """
@@ -24,10 +28,13 @@ import numpy as np
 from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
+from skygrade.models.som import interior_area_mpx, interior_mask
 from skygrade.models.summary import bright_mask
 from skygrade.transforms.exposure import exposure_id_from_path
 
 FULL_CCD_PIXELS = 2048 * 4612
+MEGACAM_CCD = (2048, 4612)
+"""(width, height) of a CCD whose catalog keeps no image header."""
 STATS = (
     "sources/CCD",
     "FLAGS==0",
@@ -75,26 +82,33 @@ def ccd_stats(table, pixels: int | None) -> np.ndarray | None:
     )
 
 
-def exposure_stats(path: Path) -> np.ndarray:
-    """Median over the CCDs of an exposure's catalog of :func:`ccd_stats`."""
+def exposure_stats(path: Path, interior: bool = False) -> np.ndarray:
+    """Median over the CCDs of an exposure's catalog of :func:`ccd_stats` (of the interior
+    detections alone with ``interior``)."""
     rows = []
     with fits.open(path, memmap=False) as hdul:
-        naxis = None
+        shape = None
         for hdu in hdul[1:]:
             if hdu.name == "LDAC_IMHEAD":
                 text = "".join(str(c).ljust(80)[:80] for c in np.ravel(hdu.data.field(0)[0]))
                 head = fits.Header.fromstring(text)
-                naxis = int(head.get("NAXIS1", 0)) * int(head.get("NAXIS2", 0)) or None
+                nx, ny = int(head.get("NAXIS1", 0)), int(head.get("NAXIS2", 0))
+                shape = (nx, ny) if nx > 0 and ny > 0 else None
                 continue
             if not isinstance(hdu, fits.BinTableHDU):
                 continue
-            row = ccd_stats(hdu.data, naxis)
+            table, pixels = hdu.data, shape[0] * shape[1] if shape else None
+            if interior and table is not None and len(table):
+                width, height = shape or MEGACAM_CCD
+                table = table[interior_mask(table, width, height)]
+                pixels = round(interior_area_mpx(width, height) * 1e6)
+            row = ccd_stats(table, pixels)
             if row is not None:
                 rows.append(row)
     return np.nanmedian(np.array(rows), axis=0) if rows else np.full(len(STATS), np.nan)
 
 
-def archive_table(root: str | Path) -> dict[str, np.ndarray]:
+def archive_table(root: str | Path, interior: bool = False) -> dict[str, np.ndarray]:
     """{class: (n_exposures, len(STATS)) array} of one labelled catalog archive."""
     root = Path(root)
     labels = _labels(root)
@@ -103,7 +117,7 @@ def archive_table(root: str | Path) -> dict[str, np.ndarray]:
     for path in sorted({p for pat in patterns for p in root.rglob(pat)}):
         label = labels.get(exposure_id_from_path(path))
         if label is not None:
-            out.setdefault(label, []).append(exposure_stats(path))
+            out.setdefault(label, []).append(exposure_stats(path, interior))
     return {k: np.array(v) for k, v in out.items()}
 
 
@@ -137,11 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         "side (the calibration table of docs/model.md).",
     )
     parser.add_argument("archives", nargs="+", help="directories of catalogs + labels.csv")
+    parser.add_argument(
+        "--interior",
+        action="store_true",
+        help="only the detections the network reads: those at least the edge margin (128 px) "
+        "from a CCD's edges; counts scaled by the interior's area",
+    )
     args = parser.parse_args(argv)
     tables = {}
     for root in args.archives:
         try:
-            tables[Path(root).name] = archive_table(root)
+            tables[Path(root).name] = archive_table(root, args.interior)
         except (OSError, ValueError, KeyError) as exc:
             print(f"catalog_stats: error: {root}: {exc}", file=sys.stderr)
             return 2
