@@ -45,6 +45,7 @@ from tests.helpers.bundles import bad_copies
 from tests.helpers.daemon_process import (
     GRADE_TIMEOUT_S,
     NIGHT,
+    all_stopped,
     daemon,
     exposures,
     health_of,
@@ -173,6 +174,7 @@ def test_kill_9_at_random_points_over_a_burst(bundle, tmp_path, figures):
                     time.sleep(rng.uniform(0.0, 0.5))
                 modes.append(mode)
                 os.killpg(proc.pid, signal.SIGSTOP)  # freeze it all to read the ledger
+                poll_until(lambda p=proc: all_stopped(p.pid), 5.0)  # the signal is delivered
                 caught |= _caught_grading(out)
                 os.kill(proc.pid, signal.SIGKILL)  # the daemon alone: its pool must follow
                 proc.proc.wait(10)

@@ -109,6 +109,29 @@ def live_processes():
             yield int(entry.name), entry, fields
 
 
+def all_stopped(sid: int) -> bool:
+    """Whether every thread of every live process of session ``sid`` is stopped (state T).
+
+    A SIGSTOP is delivered to each thread when it next runs, so after ``killpg`` returns a
+    thread on another core may still finish what it was doing (a ledger commit): wait for this
+    before reading what the frozen processes wrote."""
+    for _, entry, fields in live_processes():
+        if int(fields[3]) != sid:
+            continue
+        try:
+            tasks = list((entry / "task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2 :].split()[0] not in ("T", "t", "Z", "X"):
+                return False
+    return True
+
+
 def session_members(sid: int) -> list[tuple[int, str]]:
     """(pid, state) of every live (not zombie) process in session ``sid``, from /proc."""
     return [(pid, f[0]) for pid, _, f in live_processes() if int(f[3]) == sid]
