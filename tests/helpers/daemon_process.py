@@ -100,13 +100,18 @@ def live_processes():
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] not in ("Z", "X"):
+        fields = _stat_fields(entry / "stat")
+        if fields is not None and fields[0] not in ("Z", "X"):
             yield int(entry.name), entry, fields
+
+
+def _stat_fields(path: Path) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (None when it is gone)."""
+    try:
+        stat = path.read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def all_stopped(sid: int) -> bool:
@@ -123,11 +128,8 @@ def all_stopped(sid: int) -> bool:
         except OSError:
             continue
         for task in tasks:
-            try:
-                stat = (task / "stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.rindex(")") + 2 :].split()[0] not in ("T", "t", "Z", "X"):
+            fields = _stat_fields(task / "stat")
+            if fields is not None and fields[0] not in ("T", "t", "Z", "X"):
                 return False
     return True
 
