@@ -14,17 +14,22 @@ number bounds the seeing and trail edges only; the other ambiguities (a faint sc
 arc, a short exposure of a sparse field) lower the true ceiling further. The decision per bin is
 learned on one half of the draws and scored on the other (no small-bin optimism)::
 
-    python -m skygrade.streamer.label_ceiling
+    python -m skygrade.streamer.label_ceiling [HELD-OUT-ARCHIVE ...]
 
-docs/model.md (item 19) has the table and the held-out seeds' errors beside it.
+With simulated archives named (held-out nights), it also prints the Bayes grader's expected
+accuracy on their exposures, from their truth headers. docs/model.md (item 19) has the table
+and the held-out seeds' errors beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
 from skygrade.streamer.sky_plan import PIXEL_SCALE, _draw_conditions
@@ -60,13 +65,36 @@ def draw_observables(
     }
 
 
+def _noisy_keys(
+    obs: Mapping[str, np.ndarray], seeing_dex: float, trail_fwhm: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Each exposure's bin of observables, measured with the given noise (1/60 dex of seeing,
+    0.025 dex of 0.5 FWHM + trail, erratic or not, sky problem or not)."""
+    n = len(obs["label"])
+    log_see = np.log10(obs["seeing"]) + rng.normal(0.0, seeing_dex, n)
+    trail = np.asarray(obs["trail"]) + rng.normal(0.0, trail_fwhm, n)
+    see_bin = np.digitize(log_see, np.arange(-0.5, 0.5, 1.0 / 60))
+    trail_bin = np.digitize(np.log10(np.maximum(trail, 0.0) + 0.5), np.arange(-0.4, 1.6, 0.025))
+    erratic = np.asarray(obs["erratic"], dtype=np.int64)
+    sky = np.asarray(obs["sky_problem"], dtype=np.int64)
+    return ((see_bin * 1000 + trail_bin) * 2 + erratic) * 2 + sky
+
+
+def _decisions(keys: np.ndarray, labels: np.ndarray) -> tuple[dict[int, int], int]:
+    """The majority class of each bin, and the overall majority for a bin never seen."""
+    counts: dict[int, np.ndarray] = {}
+    for k, lab in zip(keys.tolist(), np.asarray(labels).tolist(), strict=True):
+        counts.setdefault(k, np.zeros(len(CLASSES), dtype=np.int64))[lab] += 1
+    fallback = int(np.bincount(labels, minlength=len(CLASSES)).argmax())
+    return {k: int(c.argmax()) for k, c in counts.items()}, fallback
+
+
 def bayes_accuracy(
     obs: Mapping[str, np.ndarray], seeing_dex: float, trail_fwhm: float, seed: int = 1
 ) -> float:
     """Accuracy of the best grader that sees the seeing to ``seeing_dex`` (rms, dex) and the
-    trail to ``trail_fwhm`` (rms, FWHM): the decision per bin of observables (1/60 dex of
-    seeing, 0.025 dex of 0.5 FWHM + trail, erratic or not, sky problem or not) is the
-    majority class of the first half of the draws, scored on the second half.
+    trail to ``trail_fwhm`` (rms, FWHM): the decision per bin of observables is the majority
+    class of the first half of the draws, scored on the second half.
 
     >>> obs = draw_observables(4000)
     >>> bayes_accuracy(obs, 0.0, 0.0) > bayes_accuracy(obs, 0.05, 0.3)
@@ -74,32 +102,86 @@ def bayes_accuracy(
     """
     rng = np.random.default_rng(seed)
     label = np.asarray(obs["label"])
-    n = len(label)
-    log_see = np.log10(obs["seeing"]) + rng.normal(0.0, seeing_dex, n)
-    trail = np.asarray(obs["trail"]) + rng.normal(0.0, trail_fwhm, n)
-    see_bin = np.digitize(log_see, np.arange(-0.5, 0.5, 1.0 / 60))
-    trail_bin = np.digitize(np.log10(np.maximum(trail, 0.0) + 0.5), np.arange(-0.4, 1.6, 0.025))
-    key = ((see_bin * 1000 + trail_bin) * 2 + obs["erratic"]) * 2 + obs["sky_problem"]
-    fit, score = np.arange(n) % 2 == 0, np.arange(n) % 2 == 1
-    counts: dict[int, np.ndarray] = {}
-    for k, lab in zip(key[fit].tolist(), label[fit].tolist(), strict=True):
-        counts.setdefault(k, np.zeros(len(CLASSES), dtype=np.int64))[lab] += 1
-    fallback = int(np.bincount(label[fit], minlength=len(CLASSES)).argmax())
-    guess = np.array([int(counts[k].argmax()) if k in counts else fallback for k in key[score]])
+    key = _noisy_keys(obs, seeing_dex, trail_fwhm, rng)
+    fit, score = np.arange(len(label)) % 2 == 0, np.arange(len(label)) % 2 == 1
+    decide, fallback = _decisions(key[fit], label[fit])
+    guess = np.array([decide.get(k, fallback) for k in key[score].tolist()])
     return float(np.mean(guess == label[score]))
 
 
+def archive_observables(root: str | Path) -> dict[str, np.ndarray]:
+    """The true observables of a simulated archive's exposures, from their truth headers
+    (SIMCLASS, SIMSEEIN, SIMTRAIL, SIMTRMOD; ``*.fits`` and ``*.fits.fz`` under ``root``)."""
+    rows = []
+    for path in sorted(Path(root).rglob("*.fits*")):
+        if not path.name.endswith((".fits", ".fits.fz")):
+            continue
+        h = fits.getheader(path, 0)
+        if "SIMCLASS" not in h:
+            raise ValueError(f"{path}: no SIMCLASS truth header (not drawn by the simulator)")
+        fwhm_px = float(h["SIMSEEIN"]) / PIXEL_SCALE
+        rows.append(
+            (
+                CLASSES.index(str(h["SIMCLASS"]).strip()),
+                float(h["SIMSEEIN"]),
+                float(h["SIMTRAIL"]) / fwhm_px,
+                str(h["SIMTRMOD"]).strip() != "linear",
+            )
+        )
+    if not rows:
+        raise ValueError(f"{root}: no simulated exposure (*.fits, *.fits.fz) found")
+    label, seeing, trail, erratic = (np.array(c) for c in zip(*rows, strict=True))
+    return {
+        "label": label,
+        "seeing": seeing,
+        "trail": trail,
+        "erratic": erratic.astype(bool),
+        "sky_problem": label == CLASSES.index("BGP"),
+    }
+
+
+def expected_accuracy(
+    reference: Mapping[str, np.ndarray],
+    exposures: Mapping[str, np.ndarray],
+    seeing_dex: float,
+    trail_fwhm: float,
+    repeats: int = 100,
+    seed: int = 2,
+) -> float:
+    """The Bayes grader's expected accuracy on given ``exposures`` (e.g. a held-out archive):
+    its decisions learned from the ``reference`` draws, each exposure measured ``repeats``
+    times with the noise."""
+    rng = np.random.default_rng(seed)
+    decide, fallback = _decisions(
+        _noisy_keys(reference, seeing_dex, trail_fwhm, rng), np.asarray(reference["label"])
+    )
+    tiled = {k: np.repeat(np.asarray(v), repeats) for k, v in exposures.items()}
+    keys = _noisy_keys(tiled, seeing_dex, trail_fwhm, rng)
+    guess = np.array([decide.get(k, fallback) for k in keys.tolist()])
+    return float(np.mean(guess == tiled["label"]))
+
+
 def ceiling_table(
-    n: int = 400_000, seed: int = 0, levels: Sequence[tuple[float, float]] = NOISE_LEVELS
+    n: int = 400_000,
+    seed: int = 0,
+    levels: Sequence[tuple[float, float]] = NOISE_LEVELS,
+    archives: Sequence[str | Path] = (),
 ) -> str:
-    """A markdown table of the Bayes accuracy at each noise level of ``levels``."""
+    """A markdown table of the Bayes accuracy at each noise level of ``levels``: over the
+    simulator's draws, and expected on each simulated archive of ``archives``."""
     obs = draw_observables(n, seed)
-    lines = [
-        "| seeing noise (dex) | trail noise (FWHM) | Bayes accuracy |",
-        "|---:|---:|---:|",
-    ]
+    held = {Path(a).name: archive_observables(a) for a in archives}
+    head = "| seeing noise (dex) | trail noise (FWHM) | Bayes accuracy |"
+    rule = "|---:|---:|---:|"
+    for name, o in held.items():
+        head += f" {name} ({len(o['label'])}) |"
+        rule += "---:|"
+    lines = [head, rule]
     for see, trail in levels:
-        lines.append(f"| {see:.2f} | {trail:.2f} | {bayes_accuracy(obs, see, trail):.3f} |")
+        row = f"| {see:.2f} | {trail:.2f} | {bayes_accuracy(obs, see, trail):.3f} |"
+        for o in held.values():
+            row += f" {expected_accuracy(obs, o, see, trail):.3f} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -111,10 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=400_000, help="exposures drawn (default 400000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "archives",
+        nargs="*",
+        help="simulated archives (e.g. held-out nights) to give the expected Bayes accuracy on",
+    )
     args = parser.parse_args(argv)
     if args.n < 100:
         parser.error(f"--n must be at least 100, got {args.n}")
-    print(ceiling_table(args.n, args.seed))
+    try:
+        print(ceiling_table(args.n, args.seed, archives=args.archives))
+    except (OSError, ValueError) as exc:
+        print(f"label_ceiling: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

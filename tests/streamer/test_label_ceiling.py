@@ -1,9 +1,16 @@
 """The Bayes ceiling of the simulator's labels (docs/model.md item 19)."""
 
 import pytest
+from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
-from skygrade.streamer.label_ceiling import bayes_accuracy, draw_observables, main
+from skygrade.streamer.label_ceiling import (
+    archive_observables,
+    bayes_accuracy,
+    draw_observables,
+    expected_accuracy,
+    main,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +43,39 @@ def test_main_prints_the_table_and_refuses_a_tiny_draw(capsys):
     with pytest.raises(SystemExit):
         main(["--n", "10"])
     assert "--n must be at least 100" in capsys.readouterr().err
+
+
+def _exposure(path, label, seeing, trail_px, mode="linear"):
+    h = fits.Header()
+    h["SIMCLASS"], h["SIMSEEIN"], h["SIMTRAIL"], h["SIMTRMOD"] = label, seeing, trail_px, mode
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(header=h).writeto(path)
+
+
+def test_held_out_exposures_at_an_edge_cost_what_the_edge_costs(obs, tmp_path, capsys):
+    """A GOOD exposure at 0.7" is always right; one at 1.02", where B_SEEING draws pile up at
+    1.00", is wrong for the Bayes grader even without noise; a 4-FWHM linear trail is BT."""
+    night = tmp_path / "archive" / "2026-10-10"
+    _exposure(night / "1000001o.fits", "GOOD", 0.70, 0.5)
+    _exposure(night / "1000002o.fits", "GOOD", 1.02, 0.5)
+    _exposure(night / "1000003o.fits", "BT", 0.70, 4.0 * 0.70 / 0.187)
+    held = archive_observables(tmp_path / "archive")
+    assert held["label"].tolist() == [0, 0, CLASSES.index("BT")]
+    assert held["trail"][2] == pytest.approx(4.0)
+    one = {k: v[:1] for k, v in held.items()}
+    edge = {k: v[1:2] for k, v in held.items()}
+    trail = {k: v[2:] for k, v in held.items()}
+    assert expected_accuracy(obs, one, 0.02, 0.15) == 1.0
+    assert expected_accuracy(obs, edge, 0.0, 0.0) == 0.0
+    assert expected_accuracy(obs, trail, 0.02, 0.15) == 1.0
+    assert main(["--n", "3000", str(tmp_path / "archive")]) == 0
+    assert "archive (3)" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_an_archive_without_truth_headers_is_refused_with_its_path(tmp_path, capsys):
+    fits.PrimaryHDU().writeto(tmp_path / "2000001o.fits")
+    assert main(["--n", "500", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "2000001o.fits" in err and "SIMCLASS" in err
+    assert main(["--n", "500", str(tmp_path / "none")]) == 2
+    assert "no simulated exposure" in capsys.readouterr().err
