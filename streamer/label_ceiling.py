@@ -17,13 +17,15 @@ learned on one half of the draws and scored on the other (no small-bin optimism)
     python -m skygrade.streamer.label_ceiling [HELD-OUT-ARCHIVE ...]
 
 With simulated archives named (held-out nights), it also prints the Bayes grader's expected
-accuracy on their exposures, from their truth headers. docs/model.md (item 19) has the table
-and the held-out seeds' errors beside it.
+accuracy on their exposures, from their truth headers; with ``--report`` (a bundle's ``skygrade
+evaluate`` report of each), the bundle's exposures right on the class edges and off them.
+docs/model.md (item 19) has the table and the held-out seeds' errors beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +34,9 @@ import numpy as np
 from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
+from skygrade.streamer.compare_reports import right_by_exposure
 from skygrade.streamer.sky_plan import PIXEL_SCALE, _draw_conditions
+from skygrade.transforms.exposure import exposure_id_from_path
 
 TRAINING_MIX = {"GOOD": 0.28, "B_SEEING": 0.18, "BGP": 0.18, "BT": 0.18, "RBT": 0.18}
 """The class mix of ``models/training.yaml`` (and of the held-out archives drawn with it)."""
@@ -111,7 +115,8 @@ def bayes_accuracy(
 
 def archive_observables(root: str | Path) -> dict[str, np.ndarray]:
     """The true observables of a simulated archive's exposures, from their truth headers
-    (SIMCLASS, SIMSEEIN, SIMTRAIL, SIMTRMOD; ``*.fits`` and ``*.fits.fz`` under ``root``)."""
+    (SIMCLASS, SIMSEEIN, SIMTRAIL, SIMTRMOD; ``*.fits`` and ``*.fits.fz`` under ``root``), and
+    their ``exposure_id`` (EXPNUM)."""
     rows = []
     for path in sorted(Path(root).rglob("*.fits*")):
         if not path.name.endswith((".fits", ".fits.fz")):
@@ -122,6 +127,7 @@ def archive_observables(root: str | Path) -> dict[str, np.ndarray]:
         fwhm_px = float(h["SIMSEEIN"]) / PIXEL_SCALE
         rows.append(
             (
+                str(h.get("EXPNUM", exposure_id_from_path(path))),
                 CLASSES.index(str(h["SIMCLASS"]).strip()),
                 float(h["SIMSEEIN"]),
                 float(h["SIMTRAIL"]) / fwhm_px,
@@ -130,14 +136,38 @@ def archive_observables(root: str | Path) -> dict[str, np.ndarray]:
         )
     if not rows:
         raise ValueError(f"{root}: no simulated exposure (*.fits, *.fits.fz) found")
-    label, seeing, trail, erratic = (np.array(c) for c in zip(*rows, strict=True))
+    ids, label, seeing, trail, erratic = (np.array(c) for c in zip(*rows, strict=True))
     return {
+        "exposure_id": ids,
         "label": label,
         "seeing": seeing,
         "trail": trail,
         "erratic": erratic.astype(bool),
         "sky_problem": label == CLASSES.index("BGP"),
     }
+
+
+def best_grader_right(
+    reference: Mapping[str, np.ndarray],
+    exposures: Mapping[str, np.ndarray],
+    seeing_dex: float,
+    trail_fwhm: float,
+    repeats: int = 100,
+    seed: int = 2,
+) -> np.ndarray:
+    """Per exposure of ``exposures`` (e.g. a held-out archive), the share of ``repeats`` noisy
+    measurements on which the best grader (its decisions learned from the ``reference`` draws)
+    names the exposure's label: near 1 away from every edge, near 0 where another class's
+    draws outnumber its own."""
+    rng = np.random.default_rng(seed)
+    decide, fallback = _decisions(
+        _noisy_keys(reference, seeing_dex, trail_fwhm, rng), np.asarray(reference["label"])
+    )
+    fields = ("label", "seeing", "trail", "erratic", "sky_problem")
+    tiled = {k: np.repeat(np.asarray(exposures[k]), repeats) for k in fields}
+    keys = _noisy_keys(tiled, seeing_dex, trail_fwhm, rng)
+    guess = np.array([decide.get(k, fallback) for k in keys.tolist()])
+    return (guess == tiled["label"]).reshape(-1, repeats).mean(axis=1)
 
 
 def expected_accuracy(
@@ -148,17 +178,35 @@ def expected_accuracy(
     repeats: int = 100,
     seed: int = 2,
 ) -> float:
-    """The Bayes grader's expected accuracy on given ``exposures`` (e.g. a held-out archive):
-    its decisions learned from the ``reference`` draws, each exposure measured ``repeats``
-    times with the noise."""
-    rng = np.random.default_rng(seed)
-    decide, fallback = _decisions(
-        _noisy_keys(reference, seeing_dex, trail_fwhm, rng), np.asarray(reference["label"])
+    """The best grader's expected accuracy on ``exposures`` (:func:`best_grader_right`)."""
+    return float(
+        best_grader_right(reference, exposures, seeing_dex, trail_fwhm, repeats, seed).mean()
     )
-    tiled = {k: np.repeat(np.asarray(v), repeats) for k, v in exposures.items()}
-    keys = _noisy_keys(tiled, seeing_dex, trail_fwhm, rng)
-    guess = np.array([decide.get(k, fallback) for k in keys.tolist()])
-    return float(np.mean(guess == tiled["label"]))
+
+
+AMBIGUOUS = 0.9
+"""An exposure the best grader gets right less often than this is on a class edge."""
+
+
+def split_by_edge(
+    reference: Mapping[str, np.ndarray],
+    exposures: Mapping[str, np.ndarray],
+    right: Mapping[str, bool],
+    seeing_dex: float = 0.024,
+    trail_fwhm: float = 0.15,
+) -> dict[str, tuple[int, int]]:
+    """A bundle's exposures right (``right``: exposure id -> graded right, from its evaluation
+    report) on the exposures of an archive that sit on a class edge (the best grader right less
+    than :data:`AMBIGUOUS` of the time) and on the others: ``{"edge": (right, n), "clear": ...}``.
+    The default noise is the stellar-locus statistic's (docs/model.md item 19)."""
+    ok = best_grader_right(reference, exposures, seeing_dex, trail_fwhm, repeats=200)
+    out = {"edge": [0, 0], "clear": [0, 0]}
+    for eid, p in zip(np.asarray(exposures["exposure_id"]).tolist(), ok.tolist(), strict=True):
+        if eid in right:
+            cell = out["edge" if p < AMBIGUOUS else "clear"]
+            cell[0] += int(right[eid])
+            cell[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def ceiling_table(
@@ -185,6 +233,29 @@ def ceiling_table(
     return "\n".join(lines)
 
 
+def edge_table(
+    template: str, archives: Sequence[str | Path], n: int = 400_000, seed: int = 0
+) -> str:
+    """A markdown table of a bundle's exposures right on and off the class edges, per archive
+    (its report at ``template`` with ``{archive}`` replaced by the archive's folder name)."""
+    obs = draw_observables(n, seed)
+    lines = [
+        "| archive | on an edge: right / exposures | elsewhere: right / exposures |",
+        "|---|---:|---:|",
+    ]
+    for root in archives:
+        report = Path(template.replace("{archive}", Path(root).name))
+        report = report / "report.json" if report.is_dir() else report
+        try:
+            right = right_by_exposure(json.loads(report.read_text()))
+        except (OSError, json.JSONDecodeError, ValueError) as exc:
+            raise ValueError(f"{report}: {exc}") from None
+        cells = split_by_edge(obs, archive_observables(root), right)
+        (a, m), (b, k) = cells["edge"], cells["clear"]
+        lines.append(f"| {Path(root).name} | {a} / {m} | {b} / {k} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m skygrade.streamer.label_ceiling",
@@ -198,11 +269,23 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         help="simulated archives (e.g. held-out nights) to give the expected Bayes accuracy on",
     )
+    parser.add_argument(
+        "--report",
+        metavar="TEMPLATE",
+        help="a bundle's skygrade evaluate report directory per archive, {archive} standing for "
+        "each archive's folder name: prints the bundle's exposures right on and off the class "
+        "edges",
+    )
     args = parser.parse_args(argv)
+    if args.report and not args.archives:
+        parser.error("--report needs the archives it reports on")
     if args.n < 100:
         parser.error(f"--n must be at least 100, got {args.n}")
     try:
         print(ceiling_table(args.n, args.seed, archives=args.archives))
+        if args.report:
+            print()
+            print(edge_table(args.report, args.archives, args.n, args.seed))
     except (OSError, ValueError) as exc:
         print(f"label_ceiling: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
 """The Bayes ceiling of the simulator's labels (docs/model.md item 19)."""
 
+import json
+
 import pytest
 from astropy.io import fits
 
@@ -79,3 +81,26 @@ def test_an_archive_without_truth_headers_is_refused_with_its_path(tmp_path, cap
     assert "2000001o.fits" in err and "SIMCLASS" in err
     assert main(["--n", "500", str(tmp_path / "none")]) == 2
     assert "no simulated exposure" in capsys.readouterr().err
+
+
+def test_a_bundles_grades_are_split_on_and_off_the_class_edges(tmp_path, capsys):
+    night = tmp_path / "held" / "2026-10-10"
+    _exposure(night / "1000001o.fits", "GOOD", 0.70, 0.5)  # clear
+    _exposure(night / "1000002o.fits", "GOOD", 1.02, 0.5)  # on the seeing edge
+    _exposure(night / "1000003o.fits", "B_SEEING", 1.60, 1.0)  # clear
+    rows = [
+        {"exposure_id": "1000001", "label": "GOOD", "grade": "GOOD"},
+        {"exposure_id": "1000002", "label": "GOOD", "grade": "B_SEEING"},
+        {"exposure_id": "1000003", "label": "B_SEEING", "grade": "GOOD"},
+    ]
+    report = tmp_path / "r-held"
+    report.mkdir()
+    (report / "report.json").write_text(json.dumps({"agreement": {"rows": rows}}))
+    args = ["--n", "20000", str(tmp_path / "held"), "--report", str(tmp_path / "r-{archive}")]
+    assert main(args) == 0
+    assert "| held | 0 / 1 | 1 / 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--report", str(tmp_path / "r-{archive}")])
+    assert "--report needs the archives" in capsys.readouterr().err
+    assert main(["--n", "500", str(tmp_path / "held"), "--report", str(tmp_path / "x")]) == 2
+    assert "x" in capsys.readouterr().err
