@@ -9,8 +9,8 @@ from skygrade.models.classes import CLASSES
 from skygrade.streamer.label_ceiling import (
     archive_observables,
     bayes_accuracy,
+    best_grader_right,
     draw_observables,
-    expected_accuracy,
     main,
 )
 
@@ -67,9 +67,9 @@ def test_held_out_exposures_at_an_edge_cost_what_the_edge_costs(obs, tmp_path, c
     one = {k: v[:1] for k, v in held.items()}
     edge = {k: v[1:2] for k, v in held.items()}
     trail = {k: v[2:] for k, v in held.items()}
-    assert expected_accuracy(obs, one, 0.02, 0.15) == 1.0
-    assert expected_accuracy(obs, edge, 0.0, 0.0) == 0.0
-    assert expected_accuracy(obs, trail, 0.02, 0.15) == 1.0
+    assert best_grader_right(obs, one, 0.02, 0.15).mean() == 1.0
+    assert best_grader_right(obs, edge, 0.0, 0.0).mean() == 0.0
+    assert best_grader_right(obs, trail, 0.02, 0.15).mean() == 1.0
     assert main(["--n", "3000", str(tmp_path / "archive")]) == 0
     assert "archive (3)" in capsys.readouterr().out.splitlines()[0]
 
