@@ -34,24 +34,34 @@ import numpy as np
 from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
+from skygrade.ops.config import load_config
 from skygrade.streamer.compare_reports import right_by_exposure
 from skygrade.streamer.sky_plan import PIXEL_SCALE, _draw_conditions
 from skygrade.transforms.exposure import exposure_id_from_path
 
-TRAINING_MIX = {"GOOD": 0.28, "B_SEEING": 0.18, "BGP": 0.18, "BT": 0.18, "RBT": 0.18}
-"""The class mix of ``models/training.yaml`` (and of the held-out archives drawn with it)."""
+TRAINING_CONFIG = Path(__file__).resolve().parents[1] / "models" / "training.yaml"
+"""The shipped bundle's recipe, whose ``telescope.class_mix`` the training and held-out
+archives were drawn with."""
+
+
+def training_mix(config: str | Path = TRAINING_CONFIG) -> dict[str, float]:
+    """The ``telescope.class_mix`` of a configuration file (default: the shipped recipe's)."""
+    return dict(load_config(config).telescope.class_mix)
+
 
 NOISE_LEVELS = ((0.0, 0.0), (0.01, 0.1), (0.02, 0.15), (0.03, 0.2), (0.04, 0.25))
 """(seeing noise in dex, trail-length noise in FWHM) pairs the table prints."""
 
 
 def draw_observables(
-    n: int, seed: int = 0, mix: Mapping[str, float] = TRAINING_MIX
+    n: int, seed: int = 0, mix: Mapping[str, float] | None = None
 ) -> dict[str, np.ndarray]:
-    """``n`` exposures' labels and true observables, drawn as the simulator draws them:
+    """``n`` exposures' labels and true observables, drawn as the simulator draws them in the
+    class ``mix`` (default: :func:`training_mix`):
     ``label`` (index into CLASSES), ``seeing`` (arcsec), ``trail`` (trail length in FWHM),
     ``erratic`` (a random-walk trail) and ``sky_problem`` (a BGP draw)."""
     rng = np.random.default_rng(seed)
+    mix = training_mix() if mix is None else mix
     weights = np.array([mix.get(c, 0.0) for c in CLASSES], dtype=np.float64)
     labels = rng.choice(len(CLASSES), size=n, p=weights / weights.sum())
     seeing, trail, erratic = np.empty(n), np.empty(n), np.zeros(n, dtype=bool)
@@ -200,10 +210,12 @@ def ceiling_table(
     seed: int = 0,
     levels: Sequence[tuple[float, float]] = NOISE_LEVELS,
     archives: Sequence[str | Path] = (),
+    mix: Mapping[str, float] | None = None,
 ) -> str:
     """A markdown table of the Bayes accuracy at each noise level of ``levels``: over the
-    simulator's draws, and expected on each simulated archive of ``archives``."""
-    obs = draw_observables(n, seed)
+    simulator's draws (in the class ``mix``), and expected on each simulated archive of
+    ``archives``."""
+    obs = draw_observables(n, seed, mix)
     held = {Path(a).name: archive_observables(a) for a in archives}
     head = "| seeing noise (dex) | trail noise (FWHM) | Bayes accuracy |"
     rule = "|---:|---:|---:|"
@@ -220,11 +232,15 @@ def ceiling_table(
 
 
 def edge_table(
-    template: str, archives: Sequence[str | Path], n: int = 400_000, seed: int = 0
+    template: str,
+    archives: Sequence[str | Path],
+    n: int = 400_000,
+    seed: int = 0,
+    mix: Mapping[str, float] | None = None,
 ) -> str:
     """A markdown table of a bundle's exposures right on and off the class edges, per archive
     (its report at ``template`` with ``{archive}`` replaced by the archive's folder name)."""
-    obs = draw_observables(n, seed)
+    obs = draw_observables(n, seed, mix)
     lines = [
         "| archive | on an edge: right / exposures | elsewhere: right / exposures |",
         "|---|---:|---:|",
@@ -251,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=400_000, help="exposures drawn (default 400000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
+        "--config",
+        default=str(TRAINING_CONFIG),
+        help="configuration whose telescope.class_mix the archives were drawn with (default: "
+        "models/training.yaml, the shipped recipe)",
+    )
+    parser.add_argument(
         "archives",
         nargs="*",
         help="simulated archives (e.g. held-out nights) to give the expected Bayes accuracy on",
@@ -268,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 100:
         parser.error(f"--n must be at least 100, got {args.n}")
     try:
-        print(ceiling_table(args.n, args.seed, archives=args.archives))
+        mix = training_mix(args.config)
+        print(ceiling_table(args.n, args.seed, archives=args.archives, mix=mix))
         if args.report:
             print()
-            print(edge_table(args.report, args.archives, args.n, args.seed))
+            print(edge_table(args.report, args.archives, args.n, args.seed, mix))
     except (OSError, ValueError) as exc:
         print(f"label_ceiling: error: {exc}", file=sys.stderr)
         return 2

@@ -104,3 +104,14 @@ def test_a_bundles_grades_are_split_on_and_off_the_class_edges(tmp_path, capsys)
     assert "--report needs the archives" in capsys.readouterr().err
     assert main(["--n", "500", str(tmp_path / "held"), "--report", str(tmp_path / "x")]) == 2
     assert "x" in capsys.readouterr().err
+
+
+def test_the_class_mix_comes_from_the_recipe_and_a_bad_one_is_refused(tmp_path, capsys):
+    one = tmp_path / "good-only.yaml"
+    one.write_text("telescope:\n  class_mix: {GOOD: 1.0}\n")
+    assert main(["--n", "2000", "--config", str(one)]) == 0
+    assert "| 0.04 | 0.25 | 1.000 |" in capsys.readouterr().out  # one class: nothing to confuse
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("telescope:\n  class_mix: {GOD: 1.0}\n")
+    assert main(["--n", "2000", "--config", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
