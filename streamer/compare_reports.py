@@ -84,16 +84,14 @@ def pair(base: Mapping[str, bool], candidate: Mapping[str, bool]) -> Paired:
     )
 
 
-def _load(template: str, name: str) -> dict[str, bool]:
-    path = Path(template.replace("{set}", name))
+def read_report(path: str | Path) -> dict[str, bool]:
+    """Exposure id -> graded right, from a report directory or its ``report.json``; a
+    ValueError that names the file when it cannot be read or has no agreement rows."""
+    path = Path(path)
     path = path / "report.json" if path.is_dir() else path
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    try:
-        return right_by_exposure(report)
-    except ValueError as exc:
+        return right_by_exposure(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None
 
 
@@ -101,7 +99,8 @@ def compare(base: str, candidate: str, sets: Sequence[str]) -> list[tuple[str, P
     """Per set and pooled (set and exposure ids together), the paired comparison."""
     rows, pooled_base, pooled_cand = [], {}, {}
     for name in sets:
-        a, b = _load(base, name), _load(candidate, name)
+        a = read_report(base.replace("{set}", name))
+        b = read_report(candidate.replace("{set}", name))
         rows.append((name, pair(a, b)))
         pooled_base.update({f"{name}/{k}": v for k, v in a.items()})
         pooled_cand.update({f"{name}/{k}": v for k, v in b.items()})

@@ -25,7 +25,6 @@ docs/model.md (item 19) has the table and the held-out seeds' errors beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
 from skygrade.ops.config import load_config
-from skygrade.streamer.compare_reports import right_by_exposure
+from skygrade.streamer.compare_reports import read_report
 from skygrade.streamer.sky_plan import PIXEL_SCALE, _draw_conditions
 from skygrade.transforms.exposure import exposure_id_from_path
 
@@ -246,12 +245,7 @@ def edge_table(
         "|---|---:|---:|",
     ]
     for root in archives:
-        report = Path(template.replace("{archive}", Path(root).name))
-        report = report / "report.json" if report.is_dir() else report
-        try:
-            right = right_by_exposure(json.loads(report.read_text()))
-        except (OSError, json.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"{report}: {exc}") from None
+        right = read_report(template.replace("{archive}", Path(root).name))
         cells = split_by_edge(obs, archive_observables(root), right)
         (a, m), (b, k) = cells["edge"], cells["clear"]
         lines.append(f"| {Path(root).name} | {a} / {m} | {b} / {k} |")
