@@ -120,6 +120,13 @@ class TelescopeConfig:
         key_label="class",
         check=_positive_total,
     )
+    narrow_band: float = setting(
+        0.06,
+        "Share of exposures taken through a narrow-band filter (CaHK, Ha, OIII: minutes-long "
+        "exposures of a sky ~10x darker than the broad bands'); 0 draws broad bands only.",
+        ge=0,
+        le=1,
+    )
 
 
 MEGACAM_ZERO_POINTS: dict[str, float] = {

@@ -151,7 +151,8 @@ class _Filter:
     zero_point: float  # magnitude giving 1 ADU/s
     sky_rate: float  # ADU/s/pixel on a dark night
     extinction: float  # mag per airmass
-    weight: float  # how often it is used
+    weight: float  # how often it is used, among filters of its kind (broad or narrow band)
+    narrow: bool = False  # a narrow-band filter (drawn for NARROW_BAND_FRACTION of exposures)
 
 
 FILTERS: dict[str, _Filter] = {
@@ -162,8 +163,24 @@ FILTERS: dict[str, _Filter] = {
         _Filter("r.MP9601", 26.3, 10.0, 0.10, 0.30),
         _Filter("i.MP9701", 26.6, 17.0, 0.05, 0.25),
         _Filter("z.MP9801", 26.2, 25.0, 0.04, 0.15),
+        # MegaCam's narrow-band filters pass ~10 nm, against 70-150 nm for the broad bands
+        # around them (u, g, r): zero points ~2-3 mag fainter and skies 7-15x darker, so a long
+        # narrow-band exposure holds few sources over a faint sky, and its cosmic rays stand out
+        # (CaHK: the Pristine survey's metallicity filter).
+        _Filter("CaHK.MP9303", 23.3, 0.20, 0.25, 0.5, narrow=True),
+        _Filter("Ha.MP9603", 23.4, 0.80, 0.08, 0.3, narrow=True),
+        _Filter("OIII.MP9501", 23.1, 0.27, 0.15, 0.2, narrow=True),
     )
 }
+
+NARROW_BAND_FRACTION = 0.06
+"""Default share of exposures taken through a narrow-band filter (``telescope.narrow_band``).
+Which exposures are narrow-band comes from a random stream of their own, so the broad-band
+exposures' plans do not depend on it, and those narrow-band at a smaller share stay so at a
+larger one."""
+
+NARROW_BAND_EXPTIME_S = (120.0, 1200.0)
+"""Range of narrow-band exposure times (log-uniform): minutes, for a sky 10x darker."""
 
 _TRAIL_MODES = ("none", "linear", "walk", "rotation", "walk+rotation")
 _PSF_MODELS = ("moffat", "kolmogorov")
@@ -328,6 +345,23 @@ def _night_start_utc(night_date: date) -> datetime:
     return local + NIGHT_START_HST - HST_OFFSET
 
 
+def _draw_filter(rng: np.random.Generator, narrow: bool) -> str:
+    """A broad-band (or narrow-band) filter name, by the filters' weights."""
+    names = [n for n, f in FILTERS.items() if f.narrow == narrow]
+    probs = np.array([FILTERS[n].weight for n in names])
+    return names[int(rng.choice(len(names), p=probs / probs.sum()))]
+
+
+def _draw_narrow_band(rng: np.random.Generator, fraction: float) -> tuple[str, float] | None:
+    """``(filter, exptime)`` for the share ``fraction`` of exposures taken through a narrow-band
+    filter, else None; ``rng`` is the exposure's own narrow-band stream."""
+    if not rng.random() < fraction:
+        return None
+    low, high = NARROW_BAND_EXPTIME_S
+    filt = _draw_filter(rng, narrow=True)
+    return filt, float(np.round(np.exp(rng.uniform(np.log(low), np.log(high)))))
+
+
 def _draw_exptime(rng: np.random.Generator) -> float:
     # MegaCam exposures run from 5 s snapshots (standards, twilight) to 20-minute narrow-band.
     if rng.random() < 0.5:
@@ -430,12 +464,14 @@ def _make_plan(
     seed: int,
     weights: np.ndarray,
     rng: np.random.Generator,
+    narrow_band: float = NARROW_BAND_FRACTION,
 ) -> ExposurePlan:
     label = CLASSES[int(rng.choice(len(CLASSES), p=weights))]
-    names = list(FILTERS)
-    probs = np.array([FILTERS[n].weight for n in names])
-    filt = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+    filt = _draw_filter(rng, narrow=False)
     exptime = _draw_exptime(rng)
+    narrow = _draw_narrow_band(np.random.default_rng([seed, expnum, 0x4EB]), narrow_band)
+    if narrow is not None:
+        filt, exptime = narrow
     zenith = math.degrees(math.acos(1.0 / rng.uniform(1.0, 1.8)))
     airmass = round(1.0 / math.cos(math.radians(zenith)), 3)
     ra = round(float(rng.uniform(0.0, 360.0)), 5)
@@ -470,6 +506,7 @@ def plan_night(
     seed: int,
     class_mix: Mapping[str, float],
     first_expnum: int | None = None,
+    narrow_band: float = NARROW_BAND_FRACTION,
 ) -> list[ExposurePlan]:
     """Plan a night of exposures: labels, times, exposure numbers and observing conditions.
 
@@ -487,6 +524,9 @@ def plan_night(
     first_expnum : int, optional
         Exposure number of the first exposure; by default a 7-digit number derived from the
         night and the seed.
+    narrow_band : float, optional
+        Share of exposures taken through a narrow-band filter (0-1; default
+        :data:`NARROW_BAND_FRACTION`).
 
     Returns
     -------
@@ -507,6 +547,8 @@ def plan_night(
     night_date = _parse_night(night)
     if n_exposures < 0:
         raise ValueError(f"n_exposures must be >= 0, got {n_exposures!r}")
+    if not 0.0 <= narrow_band <= 1.0:
+        raise ValueError(f"narrow_band must be in [0, 1], got {narrow_band!r}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed!r}")
     weights = _class_weights(class_mix)
@@ -518,15 +560,21 @@ def plan_night(
         rng = _exposure_rng(seed, night_date, i)
         offset = window * (i + 0.1 + 0.8 * rng.random()) / n_exposures
         date_obs = start + timedelta(seconds=round(offset, 1))
-        plans.append(_make_plan(night, i, base + i, date_obs, seed, weights, rng))
+        plans.append(_make_plan(night, i, base + i, date_obs, seed, weights, rng, narrow_band))
     return plans
 
 
 def _iter_plans(
-    night: str, seed: int, class_mix: Mapping[str, float], first_expnum: int | None = None
+    night: str,
+    seed: int,
+    class_mix: Mapping[str, float],
+    first_expnum: int | None = None,
+    narrow_band: float = NARROW_BAND_FRACTION,
 ) -> Iterator[ExposurePlan]:
     """Endless plans at the telescope's pace (exposure + readout); time wraps after the night."""
     night_date = _parse_night(night)
+    if not 0.0 <= narrow_band <= 1.0:
+        raise ValueError(f"narrow_band must be in [0, 1], got {narrow_band!r}")
     weights = _class_weights(class_mix)
     start = _night_start_utc(night_date)
     base = _first_expnum(night_date, seed) if first_expnum is None else int(first_expnum)
@@ -536,7 +584,7 @@ def _iter_plans(
     while True:
         rng = _exposure_rng(seed, night_date, index)
         date_obs = start + timedelta(seconds=round(elapsed % window, 1))
-        plan = _make_plan(night, index, base + index, date_obs, seed, weights, rng)
+        plan = _make_plan(night, index, base + index, date_obs, seed, weights, rng, narrow_band)
         elapsed += plan.exptime + READOUT_S
         index += 1
         yield plan

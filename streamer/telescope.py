@@ -27,7 +27,13 @@ from pathlib import Path
 
 from skygrade.ops.files import atomic_write_text
 from skygrade.streamer.sky_fits import exposure_bytes, write_exposure
-from skygrade.streamer.sky_plan import ExposurePlan, Geometry, _iter_plans, plan_night
+from skygrade.streamer.sky_plan import (
+    NARROW_BAND_FRACTION,
+    ExposurePlan,
+    Geometry,
+    _iter_plans,
+    plan_night,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ def simulate_archive(
     seed: int,
     class_mix: Mapping[str, float],
     progress: Callable[[int, int, Path], None] | None = None,
+    narrow_band: float = NARROW_BAND_FRACTION,
 ) -> list[Path]:
     """Write an archive of labelled exposures: ``out_dir/<night>/<expnum>o.fits``.
 
@@ -85,6 +92,8 @@ def simulate_archive(
         Relative class frequencies.
     progress : callable, optional
         Called as ``progress(done, total, path)`` after each file.
+    narrow_band : float, optional
+        Share of exposures taken through a narrow-band filter.
 
     Returns
     -------
@@ -100,7 +109,10 @@ def simulate_archive(
     True
     """
     out = Path(out_dir)
-    plans = [plan_night(night, exposures_per_night, seed, class_mix) for night in nights]
+    plans = [
+        plan_night(night, exposures_per_night, seed, class_mix, narrow_band=narrow_band)
+        for night in nights
+    ]
     total = sum(len(p) for p in plans)
     paths: list[Path] = []
     for night, night_plans in zip(nights, plans, strict=True):
@@ -194,6 +206,7 @@ def run_telescope(
     night: str,
     stop: threading.Event | None = None,
     progress: Callable[[int, int, Path], None] | None = None,
+    narrow_band: float = NARROW_BAND_FRACTION,
 ) -> list[Path]:
     """Act as the telescope: deliver one exposure every ``cadence_s`` into a drop directory.
 
@@ -222,6 +235,8 @@ def run_telescope(
         Set it to stop promptly (a transfer in progress is completed at once).
     progress : callable, optional
         ``progress(done, total, path)`` after each delivery; ``total`` is 0 when unbounded.
+    narrow_band : float, optional
+        Share of exposures taken through a narrow-band filter.
 
     Returns
     -------
@@ -252,9 +267,9 @@ def run_telescope(
     drop = Path(drop_dir)
     plans: Iterator[ExposurePlan] | list[ExposurePlan]
     plans = (
-        plan_night(night, n_exposures, seed, class_mix)
+        plan_night(night, n_exposures, seed, class_mix, narrow_band=narrow_band)
         if n_exposures is not None
-        else _iter_plans(night, seed, class_mix)
+        else _iter_plans(night, seed, class_mix, narrow_band=narrow_band)
     )
     total = n_exposures or 0
     stop = stop or threading.Event()

@@ -88,6 +88,7 @@ def command(args: argparse.Namespace, cfg: Config) -> int:
             seed,
             mix,
             progress=lambda done, total, path: bar.update(note=path.name),
+            narrow_band=tc.narrow_band,
         )
         bar.close()
         print(
@@ -122,6 +123,7 @@ def command(args: argparse.Namespace, cfg: Config) -> int:
             tc.transfer_chunks,
             night,
             progress=lambda done, total, path: log.info("exposure %d: %s", done, path),
+            narrow_band=tc.narrow_band,
         )
     except KeyboardInterrupt:
         print("telescope stopped")

@@ -197,6 +197,10 @@ MISTAKES = [
     ),
     ("monitoring: {}\n", "skygrade.yaml: monitoring: unknown key; valid keys at the top level"),
     (
+        "telescope:\n  narrow_band: 1.5\n",
+        "skygrade.yaml: telescope.narrow_band: expected a number >= 0 and <= 1, got 1.5",
+    ),
+    (
         "telescope:\n  cadence_s: -3\n",
         "skygrade.yaml: telescope.cadence_s: expected a number > 0, got -3",
     ),

@@ -69,6 +69,16 @@ def test_simulate_archive_writes_labelled_files(tmp_path, capsys):
         assert len(hdul) == 3 and hdul[1].data.shape == (160, 128)
 
 
+def test_simulate_takes_the_narrow_band_share_from_the_configuration(tmp_path, capsys):
+    cfg = tmp_path / "nb.yaml"
+    cfg.write_text("telescope:\n  narrow_band: 1.0\n")
+    out = tmp_path / "archive"
+    args = ["--nights", "2026-11-01", "--exposures", "3", "--n-ccd", "1", "--ccd-shape", "128x160"]
+    assert main(["-q", "--config", str(cfg), "simulate", "--out", str(out), *args]) == 0
+    filters = {fits.getheader(f, 0)["FILTER"] for f in out.glob("*/*.fits")}
+    assert filters and filters <= {"CaHK.MP9303", "Ha.MP9603", "OIII.MP9501"}, filters
+
+
 def test_usage_and_config_errors_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("telescope:\n  cadance_s: 3\n")

@@ -16,7 +16,9 @@ from astropy.io import fits
 
 from skygrade.streamer.sky_fits import exposure_bytes, render_exposure, write_exposure
 from skygrade.streamer.sky_plan import (
+    FILTERS,
     GEOMETRIES,
+    NARROW_BAND_EXPTIME_S,
     ExposurePlan,
     Geometry,
     plan_night,
@@ -80,12 +82,54 @@ def test_plan_night_times_expnums_and_labels():
         ({"class_mix": {"GOOD": 0.0}}, "positive sum"),
         ({"night": "2024-13-45"}, "YYYY-MM-DD"),
         ({"n_exposures": -1}, "n_exposures"),
+        ({"narrow_band": 1.5}, "narrow_band"),
     ],
 )
 def test_plan_night_validates(kwargs, match):
     args = {"night": NIGHT, "n_exposures": 2, "seed": 0, "class_mix": {"GOOD": 1.0}} | kwargs
     with pytest.raises(ValueError, match=match):
         plan_night(**args)
+
+
+def _nights_plans(narrow_band: float) -> list[ExposurePlan]:
+    mix = {"GOOD": 1.0, "BT": 1.0, "BGP": 1.0}
+    return [
+        p
+        for night in ("2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04")
+        for p in plan_night(night, 100, 3, mix, narrow_band=narrow_band)
+    ]
+
+
+def test_narrow_band_exposures_change_only_their_filter_and_exposure_time():
+    broad, some, more = (_nights_plans(f) for f in (0.0, 0.1, 0.3))
+    assert not any(FILTERS[p.filter].narrow for p in broad)
+    for plans, share in ((some, 0.1), (more, 0.3)):
+        narrow = [FILTERS[p.filter].narrow for p in plans]
+        assert abs(np.mean(narrow) - share) < 0.05, np.mean(narrow)
+        for b, p in zip(broad, plans, strict=True):
+            # Its own stream: every other draw of the plan is the broad-band one's.
+            assert dataclasses.replace(p, filter=b.filter, exptime=b.exptime) == b
+            if FILTERS[p.filter].narrow:
+                assert NARROW_BAND_EXPTIME_S[0] <= p.exptime <= NARROW_BAND_EXPTIME_S[1]
+            else:
+                assert (p.filter, p.exptime) == (b.filter, b.exptime)
+    # Narrow-band at a smaller share stays so at a larger one (same filter and time).
+    assert all(
+        (p.filter, p.exptime) == (q.filter, q.exptime)
+        for p, q in zip(some, more, strict=True)
+        if FILTERS[p.filter].narrow
+    )
+    assert {p.filter for p in more if FILTERS[p.filter].narrow} == {
+        n for n, f in FILTERS.items() if f.narrow
+    }
+
+
+def test_a_narrow_band_sky_is_darker_and_holds_fewer_sources():
+    broad = _plan("GOOD", 1, filter="r.MP9601", exptime=300.0)
+    narrow = _stats(dataclasses.replace(broad, filter="Ha.MP9603"))
+    wide = _stats(broad)
+    assert narrow["back_per_s"] < 0.15 * wide["back_per_s"], (narrow, wide)
+    assert narrow["n"] < 0.5 * wide["n"], (narrow, wide)
 
 
 # --- file format and determinism -------------------------------------------------------------
