@@ -72,11 +72,13 @@ model: venv
 # any training block (450 exposures), from pixels and from SExtractor catalogs made four ways
 # (stock default.sex with the sky kept and subtracted; the real catalogs' configuration: 5 sigma,
 # no filter, DEBLEND_MINCONT 0, eight columns, no EXPTIME; one configuration drawn per
-# exposure); the evaluation-only GalSim renderer (skygrade.streamer.galsim_render, 5 per class, never
-# trained on): 25 exposures of 8 quarter-size CCDs and 25 of 4 full-size 2048x4612 CCDs; then
-# the real graded catalogs of ../shared/real-catalogs (never trained on) and the calibration
-# table beside them (~100 min on 2 cores). Reports in build/holdout-seed*-report*,
-# build/holdout-seed*-catalogs-*-report, build/galsim-*-report and build/real-catalogs-report.
+# exposure); narrow-band nights (models/holdout-narrow-band.yaml: every exposure through CaHK, Ha
+# or OIII, pixels and two catalog configurations); the evaluation-only GalSim renderer
+# (skygrade.streamer.galsim_render, 5 per class, never trained on): 25 exposures of 8
+# quarter-size CCDs and 25 of 4 full-size 2048x4612 CCDs; then the real graded catalogs of
+# ../shared/real-catalogs (never trained on) and the calibration table beside them (~100 min on
+# 2 cores). Reports in build/holdout-seed*-report*, build/holdout-seed*-catalogs-*-report,
+# build/holdout-narrow-band*-report, build/galsim-*-report and build/real-catalogs-report.
 # A block is nights:seed:exposures-per-night.
 REAL_CATALOGS ?= ../shared/real-catalogs
 HOLDOUT_BLOCKS := 2026-10-01..2026-10-02:7:25 2026-10-10..2026-10-13:11:25 \
@@ -95,6 +97,17 @@ model-holdout: venv
 	    && $(BIN)/skygrade --config models/training.yaml evaluate $$c \
 	      --backend catalog --bundle models/default --out $$c-report \
 	      --work $$c-work || exit 1; done; done
+	$(BIN)/skygrade -q --config models/holdout-narrow-band.yaml simulate \
+	  --out build/holdout-narrow-band --nights 2026-11-10,2026-11-11 --exposures 25 --n-ccd 8 \
+	  --ccd-shape 1024x2306 --seed 13
+	$(BIN)/skygrade --config models/training.yaml evaluate build/holdout-narrow-band \
+	  --bundle models/default --out build/holdout-narrow-band-report \
+	  --work build/holdout-narrow-band-work --workers 2
+	@for ex in archive:kept random:mixed; do c=build/holdout-narrow-band-catalogs-$${ex%%:*}-$${ex##*:}; \
+	  $(BIN)/python -m skygrade.streamer.archive_catalogs build/holdout-narrow-band $$c \
+	    --extraction $${ex%%:*} --sky $${ex##*:} --workers 2 \
+	  && $(BIN)/skygrade --config models/training.yaml evaluate $$c --backend catalog \
+	    --bundle models/default --out $$c-report --work $$c-work || exit 1; done
 	$(BIN)/python -m skygrade.streamer.galsim_render --out build/galsim-quarter --exposures 5 --nights 1 \
 	  --n-ccd 8 --ccd-shape 1024x2306 --seed 2020
 	$(BIN)/skygrade --config models/training.yaml evaluate build/galsim-quarter \

@@ -72,6 +72,14 @@ def test_empty_file_or_empty_sections_give_defaults(tmp_path, text):
     assert load_config(write(tmp_path, text)) == Config()
 
 
+def test_the_narrow_band_holdout_draws_the_training_mix_through_narrow_bands_only():
+    models = Path(__file__).parents[2] / "models"
+    training = load_config(models / "training.yaml").telescope
+    holdout = load_config(models / "holdout-narrow-band.yaml").telescope
+    assert holdout.class_mix == training.class_mix
+    assert (training.narrow_band, holdout.narrow_band) == (0.0, 1.0)
+
+
 def test_parse_none_and_empty_mapping_give_defaults():
     assert parse_config(None) == parse_config({}) == Config()
 
