@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 
 from skygrade.models.classes import CLASSES
+from skygrade.ops.config import TelescopeConfig
 
 PIXEL_SCALE = 0.187
 """MegaCam pixel scale, arcsec per pixel."""
@@ -173,7 +174,7 @@ FILTERS: dict[str, _Filter] = {
     )
 }
 
-NARROW_BAND_FRACTION = 0.06
+NARROW_BAND_FRACTION: float = TelescopeConfig().narrow_band
 """Default share of exposures taken through a narrow-band filter (``telescope.narrow_band``).
 Which exposures are narrow-band comes from a random stream of their own, so the broad-band
 exposures' plans do not depend on it, and those narrow-band at a smaller share stay so at a
@@ -352,6 +353,11 @@ def _draw_filter(rng: np.random.Generator, narrow: bool) -> str:
     return names[int(rng.choice(len(names), p=probs / probs.sum()))]
 
 
+def _check_narrow_band(share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"narrow_band must be in [0, 1], got {share!r}")
+
+
 def _draw_narrow_band(rng: np.random.Generator, fraction: float) -> tuple[str, float] | None:
     """``(filter, exptime)`` for the share ``fraction`` of exposures taken through a narrow-band
     filter, else None; ``rng`` is the exposure's own narrow-band stream."""
@@ -363,7 +369,8 @@ def _draw_narrow_band(rng: np.random.Generator, fraction: float) -> tuple[str, f
 
 
 def _draw_exptime(rng: np.random.Generator) -> float:
-    # MegaCam exposures run from 5 s snapshots (standards, twilight) to 20-minute narrow-band.
+    # Broad-band MegaCam exposures run from 5 s snapshots (standards, twilight) to 20 minutes
+    # (narrow-band times: _draw_narrow_band).
     if rng.random() < 0.5:
         return float(rng.choice([30.0, 60.0, 300.0, 600.0]))
     return float(np.round(np.exp(rng.uniform(np.log(5.0), np.log(1200.0)))))
@@ -547,8 +554,7 @@ def plan_night(
     night_date = _parse_night(night)
     if n_exposures < 0:
         raise ValueError(f"n_exposures must be >= 0, got {n_exposures!r}")
-    if not 0.0 <= narrow_band <= 1.0:
-        raise ValueError(f"narrow_band must be in [0, 1], got {narrow_band!r}")
+    _check_narrow_band(narrow_band)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed!r}")
     weights = _class_weights(class_mix)
@@ -573,8 +579,7 @@ def _iter_plans(
 ) -> Iterator[ExposurePlan]:
     """Endless plans at the telescope's pace (exposure + readout); time wraps after the night."""
     night_date = _parse_night(night)
-    if not 0.0 <= narrow_band <= 1.0:
-        raise ValueError(f"narrow_band must be in [0, 1], got {narrow_band!r}")
+    _check_narrow_band(narrow_band)
     weights = _class_weights(class_mix)
     start = _night_start_utc(night_date)
     base = _first_expnum(night_date, seed) if first_expnum is None else int(first_expnum)
