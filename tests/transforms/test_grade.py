@@ -124,3 +124,29 @@ def test_doubled_images_are_named_in_the_reason():
     )
     single = [CcdScore("100", 0, p(GOOD=1.0), twin_fraction=0.01)]
     assert "doubled" not in grade_exposure("100", 1, single).reason
+
+
+def test_a_catalog_without_its_sky_says_a_background_problem_may_not_show():
+    def ccds(background, image=None, probs=None):
+        return [
+            CcdScore(
+                "100",
+                i,
+                p(GOOD=0.8, B_SEEING=0.2) if probs is None else probs,
+                median_background=background,
+                image=image,
+            )
+            for i in range(4)
+        ]
+
+    note = "a background problem may not show"
+    subtracted = grade_exposure("100", 4, ccds(-3.0))
+    assert subtracted.grade == "GOOD"
+    assert "; sky -3 ADU in the catalog (subtracted before extraction" in subtracted.reason
+    assert note in grade_exposure("100", 4, ccds(24.0)).reason
+    # The sky kept, pixels graded (a representative image can show a gradient), a BGP grade,
+    # or no background at all: no note.
+    assert note not in grade_exposure("100", 4, ccds(900.0)).reason
+    assert note not in grade_exposure("100", 4, ccds(-3.0, image=np.zeros((4, 4)))).reason
+    assert note not in grade_exposure("100", 4, ccds(-3.0, probs=p(BGP=0.9, GOOD=0.1))).reason
+    assert note not in grade_exposure("100", 4, ccds(float("nan"))).reason
