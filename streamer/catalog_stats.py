@@ -44,11 +44,14 @@ STATS = (
     "ISO0 clean",
     "ISO0 all",
     "BKG",
+    "BKG spread",
 )
 """Per CCD: detections (scaled to a full CCD), the FLAGS == 0 fraction, median ELONGATION of
 the FLAGS == 0 sources, of their brightest quarter by ISO0
 (:func:`skygrade.models.summary.bright_mask`, what the network's shape statistics read), and of all
-unsaturated ones; median ISO0 of the clean and the unsaturated; median BACKGROUND."""
+unsaturated ones; median ISO0 of the clean and the unsaturated; median BACKGROUND; and
+log10(1 + p90 - p10) of BACKGROUND in ADU, the sky's structure over the CCD, which a sky level
+subtracted before extraction leaves as it was (docs/model.md item 22)."""
 
 
 def _labels(root: Path) -> dict[str, str]:
@@ -63,6 +66,7 @@ def ccd_stats(table, pixels: int | None) -> np.ndarray | None:
     flags = np.asarray(table["FLAGS"]).astype(int)
     elong = np.asarray(table["ELONGATION"], dtype=float)
     iso = np.asarray(table["ISO0"], dtype=float)
+    sky = np.asarray(table["BACKGROUND"], dtype=float)
     clean, unsat = flags == 0, (flags & 4) == 0
     scale = FULL_CCD_PIXELS / pixels if pixels else 1.0
     bright = np.zeros_like(clean)
@@ -77,7 +81,8 @@ def ccd_stats(table, pixels: int | None) -> np.ndarray | None:
             np.median(elong[unsat]) if unsat.any() else np.nan,
             np.median(iso[clean]) if clean.any() else np.nan,
             np.median(iso[unsat]) if unsat.any() else np.nan,
-            np.median(np.asarray(table["BACKGROUND"], dtype=float)),
+            np.median(sky),
+            np.log10(1.0 + np.subtract(*np.percentile(sky, [90, 10]))),
         ]
     )
 

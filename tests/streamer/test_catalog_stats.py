@@ -62,3 +62,20 @@ def test_interior_reads_only_what_the_network_reads(tmp_path):
     assert inner["FLAGS==0"] == 1.0 and inner["elong all"] == np.float32(1.1)
     assert inner["BKG"] == np.float32(200.0)
     assert inner["sources/CCD"] == pytest.approx(300 * 2048 * 4612 / (1792 * 4356))
+
+
+def test_sky_spread_in_adu_survives_a_subtracted_sky_level():
+    # A gradient of 0..1000 ADU over the CCD's sources, with its level kept and subtracted:
+    # the median moves by the level, the spread in ADU does not.
+    n = 101
+    kept = _table([1.1] * n, [20] * n, [0] * n)
+    kept["BACKGROUND"] = np.linspace(500.0, 1500.0, n)
+    subtracted = _table([1.1] * n, [20] * n, [0] * n)
+    subtracted["BACKGROUND"] = np.linspace(-500.0, 500.0, n)
+    a = dict(zip(STATS, ccd_stats(kept, None), strict=True))
+    b = dict(zip(STATS, ccd_stats(subtracted, None), strict=True))
+    assert a["BKG"] == pytest.approx(1000.0) and b["BKG"] == pytest.approx(0.0, abs=1e-6)
+    assert a["BKG spread"] == pytest.approx(np.log10(801.0), rel=1e-4)
+    assert b["BKG spread"] == pytest.approx(a["BKG spread"], rel=1e-4)
+    flat = dict(zip(STATS, ccd_stats(_table([1.1] * n, [20] * n, [0] * n), None), strict=True))
+    assert flat["BKG spread"] == 0.0
