@@ -65,7 +65,8 @@ def test_interior_reads_only_what_the_network_reads(tmp_path):
 
 
 def test_sky_spread_in_adu_survives_a_subtracted_sky_level():
-    # A gradient of 0..1000 ADU over the CCD's sources, with its level kept and subtracted:
+    # A gradient spanning 1000 ADU over the CCD's sources, its level kept (500..1500) and
+    # subtracted (-500..500):
     # the median moves by the level, the spread in ADU does not.
     n = 101
     kept = _table([1.1] * n, [20] * n, [0] * n)
