@@ -27,6 +27,7 @@ SUMMARY_FEATURES: tuple[str, ...] = (
     "log_iso0_spread",
     "isolated",
     "twin_fraction",
+    "log_sky_spread_adu",
 )
 """Robust per-CCD summary statistics of the clean sources (:func:`ccd_summary`), in units that
 mean the same on a quarter-size simulated CCD and on a full 2048x4612 MegaCam CCD (same pixel
@@ -59,6 +60,10 @@ scale; medians and percentiles, not counts):
   (:func:`twin_fraction`): a jump of the mount during the exposure draws every star twice, each
   image round, so no shape statistic sees it (0 for a single image of the sky, up to 0.5 when
   every star is doubled). It needs positions only, so every archive catalog has it.
+- ``log_sky_spread_adu``: :func:`sky_spread_adu`, log10(1 + p90 - p10) of BACKGROUND in ADU:
+  the sky's structure over the CCD in ADU, which a sky level subtracted before extraction leaves
+  as it was (``log_sky_rate`` and ``sky_spread_dex`` are ratios, which a subtracted level turns
+  into noise around 0; docs/model.md item 22).
 
 Every statistic is of the CCD's measured sources (:func:`skygrade.models.som.measured_mask`): the
 isolated (FLAGS == 0) clean sources, whose shapes are the PSF's whatever the deblending
@@ -83,11 +88,13 @@ measured (a catalog without FLUX_RADIUS, too few sources) is NaN and enters the 
 :data:`SUMMARY_FILL` value, i.e. "unremarkable"."""
 
 _SUMMARY_CENTRE = np.array(
-    [0.4, 0.0, 0.0, 0.4, 1.0, 0.0, 0.15, 0.1, -0.03, 0.5, 1.3, 0.5, 0.5, 0.05]
+    [0.4, 0.0, 0.0, 0.4, 1.0, 0.0, 0.15, 0.1, -0.03, 0.5, 1.3, 0.5, 0.5, 0.05, 2.0]
 )
-_SUMMARY_SCALE = np.array([0.15, 0.1, 0.2, 0.2, 0.5, 0.1, 0.1, 0.1, 0.06, 0.3, 0.4, 0.3, 0.5, 0.15])
+_SUMMARY_SCALE = np.array(
+    [0.15, 0.1, 0.2, 0.2, 0.5, 0.1, 0.1, 0.1, 0.06, 0.3, 0.4, 0.3, 0.5, 0.15, 0.5]
+)
 SUMMARY_FILL = np.array(
-    [0.37, 0.05, 0.12, 0.19, 1.1, 0.025, 0.12, 0.1, -0.05, 0.32, 1.3, 0.5, 1.0, 0.02]
+    [0.37, 0.05, 0.12, 0.19, 1.1, 0.025, 0.12, 0.1, -0.05, 0.32, 1.3, 0.5, 1.0, 0.02, 1.9]
 )
 """Raw value used for a summary statistic that is missing (typical of a GOOD CCD); the
 network is told which inputs were missing (:data:`skygrade.models.cnn.AUX_FEATURES`)."""
@@ -108,6 +115,23 @@ def missing_columns(table: dict[str, np.ndarray]) -> tuple[str, ...]:
         if values is None or (len(values) and not np.isfinite(np.asarray(values, float)).any()):
             out.append(name)
     return tuple(out)
+
+
+def sky_spread_adu(background: np.ndarray) -> float:
+    """log10(1 + p90 - p10) of the BACKGROUND values of a CCD's sources, in ADU (NaN if none).
+
+    A sky level subtracted before extraction shifts every value alike and leaves it as it was;
+    a gradient, scattered light or a cloud's patches widen it.
+
+    >>> sky = np.linspace(100.0, 1100.0, 101)
+    >>> round(sky_spread_adu(sky), 3), round(sky_spread_adu(sky - 600.0), 3)
+    (2.904, 2.904)
+    """
+    sky = np.asarray(background, dtype=np.float64)
+    sky = sky[np.isfinite(sky)]
+    if not len(sky):
+        return float("nan")
+    return float(np.log10(1.0 + np.subtract(*np.percentile(sky, [90, 10]))))
 
 
 MIN_BRIGHT = 10
@@ -276,6 +300,7 @@ def ccd_summary(
         out[11] = np.log10(p90 / p50)
     out[12] = float(isolated)
     out[13] = twin_fraction(col("X_IMAGE"), col("Y_IMAGE"), flux)
+    out[14] = sky_spread_adu(sky)
     return out
 
 

@@ -29,7 +29,7 @@ from astropy.io import fits
 
 from skygrade.models.classes import CLASSES
 from skygrade.models.som import interior_area_mpx, interior_mask
-from skygrade.models.summary import bright_mask
+from skygrade.models.summary import bright_mask, sky_spread_adu
 from skygrade.transforms.exposure import exposure_id_from_path
 
 FULL_CCD_PIXELS = 2048 * 4612
@@ -82,7 +82,7 @@ def ccd_stats(table, pixels: int | None) -> np.ndarray | None:
             np.median(iso[clean]) if clean.any() else np.nan,
             np.median(iso[unsat]) if unsat.any() else np.nan,
             np.median(sky),
-            np.log10(1.0 + np.subtract(*np.percentile(sky, [90, 10]))),
+            sky_spread_adu(sky),
         ]
     )
 

@@ -124,6 +124,19 @@ def test_ccd_summary_sees_size_trails_and_sky_gradients():
     assert trailed[i("log_elongation")] > good[i("log_elongation")] + 0.2
     assert trailed[i("log_extent_p90")] > good[i("log_extent_p90")] + 0.2
     assert sky[i("sky_spread_dex")] > good[i("sky_spread_dex")] + 0.15
+    assert sky[i("log_sky_spread_adu")] > good[i("log_sky_spread_adu")] + 0.5
+
+
+def test_a_subtracted_sky_level_leaves_the_adu_spread_but_not_the_ratios():
+    """A catalog extracted after the sky level was subtracted keeps a gradient in ADU
+    (docs/model.md item 22); the ratio statistics read noise around 0 instead."""
+    kept = _sources(400, np.random.default_rng(5), 1024, 2306, gradient=1.0)
+    subtracted = dict(kept, BACKGROUND=kept["BACKGROUND"] - 750.0)  # 500..1000 -> -250..250
+    i = SUMMARY_FEATURES.index
+    a, b = (ccd_summary(t, 60.0, 1024, 2306) for t in (kept, subtracted))
+    assert b[i("log_sky_spread_adu")] == pytest.approx(a[i("log_sky_spread_adu")])
+    assert b[i("log_sky_spread_adu")] > 2.3  # p90 - p10: a few hundred ADU
+    assert b[i("log_sky_rate")] < a[i("log_sky_rate")] - 0.5
 
 
 def test_ccd_summary_tells_a_linear_trail_from_an_erratic_one():
