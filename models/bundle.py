@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from skygrade.models.classes import CLASSES
-from skygrade.models.cnn import AUX_FEATURES, CnnShape, EnsembleNet, as_ensemble
+from skygrade.models.cnn import AUX_FEATURES, CnnShape, EnsembleNet, as_ensemble, input_columns
 from skygrade.models.som import SOM_FEATURES, SourceSom
 
 FORMAT = "skygrade-bundle/2"
@@ -90,9 +90,7 @@ class ModelBundle:
     def input_columns(self) -> np.ndarray:
         """Columns of a :func:`~skygrade.models.cnn.hit_vector` (hit fractions, then this code's
         AUX_FEATURES) that this bundle's CNN reads, in its order."""
-        n = self.cnn.shape.n_clusters
-        where = {name: n + k for k, name in enumerate(AUX_FEATURES)}
-        return np.array([*range(n), *(where[name] for name in self.aux_features)])
+        return input_columns(self.cnn.shape.n_clusters, self.aux_features)
 
     def select_inputs(self, vector: np.ndarray) -> np.ndarray:
         """The columns of ``vector`` (B, n_clusters + len(AUX_FEATURES)) this bundle reads."""

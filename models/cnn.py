@@ -47,6 +47,23 @@ depend on the site's deblending settings (~0.9 of a real GOOD exposure's detecti
 deblended pieces under DEBLEND_MINCONT 0, ~0.2 under stock settings) more than on the sky."""
 
 
+def input_columns(n_clusters: int, names: Sequence[str]) -> np.ndarray:
+    """Columns of a :func:`hit_vector` that a network reading ``names`` (some of
+    :data:`AUX_FEATURES`, in its order) takes: every hit fraction, then those scalars.
+
+    >>> input_columns(2, ["log_exptime", "log_clean_density"]).tolist()
+    [0, 1, 3, 2]
+    """
+    where = {name: n_clusters + k for k, name in enumerate(AUX_FEATURES)}
+    unknown = [name for name in names if name not in where]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(map(repr, unknown))}: not an input this code computes "
+            f"(it computes {', '.join(AUX_FEATURES)})"
+        )
+    return np.array([*range(n_clusters), *(where[name] for name in names)], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class CnnShape:
     """Input and layer sizes; stored in the bundle manifest and checked at load."""

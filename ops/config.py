@@ -70,6 +70,37 @@ def _night_date(night: str | None) -> str | None:
     return f"expected a night as YYYY-MM-DD, got {night!r}"
 
 
+TRAIN_INPUTS = (
+    "log_clean_density",
+    "log_exptime",
+    "exptime_known",
+    "shapes_measured",
+    "log_flux_radius",
+    "log_elongation",
+    "log_elongation_p90",
+    "log_extent_p90",
+    "log_sky_rate",
+    "sky_spread_dex",
+    "log_major_spread",
+    "log_radius_spread",
+    "log_major_over_radius",
+    "theta_alignment",
+    "log_iso0_bright",
+    "log_iso0_spread",
+    "isolated",
+    "twin_fraction",
+)
+"""The default ``train.inputs``: the network inputs of the shipped bundle (names of
+:data:`skygrade.models.cnn.AUX_FEATURES`, which this package may not import)."""
+
+
+def _distinct_names(names: tuple[str, ...]) -> str | None:
+    if not names:
+        return "must name at least one input"
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return f"names {', '.join(map(repr, repeated))} twice" if repeated else None
+
+
 def _positive_total(mix: Mapping[str, float]) -> str | None:
     if sum(mix.values()) > 0:
         return None
@@ -277,6 +308,15 @@ class TrainConfig:
         lt=1,
     )
     seed: int = setting(0, "Seed of the split, the weights' initialisation and batch order.", ge=0)
+    inputs: tuple[str, ...] = setting(
+        TRAIN_INPUTS,
+        "Per-CCD scalars the network reads beside the hit fractions, by name (`skygrade train` "
+        "refuses a name the code does not compute). The default is the shipped bundle's; the "
+        "code also computes log_sky_spread_adu, the sky's spread in ADU (docs/model.md item "
+        "23: not in the default). A bundle records its own, so scoring reads what it was "
+        "trained on.",
+        check=_distinct_names,
+    )
     ensemble: int = setting(
         2,
         "Networks trained on the same split and SOM with seeds seed, seed+1, ...; the bundle "

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from skygrade.models.bundle import ModelBundle
 from skygrade.models.classes import CLASSES
-from skygrade.models.cnn import AUX_FEATURES, CnnShape
+from skygrade.models.cnn import CnnShape, input_columns
 from skygrade.models.evaluate import mode_metrics
 from skygrade.models.ood import fit_reference
 from skygrade.models.som import feature_matrix, train_som
@@ -96,6 +96,11 @@ def run_train(
     cat_features, cat_shards = work_dirs(work, "catalog")
     options = options or pipeline_options()
 
+    try:
+        input_columns(0, cfg.train.inputs)
+    except ValueError as exc:
+        raise ValueError(f"train.inputs: {exc}") from None
+
     items = find_archive(archive)
     if not items:
         raise ValueError(f"{archive}: no labelled exposure found")
@@ -140,6 +145,11 @@ def run_train(
     )
     if cat_data is not None:
         say(f"  {len(cat_data)} catalog CCD samples from {len(cat_items)} catalogs")
+    # the network reads the hit fractions and train.inputs, of the every-input vectors
+    columns = input_columns(som.n_clusters, tc.inputs)
+    data = dataclasses.replace(data, vector=data.vector[:, columns])
+    if cat_data is not None:
+        cat_data = dataclasses.replace(cat_data, vector=cat_data.vector[:, columns])
     fit_data = data if cat_data is None else type(data).concat([data, cat_data])
 
     # 4. CNN, scored on the held-out exposures, and the bundle
@@ -152,11 +162,12 @@ def run_train(
         seed=tc.seed,
         ensemble=tc.ensemble,
     )
-    shape = CnnShape(n_clusters=som.n_clusters, tile=tc.tile)
+    shape = CnnShape(n_clusters=som.n_clusters, tile=tc.tile, n_aux=len(tc.inputs))
     model, history = _train_cnn(fit_data, split, shape, settings, say)
     metrics = {"history": history, **_held_out_metrics(model, data, cat_data, split, say)}
     manifest = {
         "version": dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S"),
+        "cnn": {"aux_features": list(tc.inputs)},
         "training": {
             "archive": str(archive),
             "data_digest": training_digest(features_dir, items),
@@ -182,7 +193,7 @@ def run_train(
             "config_digest": config_digest(cfg),
         },
     }
-    names = [f"hits_{i}" for i in range(som.n_clusters)] + list(AUX_FEATURES)
+    names = [f"hits_{i}" for i in range(som.n_clusters)] + list(tc.inputs)
     manifest["ood"] = fit_reference(fit_data.subset(split.train).vector, names)
     path = ModelBundle(som, model, manifest).save(bundle_out, metrics=metrics)
     say(f"bundle written: {path}")

@@ -287,6 +287,14 @@ MISTAKES = [
         "skygrade.yaml: train.ensemble: expected an integer",
     ),
     (
+        "train:\n  inputs: [log_exptime, isolated, log_exptime]\n",
+        "skygrade.yaml: train.inputs: names 'log_exptime' twice",
+    ),
+    (
+        "train:\n  inputs: []\n",
+        "skygrade.yaml: train.inputs: must name at least one input",
+    ),
+    (
         "telescope: 3\n",
         "skygrade.yaml: telescope: expected a mapping for the telescope section, got 3",
     ),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from skygrade.models.bundle import load_bundle
-from skygrade.ops.config import Config, SomConfig, TrainConfig
+from skygrade.models.cnn import AUX_FEATURES
+from skygrade.ops.config import TRAIN_INPUTS, Config, SomConfig, TrainConfig
 from skygrade.streamer.sky_plan import Geometry
 from skygrade.streamer.telescope import simulate_archive
 from skygrade.streamer.training_job import run_train
@@ -67,11 +68,22 @@ def test_tiny_training_learns_and_writes_a_loadable_bundle(archive, tmp_path):
     assert bundle.tile == 16
     assert bundle.n_members == 2 and bundle.manifest["cnn"]["members"] == 2
     assert len(summary["metrics"]["history"]) == 2
-    # a retrain reuses the cached features: stage 1 extracts nothing
+    # the network reads train.inputs (the default: the shipped bundle's), and the bundle says so
+    assert bundle.aux_features == TRAIN_INPUTS == Config().train.inputs
+    assert bundle.cnn.shape.n_aux == len(TRAIN_INPUTS)
+    assert len(bundle.ood["names"]) == bundle.cnn.shape.n_clusters + len(TRAIN_INPUTS)
+    # a retrain reuses the cached features: stage 1 extracts nothing; one more input is a setting
     lines.clear()
-    run_train(archive, tmp_path / "bundle2", cfg, work_dir=tmp_path / "work", progress=lines.append)
+    more = (*TRAIN_INPUTS, "log_sky_spread_adu")
+    cfg2 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, inputs=more))
+    second = run_train(
+        archive, tmp_path / "bundle2", cfg2, work_dir=tmp_path / "work", progress=lines.append
+    )
     assert "30 cached, extracting 0" in " ".join(lines)
     assert np.isfinite(summary["metrics"]["catalog"]["exposure"]["accuracy"])
+    bundle2 = load_bundle(second["bundle"])
+    assert bundle2.aux_features == more and bundle2.cnn.shape.n_aux == len(more)
+    assert set(AUX_FEATURES) == set(more)  # the code computes nothing else
 
 
 def test_exposures_quarantined_ccd_by_ccd_are_not_extracted_again(tmp_path):
@@ -146,3 +158,11 @@ def test_catalogs_that_disagree_with_the_archive_are_refused_before_any_work(arc
     )
     with pytest.raises(ValueError, match="needs a pixel archive"):
         run_train(archive, tmp_path / "b", cat_cfg, work_dir=tmp_path / "w", catalogs=catalogs)
+
+
+def test_an_input_the_code_does_not_compute_is_refused_before_any_work(archive, tmp_path):
+    train = dataclasses.replace(TrainConfig(), inputs=("log_exptime", "moon_phase"))
+    cfg = dataclasses.replace(Config(), train=train)
+    with pytest.raises(ValueError, match="train.inputs: 'moon_phase': not an input"):
+        run_train(archive, tmp_path / "b", cfg, work_dir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
